@@ -1,0 +1,162 @@
+import ArgumentParser
+import AsyncHTTPClient
+import ClusterCore
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Synchronization
+
+/// Load generators and measuring clients for scripts/bench.sh. Each subcommand prints `name value unit` lines.
+@main
+struct Bench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "botcluster-bench",
+        abstract: "Measuring clients for scripts/bench.sh.",
+        subcommands: [EmulatorDispatch.self, EmulatorReplies.self]
+    )
+}
+
+struct Target: ParsableArguments {
+    @Option(help: "Emulator base URL, http://127.0.0.1:PORT.") var url: String
+    @Option(help: "Rounds to run; the median is reported.") var rounds: Int = 3
+
+    var host: String { String(url.split(separator: "/")[1].split(separator: ":")[0]) }
+    var port: Int { Int(url.split(separator: ":").last!)! }
+}
+
+func post(_ url: String, _ body: String, token: String? = nil) async throws -> JSONValue {
+    var request = HTTPClientRequest(url: url)
+    request.method = .POST
+    request.headers.add(name: "Content-Type", value: "application/json")
+    if let token { request.headers.add(name: "Authorization", value: "QQBot \(token)") }
+    request.body = .bytes(ByteBuffer(string: body))
+    let response = try await HTTPClient.shared.execute(request, timeout: .seconds(120))
+    let bytes = try await response.body.collect(upTo: 1 << 24)
+    return try JSONValue.parse(String(buffer: bytes))
+}
+
+func token(_ base: String) async throws -> String {
+    let reply = try await post(base + "/app/getAppAccessToken", #"{"appId":"\#(AppConfig.emulatorDefaultID)","clientSecret":"\#(AppConfig.emulatorDefaultSecret)"}"#)
+    guard let token = reply["access_token"]?.stringValue else { throw BenchError("no token: \(reply.serialized())") }
+    return token
+}
+
+func median(_ values: [Double]) -> Double {
+    let sorted = values.sorted()
+    return sorted[sorted.count / 2]
+}
+
+final class Tally: Sendable {
+    let count = Atomic<Int>(0)
+    let target: Int
+    let done: AsyncSignal<MonotonicInstant>
+    init(target: Int) {
+        self.target = target
+        done = AsyncSignal()
+    }
+    func add() {
+        if count.add(1, ordering: .relaxed).newValue == target { done.set(.now()) }
+    }
+}
+
+struct EmulatorDispatch: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Dispatches/s the emulator pushes to connected shards.")
+    @OptionGroup var target: Target
+    @Option var shards = 4
+    @Option var count = 100_000
+
+    func run() async throws {
+        let token = try await token(target.url)
+        var rates: [Double] = []
+        for _ in 0..<target.rounds {
+            let tally = Tally(target: count)
+            let ready = Tally(target: shards)
+            var channels: [any Channel] = []
+            for shard in 0..<shards {
+                let identify = #"{"op":2,"d":{"token":"QQBot \#(token)","intents":\#(1 << 30),"shard":[\#(shard),\#(shards)],"properties":{}}}"#
+                let handler = RawWebSocketHandler { buffer in
+                    let head = buffer.getString(at: buffer.readerIndex, length: min(48, buffer.readableBytes)) ?? ""
+                    if head.contains("AT_MESSAGE_CREATE") {
+                        tally.add()
+                    } else if head.contains("READY") {
+                        ready.add()
+                    }
+                    return []
+                }
+                let channel = try await RawWebSocket.connect(host: target.host, port: target.port, path: "/websocket", handler: handler)
+                try await RawWebSocket.send(identify, on: channel)
+                channels.append(channel)
+            }
+            _ = try await ready.done.wait()
+            let start = MonotonicInstant.now()
+            _ = try await post(target.url + "/emulator/burst", #"{"count":\#(count)}"#)
+            let end = try await tally.done.wait()
+            rates.append(Double(count) / (end - start).seconds)
+            for channel in channels { try? await channel.close() }
+        }
+        print("emulator.dispatch.rate \(Int(median(rates))) dispatches/s (\(shards) shards, \(count) per round, median of \(rates.count))")
+    }
+}
+
+struct EmulatorReplies: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Reply POSTs/s the emulator accepts and records.")
+    @OptionGroup var target: Target
+    @Option var count = 50_000
+    @Option var connections = 8
+    @Option var window = 32
+
+    func run() async throws {
+        let token = try await token(target.url)
+        var rates: [Double] = []
+        for _ in 0..<target.rounds {
+            // Collect real message ids and channels from a session, then answer each one once.
+            let collected = Mutex<[(String, String)]>([])
+            let tally = Tally(target: count)
+            let ready = Tally(target: 1)
+            let identify = #"{"op":2,"d":{"token":"QQBot \#(token)","intents":\#(1 << 30),"shard":[0,1],"properties":{}}}"#
+            let handler = RawWebSocketHandler { buffer in
+                let text = String(buffer: buffer)
+                if text.contains("\"READY\"") { ready.add(); return [] }
+                if let frame = try? JSONValue.parse(text), frame["t"]?.stringValue == "AT_MESSAGE_CREATE",
+                    let id = frame["d"]?["id"]?.stringValue, let channel = frame["d"]?["channel_id"]?.stringValue
+                {
+                    collected.withLock { $0.append((id, channel)) }
+                    tally.add()
+                }
+                return []
+            }
+            let channel = try await RawWebSocket.connect(host: target.host, port: target.port, path: "/websocket", handler: handler)
+            try await RawWebSocket.send(identify, on: channel)
+            _ = try await ready.done.wait()
+            _ = try await post(target.url + "/emulator/burst", #"{"count":\#(count)}"#)
+            _ = try await tally.done.wait()
+            try? await channel.close()
+
+            let messages = collected.withLock { $0 }
+            var perConnection = [[(head: HTTPRequestHead, body: ByteBuffer)]](repeating: [], count: connections)
+            for (index, (id, channelID)) in messages.enumerated() {
+                let body = ByteBuffer(string: #"{"content":"pong","msg_id":"\#(id)"}"#)
+                var headers = HTTPHeaders()
+                headers.add(name: "Host", value: "\(target.host):\(target.port)")
+                headers.add(name: "Authorization", value: "QQBot \(token)")
+                headers.add(name: "Content-Type", value: "application/json")
+                headers.add(name: "Content-Length", value: String(body.readableBytes))
+                let head = HTTPRequestHead(version: .http1_1, method: .POST, uri: "/channels/\(channelID)/messages", headers: headers)
+                perConnection[index % connections].append((head, body))
+            }
+            let start = MonotonicInstant.now()
+            let results = try await withThrowingTaskGroup(of: [UInt: Int].self) { group in
+                for requests in perConnection {
+                    group.addTask { try await PipelinedHTTP.run(host: target.host, port: target.port, requests: requests, window: window) }
+                }
+                var total: [UInt: Int] = [:]
+                for try await result in group { total.merge(result, uniquingKeysWith: +) }
+                return total
+            }
+            let elapsed = (MonotonicInstant.now() - start).seconds
+            guard results[200] == messages.count else { throw BenchError("not every reply was accepted: \(results)") }
+            rates.append(Double(messages.count) / elapsed)
+        }
+        print("emulator.replies.rate \(Int(median(rates))) replies/s (\(connections) connections, \(count) per round, median of \(rates.count))")
+    }
+}

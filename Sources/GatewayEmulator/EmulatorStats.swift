@@ -1,0 +1,51 @@
+/// The emulator's ground truth, as `GET /emulator/stats` returns it.
+public struct EmulatorStats: Codable, Sendable, Equatable {
+    /// Identify frames accepted (sessions started).
+    public var identifies: Int = 0
+    /// Identify frames that broke the per-bucket window or the daily limit (closed with 4008).
+    public var identifyViolations: Int = 0
+    /// Resume frames accepted.
+    public var resumes: Int = 0
+    /// Resume frames refused with op 9.
+    public var resumesRefused: Int = 0
+    /// Sessions with a live socket now.
+    public var activeSessions: Int = 0
+    /// Sessions that can still be resumed (live or disconnected within their time to live).
+    public var resumableSessions: Int = 0
+    /// Dispatch frames written to sockets, replays included.
+    public var dispatched: Int = 0
+    /// Messages the traffic generator created (guild, group and C2C).
+    public var messagesGenerated: Int = 0
+    /// Messages that reached no live or resumable session.
+    public var messagesUndelivered: Int = 0
+    /// Messages held by a disconnected, resumable session and not yet sent.
+    public var messagesPending: Int = 0
+    /// Messages sent to at least one session.
+    public var messagesDelivered: Int = 0
+    /// Delivered messages with at least one reply.
+    public var messagesReplied: Int = 0
+    /// Delivered messages with more than one accepted reply.
+    public var messagesRepliedMoreThanOnce: Int = 0
+    /// Delivered messages with no reply, older than the grace period.
+    public var messagesUnreplied: Int = 0
+    /// Replies refused because their msg_id + msg_seq was already used (the platform's own de-duplication).
+    public var repliesRefusedDuplicateSeq: Int = 0
+    /// Authenticated OpenAPI requests, accepted or not.
+    public var restRequests: Int = 0
+    /// Requests answered 429.
+    public var rateLimited: Int = 0
+    /// The most requests accepted within one wall-clock second.
+    public var peakRequestsPerSecond: Int = 0
+    /// Access tokens issued.
+    public var tokensIssued: Int = 0
+    /// Frames from clients that broke the protocol (bad JSON, unknown op, ...).
+    public var protocolErrors: Int = 0
+    /// Users renamed by the traffic generator.
+    public var renames: Int = 0
+    /// Messages pushed twice on purpose (duplicateShare).
+    public var duplicatePushes: Int = 0
+    /// Daily session starts left.
+    public var sessionStartRemaining: Int = 0
+
+    public init() {}
+}

@@ -1,0 +1,76 @@
+import ClusterCore
+import Foundation
+import Hummingbird
+import NIOCore
+import Synchronization
+
+extension GatewayEmulator {
+    /// The admin API under `/emulator/`: faults, traffic, bursts, renames and the ground-truth counters.
+    func addAdminRoutes(to router: Router<BasicRequestContext>) {
+        router.get("/emulator/stats") { _, _ in
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            let data = try encoder.encode(self.stats())
+            return jsonResponse(String(decoding: data, as: UTF8.self))
+        }
+        router.post("/emulator/faults") { request, _ in
+            let body = try await Self.jsonBody(request)
+            let fault = try Self.fault(from: body)
+            self.inject(fault)
+            return jsonResponse("{\"ok\":true}")
+        }
+        router.post("/emulator/traffic") { request, _ in
+            let body = try await Self.jsonBody(request)
+            func rate(_ key: String) throws -> Double? {
+                guard let value = body[key], value != .null else { return nil }
+                guard case .number(let n) = value, n >= 0, n.isFinite else {
+                    throw PlatformError(status: .badRequest, code: 40012, message: "\(key) must be a number >= 0")
+                }
+                return n
+            }
+            let known: Set<String> = ["rate", "groupRate", "c2cRate"]
+            if case .object(let members) = body, let unknown = members.first(where: { !known.contains($0.key) }) {
+                throw PlatformError(status: .badRequest, code: 40012, message: "unknown key \(unknown.key); expected rate, groupRate or c2cRate")
+            }
+            self.setTraffic(rate: try rate("rate"), groupRate: try rate("groupRate"), c2cRate: try rate("c2cRate"))
+            return jsonResponse("{\"ok\":true}")
+        }
+        router.post("/emulator/burst") { request, _ in
+            let body = try await Self.jsonBody(request)
+            guard let count = body["count"]?.intValue, (1...10_000_000).contains(count) else {
+                throw PlatformError(status: .badRequest, code: 40012, message: "count must be a whole number 1...10000000")
+            }
+            self.burst(count: count)
+            return jsonResponse("{\"ok\":true,\"count\":\(count)}")
+        }
+        router.post("/emulator/rename") { request, _ in
+            let body = try await Self.jsonBody(request)
+            guard let user = body["user"]?.stringValue, let name = self.rename(userID: user) else {
+                throw PlatformError(status: .badRequest, code: 40012, message: "user must be the id of a simulated user")
+            }
+            return jsonResponse("{\"user\":\"\(user)\",\"username\":\(quoted(name))}")
+        }
+    }
+
+    static func fault(from body: JSONValue) throws -> EmulatorFault {
+        let kinds = EmulatorFault.Kind.allCases.map(\.rawValue)
+        guard let kindName = body["kind"]?.stringValue, let kind = EmulatorFault.Kind(rawValue: kindName) else {
+            throw PlatformError(status: .badRequest, code: 40012, message: "kind must be one of \(kinds.joined(separator: ", "))")
+        }
+        func optionalInt(_ key: String, _ range: ClosedRange<Int>) throws -> Int? {
+            guard let value = body[key], value != .null else { return nil }
+            guard let n = value.intValue, range.contains(n) else {
+                throw PlatformError(status: .badRequest, code: 40012, message: "\(key) must be a whole number \(range.lowerBound)...\(range.upperBound)")
+            }
+            return n
+        }
+        let code = try optionalInt("code", 1000...4999)
+        if kind == .close && code == nil {
+            throw PlatformError(status: .badRequest, code: 40012, message: "a close fault needs a code, such as 4009")
+        }
+        return EmulatorFault(
+            kind: kind, shard: try optionalInt("shard", 0...4095), total: try optionalInt("total", 1...4096),
+            code: code.map { UInt16($0) }
+        )
+    }
+}

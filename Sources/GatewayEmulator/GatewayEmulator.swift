@@ -1,0 +1,192 @@
+import ClusterCore
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdWebSocket
+import Logging
+import NIOCore
+import ServiceLifecycle
+import Synchronization
+
+/// A local QQ gateway and OpenAPI: a real websocket and HTTP server speaking the platform's protocol, with a
+/// traffic generator, fault injection, rate limits that answer 429, and ground-truth counters.
+///
+/// Run it as a `Service` (in-process, as `botcluster launch` does with the embedded default) or through
+/// `botcluster emulator`. ``waitUntilListening()`` returns the bound port once connections are accepted.
+public final class GatewayEmulator: Service, Sendable {
+    let core: Mutex<EmulatorCore>
+    let config: EmulatorConfig
+    let logger: Logger
+    let listening = AsyncSignal<Int>()
+
+    public init(config: EmulatorConfig, app: AppConfig, logger: Logger) {
+        self.config = config
+        self.logger = logger
+        core = Mutex(EmulatorCore(config: config, app: app, now: MonotonicInstant.now().nanoseconds))
+    }
+
+    /// Waits until the server accepts connections and returns its port.
+    public func waitUntilListening() async throws -> Int {
+        try await listening.wait()
+    }
+
+    /// The OpenAPI base URL once listening (`http://127.0.0.1:<port>`).
+    public func baseURL() async throws -> String {
+        let port = try await waitUntilListening()
+        return "http://\(config.host):\(port)"
+    }
+
+    public func run() async throws {
+        let router = Router(context: BasicRequestContext.self)
+        router.middlewares.add(PlatformErrorMiddleware())
+        addRoutes(to: router)
+        let app = Application(
+            router: router,
+            server: .http1WebSocketUpgrade(
+                configuration: .init(http1: .init(), ws: .init(maxFrameSize: 1 << 20, closeTimeout: .seconds(2)))
+            ) { request, channel, _ in
+                guard let path = request.path, path == "/websocket" || path.hasPrefix("/websocket/") || path.hasPrefix("/websocket?") else {
+                    return .dontUpgrade
+                }
+                return .upgrade([:]) { inbound, outbound, _ in
+                    await self.serveGateway(inbound: inbound, outbound: outbound, channel: channel)
+                }
+            },
+            configuration: .init(address: .hostname(config.host, port: config.port), serverName: nil),
+            onServerRunning: { channel in
+                let port = channel.localAddress?.port ?? 0
+                self.core.withLock { $0.listeningURL = "ws://\(self.config.host):\(port)/websocket" }
+                self.listening.set(port)
+            },
+            logger: logger
+        )
+        do {
+            try await withThrowingDiscardingTaskGroup { group in
+                group.addTask { try await self.runTraffic() }
+                group.addTask { try await self.runSweeper() }
+                // The server returns on graceful shutdown and throws on cancellation; the loops end with it.
+                try await app.run()
+                group.cancelAll()
+            }
+        } catch is CancellationError {
+        } catch {
+            listening.fail(error)
+            throw error
+        }
+    }
+
+    // MARK: state access
+
+    /// Runs `body` under the lock; connections it lists in `wake` get their pending frames handed over outside it.
+    func withCore<T>(_ body: (inout EmulatorCore, inout [Int]) -> T) -> T {
+        let (result, resumptions) = core.withLock { core -> (T, [(CheckedContinuation<OutboxBatch, Never>, OutboxBatch)]) in
+            var wake: [Int] = []
+            let result = body(&core, &wake)
+            return (result, wake.compactMap { core.claimWaiter($0) })
+        }
+        for (waiter, batch) in resumptions { waiter.resume(returning: batch) }
+        return result
+    }
+
+    static func now() -> Int64 { MonotonicInstant.now().nanoseconds }
+
+    // MARK: public controls
+
+    /// The ground truth counted so far.
+    public func stats() -> EmulatorStats {
+        core.withLock { $0.snapshot(now: Self.now()) }
+    }
+
+    /// Injects a fault into matching sessions.
+    public func inject(_ fault: EmulatorFault) {
+        logger.info("fault injected", metadata: ["fault.kind": "\(fault.kind.rawValue)", "shard.id": "\(fault.shard.map(String.init) ?? "all")"])
+        withCore { core, wake in wake += core.apply(fault, now: Self.now()) }
+    }
+
+    /// Changes the message rates (per second); nil keeps a rate.
+    public func setTraffic(rate: Double? = nil, groupRate: Double? = nil, c2cRate: Double? = nil) {
+        core.withLock { core in
+            if let rate { core.config.traffic.rate = rate }
+            if let groupRate { core.config.traffic.groupRate = groupRate }
+            if let c2cRate { core.config.traffic.c2cRate = c2cRate }
+        }
+    }
+
+    /// Generates `count` AT_MESSAGE_CREATE at once (in chunks, so sockets start draining while it runs).
+    public func burst(count: Int) {
+        var left = count
+        while left > 0 {
+            let chunk = min(left, 512)
+            left -= chunk
+            withCore { core, wake in
+                let now = Self.now()
+                for _ in 0..<chunk { core.generateGuildMessage(now: now, wake: &wake) }
+            }
+        }
+    }
+
+    /// Renames one user now (by user id); returns the new username, or nil for an unknown user.
+    public func rename(userID: String) -> String? {
+        core.withLock { core in
+            guard let id = UInt64(userID), let index = core.world.userIndex(id) else { return nil }
+            core.world.rename(index)
+            core.stats.renames += 1
+            return core.world.username(index)
+        }
+    }
+
+    /// The current username of a user id, as the platform would return it.
+    public func username(userID: String) -> String? {
+        core.withLock { core in
+            guard let id = UInt64(userID), let index = core.world.userIndex(id) else { return nil }
+            return core.world.username(index)
+        }
+    }
+
+    // MARK: loops
+
+    func runTraffic() async throws {
+        let tick = Duration.milliseconds(10)
+        var last = Self.now()
+        var due = (guild: 0.0, group: 0.0, c2c: 0.0)
+        var nextBurst = last + config.traffic.burstEvery.nanoseconds
+        var nextRename = last + config.traffic.renameEvery.nanoseconds
+        while !Task.isCancelled {
+            try await Task.sleep(for: tick)
+            let now = Self.now()
+            let elapsed = Double(now - last) / 1e9
+            last = now
+            let traffic = core.withLock { $0.config.traffic }
+            due.guild += traffic.rate * elapsed
+            due.group += traffic.groupRate * elapsed
+            due.c2c += traffic.c2cRate * elapsed
+            var guild = Int(due.guild)
+            let group = Int(due.group)
+            let c2c = Int(due.c2c)
+            due.guild -= Double(guild)
+            due.group -= Double(group)
+            due.c2c -= Double(c2c)
+            if traffic.burstSize > 0 && now >= nextBurst {
+                guild += traffic.burstSize
+                nextBurst = now + traffic.burstEvery.nanoseconds
+            }
+            let rename = traffic.renameShare > 0 && now >= nextRename
+            if rename { nextRename = now + traffic.renameEvery.nanoseconds }
+            guard guild + group + c2c > 0 || rename else { continue }
+            withCore { core, wake in
+                for _ in 0..<guild { core.generateGuildMessage(now: now, wake: &wake) }
+                for _ in 0..<group { core.generateDirectMessage(group: true, now: now, wake: &wake) }
+                for _ in 0..<c2c { core.generateDirectMessage(group: false, now: now, wake: &wake) }
+                if rename { core.renameSome() }
+            }
+        }
+    }
+
+    func runSweeper() async throws {
+        let period = min(config.heartbeatTimeout / 4, .milliseconds(100))
+        while !Task.isCancelled {
+            try await Task.sleep(for: period)
+            withCore { core, wake in wake += core.sweep(now: Self.now()) }
+        }
+    }
+}

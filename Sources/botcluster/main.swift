@@ -1,0 +1,3 @@
+import BotCluster
+
+await BotCluster.main()

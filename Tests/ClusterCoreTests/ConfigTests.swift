@@ -1,0 +1,164 @@
+import ClusterCore
+import Foundation
+import Testing
+
+@Suite("cluster.json")
+struct ConfigTests {
+    func issues(_ text: String, environment: [String: String] = [:]) -> [String] {
+        do {
+            _ = try ClusterConfig.parse(text, source: "cluster.json", environment: environment)
+            return []
+        } catch {
+            return error.issues.map(\.description)
+        }
+    }
+
+    @Test func emptyDocumentGivesTheDefaults() throws {
+        let config = try ClusterConfig.parse("{}")
+        #expect(config.gateway.embedded)
+        #expect(config.shards.count == .fixed(4))
+        #expect(config.supervisor.heartbeatInterval == .milliseconds(250))
+        #expect(config.supervisor.socket == "run/botcluster.sock")
+        #expect(config.rateBudget.globalRate == 50)
+        #expect(config.emulator.restRate == 50)
+        #expect(config.app.id == AppConfig.emulatorDefaultID)
+    }
+
+    @Test func shippedClusterJSONIsValid() throws {
+        let text = try #require(readTextFile(#filePath.replacingOccurrences(of: "Tests/ClusterCoreTests/ConfigTests.swift", with: "cluster.json")))
+        let config = try ClusterConfig.parse(text)
+        #expect(config.gateway.embedded)
+        #expect(config.shards.count == .fixed(4))
+    }
+
+    @Test func shardCountOutOfRangeNamesKeyAndValue() {
+        #expect(issues(#"{"shards": {"count": 0}}"#) == ["shards.count: must be 1...1024, got 0"])
+        #expect(issues(#"{"shards": {"count": 2000}}"#) == ["shards.count: must be 1...1024, got 2000"])
+        #expect(issues(#"{"shards": {"count": "many"}}"#) == [#"shards.count: must be 1...1024 or "auto", got "many""#])
+    }
+
+    @Test func autoShardCount() throws {
+        #expect(try ClusterConfig.parse(#"{"shards": {"count": "auto"}}"#).shards.count == .auto)
+    }
+
+    @Test func unknownKeysSuggestTheNearestName() {
+        #expect(issues(#"{"supervisor": {"hartbeat": {}}}"#) == [#"supervisor.hartbeat: unknown key; did you mean "heartbeat"?"#])
+        #expect(issues(#"{"shard": {}}"#) == [#"shard: unknown key; did you mean "shards"?"#])
+        #expect(issues(#"{"emulator": {"traffic": {"rat": 5}}}"#) == [#"emulator.traffic.rat: unknown key; did you mean "rate"?"#])
+    }
+
+    @Test func missingEnvironmentVariableIsAnError() {
+        #expect(issues(#"{"app": {"secret": "env:QQ_SECRET"}}"#) == [#"app.secret: environment variable QQ_SECRET (named by "env:QQ_SECRET") is not set"#])
+    }
+
+    @Test func secretFromEnvironmentIsResolvedAndRedacted() throws {
+        let config = try ClusterConfig.parse(
+            #"{"gateway": {"embedded": false}, "app": {"id": "42", "secret": "env:QQ_SECRET"}}"#,
+            environment: ["QQ_SECRET": "s3cr3t-value"]
+        )
+        #expect(config.app.secret.reveal() == "s3cr3t-value")
+        #expect("\(config.app.secret)" == "<redacted>")
+        let printed = config.normalized.serialized(pretty: true)
+        #expect(!printed.contains("s3cr3t-value"))
+        #expect(printed.contains(#""secret": "env:QQ_SECRET""#))
+        #expect(config.gateway.url == GatewayConfig.platformURL)
+        #expect(config.gateway.tokenURL == GatewayConfig.platformTokenURL)
+    }
+
+    @Test func literalSecretIsNeverPrinted() throws {
+        let config = try ClusterConfig.parse(#"{"gateway": {"embedded": false}, "app": {"id": "42", "secret": "literal-secret"}}"#)
+        #expect(!config.normalized.serialized().contains("literal-secret"))
+    }
+
+    @Test func malformedJSONReportsLineAndColumn() {
+        #expect(issues("{\n  \"shards\": {\n    \"count\": 4,\n  }\n}") == ["malformed JSON at line 4, column 3: unexpected '}', a quoted key was expected"])
+        #expect(issues("{\"a\": tru}") == ["malformed JSON at line 1, column 7: invalid literal, expected 'true'"])
+        #expect(issues("") == ["malformed JSON at line 1, column 1: the document is empty"])
+        #expect(issues("[1, 2]") == ["the document must be a JSON object, got an array"])
+    }
+
+    @Test func durationsNeedAUnit() {
+        #expect(issues(#"{"supervisor": {"heartbeat": {"interval": 250}}}"#) == [#"supervisor.heartbeat.interval: must be a duration such as "500ms", "5s" or "2m", got a number"#])
+        #expect(issues(#"{"supervisor": {"heartbeat": {"interval": "fast"}}}"#) == [#"supervisor.heartbeat.interval: must be a duration such as "500ms", "5s" or "2m", got "fast""#])
+        #expect(issues(#"{"supervisor": {"heartbeat": {"interval": "2h"}}}"#) == [#"supervisor.heartbeat.interval: must be 10ms...1m, got "2h""#])
+    }
+
+    @Test func durationParsing() {
+        #expect(DurationFormat.parse("500ms") == .milliseconds(500))
+        #expect(DurationFormat.parse("1.5s") == .milliseconds(1500))
+        #expect(DurationFormat.parse("2m") == .seconds(120))
+        #expect(DurationFormat.parse("24h") == .seconds(86_400))
+        #expect(DurationFormat.parse("7") == nil)
+        #expect(DurationFormat.parse("-1s") == nil)
+        #expect(DurationFormat.format(.milliseconds(1500)) == "1500ms")
+        #expect(DurationFormat.format(.seconds(120)) == "2m")
+    }
+
+    @Test func everyProblemIsReportedNotOnlyTheFirst() {
+        let found = issues(#"{"shards": {"count": 0}, "restart": {"jitter": 3}, "log": {"level": "loud"}}"#)
+        #expect(found == [
+            "shards.count: must be 1...1024, got 0",
+            "restart.jitter: must be 0...1, got 3",
+            #"log.level: must be one of "trace", "debug", "info", "notice", "warning", "error", "critical", got "loud""#,
+        ])
+    }
+
+    @Test func wrongTypes() {
+        #expect(issues(#"{"gateway": {"embedded": "yes"}}"#) == ["gateway.embedded: must be true or false, got a string"])
+        #expect(issues(#"{"shards": 4}"#) == ["shards: must be an object, got a number"])
+        #expect(issues(#"{"worker": {"maxInFlight": 2.5}}"#) == ["worker.maxInFlight: must be a whole number, got 2.5"])
+    }
+
+    @Test func intentsByName() throws {
+        #expect(try ClusterConfig.parse(#"{"gateway": {"intents": ["GUILDS", "PUBLIC_GUILD_MESSAGES"]}}"#).gateway.intents == [.guilds, .publicGuildMessages])
+        #expect(issues(#"{"gateway": {"intents": ["PUBLIC_GUILD_MESSAGE"]}}"#) == [#"gateway.intents[0]: unknown intent "PUBLIC_GUILD_MESSAGE"; did you mean "PUBLIC_GUILD_MESSAGES"?"#])
+    }
+
+    @Test func externalGatewayNeedsCredentialsAndEmbeddedIgnoresURLs() {
+        #expect(issues(#"{"gateway": {"embedded": false}}"#) == [
+            "app.id: is required when the gateway is not embedded",
+            #"app.secret: is required when the gateway is not embedded (use "env:NAME" to keep it out of the file)"#,
+        ])
+        #expect(issues(#"{"gateway": {"url": "http://127.0.0.1:8080"}}"#) == [#"gateway.embedded: is true, so url and tokenURL would be ignored: set "embedded": false to use them"#])
+        #expect(issues(#"{"gateway": {"embedded": false, "url": "ftp://x"}, "app": {"id": "1", "secret": "x"}}"#) == [#"gateway.url: must be a URL starting with http:// or https://, got "ftp://x""#])
+    }
+
+    @Test func crossFieldChecks() {
+        #expect(issues(#"{"emulator": {"sessionStartLimit": {"total": 5, "remaining": 9}}}"#) == ["emulator.sessionStartLimit.remaining: must not exceed total (5), got 9"])
+        #expect(issues(#"{"emulator": {"heartbeatInterval": "5s", "heartbeatTimeout": "5s"}}"#) == ["emulator.heartbeatTimeout: must be longer than heartbeatInterval (5s)"])
+    }
+
+    @Test func normalizedConfigRoundTrips() throws {
+        let config = try ClusterConfig.parse(#"{"shards": {"count": 6}, "supervisor": {"heartbeat": {"interval": "1s"}}}"#)
+        let again = try ClusterConfig.parse(config.normalized.serialized(pretty: true).replacingOccurrences(of: "\"<redacted>\"", with: "\"x\""))
+        #expect(again.shards.count == .fixed(6))
+        #expect(again.supervisor.heartbeatInterval == .seconds(1))
+    }
+}
+
+@Suite("shard math")
+struct ShardMathTests {
+    @Test func guildRouting() {
+        #expect(ShardMath.shard(forGuild: 5 << 22, total: 4) == 1)
+        #expect(ShardID(1, of: 4).covers(guildID: 5 << 22 | 123))
+        #expect(ShardMath.bucket(ofShard: 7, maxConcurrency: 4) == 3)
+        #expect(ShardMath.recommendedShards(guilds: 16, guildsPerShard: 4) == 4)
+        #expect(ShardMath.recommendedShards(guilds: 17, guildsPerShard: 4) == 5)
+        #expect(ShardID(parsing: "2/4") == ShardID(2, of: 4))
+        #expect(ShardID(parsing: "4/4") == nil)
+    }
+}
+
+@Suite("JSON")
+struct JSONValueTests {
+    @Test func parsesAndPrints() throws {
+        let value = try JSONValue.parse(#"{"a": [1, 2.5, "x\n\u00e9\ud83d\ude00"], "b": {"c": null, "d": true}}"#)
+        #expect(value["a"] == .array([.number(1), .number(2.5), .string("x\n\u{E9}\u{1F600}")]))
+        #expect(value["b"]?["d"] == .bool(true))
+        #expect(try JSONValue.parse(value.serialized()) == value)
+    }
+
+    @Test func rejectsTrailingGarbage() {
+        #expect(throws: JSONParseError.self) { try JSONValue.parse("{} x") }
+    }
+}

@@ -1,0 +1,130 @@
+import ClusterCore
+import Foundation
+import GatewayEmulator
+import Testing
+
+@Suite("emulator OpenAPI", .timeLimit(.minutes(1)))
+struct OpenAPITests {
+    @Test func tokenEndpoint() async throws {
+        try await withEmulator(#"{\#(quiet), "tokenLifetime": "90s"}"#) { _, base in
+            let good = try await http(.POST, base + "/app/getAppAccessToken", body: #"{"appId":"\#(AppConfig.emulatorDefaultID)","clientSecret":"\#(AppConfig.emulatorDefaultSecret)"}"#)
+            #expect(good.status == 200)
+            #expect(good.header("Content-Type") == "application/json")
+            #expect(good.json?["expires_in"] == .string("90"))
+            let bad = try await http(.POST, base + "/app/getAppAccessToken", body: #"{"appId":"1","clientSecret":"nope"}"#)
+            #expect(bad.status == 401)
+            #expect(bad.json?["code"]?.intValue == 100016)
+            #expect(bad.json?["message"]?.stringValue != nil)
+        }
+    }
+
+    @Test func restLimitAnswers429WithRetryAfter() async throws {
+        try await withEmulator(#"{\#(quiet), "restRate": 5}"#) { _, base in
+            let token = try await accessToken(base)
+            var statuses: [Int] = []
+            var retryAfter: [String] = []
+            for _ in 0..<12 {
+                let reply = try await http(.GET, base + "/users/@me", token: token)
+                statuses.append(reply.status)
+                if reply.status == 429 {
+                    retryAfter.append(reply.header("Retry-After") ?? "")
+                    #expect(reply.json?["code"]?.intValue != nil)
+                    #expect(reply.json?["message"]?.stringValue != nil)
+                }
+            }
+            #expect(statuses.filter { $0 == 200 }.count >= 5)
+            #expect(statuses.contains(429))
+            #expect(retryAfter.allSatisfy { (Int($0) ?? 0) >= 1 })
+            let s = try await stats(base)
+            #expect(s["rateLimited"]?.intValue == statuses.filter { $0 == 429 }.count)
+            #expect(s["restRequests"]?.intValue == 12)
+        }
+    }
+
+    @Test func repliesAreCountedPerMessage() async throws {
+        try await withEmulator(#"{\#(quiet), "unrepliedGrace": "1ms"}"#) { emulator, base in
+            let token = try await accessToken(base)
+            let (client, frames, _) = try await readySession(base, token: token)
+            var iterator = frames
+            emulator.burst(count: 3)
+            var messages: [JSONValue] = []
+            for _ in 0..<3 { messages.append(try #require(await iterator.nextDispatch("AT_MESSAGE_CREATE"))) }
+            func reply(_ message: JSONValue) async throws -> HTTPReply {
+                let channel = try #require(message["d"]?["channel_id"]?.stringValue)
+                let id = try #require(message["d"]?["id"]?.stringValue)
+                return try await http(.POST, base + "/channels/\(channel)/messages", token: token, body: #"{"content":"pong","msg_id":"\#(id)"}"#)
+            }
+            let first = try await reply(messages[0])
+            #expect(first.status == 200)
+            #expect(first.json?["channel_id"] == messages[0]["d"]?["channel_id"])
+            _ = try await reply(messages[1])
+            _ = try await reply(messages[1])
+            let s = try await stats(base)
+            #expect(s["messagesReplied"]?.intValue == 2)
+            #expect(s["messagesRepliedMoreThanOnce"]?.intValue == 1)
+            #expect(s["messagesUnreplied"]?.intValue == 1)
+            let empty = try await http(.POST, base + "/channels/\(messages[2]["d"]?["channel_id"]?.stringValue ?? "")/messages", token: token, body: #"{"msg_id":"x"}"#)
+            #expect(empty.status == 400)
+            #expect(empty.json?["code"]?.intValue == 50006)
+            let unknown = try await http(.POST, base + "/channels/1/messages", token: token, body: #"{"content":"hi"}"#)
+            #expect(unknown.status == 404)
+            client.drop()
+        }
+    }
+
+    @Test func groupRepliesAreDeduplicatedByMsgSeq() async throws {
+        try await withEmulator(#"{"traffic": {"rate": 0, "groupRate": 50, "c2cRate": 0, "renameShare": 0}}"#) { emulator, base in
+            let token = try await accessToken(base)
+            let (client, frames, _) = try await readySession(base, token: token, intents: 1 << 25 | 1 << 30)
+            var iterator = frames
+            let message = try #require(await iterator.nextDispatch("GROUP_AT_MESSAGE_CREATE"))
+            emulator.setTraffic(groupRate: 0)
+            let group = try #require(message["d"]?["group_openid"]?.stringValue)
+            let id = try #require(message["d"]?["id"]?.stringValue)
+            let body = #"{"content":"pong","msg_type":0,"msg_id":"\#(id)","msg_seq":1,"event_id":null}"#
+            #expect(try await http(.POST, base + "/v2/groups/\(group)/messages", token: token, body: body).status == 200)
+            let again = try await http(.POST, base + "/v2/groups/\(group)/messages", token: token, body: body)
+            #expect(again.status == 400)
+            let s = try await stats(base)
+            #expect(s["repliesRefusedDuplicateSeq"]?.intValue == 1)
+            #expect(s["messagesRepliedMoreThanOnce"]?.intValue == 0)
+            client.drop()
+        }
+    }
+
+    @Test func garbageOnTheHTTPSideGetsAClearError() async throws {
+        try await withEmulator("{\(quiet)}") { _, base in
+            let token = try await accessToken(base)
+            let malformed = try await http(.POST, base + "/channels/10000000/messages", token: token, body: "{not json")
+            #expect(malformed.status == 400)
+            #expect(malformed.json?["message"]?.stringValue?.contains("line 1, column 2") == true)
+            let notFound = try await http(.GET, base + "/no/such/route")
+            #expect(notFound.status == 404)
+            #expect(notFound.header("Content-Type") == "application/json")
+            let huge = try await http(.POST, base + "/channels/10000000/messages", token: token, body: "{\"content\":\"" + String(repeating: "x", count: 100_000) + "\"}")
+            #expect(huge.status == 413)
+            let badFault = try await http(.POST, base + "/emulator/faults", body: #"{"kind":"explode"}"#)
+            #expect(badFault.status == 400)
+            #expect(badFault.json?["message"]?.stringValue?.contains("reconnect") == true)
+        }
+    }
+
+    @Test func membersAndRenames() async throws {
+        try await withEmulator("{\(quiet)}") { emulator, base in
+            let token = try await accessToken(base)
+            let (client, frames, _) = try await readySession(base, token: token)
+            var iterator = frames
+            emulator.burst(count: 1)
+            let message = try #require(await iterator.nextDispatch("AT_MESSAGE_CREATE"))
+            let guild = try #require(message["d"]?["guild_id"]?.stringValue)
+            let user = try #require(message["d"]?["author"]?["id"]?.stringValue)
+            let before = try #require(try await http(.GET, base + "/guilds/\(guild)/members/\(user)", token: token).json)
+            #expect(before["user"]?["username"] == message["d"]?["author"]?["username"])
+            let renamed = try #require(try await http(.POST, base + "/emulator/rename", body: #"{"user":"\#(user)"}"#).json)
+            let after = try #require(try await http(.GET, base + "/guilds/\(guild)/members/\(user)", token: token).json)
+            #expect(after["user"]?["username"] == renamed["username"])
+            #expect(after["user"]?["username"] != before["user"]?["username"])
+            client.drop()
+        }
+    }
+}
