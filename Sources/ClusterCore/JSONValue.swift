@@ -370,6 +370,13 @@ extension JSONValue {
 
     /// Appends `string` to `out` as a quoted, escaped JSON string.
     public static func writeQuoted(_ string: String, into out: inout String) {
+        // Most strings need no escaping: copy them whole.
+        if !string.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
+            out += "\""
+            out += string
+            out += "\""
+            return
+        }
         out += "\""
         for scalar in string.unicodeScalars {
             switch scalar {

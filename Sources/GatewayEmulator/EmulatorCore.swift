@@ -79,6 +79,8 @@ final class EmulatorConnection: @unchecked Sendable {  // only touched under the
 public struct EmulatorFault: Sendable, Equatable {
     public enum Kind: String, Sendable, CaseIterable {
         case reconnect, invalidSession, drop, stopAcks, close, refuseIdentify, allowIdentify
+        /// Sends malformed frames (bad JSON, an unknown op, a dispatch without s, a wrong-typed field) to test clients.
+        case badFrames
     }
     public var kind: Kind
     /// Shard id to hit; nil hits every session.
@@ -129,6 +131,8 @@ struct EmulatorCore {
     var requestsThisSecond = 0
 
     var listeningURL = "ws://127.0.0.1:0/websocket"
+    /// When the emulator started: the zero of the stats clock.
+    var startedAt: Int64 = 0
     var timestampCache: (second: Int64, text: String) = (-1, "")
 
     static let botUserID = "11853627484521870163"
@@ -142,6 +146,7 @@ struct EmulatorCore {
         rng = SplitMix64(seed: UInt64(config.traffic.seed))
         remaining = config.sessionStartRemaining
         resetAt = now + config.sessionStartResetAfter.nanoseconds
+        startedAt = now
         stats.sessionStartRemaining = remaining
     }
 
@@ -257,6 +262,7 @@ struct EmulatorCore {
         guard record.replies < 5 else { return .tooManyReplies }
         record.replies += 1
         messages[index] = record
+        stats.lastReplyAtMs = clockMs(MonotonicInstant.now().nanoseconds)
         return .accepted
     }
 
@@ -552,6 +558,14 @@ struct EmulatorCore {
                 if let w = requestClose(connection, .drop, now: now) { wake.append(w) }
             case .stopAcks:
                 connections[connection]?.acksStopped = true
+            case .badFrames:
+                session.lastSeq += 1
+                let wrongType = DispatchFrame.encode(seq: session.lastSeq, event: "AT_MESSAGE_CREATE", eventID: "AT_MESSAGE_CREATE:bad", payload: "{\"id\":true}")
+                session.sentUpTo = session.lastSeq
+                for frame in ["not json", "{\"op\":99,\"d\":null}", "{\"op\":0,\"t\":\"AT_MESSAGE_CREATE\",\"d\":{}}"] {
+                    if let w = enqueue(DispatchFrame.allocator.buffer(string: frame), on: connection) { wake.append(w) }
+                }
+                if let w = enqueue(wrongType, on: connection) { wake.append(w) }
             case .close:
                 let code = fault.code ?? 4009
                 if CloseCodeClass.invalidatesSession(code) { invalidate(sessionID, now: now) }
@@ -581,8 +595,12 @@ struct EmulatorCore {
         return wake
     }
 
+    /// Milliseconds since the emulator started.
+    func clockMs(_ now: Int64) -> Double { Double(now - startedAt) / 1e6 }
+
     mutating func snapshot(now: Int64) -> EmulatorStats {
         var s = stats
+        s.clockMs = clockMs(now)
         s.activeSessions = sessions.values.filter { $0.connection != nil }.count
         s.resumableSessions = sessions.count
         var undelivered = 0, pending = 0, delivered = 0, replied = 0, more = 0, unreplied = 0

@@ -46,6 +46,11 @@ public struct EmulatorStats: Codable, Sendable, Equatable {
     public var duplicatePushes: Int = 0
     /// Daily session starts left.
     public var sessionStartRemaining: Int = 0
+    /// Milliseconds since the emulator started, now (the clock of the two fields below).
+    public var clockMs: Double = 0
+    /// When the last reply was recorded, and when the last burst began, in that clock (0 = never).
+    public var lastReplyAtMs: Double = 0
+    public var lastBurstAtMs: Double = 0
 
     public init() {}
 }

@@ -40,8 +40,8 @@ extension GatewayEmulator {
             guard let count = body["count"]?.intValue, (1...10_000_000).contains(count) else {
                 throw PlatformError(status: .badRequest, code: 40012, message: "count must be a whole number 1...10000000")
             }
-            self.burst(count: count)
-            return jsonResponse("{\"ok\":true,\"count\":\(count)}")
+            let startedAt = self.burst(count: count)
+            return jsonResponse("{\"ok\":true,\"count\":\(count),\"startedAtMs\":\(startedAt)}")
         }
         router.post("/emulator/rename") { request, _ in
             let body = try await Self.jsonBody(request)

@@ -113,7 +113,13 @@ public final class GatewayEmulator: Service, Sendable {
     }
 
     /// Generates `count` AT_MESSAGE_CREATE at once (in chunks, so sockets start draining while it runs).
-    public func burst(count: Int) {
+    /// Returns when it began, in milliseconds of the stats clock.
+    @discardableResult
+    public func burst(count: Int) -> Double {
+        let startedAt = core.withLock { core in
+            core.stats.lastBurstAtMs = core.clockMs(Self.now())
+            return core.stats.lastBurstAtMs
+        }
         var left = count
         while left > 0 {
             let chunk = min(left, 512)
@@ -123,6 +129,7 @@ public final class GatewayEmulator: Service, Sendable {
                 for _ in 0..<chunk { core.generateGuildMessage(now: now, wake: &wake) }
             }
         }
+        return startedAt
     }
 
     /// Renames one user now (by user id); returns the new username, or nil for an unknown user.
