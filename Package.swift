@@ -24,11 +24,38 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird-websocket.git", from: "2.8.1"),
         .package(url: "https://github.com/hummingbird-project/swift-websocket.git", from: "1.6.2"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
     ],
     targets: [
         .target(
             name: "ClusterCore",
             dependencies: [.product(name: "Logging", package: "swift-log")]
+        ),
+        .target(
+            name: "QQGateway",
+            dependencies: [
+                "ClusterCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "WSClient", package: "swift-websocket"),
+            ]
+        ),
+        .target(
+            name: "RateBudget",
+            dependencies: ["ClusterCore"]
+        ),
+        .target(
+            name: "Worker",
+            dependencies: [
+                "ClusterCore", "QQGateway", "RateBudget",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
         ),
         .target(
             name: "GatewayEmulator",
@@ -44,7 +71,7 @@ let package = Package(
         .target(
             name: "BotCluster",
             dependencies: [
-                "ClusterCore", "GatewayEmulator",
+                "ClusterCore", "QQGateway", "RateBudget", "Worker", "GatewayEmulator",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -55,12 +82,12 @@ let package = Package(
         ),
         .executableTarget(
             name: "botcluster",
-            dependencies: ["BotCluster"]
+            dependencies: ["BotCluster", "Worker"]
         ),
         .executableTarget(
             name: "BotClusterBench",
             dependencies: [
-                "ClusterCore",
+                "ClusterCore", "BotCluster", "Worker", "QQGateway",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -72,6 +99,31 @@ let package = Package(
         .testTarget(
             name: "ClusterCoreTests",
             dependencies: ["ClusterCore"]
+        ),
+        .testTarget(
+            name: "QQGatewayTests",
+            dependencies: ["QQGateway", "ClusterCore"]
+        ),
+        .testTarget(
+            name: "RateBudgetTests",
+            dependencies: ["RateBudget", "ClusterCore"]
+        ),
+        .testTarget(
+            name: "WorkerTests",
+            dependencies: [
+                "Worker", "QQGateway", "RateBudget", "GatewayEmulator", "ClusterCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(
+            name: "ProcessTests",
+            dependencies: [
+                "ClusterCore",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            ]
         ),
         .testTarget(
             name: "GatewayEmulatorTests",

@@ -1,13 +1,25 @@
 import ArgumentParser
 import ClusterCore
 import Logging
+import Worker
 
-/// The `botcluster` command line: a bot's executable hands its event handler to ``main()`` and gets every
-/// subcommand (launch, run, worker, emulator, config, status, restart, stop, scale).
+/// The `botcluster` command line. A bot's own executable hands its event handler to ``main(handler:)`` and gets
+/// every subcommand with it:
+///
+/// ```swift
+/// import BotCluster
+/// try await BotCluster.main(handler: MyBot())
+/// ```
 public enum BotCluster {
-    /// Parses the command line and runs the chosen subcommand; exits the process with its status.
-    public static func main() async {
-        await BotClusterCommand.main()
+    @TaskLocal static var handler: any EventHandler = ExampleBot()
+
+    /// Parses the command line (or `arguments`) and runs the chosen subcommand with `handler` as the bot; exits
+    /// with its status.
+    public static func main(handler: some EventHandler, arguments: [String]? = nil) async {
+        LoggingSystem.bootstrap { label in StreamLogHandler.standardError(label: label) }
+        await $handler.withValue(handler) {
+            await BotClusterCommand.main(arguments)
+        }
     }
 }
 
@@ -15,7 +27,7 @@ struct BotClusterCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "botcluster",
         abstract: "Run one QQ bot across many gateway shards as a supervised cluster of worker processes.",
-        subcommands: [EmulatorCommand.self, ConfigCommand.self]
+        subcommands: [RunCommand.self, EmulatorCommand.self, ConfigCommand.self]
     )
 }
 

@@ -1,10 +1,14 @@
 import ArgumentParser
 import AsyncHTTPClient
+import BotCluster
 import ClusterCore
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import Foundation
+import QQGateway
 import Synchronization
+import Worker
 
 /// Load generators and measuring clients for scripts/bench.sh. Each subcommand prints `name value unit` lines.
 @main
@@ -12,7 +16,7 @@ struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "botcluster-bench",
         abstract: "Measuring clients for scripts/bench.sh.",
-        subcommands: [EmulatorDispatch.self, EmulatorReplies.self]
+        subcommands: [EmulatorDispatch.self, EmulatorReplies.self, EndToEnd.self, BenchBotCommand.self, Admin.self]
     )
 }
 
@@ -31,6 +35,12 @@ func post(_ url: String, _ body: String, token: String? = nil) async throws -> J
     if let token { request.headers.add(name: "Authorization", value: "QQBot \(token)") }
     request.body = .bytes(ByteBuffer(string: body))
     let response = try await HTTPClient.shared.execute(request, timeout: .seconds(120))
+    let bytes = try await response.body.collect(upTo: 1 << 24)
+    return try JSONValue.parse(String(buffer: bytes))
+}
+
+func get(_ url: String) async throws -> JSONValue {
+    let response = try await HTTPClient.shared.execute(HTTPClientRequest(url: url), timeout: .seconds(30))
     let bytes = try await response.body.collect(upTo: 1 << 24)
     return try JSONValue.parse(String(buffer: bytes))
 }
@@ -158,5 +168,82 @@ struct EmulatorReplies: AsyncParsableCommand {
             rates.append(Double(messages.count) / elapsed)
         }
         print("emulator.replies.rate \(Int(median(rates))) replies/s (\(connections) connections, \(count) per round, median of \(rates.count))")
+    }
+}
+
+/// A burst through a bot connected to the emulator, timed from the burst's start to the last reply the emulator
+/// recorded: for botcluster's worker and for botpy alike.
+struct EndToEnd: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "e2e", abstract: "Time a burst through a connected bot.")
+    @Option var url: String
+    @Option var count = 20_000
+    @Option(help: "Replies that mark the end (count for a replying bot, 1 for a counting one).") var replies: Int?
+    @Option var sessions = 1
+    @Option var label = "bot"
+
+    func run() async throws {
+        let deadline = MonotonicInstant.now() + .seconds(120)
+        while try await get(url + "/emulator/stats")["activeSessions"]?.intValue ?? 0 < sessions {
+            guard MonotonicInstant.now() < deadline else { throw BenchError("no session connected to \(url)") }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let before = try await get(url + "/emulator/stats")["messagesReplied"]?.intValue ?? 0
+        let target = before + (replies ?? count)
+        let burst = try await post(url + "/emulator/burst", #"{"count":\#(count)}"#)
+        guard let startedAt = burst["startedAtMs"].flatMap({ if case .number(let n) = $0 { return n } else { return nil } }) else {
+            throw BenchError("burst failed: \(burst.serialized())")
+        }
+        while true {
+            let stats = try await get(url + "/emulator/stats")
+            if (stats["messagesReplied"]?.intValue ?? 0) >= target, case .number(let end) = stats["lastReplyAtMs"] ?? .null {
+                let seconds = (end - startedAt) / 1000
+                print("e2e.\(label).rate \(Int(Double(count) / seconds)) events/s (\(count) in \(String(format: "%.3f", seconds)) s)")
+                return
+            }
+            guard MonotonicInstant.now() < deadline else { throw BenchError("\(label): only \(stats["messagesReplied"]?.intValue ?? 0) of \(target) replies") }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+    }
+}
+
+/// A bot executable built on the library: `botcluster-bench bot <botcluster arguments>`. BENCH_HANDLER=count
+/// counts events and replies once, to the BENCH_EXPECT-th; otherwise it replies like the example bot.
+struct BenchBotCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "bot", abstract: "Run botcluster with a bench handler.")
+    @Argument(parsing: .captureForPassthrough) var arguments: [String] = []
+
+    func run() async throws {
+        let environment = ProcessInfo.processInfo.environment
+        let expect = environment["BENCH_EXPECT"].flatMap(Int.init) ?? 20_000
+        if environment["BENCH_HANDLER"] == "count" {
+            await BotCluster.main(handler: CountingBenchBot(expect: expect), arguments: arguments)
+        } else {
+            await BotCluster.main(handler: ExampleBot(), arguments: arguments)
+        }
+    }
+}
+
+/// Counts AT_MESSAGE_CREATE and answers only the `expect`-th, so the emulator marks when all were handled.
+final class CountingBenchBot: EventHandler {
+    let expect: Int
+    let seen = Atomic<Int>(0)
+    init(expect: Int) { self.expect = expect }
+
+    func atMessageCreate(_ ctx: Context, _ message: Message) async throws {
+        if seen.add(1, ordering: .relaxed).newValue % expect == 0 {
+            try await ctx.reply(to: message, content: "counted \(expect)")
+        }
+    }
+}
+
+/// Posts to the emulator's admin API: `botcluster-bench admin --url U --path /emulator/traffic --body '{"rate":1000}'`.
+struct Admin: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "POST to the emulator's admin API.")
+    @Option var url: String
+    @Option var path: String
+    @Option var body: String
+
+    func run() async throws {
+        print(try await post(url + path, body).serialized())
     }
 }

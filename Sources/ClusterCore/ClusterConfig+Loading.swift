@@ -115,6 +115,7 @@ extension ClusterConfig {
 
         let id = root.object("identify")
         let identify = IdentifyConfig(
+            window: id.duration("window", default: .seconds(5), min: .zero, max: .seconds(60)),
             margin: id.duration("margin", default: .milliseconds(50), max: .seconds(5)),
             slotTimeout: id.duration("slotTimeout", default: .seconds(10), min: .milliseconds(100))
         )

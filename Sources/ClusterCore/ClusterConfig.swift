@@ -91,6 +91,8 @@ public struct RestartConfig: Sendable {
 
 /// Identify pacing.
 public struct IdentifyConfig: Sendable {
+    /// The platform's identify window (5 s). With the embedded emulator, its own window is used instead.
+    public var window: Duration
     /// Added to every identify window, to absorb the time between a grant and the server seeing the Identify.
     public var margin: Duration
     /// How long a granted slot may stay unused before the ledger counts it spent.
@@ -195,4 +197,30 @@ public struct TrafficConfig: Sendable {
     /// Share of messages the platform pushes twice.
     public var duplicateShare: Double
     public var seed: Int
+}
+
+extension ClusterConfig {
+    /// The identify window the ledger paces by: the embedded emulator's own, or the configured platform window.
+    public var effectiveIdentifyWindow: Duration {
+        gateway.embedded ? emulator.identifyWindow : identify.window
+    }
+}
+
+/// Exit statuses a worker uses to tell the supervisor why it ended.
+public enum WorkerExitStatus {
+    /// Stopped on request (drained, session saved).
+    public static let stopped: Int32 = 0
+    /// A configuration error the platform reported (4010, 4012-4014): restarting cannot help.
+    public static let configurationError: Int32 = 78
+    /// This layout has too many guilds (4011): the cluster must reshard.
+    public static let reshardRequired: Int32 = 79
+    /// The bot is delisted or banned (4914, 4915): do not restart.
+    public static let banned: Int32 = 80
+    /// The IPC link to the supervisor ended: the worker is an orphan and left.
+    public static let orphaned: Int32 = 81
+
+    /// Whether a worker that ended with `status` must not be restarted in a loop.
+    public static func isFatal(_ status: Int32) -> Bool {
+        status == configurationError || status == reshardRequired || status == banned
+    }
 }

@@ -23,6 +23,28 @@ public enum DurationFormat {
         return .nanoseconds(Int64(nanos.rounded()))
     }
 
+    /// Prints a duration for people: three significant digits in the largest fitting unit ("4.87ms", "312us").
+    public static func human(_ duration: Duration) -> String {
+        let nanos = Double(duration.nanoseconds)
+        for (suffix, size) in [("s", 1e9), ("ms", 1e6), ("us", 1e3)] where abs(nanos) >= size {
+            let value = nanos / size
+            let digits = value >= 100 ? 0 : value >= 10 ? 1 : 2
+            var text = String(Int64((value * pow10(digits)).rounded()))
+            if digits > 0 {
+                while text.count <= digits { text = "0" + text }
+                text.insert(".", at: text.index(text.endIndex, offsetBy: -digits))
+            }
+            return text + suffix
+        }
+        return "\(Int64(nanos))ns"
+    }
+
+    static func pow10(_ n: Int) -> Double {
+        var result = 1.0
+        for _ in 0..<n { result *= 10 }
+        return result
+    }
+
     /// Prints a duration in the largest unit that keeps it exact, or in seconds with a fraction.
     public static func format(_ duration: Duration) -> String {
         let nanos = duration.nanoseconds

@@ -1,3 +1,4 @@
 import BotCluster
+import Worker
 
-await BotCluster.main()
+await BotCluster.main(handler: ExampleBot())

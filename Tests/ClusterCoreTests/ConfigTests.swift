@@ -92,6 +92,9 @@ struct ConfigTests {
         #expect(DurationFormat.parse("-1s") == nil)
         #expect(DurationFormat.format(.milliseconds(1500)) == "1500ms")
         #expect(DurationFormat.format(.seconds(120)) == "2m")
+        #expect(DurationFormat.human(.nanoseconds(4_870_992)) == "4.87ms")
+        #expect(DurationFormat.human(.microseconds(312)) == "312us")
+        #expect(DurationFormat.human(.milliseconds(1500)) == "1.50s")
     }
 
     @Test func everyProblemIsReportedNotOnlyTheFirst() {

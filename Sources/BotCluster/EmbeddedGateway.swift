@@ -1,0 +1,28 @@
+import ClusterCore
+import GatewayEmulator
+import Logging
+import Worker
+
+/// The gateway a command talks to: the configured platform, or the emulator started in this process.
+struct ResolvedGateway: Sendable {
+    var endpoints: GatewayEndpoints
+    /// The in-process emulator when `gateway.embedded` is set; it must be run as a service.
+    var emulator: GatewayEmulator?
+
+    static func resolve(_ config: ClusterConfig, logger: Logger) -> ResolvedGateway {
+        if config.gateway.embedded {
+            let emulator = GatewayEmulator(config: config.emulator, app: config.app, logger: logger)
+            return ResolvedGateway(endpoints: GatewayEndpoints(apiBase: "", tokenURL: ""), emulator: emulator)
+        }
+        return ResolvedGateway(
+            endpoints: GatewayEndpoints(apiBase: config.gateway.url ?? GatewayConfig.platformURL, tokenURL: config.gateway.tokenURL ?? GatewayConfig.platformTokenURL),
+            emulator: nil
+        )
+    }
+
+    /// The endpoints, once an embedded emulator listens.
+    func ready() async throws -> GatewayEndpoints {
+        guard let emulator else { return endpoints }
+        return .emulator(base: try await emulator.baseURL())
+    }
+}

@@ -1,0 +1,354 @@
+import ClusterCore
+
+/// The gateway session logic as a pure state machine: connection events, frames and timer ticks in, actions out.
+/// The clock is a parameter, so every path — heartbeats, zombie detection, backoff, close codes — is tested
+/// without sockets or sleeping.
+public struct GatewaySessionStateMachine: Sendable {
+    public struct Configuration: Sendable {
+        /// Delay before the second consecutive reconnect attempt; doubles per attempt up to `maxBackoff`.
+        public var baseBackoff: Duration = .milliseconds(250)
+        public var maxBackoff: Duration = .seconds(30)
+        /// Fraction of each backoff drawn at random, either way.
+        public var jitter: Double = 0.2
+        /// How long a socket may take from connect to Hello.
+        public var helloTimeout: Duration = .seconds(10)
+        /// How long an Identify or Resume may wait for READY / RESUMED.
+        public var handshakeTimeout: Duration = .seconds(30)
+        public var seed: UInt64 = 1
+
+        public init() {}
+    }
+
+    public enum State: Sendable, Equatable {
+        case idle
+        case connecting
+        case awaitingHello
+        case waitingForPermit
+        case identifying
+        case resuming
+        case ready
+        /// We asked the socket to close; `reconnect` says what follows.
+        case closing(reconnect: Bool)
+        case backoff(until: MonotonicInstant)
+        case stopped
+        case failed(FatalReason)
+    }
+
+    public enum FatalReason: Sendable, Equatable {
+        case configuration(code: UInt16)
+        case reshardRequired
+        case stopped(code: UInt16)
+    }
+
+    public enum Input: Sendable, Equatable {
+        case start
+        case connected
+        case frame(GatewayFrame)
+        /// The socket closed; the code the server sent, nil when it dropped without one.
+        case closed(code: UInt16?)
+        case permitGranted
+        case tick
+        /// The reader is blocked on the bot's backpressure (ACKs cannot be read), or no longer blocked.
+        case readerBlocked(Bool)
+        /// Close with a resumable close and stop.
+        case stop
+    }
+
+    public enum Action: Sendable, Equatable {
+        case connect
+        case requestIdentifyPermit
+        case sendIdentify
+        case sendResume(sessionID: String, seq: Int)
+        case sendHeartbeat(seq: Int?)
+        /// Close the socket with this code (non-1000 keeps the session resumable).
+        case closeSocket(code: UInt16)
+        case ready(sessionID: String, shard: ShardID?)
+        case resumed
+        case dispatch(GatewayFrame)
+        case heartbeatAcknowledged(latency: Duration)
+        /// The session is gone (op 9, identify-class close): the stored session must be forgotten.
+        case sessionInvalidated
+        case invalidateToken
+        /// A connection ended; the counts of reconnects and the reason feed gateway progress reports.
+        case disconnected(code: UInt16?, reconnectIn: Duration?)
+        case stopped
+        case failed(FatalReason)
+        /// A frame that broke the protocol (logged by the driver; the session carries on or resumes).
+        case protocolViolation(String)
+    }
+
+    /// The close code we use when we close: not 1000, so the session stays resumable.
+    public static let resumableCloseCode: UInt16 = 4000
+
+    public private(set) var state: State = .idle
+    public private(set) var sessionID: String?
+    /// The last `s` received.
+    public private(set) var lastSeq: Int?
+    public private(set) var heartbeatInterval: Duration?
+    public private(set) var reconnects = 0
+    var nextHeartbeatAt: MonotonicInstant?
+    var heartbeatSentAt: MonotonicInstant?
+    var awaitingAck = false
+    var readerBlocked = false
+    var handshakeDeadline: MonotonicInstant?
+    /// Consecutive connection attempts that did not reach READY/RESUMED.
+    var failedAttempts = 0
+    var permitHeld = false
+    var stopRequested = false
+    /// Why we are closing, when we close on our own.
+    var closeReason: CloseCodePolicy?
+    let configuration: Configuration
+    var rng: SplitMix64
+
+    public init(configuration: Configuration = .init(), resuming session: (id: String, seq: Int)? = nil) {
+        self.configuration = configuration
+        rng = SplitMix64(seed: configuration.seed)
+        if let session {
+            sessionID = session.id
+            lastSeq = session.seq
+        }
+    }
+
+    /// The earliest moment a `.tick` has something to do.
+    public var nextDeadline: MonotonicInstant? {
+        switch state {
+        case .backoff(let until): return until
+        case .connecting, .awaitingHello: return handshakeDeadline
+        case .waitingForPermit, .identifying, .resuming, .ready:
+            return [nextHeartbeatAt, state == .waitingForPermit ? nil : handshakeDeadline].compactMap { $0 }.min()
+        default: return nil
+        }
+    }
+
+    public var isReady: Bool { state == .ready }
+
+    public mutating func handle(_ input: Input, now: MonotonicInstant) -> [Action] {
+        switch input {
+        case .start:
+            guard state == .idle else { return [] }
+            return connect(now)
+        case .stop:
+            stopRequested = true
+            switch state {
+            case .idle, .backoff, .connecting:
+                state = .stopped
+                return [.stopped]
+            case .stopped, .failed, .closing:
+                return []
+            default:
+                state = .closing(reconnect: false)
+                return [.closeSocket(code: Self.resumableCloseCode)]
+            }
+        case .connected:
+            guard state == .connecting else { return [] }
+            state = .awaitingHello
+            handshakeDeadline = now + configuration.helloTimeout
+            return []
+        case .permitGranted:
+            permitHeld = true
+            guard state == .waitingForPermit else { return [] }
+            permitHeld = false
+            state = .identifying
+            handshakeDeadline = now + configuration.handshakeTimeout
+            return [.sendIdentify]
+        case .readerBlocked(let blocked):
+            readerBlocked = blocked
+            return []
+        case .frame(let frame):
+            return handleFrame(frame, now: now)
+        case .closed(let code):
+            return handleClosed(code, now: now)
+        case .tick:
+            return handleTick(now)
+        }
+    }
+
+    mutating func connect(_ now: MonotonicInstant) -> [Action] {
+        state = .connecting
+        handshakeDeadline = now + configuration.helloTimeout
+        awaitingAck = false
+        nextHeartbeatAt = nil
+        heartbeatSentAt = nil
+        closeReason = nil
+        return [.connect]
+    }
+
+    mutating func handleFrame(_ frame: GatewayFrame, now: MonotonicInstant) -> [Action] {
+        switch frame.opcode {
+        case .hello:
+            guard state == .awaitingHello else { return [.protocolViolation("Hello while \(state)")] }
+            guard let ms = frame.d["heartbeat_interval"]?.intValue, ms > 0 else {
+                return closeOwn(.resume, violation: "Hello without a positive heartbeat_interval")
+            }
+            let interval = Duration.milliseconds(ms)
+            heartbeatInterval = interval
+            // The first heartbeat is jittered so that shards started together do not beat in step.
+            let fraction = Double(rng.next() % 1_000_000) / 1_000_000
+            nextHeartbeatAt = now + .nanoseconds(Int64(Double(interval.nanoseconds) * fraction))
+            if let sessionID {
+                state = .resuming
+                handshakeDeadline = now + configuration.handshakeTimeout
+                return [.sendResume(sessionID: sessionID, seq: lastSeq ?? 0)]
+            }
+            if permitHeld {
+                permitHeld = false
+                state = .identifying
+                handshakeDeadline = now + configuration.handshakeTimeout
+                return [.sendIdentify]
+            }
+            state = .waitingForPermit
+            handshakeDeadline = nil
+            return [.requestIdentifyPermit]
+        case .heartbeatAck:
+            awaitingAck = false
+            guard let sent = heartbeatSentAt else { return [] }
+            heartbeatSentAt = nil
+            return [.heartbeatAcknowledged(latency: now - sent)]
+        case .reconnect:
+            return closeOwn(.resume, violation: nil)
+        case .invalidSession:
+            sessionID = nil
+            lastSeq = nil
+            return closeOwn(.identify, violation: nil) + [.sessionInvalidated]
+        case .dispatch:
+            guard let seq = frame.s, let name = frame.t else { return [.protocolViolation("dispatch without s or t")] }
+            if let last = lastSeq { lastSeq = max(last, seq) } else { lastSeq = seq }
+            switch name {
+            case "READY":
+                guard state == .identifying else { return [.protocolViolation("READY while \(state)")] }
+                guard let id = frame.d["session_id"]?.stringValue else {
+                    return closeOwn(.identify, violation: "READY without session_id")
+                }
+                sessionID = id
+                state = .ready
+                failedAttempts = 0
+                handshakeDeadline = nil
+                var shard: ShardID?
+                if case .array(let parts) = frame.d["shard"], parts.count == 2, let a = parts[0].intValue, let b = parts[1].intValue {
+                    shard = ShardID(a, of: b)
+                }
+                return [.ready(sessionID: id, shard: shard)]
+            case "RESUMED":
+                guard state == .resuming else { return [.protocolViolation("RESUMED while \(state)")] }
+                state = .ready
+                failedAttempts = 0
+                handshakeDeadline = nil
+                return [.resumed]
+            default:
+                return [.dispatch(frame)]
+            }
+        case .heartbeat:
+            // The server asks for a heartbeat now.
+            return sendHeartbeat(now)
+        case .identify, .resume, .httpCallbackAck, .callbackValidation, nil:
+            return [.protocolViolation("unexpected op \(frame.op) from the server")]
+        }
+    }
+
+    mutating func sendHeartbeat(_ now: MonotonicInstant) -> [Action] {
+        awaitingAck = true
+        heartbeatSentAt = now
+        if let interval = heartbeatInterval {
+            nextHeartbeatAt = now + interval
+        }
+        return [.sendHeartbeat(seq: lastSeq)]
+    }
+
+    /// We close the socket ourselves; `then` says what to do once it is closed.
+    mutating func closeOwn(_ then: CloseCodePolicy, violation: String?) -> [Action] {
+        closeReason = then
+        state = .closing(reconnect: true)
+        nextHeartbeatAt = nil
+        var actions: [Action] = []
+        if let violation { actions.append(.protocolViolation(violation)) }
+        actions.append(.closeSocket(code: Self.resumableCloseCode))
+        return actions
+    }
+
+    mutating func handleTick(_ now: MonotonicInstant) -> [Action] {
+        switch state {
+        case .backoff(let until):
+            guard now >= until else { return [] }
+            return connect(now)
+        case .connecting, .awaitingHello:
+            if let deadline = handshakeDeadline, now >= deadline {
+                return closeOwn(.resume, violation: state == .connecting ? nil : "no Hello within \(DurationFormat.format(configuration.helloTimeout))")
+            }
+            return []
+        case .waitingForPermit, .identifying, .resuming, .ready:
+            if state != .waitingForPermit, let deadline = handshakeDeadline, now >= deadline {
+                return closeOwn(state == .identifying ? .identify : .resume, violation: "no \(state == .identifying ? "READY" : "RESUMED") within \(DurationFormat.format(configuration.handshakeTimeout))")
+            }
+            guard let due = nextHeartbeatAt, now >= due else { return [] }
+            if awaitingAck && !readerBlocked {
+                // No ACK for the last heartbeat before the next one is due: the connection is a zombie.
+                return closeOwn(.resume, violation: "no heartbeat ACK within \(DurationFormat.format(heartbeatInterval ?? .zero)): zombie connection")
+            }
+            return sendHeartbeat(now)
+        default:
+            return []
+        }
+    }
+
+    mutating func handleClosed(_ code: UInt16?, now: MonotonicInstant) -> [Action] {
+        nextHeartbeatAt = nil
+        awaitingAck = false
+        handshakeDeadline = nil
+        if case .stopped = state { return [] }
+        if case .failed = state { return [] }
+        if stopRequested {
+            state = .stopped
+            return [.disconnected(code: code, reconnectIn: nil), .stopped]
+        }
+        // Our own close decides; otherwise the server's code does.
+        let policy: CloseCodePolicy
+        if case .closing = state, let reason = closeReason {
+            policy = reason
+        } else {
+            policy = CloseCodePolicy.forCode(code)
+        }
+        var actions: [Action] = []
+        switch policy {
+        case .fatalConfiguration, .reshardRequired, .stop:
+            let reason: FatalReason = policy == .reshardRequired ? .reshardRequired
+                : policy == .stop ? .stopped(code: code ?? 0) : .configuration(code: code ?? 0)
+            state = .failed(reason)
+            return [.disconnected(code: code, reconnectIn: nil), .failed(reason)]
+        case .identify, .refreshTokenAndIdentify:
+            if sessionID != nil {
+                sessionID = nil
+                lastSeq = nil
+                actions.append(.sessionInvalidated)
+            }
+            if policy == .refreshTokenAndIdentify { actions.append(.invalidateToken) }
+        case .resume, .resumeAfterBackoff:
+            break
+        }
+        reconnects += 1
+        var delay = backoff()
+        if policy == .resumeAfterBackoff { delay = max(delay, configuration.baseBackoff) }
+        failedAttempts += 1
+        actions.append(.disconnected(code: code, reconnectIn: delay))
+        if delay == .zero {
+            actions += connect(now)
+        } else {
+            state = .backoff(until: now + delay)
+        }
+        return actions
+    }
+
+    /// Jittered exponential backoff: none for the first attempt, then base, 2 x base, ... up to the cap.
+    mutating func backoff() -> Duration {
+        guard failedAttempts > 0 else { return .zero }
+        let exponent = min(failedAttempts - 1, 20)
+        let raw = min(Double(configuration.baseBackoff.nanoseconds) * pow2(exponent), Double(configuration.maxBackoff.nanoseconds))
+        let spread = (Double(rng.next() % 2_000_001) / 1_000_000 - 1) * configuration.jitter
+        return .nanoseconds(Int64(max(0, raw * (1 + spread))))
+    }
+}
+
+func pow2(_ n: Int) -> Double {
+    var result = 1.0
+    for _ in 0..<n { result *= 2 }
+    return result
+}

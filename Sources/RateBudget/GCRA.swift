@@ -1,0 +1,51 @@
+import ClusterCore
+
+/// The generic cell rate algorithm: a token bucket of `rate` per second holding up to `burst`, kept as one
+/// timestamp (the theoretical arrival time). Pure: the time is a parameter.
+public struct GCRA: Sendable, Equatable {
+    /// Nanoseconds between tokens.
+    public let interval: Int64
+    /// How far ahead of now the arrival time may run: `burst` tokens' worth.
+    public let tolerance: Int64
+    var tat: Int64 = .min
+
+    public init(rate: Double, burst: Int) {
+        precondition(rate > 0 && burst >= 1)
+        interval = max(1, Int64((1e9 / rate).rounded()))
+        tolerance = interval * Int64(burst)
+    }
+
+    /// Takes `count` tokens if they are there now.
+    public mutating func take(_ count: Int = 1, now: MonotonicInstant) -> Bool {
+        let start = max(tat, now.nanoseconds)
+        let next = start + interval * Int64(count)
+        guard next - now.nanoseconds <= tolerance else { return false }
+        tat = next
+        return true
+    }
+
+    /// Reserves `count` tokens and returns when they may be used (now, or later when the bucket is empty).
+    /// Reservations queue in order, so waiting callers are served first come, first served.
+    public mutating func reserve(_ count: Int = 1, now: MonotonicInstant) -> MonotonicInstant {
+        let start = max(tat, now.nanoseconds)
+        tat = start + interval * Int64(count)
+        return MonotonicInstant(nanoseconds: max(now.nanoseconds, tat - tolerance))
+    }
+
+    /// Gives back tokens taken but not used.
+    public mutating func refund(_ count: Int, now: MonotonicInstant) {
+        tat = max(now.nanoseconds - tolerance, tat - interval * Int64(count))
+    }
+
+    /// Tokens available right now.
+    public func available(now: MonotonicInstant) -> Int {
+        let used = max(0, tat - now.nanoseconds)
+        return Int((tolerance - used) / interval)
+    }
+
+    /// How long until `count` tokens are available.
+    public func wait(for count: Int = 1, now: MonotonicInstant) -> Duration {
+        let start = max(tat, now.nanoseconds)
+        return .nanoseconds(max(0, start + interval * Int64(count) - tolerance - now.nanoseconds))
+    }
+}

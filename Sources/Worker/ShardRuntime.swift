@@ -1,0 +1,285 @@
+import ClusterCore
+import Logging
+import QQGateway
+import Synchronization
+
+/// What a shard's runtime reports as it goes (the supervisor's IPC link implements it; a lone worker logs).
+public protocol RuntimeObserver: Sendable {
+    /// The session a successor would resume: its id and the seq up to which every dispatch is handled.
+    func sessionCommitted(sessionID: String, seq: Int)
+    /// The session is gone: a successor must identify.
+    func sessionInvalidated()
+    func ready(sessionID: String, resumed: Bool)
+    func heartbeatAcknowledged(latency: Duration)
+    func disconnected(code: UInt16?)
+    func failed(_ reason: GatewaySessionStateMachine.FatalReason)
+}
+
+extension RuntimeObserver {
+    public func sessionCommitted(sessionID: String, seq: Int) {}
+    public func sessionInvalidated() {}
+    public func ready(sessionID: String, resumed: Bool) {}
+    public func heartbeatAcknowledged(latency: Duration) {}
+    public func disconnected(code: UInt16?) {}
+    public func failed(_ reason: GatewaySessionStateMachine.FatalReason) {}
+}
+
+/// Counters of one shard's runtime.
+public struct RuntimeStats: Sendable {
+    public var received = 0
+    public var handled = 0
+    public var duplicatesSkipped = 0
+    public var undecodable = 0
+    public var handlerErrors = 0
+    public var reconnects = 0
+    public var lastEventAt: MonotonicInstant?
+    public var heartbeatLatency: Duration?
+    /// Event received -> handler entered.
+    public var dispatchLatency = LatencyHistogram()
+}
+
+/// How a runtime ended.
+public struct RuntimeOutcome: Sendable {
+    public var gateway: GatewayClientOutcome
+    /// The session and committed seq to resume from (nil after an invalid session).
+    public var sessionID: String?
+    public var committedSeq: Int
+    /// Handlers still running when the drain timeout ran out (they were cancelled).
+    public var abandoned: Int
+    public var stats: RuntimeStats
+}
+
+/// Runs one shard: the gateway client feeds dispatches, which are claimed (effectively once), handed to the bot's
+/// handler with at most `maxInFlight` running (the reader waits beyond that: backpressure, not memory), and
+/// tracked so that the committed seq — what a successor resumes from — never passes an unfinished event.
+public final class ShardRuntime: Sendable {
+    public struct Configuration: Sendable {
+        public var shard: ShardID
+        public var maxInFlight: Int
+        public var drainTimeout: Duration
+
+        public init(shard: ShardID, maxInFlight: Int, drainTimeout: Duration) {
+            self.shard = shard
+            self.maxInFlight = maxInFlight
+            self.drainTimeout = drainTimeout
+        }
+    }
+
+    struct State {
+        var tracker = SeqTracker()
+        var sessionID: String?
+        var stats = RuntimeStats()
+        var inFlight = 0
+        var lastReported: (String, Int)?
+    }
+
+    let configuration: Configuration
+    let handler: any EventHandler
+    let client: GatewayClient
+    let api: OpenAPIClient
+    let claims: any EventClaims
+    let observer: (any RuntimeObserver)?
+    let logger: Logger
+    let slots: AsyncSemaphore
+    let state = Mutex(State())
+    let idle = Wakeup()
+    let jobs: AsyncStream<@Sendable () async -> Void>
+    let jobsContinuation: AsyncStream<@Sendable () async -> Void>.Continuation
+
+    public init(
+        configuration: Configuration, handler: any EventHandler, client: GatewayClient, api: OpenAPIClient,
+        claims: any EventClaims, observer: (any RuntimeObserver)?, logger: Logger
+    ) {
+        self.configuration = configuration
+        self.handler = handler
+        self.client = client
+        self.api = api
+        self.claims = claims
+        self.observer = observer
+        var logger = logger
+        logger[metadataKey: "shard.id"] = "\(configuration.shard)"
+        self.logger = logger
+        slots = AsyncSemaphore(permits: configuration.maxInFlight)
+        (jobs, jobsContinuation) = AsyncStream.makeStream()
+    }
+
+    /// The counters so far.
+    public var stats: RuntimeStats { state.withLock { $0.stats } }
+
+    /// The session a successor would resume from now.
+    public var committed: (sessionID: String?, seq: Int) {
+        state.withLock { ($0.sessionID, $0.tracker.committed) }
+    }
+
+    /// Stops reading, closes the socket resumably, and lets running handlers finish (up to the drain timeout).
+    public func stop() {
+        client.stop()
+    }
+
+    /// Runs until stopped or until the gateway fails for good.
+    public func run() async -> RuntimeOutcome {
+        let gatewayOutcome = AsyncSignal<GatewayClientOutcome>()
+        var abandoned = 0
+        do {
+            try await withThrowingDiscardingTaskGroup { group in
+                group.addTask {
+                    let outcome = await self.client.run { event in await self.handle(event) }
+                    gatewayOutcome.set(outcome)
+                    self.jobsContinuation.finish()
+                }
+                for await job in jobs {
+                    group.addTask { await job() }
+                }
+                // Reading has stopped: give running handlers the drain timeout, then cancel what is left.
+                try await self.drain()
+            }
+        } catch {
+            abandoned = state.withLock { $0.inFlight }
+            logger.warning("drain timed out; cancelled running handlers", metadata: ["handlers": "\(abandoned)"])
+        }
+        let (sessionID, committed, stats) = state.withLock { ($0.sessionID, $0.tracker.committed, $0.stats) }
+        return RuntimeOutcome(
+            gateway: gatewayOutcome.current ?? .stopped(sessionID: sessionID, seq: committed),
+            sessionID: sessionID, committedSeq: committed, abandoned: abandoned, stats: stats
+        )
+    }
+
+    struct DrainTimeout: Error {}
+
+    func drain() async throws {
+        let deadline = MonotonicInstant.now() + configuration.drainTimeout
+        while state.withLock({ $0.inFlight }) > 0 {
+            if MonotonicInstant.now() >= deadline { throw DrainTimeout() }
+            await idle.wait(until: deadline)
+        }
+    }
+
+    /// Reports the committed session when it moved.
+    public func reportSession() {
+        let report = state.withLock { state -> (String, Int)? in
+            guard let id = state.sessionID else { return nil }
+            let current = (id, state.tracker.committed)
+            if let last = state.lastReported, last == current { return nil }
+            state.lastReported = current
+            return current
+        }
+        if let (id, seq) = report { observer?.sessionCommitted(sessionID: id, seq: seq) }
+    }
+
+    func handle(_ event: GatewayClientEvent) async {
+        switch event {
+        case .ready(let sessionID, _):
+            state.withLock { state in
+                state.tracker.reset(seq: 1)
+                state.sessionID = sessionID
+            }
+            observer?.ready(sessionID: sessionID, resumed: false)
+            reportSession()
+            let ctx = Context(api: api, shard: configuration.shard, logger: logger, eventID: nil, seq: 1)
+            await spawnHandler(name: "READY", ticket: nil, claimKey: nil) { try await self.handler.ready(ctx, sessionID: sessionID) }
+        case .resumed(let sessionID, let seq):
+            state.withLock { state in
+                if state.sessionID != sessionID {
+                    state.tracker.reset()
+                    state.sessionID = sessionID
+                }
+                state.tracker.observe(seq)
+            }
+            observer?.ready(sessionID: sessionID, resumed: true)
+            reportSession()
+        case .dispatch(let dispatch):
+            await dispatchEvent(dispatch)
+        case .sessionInvalidated:
+            state.withLock { state in
+                state.sessionID = nil
+                state.lastReported = nil
+                state.tracker.reset()
+            }
+            observer?.sessionInvalidated()
+        case .heartbeatAcknowledged(let latency):
+            state.withLock { $0.stats.heartbeatLatency = latency }
+            observer?.heartbeatAcknowledged(latency: latency)
+        case .disconnected(let code, let reconnectIn):
+            if reconnectIn != nil { state.withLock { $0.stats.reconnects += 1 } }
+            observer?.disconnected(code: code)
+        case .failed(let reason):
+            observer?.failed(reason)
+        }
+    }
+
+    func dispatchEvent(_ dispatch: GatewayDispatch) async {
+        let ticket = state.withLock { state -> SeqTracker.Ticket in
+            state.stats.received += 1
+            state.stats.lastEventAt = dispatch.receivedAt
+            return state.tracker.begin(dispatch.seq)
+        }
+        let event: GatewayEvent
+        do {
+            event = try GatewayEvent.decode(name: dispatch.name, payload: dispatch.payload)
+        } catch {
+            logger.warning("undecodable event skipped", metadata: ["event": "\(dispatch.name)", "session.seq": "\(dispatch.seq)", "problem": "\(error)"])
+            state.withLock { state in
+                state.stats.undecodable += 1
+                state.tracker.end(ticket)
+            }
+            return
+        }
+        let key = dispatch.eventID ?? Self.messageID(of: event).map { "\(dispatch.name):\($0)" }
+        let ctx = Context(api: api, shard: configuration.shard, logger: logger, eventID: dispatch.eventID, seq: dispatch.seq)
+        let receivedAt = dispatch.receivedAt
+        await spawnHandler(name: dispatch.name, ticket: ticket, claimKey: key) {
+            self.state.withLock { $0.stats.dispatchLatency.record(.now() - receivedAt) }
+            try await self.handler.handle(event, ctx: ctx)
+        }
+    }
+
+    /// Waits for a free slot (backpressure), then runs the handler as its own task.
+    func spawnHandler(name: String, ticket: SeqTracker.Ticket?, claimKey: String?, _ body: @escaping @Sendable () async throws -> Void) async {
+        do {
+            try await slots.acquire()
+        } catch {
+            if let ticket { state.withLock { $0.tracker.end(ticket) } }
+            return
+        }
+        state.withLock { $0.inFlight += 1 }
+        jobsContinuation.yield {
+            defer {
+                self.slots.release()
+                let idle = self.state.withLock { state -> Bool in
+                    if let ticket { state.tracker.end(ticket) }
+                    state.inFlight -= 1
+                    return state.inFlight == 0
+                }
+                if idle { self.idle.poke() }
+            }
+            if let claimKey {
+                guard await self.claims.claim(claimKey) else {
+                    self.state.withLock { $0.stats.duplicatesSkipped += 1 }
+                    return
+                }
+            }
+            do {
+                try await body()
+                if let claimKey { self.claims.complete(claimKey) }
+                self.state.withLock { $0.stats.handled += 1 }
+            } catch is CancellationError {
+                if let claimKey { self.claims.release(claimKey) }
+            } catch {
+                // The handler ran and failed: the event counts as handled (not retried), and the error is logged.
+                if let claimKey { self.claims.complete(claimKey) }
+                self.state.withLock { $0.stats.handlerErrors += 1 }
+                self.logger.error("handler failed", metadata: ["event": "\(name)", "error": "\(error)"])
+            }
+        }
+    }
+
+    static func messageID(of event: GatewayEvent) -> String? {
+        switch event {
+        case .atMessageCreate(let m), .messageCreate(let m), .directMessageCreate(let m): return m.id
+        case .groupAtMessageCreate(let m): return m.id
+        case .c2cMessageCreate(let m): return m.id
+        case .interactionCreate(let i): return i.id
+        default: return nil
+        }
+    }
+}

@@ -1,0 +1,151 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOFoundationCompat
+import Synchronization
+import Testing
+
+/// The built `botcluster` executable, next to the test bundle.
+func botclusterBinary() -> String {
+    let bundleDirectory = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    for candidate in [bundleDirectory, bundleDirectory.deletingLastPathComponent()] {
+        let path = candidate.appendingPathComponent("botcluster").path
+        if FileManager.default.isExecutableFile(atPath: path) { return path }
+    }
+    return bundleDirectory.appendingPathComponent("botcluster").path
+}
+
+/// A scratch directory for one test, removed at the end.
+func withTemporaryDirectory<T>(_ body: (String) async throws -> T) async rethrows -> T {
+    let path = NSTemporaryDirectory() + "botcluster-test-" + UUID().uuidString.prefix(8)
+    try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: path) }
+    return try await body(path)
+}
+
+/// A running `botcluster` process whose output is read line by line, so tests wait for what it says.
+final class BotclusterProcess: Sendable {
+    let process: Process
+    let lines: AsyncStream<String>
+    private let collected = LineCollector()
+
+    init(_ arguments: [String], directory: String, environment: [String: String] = [:]) throws {
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: botclusterBinary())
+        process.arguments = arguments
+        process.currentDirectoryURL = URL(fileURLWithPath: directory)
+        var env = ProcessInfo.processInfo.environment
+        for (key, value) in environment { env[key] = value }
+        process.environment = env
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        let (lines, continuation) = AsyncStream<String>.makeStream()
+        self.lines = lines
+        let collected = collected
+        output.fileHandleForReading.readabilityHandler = { handle in
+            let data = handle.availableData
+            if data.isEmpty {
+                handle.readabilityHandler = nil
+                continuation.finish()
+                return
+            }
+            let complete = collected.pending.withLock { buffer -> [String] in
+                buffer.append(data)
+                var result: [String] = []
+                while let newline = buffer.firstIndex(of: 0x0A) {
+                    result.append(String(decoding: buffer[buffer.startIndex..<newline], as: UTF8.self))
+                    buffer.removeSubrange(buffer.startIndex...newline)
+                }
+                return result
+            }
+            for line in complete {
+                collected.lines.withLock { $0.append(line) }
+                continuation.yield(line)
+            }
+        }
+        try process.run()
+    }
+
+    var pid: Int32 { process.processIdentifier }
+
+    /// Everything printed so far.
+    var output: [String] { collected.lines.withLock { $0 } }
+
+    /// Waits for a line containing `text` (the output so far counts); fails the test if the process ends first.
+    @discardableResult
+    func waitForLine(containing text: String, iterator: inout AsyncStream<String>.Iterator) async -> String? {
+        while let line = await iterator.next() {
+            if line.contains(text) { return line }
+        }
+        Issue.record("the process ended before printing \"\(text)\"; output:\n\(output.suffix(30).joined(separator: "\n"))")
+        return nil
+    }
+
+    func signal(_ signal: Int32) { kill(process.processIdentifier, signal) }
+
+    /// Waits for the process to end and returns its exit status (or 128 + signal).
+    func waitForExit() async -> Int32 {
+        await withCheckedContinuation { continuation in
+            DispatchQueue.global().async {
+                self.process.waitUntilExit()
+                let status = self.process.terminationReason == .uncaughtSignal ? 128 + self.process.terminationStatus : self.process.terminationStatus
+                continuation.resume(returning: status)
+            }
+        }
+    }
+
+    deinit {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    }
+}
+
+/// What a process printed: whole lines, and the unfinished tail.
+final class LineCollector: Sendable {
+    let lines = Mutex<[String]>([])
+    let pending = Mutex(Data())
+}
+
+/// A `botcluster emulator` process on a free port.
+struct EmulatorProcess {
+    let process: BotclusterProcess
+    let url: String
+
+    static func start(config: String, directory: String) async throws -> EmulatorProcess {
+        try config.write(toFile: directory + "/emulator.json", atomically: true, encoding: .utf8)
+        let process = try BotclusterProcess(["emulator", "--config", "emulator.json", "--port", "0"], directory: directory)
+        var lines = process.lines.makeAsyncIterator()
+        let line = try #require(await process.waitForLine(containing: "emulator listening on ", iterator: &lines))
+        return EmulatorProcess(process: process, url: String(line.split(separator: " ").last!))
+    }
+
+    /// The emulator's ground-truth counters.
+    func stats() async throws -> [String: Double] {
+        var request = HTTPClientRequest(url: url + "/emulator/stats")
+        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+        let body = try await response.body.collect(upTo: 1 << 20)
+        let object = try JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any] ?? [:]
+        return object.compactMapValues { ($0 as? NSNumber)?.doubleValue }
+    }
+
+    /// Waits until the counters satisfy `condition`.
+    func waitFor(_ what: String, timeout: Duration = .seconds(60), _ condition: ([String: Double]) -> Bool) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let stats = try await stats()
+            if condition(stats) { return }
+            if ContinuousClock.now > deadline {
+                Issue.record("timed out waiting for \(what): \(stats)")
+                throw CancellationError()
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    /// A cluster.json for workers that use this emulator as their platform.
+    func clusterConfig(_ extra: String = "") -> String {
+        #"{"gateway": {"embedded": false, "url": "\#(url)", "tokenURL": "\#(url)/app/getAppAccessToken"}, "app": {"id": "102000001", "secret": "env:TEST_APP_SECRET"}\#(extra.isEmpty ? "" : ", " + extra)}"#
+    }
+
+    static let secretEnvironment = ["TEST_APP_SECRET": "emulator-development-secret"]
+}
