@@ -25,11 +25,22 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/swift-websocket.git", from: "1.6.2"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
     ],
     targets: [
         .target(
             name: "ClusterCore",
             dependencies: [.product(name: "Logging", package: "swift-log")]
+        ),
+        .target(name: "CBotSystem"),
+        .target(
+            name: "ClusterIPC",
+            dependencies: [
+                "ClusterCore", "CBotSystem",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
         ),
         .target(
             name: "QQGateway",
@@ -51,10 +62,21 @@ let package = Package(
         .target(
             name: "Worker",
             dependencies: [
-                "ClusterCore", "QQGateway", "RateBudget",
+                "ClusterCore", "ClusterIPC", "QQGateway", "RateBudget",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        .target(
+            name: "Supervisor",
+            dependencies: [
+                "ClusterCore", "ClusterIPC", "QQGateway", "CBotSystem",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .target(
@@ -71,7 +93,7 @@ let package = Package(
         .target(
             name: "BotCluster",
             dependencies: [
-                "ClusterCore", "QQGateway", "RateBudget", "Worker", "GatewayEmulator",
+                "ClusterCore", "ClusterIPC", "QQGateway", "RateBudget", "Worker", "Supervisor", "GatewayEmulator", "CBotSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -87,7 +109,8 @@ let package = Package(
         .executableTarget(
             name: "BotClusterBench",
             dependencies: [
-                "ClusterCore", "BotCluster", "Worker", "QQGateway",
+                "ClusterCore", "ClusterIPC", "BotCluster", "Worker", "QQGateway",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -99,6 +122,19 @@ let package = Package(
         .testTarget(
             name: "ClusterCoreTests",
             dependencies: ["ClusterCore"]
+        ),
+        .testTarget(
+            name: "ClusterIPCTests",
+            dependencies: [
+                "ClusterIPC", "ClusterCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(
+            name: "SupervisorTests",
+            dependencies: ["Supervisor", "ClusterIPC", "ClusterCore"]
         ),
         .testTarget(
             name: "QQGatewayTests",
@@ -119,10 +155,11 @@ let package = Package(
         .testTarget(
             name: "ProcessTests",
             dependencies: [
-                "ClusterCore",
+                "ClusterCore", "ClusterIPC",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
         .testTarget(
@@ -141,6 +178,6 @@ let package = Package(
     ]
 )
 
-for target in package.targets where target.type != .system {
+for target in package.targets where target.type != .system && target.name != "CBotSystem" {
     target.swiftSettings = (target.swiftSettings ?? []) + swiftSettings
 }

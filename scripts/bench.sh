@@ -2,20 +2,25 @@
 # Measures botcluster's figures in release builds and prints them as a table, each beside its goal or its peer
 # measured in the same run (the machines are shared and noisy: compare within one run, not across runs).
 #
-# usage: scripts/bench.sh [--rounds N]
+# usage: scripts/bench.sh [--rounds N] [--only emulator|worker|supervisor]...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=3
+ONLY=()
 while (($#)); do
   case "$1" in
     --rounds) ROUNDS="$2"; shift 2 ;;
-    *) echo "usage: scripts/bench.sh [--rounds N]" >&2; exit 2 ;;
+    --only) ONLY+=("$2"); shift 2 ;;
+    *) echo "usage: scripts/bench.sh [--rounds N] [--only emulator|worker|supervisor]..." >&2; exit 2 ;;
   esac
 done
+# want SECTION: whether to run a section (all of them unless --only names some).
+want() { ((${#ONLY[@]} == 0)) || [[ " ${ONLY[*]} " == *" $1 "* ]]; }
 
 swift build -c release --product botcluster >&2
 swift build -c release --product botcluster-bench >&2
+ROOT=$(pwd)
 BIN=.build/release/botcluster
 BENCH=.build/release/botcluster-bench
 OUT=$(mktemp -d)
@@ -53,6 +58,7 @@ peak_rss_mib() { awk '/^VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; 
 # median of numbers on stdin
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
+export BOTCLUSTER_BENCH_SECRET=emulator-development-secret   # the emulator's development credentials
 ROWS=()
 # row FIGURE VALUE GOAL VERDICT
 row() { ROWS+=("$(printf '| %-44s | %-22s | %-26s | %-4s |' "$1" "$2" "$3" "$4")"); }
@@ -60,7 +66,8 @@ row() { ROWS+=("$(printf '| %-44s | %-22s | %-26s | %-4s |' "$1" "$2" "$3" "$4")
 value() { awk -v n="$1" '$1 == n { print $2 }' "$2"; }
 verdict() { awk -v a="$1" -v b="$2" 'BEGIN { print (a + 0 >= b + 0) ? "ok" : "MISS" }'; }
 
-# --- the emulator's own capacity (issue: emulator) ---
+# --- the emulator's own capacity ---
+if want emulator; then
 start_emulator scripts/bench/emulator.json
 "$BENCH" emulator-dispatch --url "$EMU_URL" --rounds "$ROUNDS" --count 100000 --shards 4 | tee -a "$OUT/emulator.txt" >&2
 "$BENCH" emulator-replies --url "$EMU_URL" --rounds "$ROUNDS" --count 50000 --connections 8 | tee -a "$OUT/emulator.txt" >&2
@@ -69,12 +76,13 @@ d=$(value emulator.dispatch.rate "$OUT/emulator.txt")
 r=$(value emulator.replies.rate "$OUT/emulator.txt")
 row "emulator: dispatches/s to 4 shards" "$d" ">= 50000" "$(verdict "$d" 50000)"
 row "emulator: reply POSTs/s accepted" "$r" ">= 25000" "$(verdict "$r" 25000)"
+fi
 
-# --- one worker end to end, beside qq-botpy in the same run (issue: the shard worker) ---
+# --- one worker end to end, beside qq-botpy in the same run ---
+if want worker; then
 if ! .venv/bin/python -c "import botpy" >/dev/null 2>&1; then
   python3 -m venv .venv && .venv/bin/pip install --quiet qq-botpy==1.2.1
 fi
-export BOTCLUSTER_BENCH_SECRET=emulator-development-secret   # the emulator's development credentials
 # worker_config: a cluster.json pointing one worker at the emulator on EMU_URL, budget out of the way.
 worker_config() {
   cat >"$OUT/worker.json" <<JSON
@@ -135,6 +143,81 @@ row "worker: peak RSS under the burst (MiB)" "$bc_rss" "<= 64 (botpy: $py_rss)" 
 row "worker: receive-only events/s" "$rx_rate" "(counting handler)" ""
 row "worker: dispatch latency p50 / p99, burst" "$latency" "(received -> handler)" ""
 row "worker: dispatch latency p50 / p99, 2000/s" "$steady_latency" "(received -> handler)" ""
+fi
+
+# --- the supervisor ---
+if want supervisor; then
+"$BENCH" ipc --count 20000 | tee "$OUT/ipc.txt" >&2
+el_p50=$(value ipc.el.rtt.p50 "$OUT/ipc.txt"); el_p99=$(value ipc.el.rtt.p99 "$OUT/ipc.txt")
+task_p50=$(value ipc.rtt.p50 "$OUT/ipc.txt"); task_p99=$(value ipc.rtt.p99 "$OUT/ipc.txt")
+raw_p50=$(value raw.rtt.p50 "$OUT/ipc.txt"); raw_p99=$(value raw.rtt.p99 "$OUT/ipc.txt")
+oneway=$(value ipc.oneway.rate "$OUT/ipc.txt")
+el_ratio=$(awk -v a="$el_p50" -v b="$raw_p50" 'BEGIN { printf "%.1f", a / b }')
+row "IPC round trip p50 / p99 (us), event loop" "$el_p50 / $el_p99 (${el_ratio}x)" "<= 4x raw ($raw_p50 / $raw_p99)" "$(awk -v r="$el_ratio" 'BEGIN { print (r <= 4) ? "ok" : "MISS" }')"
+row "IPC round trip p50 / p99 (us), awaited in a task" "$task_p50 / $task_p99" "(raw $raw_p50 / $raw_p99)" ""
+row "IPC one-way messages/s" "$oneway" "" ""
+
+# cluster_dir SHARDS [EXTRA]: a directory with a cluster.json for SHARDS workers on the emulator at EMU_URL.
+cluster_dir() {
+  local dir="$OUT/c$RANDOM"
+  mkdir -p "$dir"
+  cat >"$dir/cluster.json" <<JSON
+{"gateway": {"embedded": false, "url": "$EMU_URL", "tokenURL": "$EMU_URL/app/getAppAccessToken"},
+ "app": {"id": "102000001", "secret": "env:BOTCLUSTER_BENCH_SECRET"},
+ "shards": {"count": $1}, "identify": {"window": "1s", "margin": "20ms"}, ${2:-}
+ "rateBudget": {"global": {"rate": 100000, "burst": 1000}},
+ "log": {"level": "warning"}}
+JSON
+  echo "$dir"
+}
+# start_cluster DIR: botcluster launch in DIR; waits for "cluster ready"; sets CLUSTER (pid) and READY (seconds).
+start_cluster() {
+  (cd "$1" && exec "$ROOT/$BIN" launch >launch.out 2>launch.err) &
+  CLUSTER=$!; PIDS+=($CLUSTER)
+  for _ in $(seq 1 1200); do
+    local ready
+    ready=$(sed -n 's/^cluster ready: [0-9]* shards in //p' "$1/launch.out")
+    if [[ -n $ready ]]; then
+      READY=$(awk -v t="$ready" 'BEGIN { if (t ~ /ms$/) { sub(/ms$/, "", t); print t / 1000 } else if (t ~ /us$/) { sub(/us$/, "", t); print t / 1e6 } else { sub(/s$/, "", t); print t } }')
+      return 0
+    fi
+    kill -0 "$CLUSTER" 2>/dev/null || { cat "$1/launch.err" >&2; echo "launch exited" >&2; exit 1; }
+    sleep 0.05
+  done
+  echo "cluster did not get ready" >&2; exit 1
+}
+stop_cluster() { kill -TERM "$CLUSTER" 2>/dev/null || true; wait "$CLUSTER" || true; }
+emulator_config() { sed "s/MAX_CONCURRENCY/$1/" scripts/bench/cluster-emulator.json >"$OUT/cluster-emulator-$1.json"; echo "$OUT/cluster-emulator-$1.json"; }
+
+start_emulator "$(emulator_config 4)"
+dir=$(cluster_dir 4 '"restart": {"resetAfter": "200ms", "maxCrashes": 1000},'); start_cluster "$dir"
+"$BENCH" kill-resume --url "$EMU_URL" --socket "$dir/run/botcluster.sock" --count 20 | tee "$OUT/kill.txt" >&2
+kill_p50=$(value kill.resumed.p50 "$OUT/kill.txt"); kill_max=$(value kill.resumed.max "$OUT/kill.txt")
+row "kill -9 of a worker -> shard RESUMED, p50 of 20 (ms)" "$kill_p50 (max $kill_max)" "< 250" "$(awk -v a="$kill_p50" 'BEGIN { print (a < 250) ? "ok" : "MISS" }')"
+"$BENCH" admin --url "$EMU_URL" --path /emulator/traffic --body '{"rate": 0, "groupRate": 0, "c2cRate": 0}' >/dev/null
+sleep 3
+idle_worker=$(pgrep -f "botcluster worker --config $dir/cluster.json" | head -1)
+worker_rss=$(peak_rss_mib "$idle_worker"); supervisor_rss=$(peak_rss_mib "$CLUSTER")
+stop_cluster
+stop_emulator
+row "peak RSS of one idle worker (MiB)" "$worker_rss" "<= 25 (discord.js: > 300)" "$(awk -v a="$worker_rss" 'BEGIN { print (a <= 25) ? "ok" : "MISS" }')"
+row "peak RSS of the supervisor, 4 shards (MiB)" "$supervisor_rss" "" ""
+
+# Launch time of 16 shards against the least the identify limits allow: (ceil(16 / mc) - 1) windows of 1 s (the
+# ledger adds identify.margin, 20 ms here on loopback, to each), and at most one window when mc >= 16.
+for mc in 1 4 16; do
+  start_emulator "$(emulator_config "$mc")"
+  start_cluster "$(cluster_dir 16)"; took=$READY; stop_cluster
+  stop_emulator
+  least=$(awk -v mc="$mc" 'BEGIN { r = int((16 + mc - 1) / mc); printf "%.2f", (r > 1) ? (r - 1) * 1.0 : 1.0 }')
+  if ((mc >= 16)); then
+    row "launch 16 shards, max_concurrency $mc (s)" "$took" "<= one window (1.00)" "$(awk -v a="$took" 'BEGIN { print (a <= 1.0) ? "ok" : "MISS" }')"
+    continue
+  fi
+  ratio=$(awk -v a="$took" -v b="$least" 'BEGIN { printf "%.2f", a / b }')
+  row "launch 16 shards, max_concurrency $mc (s)" "$took (${ratio}x)" "<= 1.10x the limits ($least)" "$(awk -v r="$ratio" 'BEGIN { print (r <= 1.10) ? "ok" : "MISS" }')"
+done
+fi
 
 echo
 printf '| %-44s | %-22s | %-26s | %-4s |\n' "figure (release, median of $ROUNDS)" "measured" "goal / peer" ""

@@ -27,7 +27,10 @@ struct BotClusterCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "botcluster",
         abstract: "Run one QQ bot across many gateway shards as a supervised cluster of worker processes.",
-        subcommands: [RunCommand.self, EmulatorCommand.self, ConfigCommand.self]
+        subcommands: [
+            LaunchCommand.self, StatusCommand.self, RestartCommand.self, StopCommand.self, RunCommand.self,
+            WorkerCommand.self, EmulatorCommand.self, ConfigCommand.self,
+        ]
     )
 }
 

@@ -2,6 +2,8 @@ import ArgumentParser
 import AsyncHTTPClient
 import BotCluster
 import ClusterCore
+import ClusterIPC
+import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -16,7 +18,7 @@ struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "botcluster-bench",
         abstract: "Measuring clients for scripts/bench.sh.",
-        subcommands: [EmulatorDispatch.self, EmulatorReplies.self, EndToEnd.self, BenchBotCommand.self, Admin.self]
+        subcommands: [EmulatorDispatch.self, EmulatorReplies.self, EndToEnd.self, BenchBotCommand.self, Admin.self, IPCBench.self, KillResumeBench.self]
     )
 }
 
@@ -246,4 +248,225 @@ struct Admin: AsyncParsableCommand {
     func run() async throws {
         print(try await post(url + path, body).serialized())
     }
+}
+
+/// IPC round trips and one-way throughput over the supervisor's framing, beside a raw Unix-socket ping-pong of
+/// the same frame size on the same machine in the same run.
+struct IPCBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "ipc", abstract: "IPC round trip and throughput beside raw Unix sockets.")
+    @Option var count = 20_000
+
+    final class Delegate: IPCServerDelegate {
+        let received = Atomic<Int>(0)
+        let target = Atomic<Int>(0)
+        let done = Mutex<AsyncSignal<MonotonicInstant>?>(nil)
+        func accept(_ hello: Hello, on connection: IPCConnection) -> String? {
+            connection.send(.helloAck(supervisorPID: 0))
+            return nil
+        }
+        func received(_ message: IPCMessage, on connection: IPCConnection) {
+            switch message {
+            case .ping(let id): connection.send(.pong(id: id))
+            default:
+                if received.add(1, ordering: .relaxed).newValue == target.load(ordering: .relaxed) {
+                    done.withLock { $0 }?.set(.now())
+                }
+            }
+        }
+        func closed(_ connection: IPCConnection, reason: String?) {}
+    }
+
+    func run() async throws {
+        let dir = "/tmp/botcluster-bench-\(getpid())"
+        try RunDirectory.prepare(dir)
+        defer {
+            unlink(dir + "/ipc.sock")
+            unlink(dir + "/raw.sock")
+            rmdir(dir)
+        }
+        // IPC: request/reply, answered on the server's event loop.
+        let delegate = Delegate()
+        var logger = Logger(label: "bench")
+        logger.logLevel = .critical
+        let server = IPCServer(configuration: .init(path: dir + "/ipc.sock"), delegate: delegate, logger: logger)
+        try await server.start()
+        let client = try await IPCClient.connect(path: dir + "/ipc.sock", hello: Hello(role: .control, pid: getpid()))
+        var inbound = client.inbound.makeAsyncIterator()
+        _ = await inbound.next()
+        var samples: [Double] = []
+        samples.reserveCapacity(count)
+        for _ in 0..<(count / 10) { _ = try await client.request(timeout: .seconds(5)) { .ping(id: $0) } }
+        for _ in 0..<count {
+            let start = MonotonicInstant.now()
+            _ = try await client.request(timeout: .seconds(5)) { .ping(id: $0) }
+            samples.append((MonotonicInstant.now() - start).seconds * 1e6)
+        }
+        samples.sort()
+        // One-way: heartbeats as fast as they can be written, until the server has read them all.
+        let signal = AsyncSignal<MonotonicInstant>()
+        delegate.done.withLock { $0 = signal }
+        delegate.target.store(count * 5, ordering: .relaxed)
+        let start = MonotonicInstant.now()
+        for _ in 0..<(count * 5) { client.send(.heartbeat(WorkerProgress(state: .ready))) }
+        let end = try await signal.wait()
+        let oneWay = Double(count * 5) / (end - start).seconds
+        client.close()
+
+        let loopSamples = try await eventLoopPingPong(path: dir + "/ipc.sock", count: count)
+        await server.close()
+        let raw = try rawPingPong(path: dir + "/raw.sock", count: count, frameSize: 13)
+        print("ipc.el.rtt.p50 \(String(format: "%.1f", loopSamples[loopSamples.count / 2])) us")
+        print("ipc.el.rtt.p99 \(String(format: "%.1f", loopSamples[loopSamples.count * 99 / 100])) us")
+        print("ipc.rtt.p50 \(String(format: "%.1f", samples[samples.count / 2])) us")
+        print("ipc.rtt.p99 \(String(format: "%.1f", samples[samples.count * 99 / 100])) us")
+        print("ipc.oneway.rate \(Int(oneWay)) messages/s")
+        print("raw.rtt.p50 \(String(format: "%.1f", raw.p50)) us")
+        print("raw.rtt.p99 \(String(format: "%.1f", raw.p99)) us")
+    }
+
+    /// Pings from a channel handler on the event loop, the next ping sent as the pong arrives: the IPC round trip
+    /// without the hop into a Swift task that a caller awaiting a reply adds.
+    func eventLoopPingPong(path: String, count: Int) async throws -> [Double] {
+        final class Pinger: ChannelInboundHandler, @unchecked Sendable {
+            typealias InboundIn = IPCMessage
+            typealias OutboundOut = IPCMessage
+            let total: Int
+            var sent = MonotonicInstant.now()
+            var samples: [Double] = []
+            let done: EventLoopPromise<[Double]>
+            init(total: Int, done: EventLoopPromise<[Double]>) {
+                self.total = total
+                self.done = done
+            }
+            func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+                switch unwrapInboundIn(data) {
+                case .helloAck: break
+                case .pong:
+                    samples.append((MonotonicInstant.now() - sent).seconds * 1e6)
+                    if samples.count == total {
+                        done.succeed(samples)
+                        return
+                    }
+                default: return
+                }
+                sent = MonotonicInstant.now()
+                context.writeAndFlush(wrapOutboundOut(.ping(id: UInt64(samples.count))), promise: nil)
+            }
+        }
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let done = loop.makePromise(of: [Double].self)
+        let channel = try await ClientBootstrap(group: loop)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addIPCCodec()
+                    try channel.pipeline.syncOperations.addHandler(Pinger(total: count + count / 10, done: done))
+                }
+            }
+            .connect(unixDomainSocketPath: path).get()
+        try await channel.writeAndFlush(IPCMessage.hello(Hello(role: .control, pid: getpid())))
+        var samples = Array(try await done.futureResult.get().dropFirst(count / 10))
+        try? await channel.close()
+        samples.sort()
+        return samples
+    }
+
+    /// A blocking ping-pong over a Unix stream socket: a thread echoes `frameSize` bytes back, the caller times.
+    func rawPingPong(path: String, count: Int, frameSize: Int) throws -> (p50: Double, p99: Double) {
+        unlink(path)
+        let listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in for (i, b) in path.utf8.enumerated() { raw[i] = b } }
+        let size = socklen_t(MemoryLayout<sockaddr_un>.size)
+        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, size) } }
+        listen(listener, 1)
+        let echo = Thread {
+            let fd = accept(listener, nil, nil)
+            var buffer = [UInt8](repeating: 0, count: frameSize)
+            while true {
+                var got = 0
+                while got < frameSize {
+                    let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress! + got, frameSize - got) }
+                    if n <= 0 { close(fd); return }
+                    got += n
+                }
+                _ = buffer.withUnsafeBytes { write(fd, $0.baseAddress, frameSize) }
+            }
+        }
+        echo.start()
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, size) } }
+        var buffer = [UInt8](repeating: 7, count: frameSize)
+        var samples: [Double] = []
+        for i in 0..<(count + count / 10) {
+            let start = MonotonicInstant.now()
+            _ = buffer.withUnsafeBytes { write(fd, $0.baseAddress, frameSize) }
+            var got = 0
+            while got < frameSize {
+                let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress! + got, frameSize - got) }
+                if n <= 0 { break }
+                got += n
+            }
+            if i >= count / 10 { samples.append((MonotonicInstant.now() - start).seconds * 1e6) }
+        }
+        close(fd)
+        close(listener)
+        samples.sort()
+        return (samples[samples.count / 2], samples[samples.count * 99 / 100])
+    }
+}
+
+/// Kills a worker of a running cluster `count` times and times each kill to the emulator's RESUMED.
+struct KillResumeBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "kill-resume", abstract: "Time from kill -9 of a worker to its shard RESUMED.")
+    @Option var url: String
+    @Option var socket: String
+    @Option var count = 20
+
+    func run() async throws {
+        var samples: [Double] = []
+        for round in 0..<count {
+            let status = try await controlStatus(socket)
+            guard case .array(let workers) = status["workers"] ?? .null, !workers.isEmpty else { throw BenchError("no workers") }
+            let worker = workers[round % workers.count]
+            guard let pid = worker["pid"]?.intValue, worker["state"]?.stringValue == "ready" else {
+                throw BenchError("worker \(round % workers.count) is not ready: \(worker.serialized())")
+            }
+            let before = try await get(url + "/emulator/stats")
+            let resumes = before["resumes"]?.intValue ?? 0
+            // The emulator's stats clock, mapped onto ours.
+            let sampledAt = MonotonicInstant.now()
+            guard case .number(let clockMs) = before["clockMs"] ?? .null else { throw BenchError("no clock") }
+            let offsetMs = Double(sampledAt.nanoseconds) / 1e6 - clockMs
+            let killedAt = MonotonicInstant.now()
+            kill(Int32(pid), SIGKILL)
+            while true {
+                let stats = try await get(url + "/emulator/stats")
+                if (stats["resumes"]?.intValue ?? 0) > resumes, case .number(let resumedMs) = stats["lastResumeAtMs"] ?? .null {
+                    samples.append(resumedMs + offsetMs - Double(killedAt.nanoseconds) / 1e6)
+                    break
+                }
+                try await Task.sleep(for: .milliseconds(2))
+            }
+            // Let the replacement report ready, and stay ready past restart.resetAfter, before the next kill: each
+            // kill is then a worker's first crash (restarted at once), not a crash loop (backed off).
+            while true {
+                let status = try await controlStatus(socket)
+                if case .array(let workers) = status["workers"] ?? .null, workers.allSatisfy({ $0["state"]?.stringValue == "ready" }) { break }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            try await Task.sleep(for: .milliseconds(300))
+        }
+        samples.sort()
+        print("kill.resumed.p50 \(String(format: "%.1f", samples[samples.count / 2])) ms (\(count) kills)")
+        print("kill.resumed.max \(String(format: "%.1f", samples.last!)) ms")
+    }
+}
+
+func controlStatus(_ socket: String) async throws -> JSONValue {
+    let client = try await IPCClient.connect(path: socket, hello: Hello(role: .control, pid: getpid()))
+    defer { client.close() }
+    let reply = try await client.request(timeout: .seconds(10)) { .controlRequest(id: $0, command: "status", argument: "") }
+    guard case .controlReply(_, true, let body) = reply else { throw BenchError("status failed") }
+    return try JSONValue.parse(body)
 }

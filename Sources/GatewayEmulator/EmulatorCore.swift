@@ -421,6 +421,7 @@ struct EmulatorCore {
         session.disconnectedAt = nil
         connections[connectionID]?.session = sessionID
         stats.resumes += 1
+        stats.lastResumeAtMs = clockMs(now)
         stats.dispatched += replay.count
         return .resumed(replay: replay, resumedSeq: session.lastSeq, displaced: displaced)
     }

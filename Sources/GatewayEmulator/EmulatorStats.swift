@@ -51,6 +51,8 @@ public struct EmulatorStats: Codable, Sendable, Equatable {
     /// When the last reply was recorded, and when the last burst began, in that clock (0 = never).
     public var lastReplyAtMs: Double = 0
     public var lastBurstAtMs: Double = 0
+    /// When the last Resume was answered with RESUMED, in that clock (0 = never).
+    public var lastResumeAtMs: Double = 0
 
     public init() {}
 }

@@ -47,6 +47,14 @@ final class BotclusterProcess: Sendable {
             let data = handle.availableData
             if data.isEmpty {
                 handle.readabilityHandler = nil
+                let tail = collected.pending.withLock { pending -> String? in
+                    defer { pending = Data() }
+                    return pending.isEmpty ? nil : String(decoding: pending, as: UTF8.self)
+                }
+                if let tail {
+                    collected.lines.withLock { $0.append(tail) }
+                    continuation.yield(tail)
+                }
                 continuation.finish()
                 return
             }

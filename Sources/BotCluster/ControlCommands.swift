@@ -1,0 +1,129 @@
+import ArgumentParser
+import ClusterCore
+import ClusterIPC
+import Foundation
+import Supervisor
+
+/// Connects to the running supervisor named by cluster.json, or says clearly that none runs there.
+func connectToSupervisor(_ options: CommonOptions) async throws -> IPCClient {
+    let config = try options.loadConfig()
+    let path = config.supervisor.socket
+    guard FileManager.default.fileExists(atPath: path) else {
+        printError("no supervisor is running: \(path) does not exist (start one with botcluster launch)")
+        throw ExitCode(1)
+    }
+    let client: IPCClient
+    do {
+        client = try await IPCClient.connect(path: path, hello: Hello(role: .control, pid: getpid()))
+    } catch {
+        printError("no supervisor answers on \(path): \(error)")
+        throw ExitCode(1)
+    }
+    var inbound = client.inbound.makeAsyncIterator()
+    switch await inbound.next() {
+    case .helloAck: return client
+    case .refused(let reason):
+        printError("the supervisor refused this command: \(reason)")
+        throw ExitCode(1)
+    default:
+        printError("no answer from the supervisor on \(path)")
+        throw ExitCode(1)
+    }
+}
+
+/// Sends one control request and returns the reply body, or exits 1 with the supervisor's reason.
+func control(_ options: CommonOptions, _ command: String, _ argument: String = "", timeout: Duration = .seconds(10)) async throws -> String {
+    let client = try await connectToSupervisor(options)
+    defer { client.close() }
+    let reply: IPCMessage
+    do {
+        reply = try await client.request(timeout: timeout) { .controlRequest(id: $0, command: command, argument: argument) }
+    } catch {
+        printError("\(command): \(error)")
+        throw ExitCode(1)
+    }
+    guard case .controlReply(_, let ok, let body) = reply else {
+        printError("\(command): unexpected reply \(reply.name)")
+        throw ExitCode(1)
+    }
+    guard ok else {
+        printError(body)
+        throw ExitCode(1)
+    }
+    return body
+}
+
+struct StatusCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "status", abstract: "Show every worker of the running cluster.")
+
+    @OptionGroup var options: CommonOptions
+    @Flag(name: .long, help: "Print JSON.") var json = false
+
+    func run() async throws {
+        let body = try await control(options, ControlCommand.status)
+        if json {
+            printLine(body)
+            return
+        }
+        guard let status = try? JSONValue.parse(body), case .array(let workers) = status["workers"] ?? .null else {
+            printLine(body)
+            return
+        }
+        func text(_ value: JSONValue?) -> String {
+            switch value {
+            case .string(let s): return s
+            case .number(let n): return n.rounded() == n ? String(Int64(n)) : String(n)
+            default: return "-"
+            }
+        }
+        var rows = [["ORD", "SHARD", "PID", "STATE", "UPTIME", "RESTARTS", "LAST EXIT", "GW MS", "EVENTS/S"]]
+        for worker in workers {
+            let shard: String
+            if case .array(let parts) = worker["shard"] ?? .null, parts.count == 2 { shard = "\(text(parts[0]))/\(text(parts[1]))" } else { shard = "-" }
+            let uptime = worker["uptimeSeconds"].flatMap { if case .number(let n) = $0 { return DurationFormat.human(.milliseconds(Int64(n * 1000))) } else { return nil } } ?? "-"
+            var state = text(worker["state"])
+            if let failure = worker["failure"]?.stringValue { state += " (\(failure))" }
+            rows.append([text(worker["ordinal"]), shard, text(worker["pid"]), state, uptime, text(worker["restarts"]), text(worker["lastExit"]), text(worker["gatewayLatencyMs"]), text(worker["eventsPerSecond"])])
+        }
+        let widths = rows[0].indices.map { column in rows.map { $0[column].count }.max() ?? 0 }
+        for row in rows {
+            printLine(row.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }.joined(separator: "  "))
+        }
+        if case .array(let missing) = status["unresponsive"] ?? .null, !missing.isEmpty {
+            printLine("not answering IPC: workers \(missing.map(text).joined(separator: ", "))")
+        }
+    }
+}
+
+struct RestartCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "restart", abstract: "Replace a worker's process (it drains; its successor resumes the session).")
+
+    @OptionGroup var options: CommonOptions
+    @Argument(help: "The worker's ordinal.") var ordinal: Int?
+    @Option(name: .long, help: "The shard instead of the ordinal.") var shard: Int?
+
+    func validate() throws {
+        guard (ordinal == nil) != (shard == nil) else { throw ValidationError("give an ordinal or --shard K (one of them)") }
+    }
+
+    func run() async throws {
+        let argument = shard.map { "shard:\($0)" } ?? String(ordinal!)
+        printLine(try await control(options, ControlCommand.restart, argument))
+    }
+}
+
+struct StopCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "stop", abstract: "Drain every worker and stop the supervisor.")
+
+    @OptionGroup var options: CommonOptions
+
+    func run() async throws {
+        let client = try await connectToSupervisor(options)
+        let reply = try await client.request(timeout: .seconds(10)) { .controlRequest(id: $0, command: ControlCommand.stop, argument: "") }
+        if case .controlReply(_, _, let body) = reply { printLine(body) }
+        // The supervisor closes its socket as it exits.
+        let reason = try await client.closed.wait()
+        _ = reason
+        printLine("stopped")
+    }
+}

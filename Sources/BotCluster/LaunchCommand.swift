@@ -1,0 +1,113 @@
+import ArgumentParser
+import ClusterCore
+import ClusterIPC
+import Foundation
+import Logging
+import QQGateway
+import RateBudget
+import ServiceLifecycle
+import Supervisor
+import UnixSignals
+import Worker
+
+struct LaunchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "launch",
+        abstract: "Run the bot across its shards: a supervisor and one worker process per shard."
+    )
+
+    @OptionGroup var options: CommonOptions
+
+    func run() async throws {
+        let config = try options.loadConfig()
+        let logger = makeLogger("botcluster.supervisor", config: config)
+        let lock: SupervisorLock
+        let store: ClusterStore
+        do {
+            try RunDirectory.checkSocketPath(config.supervisor.socket)
+            try RunDirectory.prepare(config.supervisor.runDirectory)
+            let socketDirectory = (config.supervisor.socket as NSString).deletingLastPathComponent
+            if !socketDirectory.isEmpty { try RunDirectory.prepare(socketDirectory) }
+            lock = try SupervisorLock(path: config.supervisor.socket + ".lock")
+            store = try ClusterStore(path: config.supervisor.runDirectory + "/cluster.sqlite", logger: logger)
+        } catch let error as SocketPathError {
+            printError(error.description)
+            throw ExitCode(1)
+        } catch {
+            printError("supervisor.runDirectory: cannot open \(config.supervisor.runDirectory)/cluster.sqlite: \(error)")
+            throw ExitCode(1)
+        }
+        let gateway = ResolvedGateway.resolve(config, logger: makeLogger("emulator", config: config))
+        let launch = LaunchService(config: config, configPath: absolutePath(options.config), gateway: gateway, store: store, logger: logger)
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if let emulator = gateway.emulator { services.append(.init(service: emulator)) }
+        services.append(.init(service: launch, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup))
+        let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+        withExtendedLifetime(lock) {}
+        if let status = launch.exitStatus.current, status != 0 { throw ExitCode(status) }
+    }
+}
+
+func absolutePath(_ path: String) -> String {
+    path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+}
+
+/// Asks the platform how to shard, checks the daily budget, then runs the supervisor.
+final class LaunchService: Service {
+    let config: ClusterConfig
+    let configPath: String
+    let gateway: ResolvedGateway
+    let store: ClusterStore
+    let logger: Logger
+    let exitStatus = AsyncSignal<Int32>()
+
+    init(config: ClusterConfig, configPath: String, gateway: ResolvedGateway, store: ClusterStore, logger: Logger) {
+        self.config = config
+        self.configPath = configPath
+        self.gateway = gateway
+        self.store = store
+        self.logger = logger
+    }
+
+    func run() async throws {
+        let endpoints = try await gateway.ready()
+        let clients = PlatformClients(
+            config: config, endpoints: endpoints,
+            budget: LocalRateBudget(rate: config.rateBudget.globalRate, burst: config.rateBudget.globalBurst), logger: logger
+        )
+        let info: GatewayBotInfo
+        do {
+            info = try await clients.api.gatewayBot()
+        } catch {
+            await clients.shutdown()
+            printError("cannot ask the gateway how to shard (GET \(endpoints.apiBase)/gateway/bot): \(error)")
+            exitStatus.set(1)
+            return
+        }
+        await clients.shutdown()
+        let shards: Int
+        switch config.shards.count {
+        case .fixed(let n): shards = n
+        case .auto: shards = info.shards
+        }
+        let stored = (try? store.sessions(total: shards).count) ?? 0
+        let needed = max(0, shards - stored)
+        guard needed <= info.remaining else {
+            printError("cannot start \(shards) shards: they need \(needed) new sessions and the platform allows \(info.remaining) more today (of \(info.total); resets in \(DurationFormat.human(info.resetAfter))). Lower shards.count or wait for the reset.")
+            exitStatus.set(1)
+            return
+        }
+        let setup = SupervisorSetup(config: config, configPath: configPath, apiBase: endpoints.apiBase, tokenURL: endpoints.tokenURL, gateway: info, shards: shards)
+        let supervisor: ClusterSupervisor
+        do {
+            supervisor = try ClusterSupervisor(setup: setup, store: store, logger: logger)
+            try await supervisor.run()
+        } catch {
+            printError("supervisor: \(error)")
+            exitStatus.set(1)
+            return
+        }
+        exitStatus.set(0)
+    }
+}

@@ -1,0 +1,161 @@
+import ArgumentParser
+import CBotSystem
+import ClusterCore
+import ClusterIPC
+import Logging
+import QQGateway
+import RateBudget
+import ServiceLifecycle
+import Supervisor
+import UnixSignals
+import Worker
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct WorkerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "worker",
+        abstract: "Run one shard under a supervisor (started by botcluster launch, not by hand).",
+        shouldDisplay: false
+    )
+
+    @OptionGroup var options: CommonOptions
+
+    func run() async throws {
+        let environment = processEnvironment()
+        guard let socket = environment[WorkerEnvironment.socket], let ordinal = environment[WorkerEnvironment.ordinal].flatMap(Int32.init),
+            let generation = environment[WorkerEnvironment.generation].flatMap(UInt64.init),
+            let supervisorPID = environment[WorkerEnvironment.supervisorPID].flatMap(Int32.init)
+        else {
+            printError("botcluster worker is started by botcluster launch; to run one shard by hand use botcluster run --shard ID/TOTAL")
+            throw ExitCode(2)
+        }
+        // No orphans: die with the supervisor, and make sure it had not died already.
+        _ = cbot_set_parent_death_signal(SIGKILL)
+        guard getppid() == supervisorPID else {
+            printError("the supervisor (pid \(supervisorPID)) is gone; exiting")
+            throw ExitCode(WorkerExitStatus.orphaned)
+        }
+        let config = try options.loadConfig()
+        var logger = makeLogger("botcluster.worker", config: config)
+        logger[metadataKey: "worker.ordinal"] = "\(ordinal)"
+
+        let client: IPCClient
+        let assignment: Assignment
+        do {
+            client = try await IPCClient.connect(path: socket, hello: Hello(role: .worker, ordinal: ordinal, generation: generation, pid: getpid()))
+            var inbound = client.inbound.makeAsyncIterator()
+            switch await inbound.next() {
+            case .welcome(let welcome): assignment = welcome
+            case .refused(let reason):
+                printError("the supervisor refused this worker: \(reason)")
+                throw ExitCode(WorkerExitStatus.orphaned)
+            default:
+                printError("no welcome from the supervisor")
+                throw ExitCode(WorkerExitStatus.orphaned)
+            }
+        } catch let exit as ExitCode {
+            throw exit
+        } catch {
+            printError("cannot reach the supervisor at \(socket): \(error)")
+            throw ExitCode(WorkerExitStatus.orphaned)
+        }
+        let service = ClusterWorkerService(config: config, client: client, assignment: assignment, handler: BotCluster.handler, logger: logger)
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup)],
+            gracefulShutdownSignals: [.sigterm, .sigint], logger: logger
+        ))
+        try await group.run()
+        throw ExitCode(service.exitStatus.current ?? 0)
+    }
+}
+
+/// One shard under the supervisor: identify slots and session hand-off over IPC, heartbeats with progress, drain
+/// on SIGTERM or a stop message, exit at once when the supervisor's socket closes.
+final class ClusterWorkerService: Service {
+    let config: ClusterConfig
+    let client: IPCClient
+    let assignment: Assignment
+    let handler: any EventHandler
+    let logger: Logger
+    let exitStatus = AsyncSignal<Int32>()
+
+    init(config: ClusterConfig, client: IPCClient, assignment: Assignment, handler: any EventHandler, logger: Logger) {
+        self.config = config
+        self.client = client
+        self.assignment = assignment
+        self.handler = handler
+        var logger = logger
+        logger[metadataKey: "shard.id"] = "\(assignment.shard)/\(assignment.total)"
+        self.logger = logger
+    }
+
+    func run() async throws {
+        let shard = ShardID(Int(assignment.shard), of: Int(assignment.total))
+        let link = SupervisorLink(client: client)
+        let budget = LocalRateBudget(rate: config.rateBudget.globalRate, burst: config.rateBudget.globalBurst)
+        let clients = PlatformClients(config: config, endpoints: GatewayEndpoints(apiBase: assignment.apiBase, tokenURL: assignment.tokenURL), budget: budget, logger: logger)
+        let resume = assignment.resumeSessionID.map { (id: $0, seq: Int(assignment.resumeSeq)) }
+        let runtime = ShardRuntime.make(
+            config: config, clients: clients, gatewayURL: assignment.gatewayURL, shard: shard, handler: handler, resume: resume,
+            permit: link, claims: LocalEventClaims(ttl: config.exactlyOnce.ttl), observer: link, logger: logger
+        )
+        let outcome = await withTaskGroup(of: RuntimeOutcome?.self) { group in
+            group.addTask {
+                await withGracefulShutdownHandler {
+                    await runtime.run()
+                } onGracefulShutdown: {
+                    link.gatewayState = .draining
+                    runtime.stop()
+                }
+            }
+            group.addTask {
+                // Heartbeats with progress; session reports as the committed seq moves.
+                var nextHeartbeat = MonotonicInstant.now()
+                while !Task.isCancelled {
+                    let now = MonotonicInstant.now()
+                    if now >= nextHeartbeat {
+                        link.sendHeartbeat(runtime.stats)
+                        nextHeartbeat = now + self.config.supervisor.heartbeatInterval
+                    }
+                    runtime.reportSession()
+                    try? await Task.sleep(for: min(self.config.worker.reportInterval, self.config.supervisor.heartbeatInterval))
+                }
+                return nil
+            }
+            group.addTask {
+                for await message in self.client.inbound {
+                    if case .stop = message {
+                        link.gatewayState = .draining
+                        runtime.stop()
+                    }
+                }
+                // The supervisor's socket closed: it is gone, and so is this worker (no orphan answers twice).
+                if !Task.isCancelled && link.gatewayState != .draining {
+                    self.logger.error("the supervisor connection closed; exiting")
+                    exit(WorkerExitStatus.orphaned)
+                }
+                return nil
+            }
+            var result: RuntimeOutcome?
+            for await value in group {
+                if let value {
+                    result = value
+                    group.cancelAll()
+                }
+            }
+            return result!
+        }
+        await clients.shutdown()
+        client.send(.drained(sessionID: outcome.sessionID, seq: Int64(outcome.committedSeq)))
+        logger.info("worker stopped", metadata: ["session.seq": "\(outcome.committedSeq)", "handled": "\(outcome.stats.handled)"])
+        switch outcome.gateway {
+        case .stopped: exitStatus.set(WorkerExitStatus.stopped)
+        case .failed(.configuration): exitStatus.set(WorkerExitStatus.configurationError)
+        case .failed(.reshardRequired): exitStatus.set(WorkerExitStatus.reshardRequired)
+        case .failed(.stopped): exitStatus.set(WorkerExitStatus.banned)
+        }
+        client.close()
+    }
+}

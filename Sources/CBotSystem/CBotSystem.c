@@ -1,0 +1,39 @@
+#define _GNU_SOURCE
+#include "CBotSystem.h"
+#include <errno.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <fcntl.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
+
+int cbot_set_parent_death_signal(int signal) {
+#ifdef __linux__
+    return prctl(PR_SET_PDEATHSIG, (unsigned long)signal, 0, 0, 0);
+#else
+    (void)signal;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+int cbot_sol_socket(void) { return SOL_SOCKET; }
+
+int cbot_so_peercred(void) {
+#ifdef SO_PEERCRED
+    return SO_PEERCRED;
+#else
+    return -1;
+#endif
+}
+
+int cbot_max_socket_path(void) {
+    struct sockaddr_un address;
+    return (int)sizeof(address.sun_path) - 1;
+}
+
+int cbot_pipe_cloexec(int fds[2]) {
+    return pipe2(fds, O_CLOEXEC);
+}

@@ -1,0 +1,244 @@
+import NIOCore
+
+// The wire form: [UInt32 length][UInt8 type][fields]. Integers are big-endian and fixed-width; strings are a
+// UInt32 byte count and UTF-8; optionals a UInt8 flag. Binary, not JSON: heartbeats, grants and claims are hot.
+
+enum MessageType: UInt8 {
+    case hello = 1, welcome = 2, helloAck = 3, refused = 4
+    case heartbeat = 10, ping = 11, pong = 12
+    case identifyRequest = 20, identifyGrant = 21, identifyDenied = 22, identifySent = 23, identifyCancel = 24
+    case sessionCommitted = 30, sessionInvalidated = 31, gatewayState = 32, drained = 33
+    case stop = 40
+    case controlRequest = 50, controlProgress = 51, controlReply = 52
+}
+
+extension ByteBuffer {
+    mutating func writeIPCString(_ string: String) {
+        let lengthIndex = writerIndex
+        writeInteger(UInt32(0))
+        let written = writeString(string)
+        setInteger(UInt32(written), at: lengthIndex)
+    }
+
+    mutating func writeIPCOptionalString(_ string: String?) {
+        if let string {
+            writeInteger(UInt8(1))
+            writeIPCString(string)
+        } else {
+            writeInteger(UInt8(0))
+        }
+    }
+
+    mutating func readIPC<T: FixedWidthInteger>(_ type: T.Type, _ field: String) throws(IPCProtocolError) -> T {
+        guard let value = readInteger(as: T.self) else { throw IPCProtocolError("truncated frame: \(field) missing") }
+        return value
+    }
+
+    mutating func readIPCString(_ field: String) throws(IPCProtocolError) -> String {
+        let length = try readIPC(UInt32.self, field)
+        guard length <= readableBytes, let string = readString(length: Int(length)) else {
+            throw IPCProtocolError("truncated frame: \(field) claims \(length) bytes, \(readableBytes) left")
+        }
+        return string
+    }
+
+    mutating func readIPCOptionalString(_ field: String) throws(IPCProtocolError) -> String? {
+        switch try readIPC(UInt8.self, field) {
+        case 0: return nil
+        case 1: return try readIPCString(field)
+        case let flag: throw IPCProtocolError("bad optional flag \(flag) for \(field)")
+        }
+    }
+
+    mutating func readIPCBool(_ field: String) throws(IPCProtocolError) -> Bool {
+        switch try readIPC(UInt8.self, field) {
+        case 0: return false
+        case 1: return true
+        case let flag: throw IPCProtocolError("bad boolean \(flag) for \(field)")
+        }
+    }
+}
+
+extension IPCMessage {
+    /// Appends the message (type and fields, no length prefix).
+    public func encode(into buffer: inout ByteBuffer) {
+        switch self {
+        case .hello(let h):
+            buffer.writeInteger(MessageType.hello.rawValue)
+            buffer.writeInteger(h.version)
+            buffer.writeInteger(h.role.rawValue)
+            buffer.writeInteger(h.ordinal)
+            buffer.writeInteger(h.generation)
+            buffer.writeInteger(h.pid)
+        case .welcome(let a):
+            buffer.writeInteger(MessageType.welcome.rawValue)
+            buffer.writeInteger(a.shard)
+            buffer.writeInteger(a.total)
+            buffer.writeInteger(a.generation)
+            buffer.writeIPCOptionalString(a.resumeSessionID)
+            buffer.writeInteger(a.resumeSeq)
+            buffer.writeIPCString(a.apiBase)
+            buffer.writeIPCString(a.tokenURL)
+            buffer.writeIPCString(a.gatewayURL)
+            buffer.writeInteger(UInt8(a.holdDispatch ? 1 : 0))
+        case .helloAck(let pid):
+            buffer.writeInteger(MessageType.helloAck.rawValue)
+            buffer.writeInteger(pid)
+        case .refused(let reason):
+            buffer.writeInteger(MessageType.refused.rawValue)
+            buffer.writeIPCString(reason)
+        case .heartbeat(let p):
+            buffer.writeInteger(MessageType.heartbeat.rawValue)
+            buffer.writeInteger(p.state.rawValue)
+            buffer.writeInteger(p.heartbeatLatencyMicros)
+            buffer.writeInteger(p.lastEventAgeMillis)
+            buffer.writeInteger(p.reconnects)
+            buffer.writeInteger(p.received)
+            buffer.writeInteger(p.handled)
+            buffer.writeInteger(p.dispatchP50Micros)
+            buffer.writeInteger(p.dispatchP99Micros)
+        case .ping(let id):
+            buffer.writeInteger(MessageType.ping.rawValue)
+            buffer.writeInteger(id)
+        case .pong(let id):
+            buffer.writeInteger(MessageType.pong.rawValue)
+            buffer.writeInteger(id)
+        case .identifyRequest(let id, let shard):
+            buffer.writeInteger(MessageType.identifyRequest.rawValue)
+            buffer.writeInteger(id)
+            buffer.writeInteger(shard)
+        case .identifyGrant(let id):
+            buffer.writeInteger(MessageType.identifyGrant.rawValue)
+            buffer.writeInteger(id)
+        case .identifyDenied(let id, let reason):
+            buffer.writeInteger(MessageType.identifyDenied.rawValue)
+            buffer.writeInteger(id)
+            buffer.writeIPCString(reason)
+        case .identifySent(let shard):
+            buffer.writeInteger(MessageType.identifySent.rawValue)
+            buffer.writeInteger(shard)
+        case .identifyCancel(let id):
+            buffer.writeInteger(MessageType.identifyCancel.rawValue)
+            buffer.writeInteger(id)
+        case .sessionCommitted(let sessionID, let seq):
+            buffer.writeInteger(MessageType.sessionCommitted.rawValue)
+            buffer.writeIPCString(sessionID)
+            buffer.writeInteger(seq)
+        case .sessionInvalidated:
+            buffer.writeInteger(MessageType.sessionInvalidated.rawValue)
+        case .gatewayState(let state):
+            buffer.writeInteger(MessageType.gatewayState.rawValue)
+            switch state {
+            case .ready(let id):
+                buffer.writeInteger(UInt8(0))
+                buffer.writeIPCString(id)
+            case .resumed(let id):
+                buffer.writeInteger(UInt8(1))
+                buffer.writeIPCString(id)
+            case .disconnected(let code):
+                buffer.writeInteger(UInt8(2))
+                buffer.writeInteger(code)
+            case .failed(let kind, let code):
+                buffer.writeInteger(UInt8(3))
+                buffer.writeInteger(kind)
+                buffer.writeInteger(code)
+            }
+        case .drained(let sessionID, let seq):
+            buffer.writeInteger(MessageType.drained.rawValue)
+            buffer.writeIPCOptionalString(sessionID)
+            buffer.writeInteger(seq)
+        case .stop:
+            buffer.writeInteger(MessageType.stop.rawValue)
+        case .controlRequest(let id, let command, let argument):
+            buffer.writeInteger(MessageType.controlRequest.rawValue)
+            buffer.writeInteger(id)
+            buffer.writeIPCString(command)
+            buffer.writeIPCString(argument)
+        case .controlProgress(let id, let line):
+            buffer.writeInteger(MessageType.controlProgress.rawValue)
+            buffer.writeInteger(id)
+            buffer.writeIPCString(line)
+        case .controlReply(let id, let ok, let body):
+            buffer.writeInteger(MessageType.controlReply.rawValue)
+            buffer.writeInteger(id)
+            buffer.writeInteger(UInt8(ok ? 1 : 0))
+            buffer.writeIPCString(body)
+        }
+    }
+
+    /// Reads one message from a whole frame (without its length prefix); the frame must hold exactly one.
+    public static func decode(_ frame: inout ByteBuffer) throws(IPCProtocolError) -> IPCMessage {
+        let raw = try frame.readIPC(UInt8.self, "message type")
+        guard let type = MessageType(rawValue: raw) else { throw IPCProtocolError("unknown message type \(raw)") }
+        let message: IPCMessage
+        switch type {
+        case .hello:
+            let version = try frame.readIPC(UInt16.self, "version")
+            let roleRaw = try frame.readIPC(UInt8.self, "role")
+            guard let role = IPCRole(rawValue: roleRaw) else { throw IPCProtocolError("unknown role \(roleRaw)") }
+            message = .hello(Hello(
+                version: version, role: role, ordinal: try frame.readIPC(Int32.self, "ordinal"),
+                generation: try frame.readIPC(UInt64.self, "generation"), pid: try frame.readIPC(Int32.self, "pid")
+            ))
+        case .welcome:
+            message = .welcome(Assignment(
+                shard: try frame.readIPC(Int32.self, "shard"), total: try frame.readIPC(Int32.self, "total"),
+                generation: try frame.readIPC(UInt64.self, "generation"),
+                resumeSessionID: try frame.readIPCOptionalString("resumeSessionID"), resumeSeq: try frame.readIPC(Int64.self, "resumeSeq"),
+                apiBase: try frame.readIPCString("apiBase"), tokenURL: try frame.readIPCString("tokenURL"),
+                gatewayURL: try frame.readIPCString("gatewayURL"), holdDispatch: try frame.readIPCBool("holdDispatch")
+            ))
+        case .helloAck:
+            message = .helloAck(supervisorPID: try frame.readIPC(Int32.self, "supervisorPID"))
+        case .refused:
+            message = .refused(reason: try frame.readIPCString("reason"))
+        case .heartbeat:
+            let stateRaw = try frame.readIPC(UInt8.self, "state")
+            guard let state = WorkerProgress.State(rawValue: stateRaw) else { throw IPCProtocolError("unknown worker state \(stateRaw)") }
+            message = .heartbeat(WorkerProgress(
+                state: state, heartbeatLatencyMicros: try frame.readIPC(Int64.self, "heartbeatLatency"),
+                lastEventAgeMillis: try frame.readIPC(Int64.self, "lastEventAge"), reconnects: try frame.readIPC(Int32.self, "reconnects"),
+                received: try frame.readIPC(Int64.self, "received"), handled: try frame.readIPC(Int64.self, "handled"),
+                dispatchP50Micros: try frame.readIPC(Int64.self, "p50"), dispatchP99Micros: try frame.readIPC(Int64.self, "p99")
+            ))
+        case .ping:
+            message = .ping(id: try frame.readIPC(UInt64.self, "id"))
+        case .pong:
+            message = .pong(id: try frame.readIPC(UInt64.self, "id"))
+        case .identifyRequest:
+            message = .identifyRequest(id: try frame.readIPC(UInt64.self, "id"), shard: try frame.readIPC(Int32.self, "shard"))
+        case .identifyGrant:
+            message = .identifyGrant(id: try frame.readIPC(UInt64.self, "id"))
+        case .identifyDenied:
+            message = .identifyDenied(id: try frame.readIPC(UInt64.self, "id"), reason: try frame.readIPCString("reason"))
+        case .identifySent:
+            message = .identifySent(shard: try frame.readIPC(Int32.self, "shard"))
+        case .identifyCancel:
+            message = .identifyCancel(id: try frame.readIPC(UInt64.self, "id"))
+        case .sessionCommitted:
+            message = .sessionCommitted(sessionID: try frame.readIPCString("sessionID"), seq: try frame.readIPC(Int64.self, "seq"))
+        case .sessionInvalidated:
+            message = .sessionInvalidated
+        case .gatewayState:
+            switch try frame.readIPC(UInt8.self, "gateway state") {
+            case 0: message = .gatewayState(.ready(sessionID: try frame.readIPCString("sessionID")))
+            case 1: message = .gatewayState(.resumed(sessionID: try frame.readIPCString("sessionID")))
+            case 2: message = .gatewayState(.disconnected(code: try frame.readIPC(Int32.self, "code")))
+            case 3: message = .gatewayState(.failed(kind: try frame.readIPC(UInt8.self, "kind"), code: try frame.readIPC(Int32.self, "code")))
+            case let other: throw IPCProtocolError("unknown gateway state \(other)")
+            }
+        case .drained:
+            message = .drained(sessionID: try frame.readIPCOptionalString("sessionID"), seq: try frame.readIPC(Int64.self, "seq"))
+        case .stop:
+            message = .stop
+        case .controlRequest:
+            message = .controlRequest(id: try frame.readIPC(UInt64.self, "id"), command: try frame.readIPCString("command"), argument: try frame.readIPCString("argument"))
+        case .controlProgress:
+            message = .controlProgress(id: try frame.readIPC(UInt64.self, "id"), line: try frame.readIPCString("line"))
+        case .controlReply:
+            message = .controlReply(id: try frame.readIPC(UInt64.self, "id"), ok: try frame.readIPCBool("ok"), body: try frame.readIPCString("body"))
+        }
+        if frame.readableBytes > 0 { throw IPCProtocolError("\(frame.readableBytes) unexpected bytes after a \(message.name) message") }
+        return message
+    }
+}

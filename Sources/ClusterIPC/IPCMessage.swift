@@ -1,0 +1,169 @@
+import ClusterCore
+import NIOCore
+
+/// The IPC protocol version; a peer speaking another is refused with a clear error.
+public let ipcProtocolVersion: UInt16 = 1
+
+/// Who is on the other end of an IPC connection.
+public enum IPCRole: UInt8, Sendable {
+    case worker = 1
+    /// A `botcluster status/restart/stop/scale` command.
+    case control = 2
+}
+
+/// The first message of every connection.
+public struct Hello: Sendable, Equatable {
+    public var version: UInt16
+    public var role: IPCRole
+    public var ordinal: Int32
+    public var generation: UInt64
+    public var pid: Int32
+
+    public init(version: UInt16 = ipcProtocolVersion, role: IPCRole, ordinal: Int32 = -1, generation: UInt64 = 0, pid: Int32) {
+        self.version = version
+        self.role = role
+        self.ordinal = ordinal
+        self.generation = generation
+        self.pid = pid
+    }
+}
+
+/// What the supervisor tells a worker it is to run.
+public struct Assignment: Sendable, Equatable {
+    public var shard: Int32
+    public var total: Int32
+    public var generation: UInt64
+    /// The session to resume (its predecessor's), or nil to identify.
+    public var resumeSessionID: String?
+    public var resumeSeq: Int64
+    public var apiBase: String
+    public var tokenURL: String
+    public var gatewayURL: String
+    /// Connect and get ready, but hand no event to the handler until told (a new generation during a rescale).
+    public var holdDispatch: Bool
+
+    public init(shard: Int32, total: Int32, generation: UInt64, resumeSessionID: String?, resumeSeq: Int64, apiBase: String, tokenURL: String, gatewayURL: String, holdDispatch: Bool) {
+        self.shard = shard
+        self.total = total
+        self.generation = generation
+        self.resumeSessionID = resumeSessionID
+        self.resumeSeq = resumeSeq
+        self.apiBase = apiBase
+        self.tokenURL = tokenURL
+        self.gatewayURL = gatewayURL
+        self.holdDispatch = holdDispatch
+    }
+}
+
+/// A worker's gateway progress, sent with every heartbeat.
+public struct WorkerProgress: Sendable, Equatable {
+    /// The gateway connection's state as the worker sees it.
+    public enum State: UInt8, Sendable {
+        case connecting = 0, identifying = 1, ready = 2, draining = 3
+    }
+
+    public var state: State
+    /// Heartbeat-ACK round trip of the gateway, microseconds (-1: none yet).
+    public var heartbeatLatencyMicros: Int64
+    /// Time since the last dispatch, milliseconds (-1: none yet).
+    public var lastEventAgeMillis: Int64
+    public var reconnects: Int32
+    public var received: Int64
+    public var handled: Int64
+    public var dispatchP50Micros: Int64
+    public var dispatchP99Micros: Int64
+
+    public init(state: State, heartbeatLatencyMicros: Int64 = -1, lastEventAgeMillis: Int64 = -1, reconnects: Int32 = 0, received: Int64 = 0, handled: Int64 = 0, dispatchP50Micros: Int64 = -1, dispatchP99Micros: Int64 = -1) {
+        self.state = state
+        self.heartbeatLatencyMicros = heartbeatLatencyMicros
+        self.lastEventAgeMillis = lastEventAgeMillis
+        self.reconnects = reconnects
+        self.received = received
+        self.handled = handled
+        self.dispatchP50Micros = dispatchP50Micros
+        self.dispatchP99Micros = dispatchP99Micros
+    }
+}
+
+/// How a worker's gateway session stands.
+public enum GatewayState: Sendable, Equatable {
+    case ready(sessionID: String)
+    case resumed(sessionID: String)
+    case disconnected(code: Int32)
+    /// The gateway ended the session for good: `kind` 1 configuration, 2 reshard, 3 banned.
+    case failed(kind: UInt8, code: Int32)
+}
+
+/// Every message of the IPC protocol, both ways. Requests carry an `id` their reply repeats.
+public enum IPCMessage: Sendable, Equatable {
+    case hello(Hello)
+    case welcome(Assignment)
+    /// The supervisor's answer to a control client's hello.
+    case helloAck(supervisorPID: Int32)
+    /// The connection is refused (version, role, unknown ordinal); it closes after this.
+    case refused(reason: String)
+    case heartbeat(WorkerProgress)
+    case ping(id: UInt64)
+    case pong(id: UInt64)
+    case identifyRequest(id: UInt64, shard: Int32)
+    case identifyGrant(id: UInt64)
+    case identifyDenied(id: UInt64, reason: String)
+    case identifySent(shard: Int32)
+    /// The worker no longer needs the slot it asked for with `id`.
+    case identifyCancel(id: UInt64)
+    /// The worker's session and the seq up to which every dispatch is handled.
+    case sessionCommitted(sessionID: String, seq: Int64)
+    case sessionInvalidated
+    case gatewayState(GatewayState)
+    /// The worker drained and is about to exit; where its session stands.
+    case drained(sessionID: String?, seq: Int64)
+    /// Drain and exit (the IPC form of SIGTERM).
+    case stop
+    case controlRequest(id: UInt64, command: String, argument: String)
+    case controlProgress(id: UInt64, line: String)
+    case controlReply(id: UInt64, ok: Bool, body: String)
+
+    /// The id of a request or reply, when it has one.
+    public var correlationID: UInt64? {
+        switch self {
+        case .ping(let id), .pong(let id), .identifyRequest(let id, _), .identifyGrant(let id), .identifyDenied(let id, _), .identifyCancel(let id),
+            .controlRequest(let id, _, _), .controlProgress(let id, _), .controlReply(let id, _, _):
+            return id
+        default:
+            return nil
+        }
+    }
+
+    /// A short name for logs.
+    public var name: String {
+        switch self {
+        case .hello: return "hello"
+        case .welcome: return "welcome"
+        case .helloAck: return "helloAck"
+        case .refused: return "refused"
+        case .heartbeat: return "heartbeat"
+        case .ping: return "ping"
+        case .pong: return "pong"
+        case .identifyRequest: return "identifyRequest"
+        case .identifyGrant: return "identifyGrant"
+        case .identifyDenied: return "identifyDenied"
+        case .identifySent: return "identifySent"
+        case .identifyCancel: return "identifyCancel"
+        case .sessionCommitted: return "sessionCommitted"
+        case .sessionInvalidated: return "sessionInvalidated"
+        case .gatewayState: return "gatewayState"
+        case .drained: return "drained"
+        case .stop: return "stop"
+        case .controlRequest: return "controlRequest"
+        case .controlProgress: return "controlProgress"
+        case .controlReply: return "controlReply"
+        }
+    }
+}
+
+/// A frame that could not be read: the connection that sent it is closed with this reason.
+public struct IPCProtocolError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}

@@ -1,0 +1,371 @@
+import ClusterCore
+import ClusterIPC
+
+/// How a worker process ended.
+public enum ExitStatus: Sendable, Equatable, CustomStringConvertible {
+    case exited(Int32)
+    case signaled(Int32)
+
+    public var description: String {
+        switch self {
+        case .exited(let code): return "exit \(code)"
+        case .signaled(let signal): return "signal \(signal)\(signal == 9 ? " (SIGKILL)" : signal == 6 ? " (SIGABRT)" : signal == 15 ? " (SIGTERM)" : "")"
+        }
+    }
+}
+
+/// A worker's lifecycle state, as `botcluster status` shows it.
+public enum WorkerState: String, Sendable, Equatable {
+    case spawning, connected, identifying, ready, draining, stopped, backoff, failed
+
+    var isLive: Bool { self == .spawning || self == .connected || self == .identifying || self == .ready || self == .draining }
+}
+
+/// One worker slot of the cluster (an ordinal and its shard) and the process that fills it now.
+public struct WorkerRecord: Sendable {
+    public var ordinal: Int
+    public var shard: ShardID
+    public var state: WorkerState = .stopped
+    /// The generation of the process filling the slot; messages from older ones are dropped.
+    public var generation: UInt64 = 0
+    public var pid: Int32?
+    public var startedAt: MonotonicInstant?
+    public var readyAt: MonotonicInstant?
+    public var lastHeard: MonotonicInstant?
+    public var restarts = 0
+    public var lastExit: ExitStatus?
+    public var progress: WorkerProgress?
+    /// The session a replacement resumes: its id and the committed seq.
+    public var session: (id: String, seq: Int)?
+    /// Why the worker is not restarted, when it is failed for good.
+    public var failure: String?
+    var policy: RestartPolicy
+    var abortedAt: MonotonicInstant?
+    var killedAt: MonotonicInstant?
+    var stopRequestedAt: MonotonicInstant?
+    var respawnAt: MonotonicInstant?
+    /// A fatal gateway close the worker reported before it exits: no restart loop.
+    var fatal: String?
+    /// Respawn at once when the process exits (a requested restart, not a crash).
+    var respawnWhenExited = false
+}
+
+/// The supervisor's decisions about its workers, as a pure state machine: spawns, exits, IPC events and timer
+/// ticks in; actions (spawn, signal, kill a process group, persist a session) out. The time is a parameter.
+public struct ClusterStateMachine: Sendable {
+    public struct Timings: Sendable {
+        public var heartbeatInterval: Duration
+        public var heartbeatMisses: Int
+        public var helloTimeout: Duration
+        public var abortGrace: Duration
+        public var stopGrace: Duration
+
+        public init(_ config: SupervisorConfig) {
+            heartbeatInterval = config.heartbeatInterval
+            heartbeatMisses = config.heartbeatMisses
+            helloTimeout = config.helloTimeout
+            abortGrace = config.abortGrace
+            stopGrace = config.stopGrace
+        }
+
+        /// Silence after which a worker counts as hung.
+        var hangAfter: Duration { heartbeatInterval * heartbeatMisses }
+    }
+
+    public enum Event: Sendable {
+        case start
+        case spawned(ordinal: Int, generation: UInt64, pid: Int32)
+        case spawnFailed(ordinal: Int, generation: UInt64, reason: String)
+        case hello(ordinal: Int, generation: UInt64)
+        case progress(ordinal: Int, generation: UInt64, WorkerProgress)
+        case identifying(ordinal: Int, generation: UInt64)
+        case gatewayReady(ordinal: Int, generation: UInt64)
+        case sessionCommitted(ordinal: Int, generation: UInt64, id: String, seq: Int)
+        case sessionInvalidated(ordinal: Int, generation: UInt64)
+        case gatewayFailed(ordinal: Int, generation: UInt64, reason: String)
+        case exited(pid: Int32, status: ExitStatus)
+        case tick
+        /// Replace a worker's process (drain, then respawn at once).
+        case restart(ordinal: Int)
+        /// Drain every worker and end.
+        case stop
+    }
+
+    public enum Action: Sendable, Equatable {
+        case spawn(ordinal: Int, generation: UInt64, shard: ShardID)
+        case signal(pid: Int32, signal: Int32)
+        /// SIGKILL to the worker's whole process group (it and anything it started).
+        case killGroup(pid: Int32)
+        case persistSession(shard: ShardID, id: String, seq: Int)
+        case forgetSession(shard: ShardID)
+        case log(Level, String)
+        /// Every worker is ready (once per start).
+        case clusterReady
+        /// Every worker has exited after a stop.
+        case allStopped
+
+        public enum Level: Sendable, Equatable { case info, warning, error }
+    }
+
+    public let timings: Timings
+    let restart: RestartConfig
+    public private(set) var workers: [WorkerRecord]
+    var nextGeneration: UInt64 = 0
+    public private(set) var stopping = false
+    var announcedReady = false
+    var rng: SplitMix64
+
+    public init(shards: Int, timings: Timings, restart: RestartConfig, seed: UInt64 = 1, sessions: [Int: (id: String, seq: Int)] = [:]) {
+        self.timings = timings
+        self.restart = restart
+        rng = SplitMix64(seed: seed)
+        workers = (0..<shards).map { ordinal in
+            var record = WorkerRecord(ordinal: ordinal, shard: ShardID(ordinal, of: shards), policy: RestartPolicy(config: restart))
+            record.session = sessions[ordinal]
+            return record
+        }
+    }
+
+    public func worker(ordinal: Int) -> WorkerRecord? {
+        workers.indices.contains(ordinal) ? workers[ordinal] : nil
+    }
+
+    /// The worker whose current process has `generation`, if any.
+    func index(_ ordinal: Int, _ generation: UInt64) -> Int? {
+        guard workers.indices.contains(ordinal), workers[ordinal].generation == generation, workers[ordinal].state.isLive else { return nil }
+        return ordinal
+    }
+
+    public mutating func handle(_ event: Event, now: MonotonicInstant) -> [Action] {
+        switch event {
+        case .start:
+            return workers.indices.flatMap { spawn($0, now: now) }
+        case .spawned(let ordinal, let generation, let pid):
+            guard let i = index(ordinal, generation) else { return [] }
+            workers[i].pid = pid
+            return []
+        case .spawnFailed(let ordinal, let generation, let reason):
+            guard let i = index(ordinal, generation) else { return [] }
+            return [.log(.error, "worker \(ordinal): cannot spawn: \(reason)")] + exited(i, status: .exited(127), now: now)
+        case .hello(let ordinal, let generation):
+            guard let i = index(ordinal, generation) else { return [] }
+            workers[i].lastHeard = now
+            if workers[i].state == .spawning { workers[i].state = .connected }
+            return []
+        case .progress(let ordinal, let generation, let progress):
+            guard let i = index(ordinal, generation) else { return [] }
+            workers[i].lastHeard = now
+            workers[i].progress = progress
+            if workers[i].state != .draining {
+                switch progress.state {
+                case .connecting: if workers[i].state != .ready { workers[i].state = .connected }
+                case .identifying: workers[i].state = .identifying
+                case .ready: return markReady(i, now: now)
+                case .draining: workers[i].state = .draining
+                }
+            }
+            return []
+        case .identifying(let ordinal, let generation):
+            guard let i = index(ordinal, generation) else { return [] }
+            workers[i].lastHeard = now
+            if workers[i].state != .draining { workers[i].state = .identifying }
+            return []
+        case .gatewayReady(let ordinal, let generation):
+            guard let i = index(ordinal, generation) else { return [] }
+            workers[i].lastHeard = now
+            return markReady(i, now: now)
+        case .sessionCommitted(let ordinal, let generation, let id, let seq):
+            guard let i = index(ordinal, generation) else { return [] }
+            workers[i].lastHeard = now
+            workers[i].session = (id, seq)
+            return [.persistSession(shard: workers[i].shard, id: id, seq: seq)]
+        case .sessionInvalidated(let ordinal, let generation):
+            guard let i = index(ordinal, generation) else { return [] }
+            workers[i].session = nil
+            return [.forgetSession(shard: workers[i].shard)]
+        case .gatewayFailed(let ordinal, let generation, let reason):
+            guard let i = index(ordinal, generation) else { return [] }
+            workers[i].fatal = reason
+            return [.log(.error, "worker \(ordinal) (shard \(workers[i].shard)): \(reason)")]
+        case .exited(let pid, let status):
+            guard let i = workers.firstIndex(where: { $0.pid == pid && $0.state.isLive }) else { return [] }
+            return exited(i, status: status, now: now)
+        case .tick:
+            return tick(now)
+        case .restart(let ordinal):
+            guard workers.indices.contains(ordinal), !stopping else { return [] }
+            switch workers[ordinal].state {
+            case .backoff, .failed, .stopped:
+                workers[ordinal].failure = nil
+                workers[ordinal].policy = RestartPolicy(config: restart)
+                return [.log(.info, "worker \(ordinal): restarting on request")] + spawn(ordinal, now: now)
+            case .draining:
+                workers[ordinal].respawnWhenExited = true
+                return []
+            default:
+                guard let pid = workers[ordinal].pid else {
+                    workers[ordinal].respawnWhenExited = true
+                    return []
+                }
+                workers[ordinal].respawnWhenExited = true
+                workers[ordinal].state = .draining
+                workers[ordinal].stopRequestedAt = now
+                return [.log(.info, "worker \(ordinal): restarting on request (draining pid \(pid))"), .signal(pid: pid, signal: 15)]
+            }
+        case .stop:
+            guard !stopping else { return [] }
+            stopping = true
+            var actions: [Action] = []
+            for i in workers.indices {
+                switch workers[i].state {
+                case .backoff, .failed, .stopped:
+                    workers[i].state = .stopped
+                    workers[i].respawnAt = nil
+                default:
+                    workers[i].state = .draining
+                    workers[i].stopRequestedAt = now
+                    if let pid = workers[i].pid { actions.append(.signal(pid: pid, signal: 15)) }
+                }
+            }
+            if workers.allSatisfy({ !$0.state.isLive }) { actions.append(.allStopped) }
+            return actions
+        }
+    }
+
+    mutating func spawn(_ i: Int, now: MonotonicInstant) -> [Action] {
+        nextGeneration += 1
+        workers[i].generation = nextGeneration
+        workers[i].state = .spawning
+        workers[i].pid = nil
+        workers[i].startedAt = now
+        workers[i].readyAt = nil
+        workers[i].lastHeard = nil
+        workers[i].progress = nil
+        workers[i].abortedAt = nil
+        workers[i].killedAt = nil
+        workers[i].stopRequestedAt = nil
+        workers[i].respawnAt = nil
+        workers[i].fatal = nil
+        workers[i].respawnWhenExited = false
+        return [.spawn(ordinal: i, generation: nextGeneration, shard: workers[i].shard)]
+    }
+
+    mutating func markReady(_ i: Int, now: MonotonicInstant) -> [Action] {
+        guard workers[i].state != .draining else { return [] }
+        workers[i].state = .ready
+        if workers[i].readyAt == nil { workers[i].readyAt = now }
+        workers[i].policy.ready(now: now)
+        if !announcedReady && workers.allSatisfy({ $0.state == .ready }) {
+            announcedReady = true
+            return [.clusterReady]
+        }
+        return []
+    }
+
+    mutating func exited(_ i: Int, status: ExitStatus, now: MonotonicInstant) -> [Action] {
+        let ordinal = workers[i].ordinal
+        let hadPID = workers[i].pid
+        workers[i].lastExit = status
+        workers[i].pid = nil
+        workers[i].progress = nil
+        var actions: [Action] = []
+        if let pid = hadPID, workers[i].killedAt == nil {
+            // Anything the worker started dies with it.
+            actions.append(.killGroup(pid: pid))
+        }
+        if stopping {
+            workers[i].state = .stopped
+            if workers.allSatisfy({ !$0.state.isLive }) { actions.append(.allStopped) }
+            return actions
+        }
+        if workers[i].respawnWhenExited {
+            workers[i].restarts += 1
+            return actions + [.log(.info, "worker \(ordinal): replaced after \(status)")] + spawn(i, now: now)
+        }
+        let fatal: String? = {
+            if let reason = workers[i].fatal { return reason }
+            if case .exited(let code) = status, WorkerExitStatus.isFatal(code) {
+                switch code {
+                case WorkerExitStatus.configurationError: return "the gateway refused the configuration"
+                case WorkerExitStatus.reshardRequired: return "the gateway needs more shards (4011)"
+                default: return "the bot is delisted or banned"
+                }
+            }
+            return nil
+        }()
+        if let fatal {
+            workers[i].state = .failed
+            workers[i].failure = fatal
+            return actions + [.log(.error, "worker \(ordinal) (shard \(workers[i].shard)) ended with \(status): \(fatal); not restarted")]
+        }
+        workers[i].restarts += 1
+        switch workers[i].policy.crashed(now: now, rng: &rng) {
+        case .now:
+            return actions + [.log(.warning, "worker \(ordinal) (shard \(workers[i].shard)) ended with \(status); restarting now")] + spawn(i, now: now)
+        case .after(let delay):
+            workers[i].state = .backoff
+            workers[i].respawnAt = now + delay
+            return actions + [.log(.warning, "worker \(ordinal) (shard \(workers[i].shard)) ended with \(status); restarting in \(DurationFormat.human(delay))")]
+        case .failed(let retryAfter):
+            workers[i].state = .failed
+            workers[i].failure = "crashed more than \(restart.maxCrashes) times in \(DurationFormat.format(restart.crashWindow))"
+            workers[i].respawnAt = now + retryAfter
+            return actions + [.log(.error, "worker \(ordinal) (shard \(workers[i].shard)) failed: \(workers[i].failure!); next try in \(DurationFormat.human(retryAfter))")]
+        }
+    }
+
+    mutating func tick(_ now: MonotonicInstant) -> [Action] {
+        var actions: [Action] = []
+        for i in workers.indices {
+            let worker = workers[i]
+            if worker.state.isLive, let pid = worker.pid {
+                if let killedAt = worker.killedAt {
+                    _ = killedAt
+                } else if let aborted = worker.abortedAt, now - aborted >= timings.abortGrace {
+                    workers[i].killedAt = now
+                    actions.append(.killGroup(pid: pid))
+                } else if let stopAt = worker.stopRequestedAt, now - stopAt >= timings.stopGrace {
+                    workers[i].killedAt = now
+                    actions.append(.log(.warning, "worker \(worker.ordinal) did not drain within \(DurationFormat.format(timings.stopGrace)); killing it"))
+                    actions.append(.killGroup(pid: pid))
+                } else if worker.abortedAt == nil && worker.stopRequestedAt == nil {
+                    let silentSince = worker.lastHeard ?? worker.startedAt ?? now
+                    let limit = worker.lastHeard == nil ? timings.helloTimeout : timings.hangAfter
+                    if now - silentSince > limit {
+                        workers[i].abortedAt = now
+                        let what = worker.lastHeard == nil ? "never said hello" : "sent nothing"
+                        actions.append(.log(.warning, "worker \(worker.ordinal) (pid \(pid)) \(what) for \(DurationFormat.human(now - silentSince)): hung; SIGABRT, then SIGKILL after \(DurationFormat.format(timings.abortGrace))"))
+                        actions.append(.signal(pid: pid, signal: 6))
+                    }
+                }
+            } else if !stopping, worker.state == .backoff || worker.state == .failed, let at = worker.respawnAt, now >= at {
+                actions += spawn(i, now: now)
+            }
+        }
+        return actions
+    }
+
+    /// When the next tick has something to do.
+    public var nextDeadline: MonotonicInstant? {
+        var deadline: MonotonicInstant?
+        func consider(_ t: MonotonicInstant?) {
+            if let t { deadline = deadline.map { min($0, t) } ?? t }
+        }
+        for worker in workers {
+            if worker.state.isLive, worker.pid != nil, worker.killedAt == nil {
+                if let aborted = worker.abortedAt {
+                    consider(aborted + timings.abortGrace)
+                } else if let stop = worker.stopRequestedAt {
+                    consider(stop + timings.stopGrace)
+                } else {
+                    let since = worker.lastHeard ?? worker.startedAt
+                    let limit = worker.lastHeard == nil ? timings.helloTimeout : timings.hangAfter
+                    consider(since.map { $0 + limit + .milliseconds(1) })
+                }
+            } else if !stopping, worker.state == .backoff || worker.state == .failed {
+                consider(worker.respawnAt)
+            }
+        }
+        return deadline
+    }
+}

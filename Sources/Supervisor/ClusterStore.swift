@@ -1,0 +1,101 @@
+import ClusterCore
+import Foundation
+import GRDB
+import Logging
+import Synchronization
+
+/// The supervisor's SQLite file in the run directory (`cluster.sqlite`, WAL): the sessions replacements resume.
+/// Versioned migrations; a file that is corrupt or of an unknown schema is moved aside and recreated.
+public final class ClusterStore: Sendable {
+    let pool: DatabasePool
+    let logger: Logger
+    /// Session updates not yet written: the latest per shard, written together by `flush()`.
+    let pending = Mutex<[ShardID: (id: String, seq: Int)?]>([:])
+
+    public init(path: String, logger: Logger) throws {
+        self.logger = logger
+        do {
+            pool = try Self.open(path)
+        } catch {
+            let aside = path + ".corrupt-\(Int(Date().timeIntervalSince1970))"
+            logger.warning("cluster database unusable; moved aside and recreated", metadata: ["path": "\(path)", "movedTo": "\(aside)", "error": "\(error)"])
+            for suffix in ["", "-wal", "-shm"] { try? FileManager.default.moveItem(atPath: path + suffix, toPath: aside + suffix) }
+            pool = try Self.open(path)
+        }
+    }
+
+    static func migrator() -> DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1-sessions") { db in
+            try db.create(table: "sessions") { t in
+                t.column("shard", .integer).notNull()
+                t.column("total", .integer).notNull()
+                t.column("session_id", .text).notNull()
+                t.column("seq", .integer).notNull()
+                t.column("updated_at", .double).notNull()
+                t.primaryKey(["shard", "total"])
+            }
+        }
+        return migrator
+    }
+
+    static func open(_ path: String) throws -> DatabasePool {
+        var configuration = Configuration()
+        configuration.busyMode = .timeout(5)
+        let pool = try DatabasePool(path: path, configuration: configuration)
+        let migrator = migrator()
+        try pool.read { db in
+            _ = try db.tableExists("sqlite_master")
+            if try migrator.hasBeenSuperseded(db) {
+                throw DatabaseError(message: "the file was written by a newer botcluster (unknown migrations)")
+            }
+        }
+        try migrator.migrate(pool)
+        return pool
+    }
+
+    /// The stored sessions of the layout with `total` shards, by shard id.
+    public func sessions(total: Int) throws -> [Int: (id: String, seq: Int)] {
+        try pool.read { db in
+            var result: [Int: (id: String, seq: Int)] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT shard, session_id, seq FROM sessions WHERE total = ?", arguments: [total]) {
+                result[row["shard"]] = (row["session_id"], row["seq"])
+            }
+            return result
+        }
+    }
+
+    public func save(shard: ShardID, id: String, seq: Int) {
+        pending.withLock { $0[shard] = (id, seq) }
+    }
+
+    public func forget(shard: ShardID) {
+        pending.withLock { $0[shard] = .some(nil) }
+    }
+
+    /// Writes what changed since the last flush, in one transaction.
+    public func flush() {
+        let changes = pending.withLock { pending -> [ShardID: (id: String, seq: Int)?] in
+            defer { pending = [:] }
+            return pending
+        }
+        guard !changes.isEmpty else { return }
+        do {
+            try pool.write { db in
+                let now = Date().timeIntervalSince1970
+                for (shard, session) in changes {
+                    if let session {
+                        try db.execute(
+                            sql: "INSERT INTO sessions (shard, total, session_id, seq, updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT(shard, total) DO UPDATE SET session_id = excluded.session_id, seq = excluded.seq, updated_at = excluded.updated_at",
+                            arguments: [shard.id, shard.total, session.id, session.seq, now]
+                        )
+                    } else {
+                        try db.execute(sql: "DELETE FROM sessions WHERE shard = ? AND total = ?", arguments: [shard.id, shard.total])
+                    }
+                }
+            }
+        } catch {
+            logger.error("cannot write sessions", metadata: ["error": "\(error)"])
+        }
+    }
+}

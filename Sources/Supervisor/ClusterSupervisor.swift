@@ -1,0 +1,309 @@
+import ClusterCore
+import ClusterIPC
+import Foundation
+import Logging
+import NIOCore
+import QQGateway
+import ServiceLifecycle
+import Synchronization
+
+/// What the supervisor needs to know before it starts its workers.
+public struct SupervisorSetup: Sendable {
+    public var config: ClusterConfig
+    /// The configuration file workers load (absolute).
+    public var configPath: String
+    /// Where the platform is (for workers).
+    public var apiBase: String
+    public var tokenURL: String
+    public var gateway: GatewayBotInfo
+    public var shards: Int
+
+    public init(config: ClusterConfig, configPath: String, apiBase: String, tokenURL: String, gateway: GatewayBotInfo, shards: Int) {
+        self.config = config
+        self.configPath = configPath
+        self.apiBase = apiBase
+        self.tokenURL = tokenURL
+        self.gateway = gateway
+        self.shards = shards
+    }
+}
+
+/// Environment variables a worker process reads.
+public enum WorkerEnvironment {
+    public static let socket = "BOTCLUSTER_SOCKET"
+    public static let ordinal = "BOTCLUSTER_ORDINAL"
+    public static let generation = "BOTCLUSTER_GENERATION"
+    public static let supervisorPID = "BOTCLUSTER_SUPERVISOR_PID"
+}
+
+/// `botcluster launch`: spawns one worker per shard, answers their IPC (identify slots, sessions, health),
+/// restarts them by the policy, serves control commands, and on shutdown drains them all.
+public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
+    let setup: SupervisorSetup
+    let logger: Logger
+    let machine: Mutex<ClusterStateMachine>
+    let ledger: IdentifyLedgerService
+    let store: ClusterStore
+    let connections = Mutex<[Int: IPCConnection]>([:])
+    let rates = Mutex<[Int: (handled: Int64, at: MonotonicInstant, perSecond: Double)]>([:])
+    let pings = Mutex<[UInt64: (ordinal: Int, sentAt: MonotonicInstant, signal: AsyncSignal<Duration>)]>([:])
+    let nextPing = Atomic<UInt64>(0)
+    let timer = Wakeup()
+    let stopped = AsyncSignal<Void>()
+    let spawnRequests: AsyncStream<(ordinal: Int, generation: UInt64, shard: ShardID)>
+    let spawnContinuation: AsyncStream<(ordinal: Int, generation: UInt64, shard: ShardID)>.Continuation
+    let startedAt = MonotonicInstant.now()
+    /// Control work that awaits (status pings workers): run beside the supervisor, one task each.
+    let controlRequests: AsyncStream<@Sendable () async -> Void>
+    let controlContinuation: AsyncStream<@Sendable () async -> Void>.Continuation
+    let server = Mutex<IPCServer?>(nil)
+    let spawner = Mutex<ProcessSpawner?>(nil)
+    /// Printed once every worker is ready (tests and scripts wait for it).
+    public let ready = AsyncSignal<Duration>()
+
+    public init(setup: SupervisorSetup, store: ClusterStore, logger: Logger) throws {
+        self.setup = setup
+        self.logger = logger
+        self.store = store
+        let sessions = try store.sessions(total: setup.shards)
+        machine = Mutex(ClusterStateMachine(
+            shards: setup.shards, timings: .init(setup.config.supervisor), restart: setup.config.restart,
+            seed: UInt64(truncatingIfNeeded: MonotonicInstant.now().nanoseconds), sessions: sessions
+        ))
+        ledger = IdentifyLedgerService(ledger: IdentifyLedger(
+            configuration: .init(
+                maxConcurrency: setup.gateway.maxConcurrency, window: setup.config.effectiveIdentifyWindow,
+                margin: setup.config.identify.margin, slotTimeout: setup.config.identify.slotTimeout
+            ),
+            remaining: setup.gateway.remaining
+        ))
+        (spawnRequests, spawnContinuation) = AsyncStream.makeStream()
+        (controlRequests, controlContinuation) = AsyncStream.makeStream()
+        if !sessions.isEmpty {
+            logger.info("stored sessions found: workers will resume them", metadata: ["sessions": "\(sessions.count)"])
+        }
+    }
+
+    public func run() async throws {
+        var serverConfiguration = IPCServer.Configuration(path: setup.config.supervisor.socket)
+        serverConfiguration.helloTimeout = setup.config.supervisor.helloTimeout
+        let server = IPCServer(configuration: serverConfiguration, delegate: self, logger: logger)
+        try await server.start()
+        self.server.withLock { $0 = server }
+        let spawner = ProcessSpawner(executable: ProcessSpawner.currentExecutable(), logger: logger) { pid, status in
+            self.dispatch(.exited(pid: pid, status: status))
+        }
+        self.spawner.withLock { $0 = spawner }
+        logger.info("supervisor started", metadata: ["shards": "\(setup.shards)", "socket": "\(setup.config.supervisor.socket)", "max_concurrency": "\(setup.gateway.maxConcurrency)"])
+        await withGracefulShutdownHandler {
+            await withDiscardingTaskGroup { group in
+                group.addTask { await self.ledger.run() }
+                group.addTask { await self.runTimer() }
+                group.addTask { await self.runStoreFlusher() }
+                group.addTask {
+                    await withDiscardingTaskGroup { outputs in
+                        for await request in self.spawnRequests {
+                            await self.spawn(request, spawner: spawner, group: &outputs)
+                        }
+                    }
+                }
+                group.addTask {
+                    await withDiscardingTaskGroup { requests in
+                        for await work in self.controlRequests { requests.addTask { await work() } }
+                    }
+                }
+                dispatch(.start)
+                _ = try? await stopped.wait()
+                spawnContinuation.finish()
+                controlContinuation.finish()
+                group.cancelAll()
+            }
+        } onGracefulShutdown: {
+            self.logger.info("stopping: draining every worker")
+            self.dispatch(.stop)
+        }
+        store.flush()
+        await server.close()
+        logger.info("supervisor stopped")
+    }
+
+    /// Asks the supervisor to drain every worker and end (as SIGTERM does).
+    public func stop() {
+        dispatch(.stop)
+    }
+
+    // MARK: the state machine
+
+    func dispatch(_ event: ClusterStateMachine.Event) {
+        let (actions, moved) = machine.withLock { machine -> ([ClusterStateMachine.Action], Bool) in
+            let before = machine.nextDeadline
+            let actions = machine.handle(event, now: .now())
+            return (actions, machine.nextDeadline != before)
+        }
+        if moved { timer.poke() }
+        perform(actions)
+    }
+
+    func perform(_ actions: [ClusterStateMachine.Action]) {
+        for action in actions {
+            switch action {
+            case .spawn(let ordinal, let generation, let shard):
+                spawnContinuation.yield((ordinal, generation, shard))
+            case .signal(let pid, let signal):
+                kill(pid, signal)
+            case .killGroup(let pid):
+                kill(-pid, SIGKILL)
+            case .persistSession(let shard, let id, let seq):
+                store.save(shard: shard, id: id, seq: seq)
+            case .forgetSession(let shard):
+                store.forget(shard: shard)
+            case .log(let level, let message):
+                switch level {
+                case .info: logger.info("\(message)")
+                case .warning: logger.warning("\(message)")
+                case .error: logger.error("\(message)")
+                }
+            case .clusterReady:
+                let elapsed = MonotonicInstant.now() - startedAt
+                writeToStandardOutput("cluster ready: \(setup.shards) shards in \(DurationFormat.human(elapsed))\n")
+                ready.set(elapsed)
+            case .allStopped:
+                stopped.set(())
+            }
+        }
+    }
+
+    func spawn(_ request: (ordinal: Int, generation: UInt64, shard: ShardID), spawner: ProcessSpawner, group: inout DiscardingTaskGroup) async {
+        let environment = [
+            WorkerEnvironment.socket: setup.config.supervisor.socket,
+            WorkerEnvironment.ordinal: String(request.ordinal),
+            WorkerEnvironment.generation: String(request.generation),
+            WorkerEnvironment.supervisorPID: String(getpid()),
+        ]
+        do {
+            let (pid, output) = try await spawner.spawn(arguments: ["worker", "--config", setup.configPath], environment: environment)
+            dispatch(.spawned(ordinal: request.ordinal, generation: request.generation, pid: pid))
+            let prefix = "[worker \(request.ordinal) \(request.shard) pid \(pid)] "
+            group.addTask { await followOutput(of: output, prefix: prefix) }
+        } catch {
+            dispatch(.spawnFailed(ordinal: request.ordinal, generation: request.generation, reason: "\(error)"))
+        }
+    }
+
+    func runTimer() async {
+        while !Task.isCancelled {
+            let deadline = machine.withLock { $0.nextDeadline }
+            await timer.wait(until: deadline)
+            if Task.isCancelled { return }
+            if let deadline, MonotonicInstant.now() >= deadline { dispatch(.tick) }
+        }
+    }
+
+    func runStoreFlusher() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: setup.config.worker.reportInterval)
+            store.flush()
+        }
+    }
+
+    // MARK: IPC
+
+    public func accept(_ hello: Hello, on connection: IPCConnection) -> String? {
+        switch hello.role {
+        case .control:
+            connection.send(.helloAck(supervisorPID: getpid()))
+            return nil
+        case .worker:
+            let ordinal = Int(hello.ordinal)
+            let assignment = machine.withLock { machine -> Assignment? in
+                guard let worker = machine.worker(ordinal: ordinal), worker.generation == hello.generation, worker.state.isLive else { return nil }
+                return Assignment(
+                    shard: Int32(worker.shard.id), total: Int32(worker.shard.total), generation: worker.generation,
+                    resumeSessionID: worker.session?.id, resumeSeq: Int64(worker.session?.seq ?? 0),
+                    apiBase: setup.apiBase, tokenURL: setup.tokenURL, gatewayURL: setup.gateway.url, holdDispatch: false
+                )
+            }
+            guard let assignment else {
+                return "worker \(ordinal) generation \(hello.generation) is not a current worker of this cluster"
+            }
+            connections.withLock { $0[ordinal] = connection }
+            connection.send(.welcome(assignment))
+            dispatch(.hello(ordinal: ordinal, generation: hello.generation))
+            return nil
+        }
+    }
+
+    public func received(_ message: IPCMessage, on connection: IPCConnection) {
+        guard let hello = connection.hello else { return }
+        if hello.role == .control {
+            handleControl(message, on: connection)
+            return
+        }
+        let ordinal = Int(hello.ordinal)
+        let generation = hello.generation
+        switch message {
+        case .heartbeat(let progress):
+            recordRate(ordinal, progress)
+            dispatch(.progress(ordinal: ordinal, generation: generation, progress))
+        case .ping(let id):
+            connection.send(.pong(id: id))
+        case .pong(let id):
+            if let entry = pings.withLock({ $0.removeValue(forKey: id) }) { entry.signal.set(.now() - entry.sentAt) }
+        case .identifyRequest(let id, let shard):
+            dispatch(.identifying(ordinal: ordinal, generation: generation))
+            ledger.request(from: connection, correlation: id, shard: shard)
+        case .identifySent(let shard):
+            ledger.sent(from: connection, shard: shard)
+        case .identifyCancel(let id):
+            ledger.cancel(from: connection, correlation: id)
+        case .sessionCommitted(let id, let seq):
+            dispatch(.sessionCommitted(ordinal: ordinal, generation: generation, id: id, seq: Int(seq)))
+        case .sessionInvalidated:
+            dispatch(.sessionInvalidated(ordinal: ordinal, generation: generation))
+        case .gatewayState(.ready), .gatewayState(.resumed):
+            dispatch(.gatewayReady(ordinal: ordinal, generation: generation))
+        case .gatewayState(.failed(let kind, let code)):
+            let what = kind == 2 ? "too many guilds for this shard count (close \(code))" : kind == 3 ? "the bot is delisted or banned (close \(code))" : "the gateway refused the configuration (close \(code))"
+            dispatch(.gatewayFailed(ordinal: ordinal, generation: generation, reason: what))
+        case .gatewayState(.disconnected):
+            break
+        case .drained(let id, let seq):
+            if let id { dispatch(.sessionCommitted(ordinal: ordinal, generation: generation, id: id, seq: Int(seq))) }
+        default:
+            logger.warning("unexpected IPC message from a worker, ignored", metadata: ["worker.ordinal": "\(ordinal)", "message": "\(message.name)"])
+        }
+    }
+
+    public func closed(_ connection: IPCConnection, reason: String?) {
+        ledger.connectionClosed(connection)
+        guard let hello = connection.hello, hello.role == .worker else { return }
+        connections.withLock { connections in
+            if connections[Int(hello.ordinal)] == connection { connections[Int(hello.ordinal)] = nil }
+        }
+    }
+
+    func recordRate(_ ordinal: Int, _ progress: WorkerProgress) {
+        let now = MonotonicInstant.now()
+        rates.withLock { rates in
+            if let previous = rates[ordinal], now > previous.at {
+                let perSecond = Double(max(0, progress.handled - previous.handled)) / (now - previous.at).seconds
+                // Smooth over a few heartbeats.
+                rates[ordinal] = (progress.handled, now, previous.perSecond * 0.5 + perSecond * 0.5)
+            } else {
+                rates[ordinal] = (progress.handled, now, 0)
+            }
+        }
+    }
+}
+
+/// Writes to standard output and flushes (lines that tests and scripts wait for).
+func writeToStandardOutput(_ text: String) {
+    var bytes = Array(text.utf8)
+    var offset = 0
+    while offset < bytes.count {
+        let n = bytes.withUnsafeMutableBytes { write(1, $0.baseAddress! + offset, $0.count - offset) }
+        if n < 0 && errno == EINTR { continue }
+        if n <= 0 { return }
+        offset += n
+    }
+}

@@ -1,0 +1,91 @@
+import ClusterCore
+import ClusterIPC
+import QQGateway
+import Synchronization
+
+/// A worker's side of the IPC link: identify permits from the supervisor's ledger, and reports of its session,
+/// gateway state and progress.
+public final class SupervisorLink: RuntimeObserver, IdentifyPermit {
+    let client: IPCClient
+    let state = Mutex<WorkerProgress.State>(.connecting)
+
+    public init(client: IPCClient) {
+        self.client = client
+    }
+
+    /// The gateway state to report with the next heartbeat.
+    public var gatewayState: WorkerProgress.State {
+        get { state.withLock { $0 } }
+        set { state.withLock { $0 = newValue } }
+    }
+
+    // MARK: IdentifyPermit
+
+    public func acquire(shard: ShardID) async throws {
+        gatewayState = .identifying
+        var requestID: UInt64 = 0
+        let reply: IPCMessage
+        do {
+            // The ledger may queue us for many windows: the deadline is generous, cancellation is prompt.
+            reply = try await client.request(timeout: .seconds(3600)) { id in
+                requestID = id
+                return .identifyRequest(id: id, shard: Int32(shard.id))
+            }
+        } catch is CancellationError {
+            client.send(.identifyCancel(id: requestID))
+            throw CancellationError()
+        }
+        switch reply {
+        case .identifyGrant: return
+        case .identifyDenied(_, let reason): throw IdentifyDenied(reason: reason)
+        default: throw IdentifyDenied(reason: "unexpected reply \(reply.name)")
+        }
+    }
+
+    public func identifySent(shard: ShardID) {
+        client.send(.identifySent(shard: Int32(shard.id)))
+    }
+
+    // MARK: RuntimeObserver
+
+    public func sessionCommitted(sessionID: String, seq: Int) {
+        client.send(.sessionCommitted(sessionID: sessionID, seq: Int64(seq)))
+    }
+
+    public func sessionInvalidated() {
+        client.send(.sessionInvalidated)
+    }
+
+    public func ready(sessionID: String, resumed: Bool) {
+        gatewayState = .ready
+        client.send(.gatewayState(resumed ? .resumed(sessionID: sessionID) : .ready(sessionID: sessionID)))
+    }
+
+    public func disconnected(code: UInt16?) {
+        if gatewayState != .draining { gatewayState = .connecting }
+        client.send(.gatewayState(.disconnected(code: Int32(code ?? 0))))
+    }
+
+    public func failed(_ reason: GatewaySessionStateMachine.FatalReason) {
+        switch reason {
+        case .configuration(let code): client.send(.gatewayState(.failed(kind: 1, code: Int32(code))))
+        case .reshardRequired: client.send(.gatewayState(.failed(kind: 2, code: 4011)))
+        case .stopped(let code): client.send(.gatewayState(.failed(kind: 3, code: Int32(code))))
+        }
+    }
+
+    /// The heartbeat: the gateway state and the runtime's counters.
+    public func sendHeartbeat(_ stats: RuntimeStats) {
+        let now = MonotonicInstant.now()
+        client.send(.heartbeat(WorkerProgress(
+            state: gatewayState,
+            heartbeatLatencyMicros: stats.heartbeatLatency.map { $0.nanoseconds / 1000 } ?? -1,
+            lastEventAgeMillis: stats.lastEventAt.map { (now - $0).nanoseconds / 1_000_000 } ?? -1,
+            reconnects: Int32(stats.reconnects),
+            received: Int64(stats.received),
+            handled: Int64(stats.handled),
+            dispatchP50Micros: stats.dispatchLatency.percentile(0.5).map { $0.nanoseconds / 1000 } ?? -1,
+            dispatchP99Micros: stats.dispatchLatency.percentile(0.99).map { $0.nanoseconds / 1000 } ?? -1
+        )))
+    }
+}

@@ -1,0 +1,217 @@
+import ClusterCore
+import ClusterIPC
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import Synchronization
+import Testing
+
+@Suite("IPC codec")
+struct IPCCodecTests {
+    static let samples: [IPCMessage] = [
+        .hello(Hello(role: .worker, ordinal: 3, generation: 42, pid: 1234)),
+        .welcome(Assignment(shard: 3, total: 4, generation: 42, resumeSessionID: "s-1", resumeSeq: 99, apiBase: "http://x", tokenURL: "http://x/t", gatewayURL: "ws://x/websocket", holdDispatch: true)),
+        .welcome(Assignment(shard: 0, total: 1, generation: 1, resumeSessionID: nil, resumeSeq: 0, apiBase: "", tokenURL: "", gatewayURL: "", holdDispatch: false)),
+        .helloAck(supervisorPID: 77),
+        .refused(reason: "nope ✗"),
+        .heartbeat(WorkerProgress(state: .ready, heartbeatLatencyMicros: 120, lastEventAgeMillis: 5, reconnects: 2, received: 10, handled: 9, dispatchP50Micros: 40, dispatchP99Micros: 900)),
+        .ping(id: 1), .pong(id: .max),
+        .identifyRequest(id: 5, shard: 2), .identifyGrant(id: 5), .identifyDenied(id: 6, reason: "spent"), .identifySent(shard: 2), .identifyCancel(id: 8),
+        .sessionCommitted(sessionID: "abc", seq: 12), .sessionInvalidated,
+        .gatewayState(.ready(sessionID: "a")), .gatewayState(.resumed(sessionID: "b")), .gatewayState(.disconnected(code: 4009)),
+        .gatewayState(.failed(kind: 2, code: 4011)),
+        .drained(sessionID: nil, seq: 0), .drained(sessionID: "z", seq: 7), .stop,
+        .controlRequest(id: 9, command: "status", argument: ""), .controlProgress(id: 9, line: "1/4 ready"), .controlReply(id: 9, ok: true, body: "{}"),
+    ]
+
+    @Test(arguments: samples)
+    func roundTrips(_ message: IPCMessage) throws {
+        var buffer = ByteBuffer()
+        message.encode(into: &buffer)
+        #expect(try IPCMessage.decode(&buffer) == message)
+    }
+
+    @Test func malformedFramesAreClearErrors() {
+        var unknown = ByteBuffer(bytes: [200])
+        #expect(throws: IPCProtocolError.self) { try IPCMessage.decode(&unknown) }
+        var truncated = ByteBuffer(bytes: [MessageTypeForTests.ping, 0, 1])
+        do {
+            _ = try IPCMessage.decode(&truncated)
+            Issue.record("decoded a truncated ping")
+        } catch {
+            #expect(error.description == "truncated frame: id missing")
+        }
+        var trailing = ByteBuffer()
+        IPCMessage.stop.encode(into: &trailing)
+        trailing.writeInteger(UInt8(1))
+        #expect(throws: IPCProtocolError.self) { try IPCMessage.decode(&trailing) }
+    }
+}
+
+enum MessageTypeForTests {
+    static let ping: UInt8 = 11
+}
+
+/// A server delegate that accepts everyone, answers pings on the event loop and records the rest.
+final class EchoDelegate: IPCServerDelegate {
+    let received = Mutex<[IPCMessage]>([])
+    let closedReasons = Mutex<[String?]>([])
+    let accepted = Mutex<[Hello]>([])
+
+    func accept(_ hello: Hello, on connection: IPCConnection) -> String? {
+        accepted.withLock { $0.append(hello) }
+        if hello.ordinal == 99 { return "ordinal 99 is not part of this cluster" }
+        connection.send(.helloAck(supervisorPID: getpid()))
+        return nil
+    }
+
+    func received(_ message: IPCMessage, on connection: IPCConnection) {
+        switch message {
+        case .ping(let id): connection.sendOnEventLoop(.pong(id: id))
+        case .controlRequest(let id, _, _):
+            connection.send(.controlProgress(id: id, line: "working"))
+            connection.send(.controlReply(id: id, ok: true, body: "done"))
+        default: received.withLock { $0.append(message) }
+        }
+    }
+
+    func closed(_ connection: IPCConnection, reason: String?) {
+        closedReasons.withLock { $0.append(reason) }
+    }
+}
+
+func withServer(_ body: (String, IPCServer, EchoDelegate) async throws -> Void) async throws {
+    let dir = NSTemporaryDirectory() + "ipc-" + UUID().uuidString.prefix(8)
+    try RunDirectory.prepare(dir)
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let path = dir + "/s.sock"
+    let delegate = EchoDelegate()
+    var configuration = IPCServer.Configuration(path: path)
+    configuration.maxFrameSize = 1024
+    configuration.helloTimeout = .milliseconds(200)
+    var logger = Logger(label: "ipc-test")
+    logger.logLevel = .critical
+    let server = IPCServer(configuration: configuration, delegate: delegate, logger: logger)
+    try await server.start()
+    do {
+        try await body(path, server, delegate)
+    } catch {
+        await server.close()
+        throw error
+    }
+    await server.close()
+}
+
+/// Writes raw bytes to the socket, as a rogue client would, and waits for the server to hang up.
+func rawExchange(path: String, bytes: [UInt8]) async throws -> [UInt8] {
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &address.sun_path) { raw in
+        for (i, byte) in path.utf8.enumerated() { raw[i] = byte }
+    }
+    let connected = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+    #expect(connected == 0)
+    _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    var received: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let n = read(fd, &chunk, chunk.count)
+        if n <= 0 { break }
+        received += chunk[0..<n]
+    }
+    return received
+}
+
+@Suite("IPC server and client", .timeLimit(.minutes(1)))
+struct IPCConnectionTests {
+    @Test func handshakeThenRequestsAndReplies() async throws {
+        try await withServer { path, _, delegate in
+            let client = try await IPCClient.connect(path: path, hello: Hello(role: .control, pid: getpid()))
+            var inbound = client.inbound.makeAsyncIterator()
+            #expect(await inbound.next() == .helloAck(supervisorPID: getpid()))
+            let pong = try await client.request(timeout: .seconds(5)) { .ping(id: $0) }
+            guard case .pong = pong else { Issue.record("\(pong)"); return }
+            let progress = Mutex<[String]>([])
+            let reply = try await client.request(timeout: .seconds(5), progress: { message in
+                if case .controlProgress(_, let line) = message { progress.withLock { $0.append(line) } }
+            }) { .controlRequest(id: $0, command: "status", argument: "") }
+            guard case .controlReply(_, true, "done") = reply else { Issue.record("\(reply)"); return }
+            #expect(progress.withLock { $0 } == ["working"])
+            client.send(.sessionCommitted(sessionID: "s", seq: 3))
+            client.close()
+            _ = try await client.closed.wait()
+            while delegate.closedReasons.withLock({ $0.isEmpty }) { try await Task.sleep(for: .milliseconds(2)) }
+            #expect(delegate.received.withLock { $0 } == [.sessionCommitted(sessionID: "s", seq: 3)])
+        }
+    }
+
+    @Test func aRequestWithoutAReplyTimesOut() async throws {
+        try await withServer { path, _, _ in
+            let client = try await IPCClient.connect(path: path, hello: Hello(role: .control, pid: getpid()))
+            await #expect(throws: IPCRequestError.self) {
+                _ = try await client.request(timeout: .milliseconds(50)) { .identifyRequest(id: $0, shard: 0) }
+            }
+            client.close()
+        }
+    }
+
+    @Test func theWrongVersionOrARefusedHelloIsToldWhy() async throws {
+        try await withServer { path, _, _ in
+            let old = try await IPCClient.connect(path: path, hello: Hello(version: 0, role: .worker, pid: getpid()))
+            var inbound = old.inbound.makeAsyncIterator()
+            guard case .refused(let reason) = await inbound.next() else { Issue.record("not refused"); return }
+            #expect(reason.contains("IPC protocol version 0 is not this supervisor's 1"))
+            _ = try await old.closed.wait()
+
+            let stranger = try await IPCClient.connect(path: path, hello: Hello(role: .worker, ordinal: 99, pid: getpid()))
+            var strangerInbound = stranger.inbound.makeAsyncIterator()
+            #expect(await strangerInbound.next() == .refused(reason: "ordinal 99 is not part of this cluster"))
+        }
+    }
+
+    @Test func garbageAndOversizedFramesCloseOnlyTheirConnection() async throws {
+        try await withServer { path, server, _ in
+            // A length far over the limit.
+            _ = try await rawExchange(path: path, bytes: [0x7F, 0xFF, 0xFF, 0xFF, 1, 2, 3])
+            // A well-sized frame of garbage.
+            _ = try await rawExchange(path: path, bytes: [0, 0, 0, 3, 0xEE, 0xEE, 0xEE])
+            // A client that never says hello.
+            _ = try await rawExchange(path: path, bytes: [])
+            #expect(server.rejected.load(ordering: .relaxed) == 3)
+            // The server still serves.
+            let client = try await IPCClient.connect(path: path, hello: Hello(role: .control, pid: getpid()))
+            let pong = try await client.request(timeout: .seconds(5)) { .ping(id: $0) }
+            guard case .pong = pong else { Issue.record("\(pong)"); return }
+            client.close()
+        }
+    }
+
+    @Test func socketFilesAreOwnerOnlyAndPathsAreChecked() async throws {
+        try await withServer { path, _, _ in
+            let attributes = try FileManager.default.attributesOfItem(atPath: path)
+            #expect((attributes[.posixPermissions] as? Int) == 0o600)
+            let dir = (path as NSString).deletingLastPathComponent
+            let dirAttributes = try FileManager.default.attributesOfItem(atPath: dir)
+            #expect((dirAttributes[.posixPermissions] as? Int) == 0o700)
+        }
+        let long = "/tmp/" + String(repeating: "x", count: 120) + "/botcluster.sock"
+        #expect(throws: SocketPathError.self) { try RunDirectory.checkSocketPath(long) }
+    }
+
+    @Test func aSecondHolderOfTheLockIsRefusedWithThePid() throws {
+        let path = NSTemporaryDirectory() + "lock-" + UUID().uuidString.prefix(8)
+        defer { unlink(path) }
+        let first = try SupervisorLock(path: path)
+        _ = first
+        // flock locks are per open file description: a second open in this process conflicts too.
+        do {
+            _ = try SupervisorLock(path: path)
+            Issue.record("a second lock was granted")
+        } catch {
+            #expect(error.description.contains("another supervisor (pid \(getpid())) holds \(path)"))
+        }
+    }
+}
