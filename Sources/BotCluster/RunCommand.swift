@@ -76,40 +76,21 @@ final class LoneShardService: Service {
             permit: permit, claims: LocalEventClaims(ttl: config.exactlyOnce.ttl), observer: nil, logger: logger
         )
         logger.info("running shard", metadata: ["gateway": "\(info.url)", "max_concurrency": "\(info.maxConcurrency)"])
-        let outcome = await withTaskGroup(of: RuntimeOutcome?.self) { group in
-            group.addTask { await permit.run(); return nil }
-            group.addTask {
-                await withGracefulShutdownHandler {
-                    await runtime.run()
-                } onGracefulShutdown: {
-                    runtime.stop()
-                }
-            }
-            var result: RuntimeOutcome?
-            for await value in group {
-                if let value {
-                    result = value
-                    group.cancelAll()
-                }
-            }
-            return result!
-        }
+        let outcome = await runShard(runtime, beside: [{ await permit.run() }])
         await clients.shutdown()
         let stats = outcome.stats
         let p50 = stats.dispatchLatency.percentile(0.5).map(DurationFormat.human) ?? "-"
         let p99 = stats.dispatchLatency.percentile(0.99).map(DurationFormat.human) ?? "-"
         printLine("stopped shard \(shard): session \(outcome.sessionID ?? "none") seq \(outcome.committedSeq); received \(stats.received), handled \(stats.handled), duplicates skipped \(stats.duplicatesSkipped), handler errors \(stats.handlerErrors), reconnects \(stats.reconnects); dispatch latency p50 \(p50) p99 \(p99)")
         switch outcome.gateway {
-        case .stopped: exitStatus.set(WorkerExitStatus.stopped)
+        case .stopped: break
         case .failed(.configuration(let code)):
             printError("shard \(shard): the gateway refused the configuration (close \(code)); fix cluster.json, restarting cannot help")
-            exitStatus.set(WorkerExitStatus.configurationError)
         case .failed(.reshardRequired):
             printError("shard \(shard): too many guilds for \(shard.total) shards (close 4011); run with more shards")
-            exitStatus.set(WorkerExitStatus.reshardRequired)
         case .failed(.stopped(let code)):
             printError("shard \(shard): the bot is delisted or banned (close \(code))")
-            exitStatus.set(WorkerExitStatus.banned)
         }
+        exitStatus.set(WorkerExitStatus.of(outcome.gateway))
     }
 }

@@ -101,16 +101,8 @@ final class ClusterWorkerService: Service {
             config: config, clients: clients, gatewayURL: assignment.gatewayURL, shard: shard, handler: handler, resume: resume,
             permit: link, claims: LocalEventClaims(ttl: config.exactlyOnce.ttl), observer: link, logger: logger
         )
-        let outcome = await withTaskGroup(of: RuntimeOutcome?.self) { group in
-            group.addTask {
-                await withGracefulShutdownHandler {
-                    await runtime.run()
-                } onGracefulShutdown: {
-                    link.gatewayState = .draining
-                    runtime.stop()
-                }
-            }
-            group.addTask {
+        let outcome = await runShard(runtime, onStop: { link.gatewayState = .draining }, beside: [
+            {
                 // Heartbeats with progress; session reports as the committed seq moves.
                 var nextHeartbeat = MonotonicInstant.now()
                 while !Task.isCancelled {
@@ -122,9 +114,8 @@ final class ClusterWorkerService: Service {
                     runtime.reportSession()
                     try? await Task.sleep(for: min(self.config.worker.reportInterval, self.config.supervisor.heartbeatInterval))
                 }
-                return nil
-            }
-            group.addTask {
+            },
+            {
                 for await message in self.client.inbound {
                     if case .stop = message {
                         link.gatewayState = .draining
@@ -136,26 +127,12 @@ final class ClusterWorkerService: Service {
                     self.logger.error("the supervisor connection closed; exiting")
                     exit(WorkerExitStatus.orphaned)
                 }
-                return nil
-            }
-            var result: RuntimeOutcome?
-            for await value in group {
-                if let value {
-                    result = value
-                    group.cancelAll()
-                }
-            }
-            return result!
-        }
+            },
+        ])
         await clients.shutdown()
         client.send(.drained(sessionID: outcome.sessionID, seq: Int64(outcome.committedSeq)))
         logger.info("worker stopped", metadata: ["session.seq": "\(outcome.committedSeq)", "handled": "\(outcome.stats.handled)"])
-        switch outcome.gateway {
-        case .stopped: exitStatus.set(WorkerExitStatus.stopped)
-        case .failed(.configuration): exitStatus.set(WorkerExitStatus.configurationError)
-        case .failed(.reshardRequired): exitStatus.set(WorkerExitStatus.reshardRequired)
-        case .failed(.stopped): exitStatus.set(WorkerExitStatus.banned)
-        }
+        exitStatus.set(WorkerExitStatus.of(outcome.gateway))
         client.close()
     }
 }
