@@ -33,6 +33,8 @@ let package = Package(
             dependencies: [.product(name: "Logging", package: "swift-log")]
         ),
         .target(name: "CBotSystem"),
+        .systemLibrary(name: "CSQLite3", path: "Sources/CSQLite3"),
+        .target(name: "CSQLiteBench", linkerSettings: [.linkedLibrary("sqlite3")]),
         .target(
             name: "ClusterIPC",
             dependencies: [
@@ -62,7 +64,7 @@ let package = Package(
         .target(
             name: "Worker",
             dependencies: [
-                "ClusterCore", "ClusterIPC", "QQGateway", "RateBudget",
+                "ClusterCore", "ClusterIPC", "QQGateway", "RateBudget", "UserCache",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -71,12 +73,20 @@ let package = Package(
         .target(
             name: "Supervisor",
             dependencies: [
-                "ClusterCore", "ClusterIPC", "QQGateway", "CBotSystem",
+                "ClusterCore", "ClusterIPC", "QQGateway", "RateBudget", "UserCache", "CBotSystem",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .target(
+            name: "UserCache",
+            dependencies: [
+                "ClusterCore", "CSQLite3",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "GRDB", package: "GRDB.swift"),
             ]
         ),
         .target(
@@ -93,7 +103,7 @@ let package = Package(
         .target(
             name: "BotCluster",
             dependencies: [
-                "ClusterCore", "ClusterIPC", "QQGateway", "RateBudget", "Worker", "Supervisor", "GatewayEmulator", "CBotSystem",
+                "ClusterCore", "ClusterIPC", "QQGateway", "RateBudget", "UserCache", "Worker", "Supervisor", "GatewayEmulator", "CBotSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -109,7 +119,7 @@ let package = Package(
         .executableTarget(
             name: "BotClusterBench",
             dependencies: [
-                "ClusterCore", "ClusterIPC", "BotCluster", "Worker", "QQGateway",
+                "ClusterCore", "ClusterIPC", "BotCluster", "Worker", "QQGateway", "UserCache", "Supervisor", "RateBudget", "CSQLiteBench",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -141,6 +151,10 @@ let package = Package(
             dependencies: ["QQGateway", "ClusterCore"]
         ),
         .testTarget(
+            name: "UserCacheTests",
+            dependencies: ["UserCache", "ClusterCore", .product(name: "Logging", package: "swift-log")]
+        ),
+        .testTarget(
             name: "RateBudgetTests",
             dependencies: ["RateBudget", "ClusterCore"]
         ),
@@ -156,6 +170,7 @@ let package = Package(
             name: "ProcessTests",
             dependencies: [
                 "ClusterCore", "ClusterIPC",
+                .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
@@ -178,6 +193,6 @@ let package = Package(
     ]
 )
 
-for target in package.targets where target.type != .system && target.name != "CBotSystem" {
+for target in package.targets where target.type != .system && !target.name.hasPrefix("C") {
     target.swiftSettings = (target.swiftSettings ?? []) + swiftSettings
 }

@@ -2,7 +2,7 @@
 # Measures botcluster's figures in release builds and prints them as a table, each beside its goal or its peer
 # measured in the same run (the machines are shared and noisy: compare within one run, not across runs).
 #
-# usage: scripts/bench.sh [--rounds N] [--only emulator|worker|supervisor]...
+# usage: scripts/bench.sh [--rounds N] [--only emulator|worker|supervisor|shared]...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,7 +12,7 @@ while (($#)); do
   case "$1" in
     --rounds) ROUNDS="$2"; shift 2 ;;
     --only) ONLY+=("$2"); shift 2 ;;
-    *) echo "usage: scripts/bench.sh [--rounds N] [--only emulator|worker|supervisor]..." >&2; exit 2 ;;
+    *) echo "usage: scripts/bench.sh [--rounds N] [--only emulator|worker|supervisor|shared]..." >&2; exit 2 ;;
   esac
 done
 # want SECTION: whether to run a section (all of them unless --only names some).
@@ -220,6 +220,22 @@ for mc in 1 4 16; do
   ratio=$(awk -v a="$took" -v b="$least" 'BEGIN { printf "%.2f", a / b }')
   row "launch 16 shards, max_concurrency $mc (s)" "$took (${ratio}x)" "<= 1.10x the limits ($least)" "$(awk -v r="$ratio" 'BEGIN { print (r <= 1.10) ? "ok" : "MISS" }')"
 done
+fi
+
+# --- shared state: the user cache and the REST budget ---
+if want shared; then
+"$BENCH" cache | tee "$OUT/cache.txt" >&2
+hit=$(value cache.hit.ns "$OUT/cache.txt")
+miss=$(value cache.miss.rate "$OUT/cache.txt"); miss_c=$(value cache.miss.c.rate "$OUT/cache.txt")
+up=$(value cache.upsert.rate "$OUT/cache.txt"); up_c=$(value cache.upsert.c.rate "$OUT/cache.txt")
+miss_ratio=$(awk -v a="$miss" -v b="$miss_c" 'BEGIN { printf "%.2f", a / b }')
+up_ratio=$(awk -v a="$up" -v b="$up_c" 'BEGIN { printf "%.2f", a / b }')
+row "cache hit (LRU), ns per lookup" "$hit" "" ""
+row "cache miss (SQLite point read), lookups/s" "$miss (${miss_ratio}x C)" ">= 0.5x C ($miss_c)" "$(awk -v r="$miss_ratio" 'BEGIN { print (r >= 0.5) ? "ok" : "MISS" }')"
+row "batched upserts, rows/s (with change check)" "$up (${up_ratio}x C)" "(C plain upsert: $up_c)" ""
+"$BENCH" budget | tee "$OUT/budget.txt" >&2
+row "budget grant without a lease p50 / p99 (us)" "$(value budget.grant.p50 "$OUT/budget.txt") / $(value budget.grant.p99 "$OUT/budget.txt")" "(one IPC round trip)" ""
+row "budget permits granted/s, 4 workers" "$(value budget.permits.rate "$OUT/budget.txt")" "(leases of 4)" ""
 fi
 
 echo

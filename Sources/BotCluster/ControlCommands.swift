@@ -127,3 +127,25 @@ struct StopCommand: AsyncParsableCommand {
         printLine("stopped")
     }
 }
+
+struct UserCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "user", abstract: "Show what each worker's cache serves for a user id.")
+
+    @OptionGroup var options: CommonOptions
+    @Argument(help: "The user's id.") var id: String
+    @Flag(name: .long, help: "Print JSON.") var json = false
+
+    func run() async throws {
+        let body = try await control(options, ControlCommand.user, id)
+        guard !json, let reply = try? JSONValue.parse(body), case .object(let workers) = reply["workers"] ?? .null else {
+            printLine(body)
+            return
+        }
+        for (ordinal, name) in workers {
+            printLine("worker \(ordinal): \(name.stringValue ?? "(not cached)")")
+        }
+        if case .array(let missing) = reply["unresponsive"] ?? .null, !missing.isEmpty {
+            printLine("not answering: workers \(missing.compactMap { $0.intValue }.map(String.init).joined(separator: ", "))")
+        }
+    }
+}

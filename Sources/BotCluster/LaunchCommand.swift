@@ -7,6 +7,7 @@ import QQGateway
 import RateBudget
 import ServiceLifecycle
 import Supervisor
+import UserCache
 import UnixSignals
 import Worker
 
@@ -30,11 +31,13 @@ struct LaunchCommand: AsyncParsableCommand {
             if !socketDirectory.isEmpty { try RunDirectory.prepare(socketDirectory) }
             lock = try SupervisorLock(path: config.supervisor.socket + ".lock")
             store = try ClusterStore(path: config.supervisor.runDirectory + "/cluster.sqlite", logger: logger)
+            // The supervisor owns the user cache's schema: workers only open it.
+            _ = try UserStore.prepare(path: config.supervisor.runDirectory + "/users.sqlite", logger: logger)
         } catch let error as SocketPathError {
             printError(error.description)
             throw ExitCode(1)
         } catch {
-            printError("supervisor.runDirectory: cannot open \(config.supervisor.runDirectory)/cluster.sqlite: \(error)")
+            printError("supervisor.runDirectory: cannot open the databases in \(config.supervisor.runDirectory): \(error)")
             throw ExitCode(1)
         }
         let gateway = ResolvedGateway.resolve(config, logger: makeLogger("emulator", config: config))

@@ -3,7 +3,9 @@ import ClusterCore
 import Logging
 import QQGateway
 import RateBudget
+import ClusterIPC
 import ServiceLifecycle
+import UserCache
 import UnixSignals
 import Worker
 
@@ -71,12 +73,22 @@ final class LoneShardService: Service {
             configuration: .init(maxConcurrency: info.maxConcurrency, window: config.effectiveIdentifyWindow, margin: config.identify.margin, slotTimeout: config.identify.slotTimeout),
             remaining: info.remaining
         )
+        let users: UserDirectory?
+        do {
+            try RunDirectory.prepare(config.supervisor.runDirectory)
+            let store = try UserStore.prepare(path: config.supervisor.runDirectory + "/users.sqlite", logger: logger)
+            users = UserDirectory.make(store: store, config: config, shard: shard, api: clients.api, logger: logger) { _ in }
+        } catch {
+            logger.error("user cache unavailable; running without it", metadata: ["error": "\(error)"])
+            users = nil
+        }
         let runtime = ShardRuntime.make(
             config: config, clients: clients, gatewayURL: info.url, shard: shard, handler: handler, resume: nil,
-            permit: permit, claims: LocalEventClaims(ttl: config.exactlyOnce.ttl), observer: nil, logger: logger
+            permit: permit, claims: LocalEventClaims(ttl: config.exactlyOnce.ttl), users: users, observer: nil, logger: logger
         )
         logger.info("running shard", metadata: ["gateway": "\(info.url)", "max_concurrency": "\(info.maxConcurrency)"])
-        let outcome = await runShard(runtime, beside: [{ await permit.run() }])
+        let outcome = await runShard(runtime, beside: [{ await permit.run() }, { await users?.run() }])
+        await users?.flush()
         await clients.shutdown()
         let stats = outcome.stats
         let p50 = stats.dispatchLatency.percentile(0.5).map(DurationFormat.human) ?? "-"

@@ -7,6 +7,7 @@ import QQGateway
 import RateBudget
 import ServiceLifecycle
 import Supervisor
+import UserCache
 import UnixSignals
 import Worker
 #if canImport(Glibc)
@@ -94,12 +95,22 @@ final class ClusterWorkerService: Service {
     func run() async throws {
         let shard = ShardID(Int(assignment.shard), of: Int(assignment.total))
         let link = SupervisorLink(client: client)
-        let budget = LocalRateBudget(rate: config.rateBudget.globalRate, burst: config.rateBudget.globalBurst)
+        let budget = ClusterRateBudget(client: client, leaseSize: config.rateBudget.leaseSize)
         let clients = PlatformClients(config: config, endpoints: GatewayEndpoints(apiBase: assignment.apiBase, tokenURL: assignment.tokenURL), budget: budget, logger: logger)
+        let users: UserDirectory?
+        do {
+            let store = try UserStore.open(path: config.supervisor.runDirectory + "/users.sqlite")
+            users = UserDirectory.make(store: store, config: config, shard: shard, api: clients.api, logger: logger) { [client] ids in
+                client.send(.usersChanged(ids: ids))
+            }
+        } catch {
+            logger.error("user cache unavailable; running without it", metadata: ["error": "\(error)"])
+            users = nil
+        }
         let resume = assignment.resumeSessionID.map { (id: $0, seq: Int(assignment.resumeSeq)) }
         let runtime = ShardRuntime.make(
             config: config, clients: clients, gatewayURL: assignment.gatewayURL, shard: shard, handler: handler, resume: resume,
-            permit: link, claims: LocalEventClaims(ttl: config.exactlyOnce.ttl), observer: link, logger: logger
+            permit: link, claims: LocalEventClaims(ttl: config.exactlyOnce.ttl), users: users, observer: link, logger: logger
         )
         let outcome = await runShard(runtime, onStop: { link.gatewayState = .draining }, beside: [
             {
@@ -115,11 +126,22 @@ final class ClusterWorkerService: Service {
                     try? await Task.sleep(for: min(self.config.worker.reportInterval, self.config.supervisor.heartbeatInterval))
                 }
             },
+            { await users?.run() },
             {
                 for await message in self.client.inbound {
-                    if case .stop = message {
+                    switch message {
+                    case .stop:
                         link.gatewayState = .draining
                         runtime.stop()
+                    case .budgetPause(let route, let ms):
+                        budget.pause(route: route, for: .milliseconds(Int64(ms)))
+                    case .usersInvalidate(let ids):
+                        users?.invalidate(ids)
+                    case .userQuery(let id, let userID):
+                        let user = await users?.get(userID)
+                        self.client.send(.userAnswer(id: id, username: user?.username))
+                    default:
+                        break
                     }
                 }
                 // The supervisor's socket closed: it is gone, and so is this worker (no orphan answers twice).
@@ -129,6 +151,8 @@ final class ClusterWorkerService: Service {
                 }
             },
         ])
+        await users?.flush()
+        budget.returnUnused()
         await clients.shutdown()
         client.send(.drained(sessionID: outcome.sessionID, seq: Int64(outcome.committedSeq)))
         logger.info("worker stopped", metadata: ["session.seq": "\(outcome.committedSeq)", "handled": "\(outcome.stats.handled)"])

@@ -3,13 +3,17 @@ import AsyncHTTPClient
 import BotCluster
 import ClusterCore
 import ClusterIPC
+import CSQLiteBench
 import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
 import Foundation
 import QQGateway
+import RateBudget
+import Supervisor
 import Synchronization
+import UserCache
 import Worker
 
 /// Load generators and measuring clients for scripts/bench.sh. Each subcommand prints `name value unit` lines.
@@ -18,7 +22,7 @@ struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "botcluster-bench",
         abstract: "Measuring clients for scripts/bench.sh.",
-        subcommands: [EmulatorDispatch.self, EmulatorReplies.self, EndToEnd.self, BenchBotCommand.self, Admin.self, IPCBench.self, KillResumeBench.self]
+        subcommands: [EmulatorDispatch.self, EmulatorReplies.self, EndToEnd.self, BenchBotCommand.self, Admin.self, IPCBench.self, KillResumeBench.self, CacheHammer.self, CacheBench.self, BudgetBench.self]
     )
 }
 
@@ -469,4 +473,174 @@ func controlStatus(_ socket: String) async throws -> JSONValue {
     let reply = try await client.request(timeout: .seconds(10)) { .controlRequest(id: $0, command: "status", argument: "") }
     guard case .controlReply(_, true, let body) = reply else { throw BenchError("status failed") }
     return try JSONValue.parse(body)
+}
+
+/// Writes and reads the same user cache file from this process as fast as it can: two of these at once is the
+/// test that concurrent writers never see SQLITE_BUSY; alone it measures batched upserts.
+struct CacheHammer: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "cache-hammer", abstract: "Hammer a user cache file with batched writes and reads.")
+    @Option var path: String
+    @Option var users = 2000
+    @Option var batches = 200
+    @Option var batchSize = 100
+
+    func run() async throws {
+        var logger = Logger(label: "hammer")
+        logger.logLevel = .error
+        let store = try UserStore.prepare(path: path, logger: logger)
+        var errors = 0
+        var written = 0
+        let start = MonotonicInstant.now()
+        for batch in 0..<batches {
+            let population = users
+            let rows = (0..<batchSize).map { i -> CachedUser in
+                let id = (batch * batchSize + i) % population
+                return CachedUser(id: String(id), username: "u\(id)-\(getpid())-\(batch)", avatar: nil, bot: false, updatedAt: Double(batch), shard: Int(getpid() % 100))
+            }
+            do {
+                _ = try await store.upsert(rows)
+                written += rows.count
+                _ = try store.user(String(batch % population))
+            } catch {
+                errors += 1
+                print("error: \(error)")
+            }
+        }
+        let seconds = (MonotonicInstant.now() - start).seconds
+        print("cache.hammer.errors \(errors)")
+        print("cache.hammer.upserts \(Int(Double(written) / seconds)) rows/s")
+    }
+}
+
+/// The user cache: an LRU hit, a miss read from SQLite through GRDB beside the same read in C, batched upserts
+/// through GRDB beside the same in C.
+struct CacheBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "cache", abstract: "User cache lookups and writes beside plain C SQLite.")
+    @Option var population = 10_000
+
+    func run() async throws {
+        let dir = "/tmp/botcluster-cache-bench-\(getpid())"
+        try RunDirectory.prepare(dir)
+        defer {
+            for file in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] { unlink(dir + "/" + file) }
+            rmdir(dir)
+        }
+        var logger = Logger(label: "bench")
+        logger.logLevel = .error
+        let store = try UserStore.prepare(path: dir + "/users.sqlite", logger: logger)
+        var config = ClusterConfig.defaults.cache
+        config.lruSize = population
+        let directory = UserDirectory(store: store, configuration: .init(config), shard: 0, logger: logger)
+        let users = (0..<population).map { CachedUser(id: String($0), username: "user\($0)", avatar: nil, bot: false, updatedAt: 0, shard: 0) }
+
+        // Batched upserts: GRDB (the worker's writer), then C on a fresh file.
+        let batch = 256
+        var start = MonotonicInstant.now()
+        for round in 0..<4 {
+            for chunk in stride(from: 0, to: users.count, by: batch) {
+                let rows = users[chunk..<min(chunk + batch, users.count)].map { user -> CachedUser in
+                    var user = user
+                    user.username += "-\(round)"
+                    return user
+                }
+                _ = try await store.upsert(rows)
+            }
+        }
+        let grdbUpserts = Double(population * 4) / (MonotonicInstant.now() - start).seconds
+        let cUpserts = csqlite_batched_upserts(dir + "/c.sqlite", Int32(population * 4), Int32(batch))
+
+        // Misses: point reads through the pool, beside C's prepared statement on the same file.
+        let reads = 200_000
+        start = MonotonicInstant.now()
+        for i in 0..<reads { _ = try store.user(String(i % population)) }
+        let grdbReads = Double(reads) / (MonotonicInstant.now() - start).seconds
+        let cReads = csqlite_point_reads(dir + "/users.sqlite", Int32(population), Int32(reads))
+
+        // Hits: the LRU in front.
+        for user in users { directory.observe(id: user.id, username: user.username, avatar: nil, bot: false) }
+        let hits = 1_000_000
+        start = MonotonicInstant.now()
+        for i in 0..<hits { _ = await directory.get(String(i % population)) }
+        let hitNanos = Double((MonotonicInstant.now() - start).nanoseconds) / Double(hits)
+
+        print("cache.hit.ns \(Int(hitNanos)) ns/lookup")
+        print("cache.miss.rate \(Int(grdbReads)) lookups/s")
+        print("cache.miss.c.rate \(Int(cReads)) lookups/s")
+        print("cache.upsert.rate \(Int(grdbUpserts)) rows/s")
+        print("cache.upsert.c.rate \(Int(cUpserts)) rows/s")
+    }
+}
+
+/// The cluster-wide REST budget over IPC: the grant latency of a worker holding no lease, and the permits granted
+/// per second to four workers at once.
+struct BudgetBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "budget", abstract: "Rate budget grant latency and throughput over IPC.")
+    @Option var count = 20_000
+
+    final class Host: IPCServerDelegate {
+        let budget: BudgetService
+        init(budget: BudgetService) { self.budget = budget }
+        func accept(_ hello: Hello, on connection: IPCConnection) -> String? {
+            connection.send(.helloAck(supervisorPID: getpid()))
+            return nil
+        }
+        func received(_ message: IPCMessage, on connection: IPCConnection) {
+            switch message {
+            case .budgetRequest(let id, let route, let count): budget.request(from: connection, id: id, route: route, count: Int(count))
+            case .budgetCancel(let id): budget.cancel(from: connection, id: id)
+            case .budgetReturn(let route, let count): budget.giveBack(route: route, count: Int(count))
+            default: break
+            }
+        }
+        func closed(_ connection: IPCConnection, reason: String?) { budget.connectionClosed(connection) }
+    }
+
+    func run() async throws {
+        let dir = "/tmp/botcluster-budget-bench-\(getpid())"
+        try RunDirectory.prepare(dir)
+        defer {
+            unlink(dir + "/b.sock")
+            rmdir(dir)
+        }
+        var logger = Logger(label: "bench")
+        logger.logLevel = .critical
+        let budget = BudgetService(configuration: .init(rate: 10_000_000, burst: 100_000, leaseSize: 4, leaseTTL: .seconds(1)))
+        let server = IPCServer(configuration: .init(path: dir + "/b.sock"), delegate: Host(budget: budget), logger: logger)
+        try await server.start()
+        try await withThrowingDiscardingTaskGroup { group in
+            group.addTask { await budget.run() }
+            func client() async throws -> IPCClient {
+                let client = try await IPCClient.connect(path: dir + "/b.sock", hello: Hello(role: .worker, pid: getpid()))
+                var inbound = client.inbound.makeAsyncIterator()
+                _ = await inbound.next()
+                return client
+            }
+            // Latency: lease size 1, so every acquire asks the supervisor.
+            let lone = ClusterRateBudget(client: try await client(), leaseSize: 1)
+            var samples: [Double] = []
+            for i in 0..<(count + count / 10) {
+                let start = MonotonicInstant.now()
+                try await lone.acquire(route: "POST /channels/{channel_id}/messages")
+                if i >= count / 10 { samples.append((MonotonicInstant.now() - start).seconds * 1e6) }
+            }
+            samples.sort()
+            // Throughput: four workers with the configured leases, acquiring as fast as they can.
+            var workers: [ClusterRateBudget] = []
+            for _ in 0..<4 { workers.append(ClusterRateBudget(client: try await client(), leaseSize: 4)) }
+            let perWorker = count * 5
+            let start = MonotonicInstant.now()
+            try await withThrowingTaskGroup(of: Void.self) { inner in
+                for worker in workers {
+                    inner.addTask { for _ in 0..<perWorker { try await worker.acquire(route: "r") } }
+                }
+                try await inner.waitForAll()
+            }
+            let rate = Double(perWorker * 4) / (MonotonicInstant.now() - start).seconds
+            print("budget.grant.p50 \(String(format: "%.1f", samples[samples.count / 2])) us")
+            print("budget.grant.p99 \(String(format: "%.1f", samples[samples.count * 99 / 100])) us")
+            print("budget.permits.rate \(Int(rate)) permits/s (4 workers, leases of 4)")
+            group.cancelAll()
+        }
+        await server.close()
+    }
 }

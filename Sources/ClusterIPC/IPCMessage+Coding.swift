@@ -9,6 +9,8 @@ enum MessageType: UInt8 {
     case identifyRequest = 20, identifyGrant = 21, identifyDenied = 22, identifySent = 23, identifyCancel = 24
     case sessionCommitted = 30, sessionInvalidated = 31, gatewayState = 32, drained = 33
     case stop = 40
+    case budgetRequest = 60, budgetGrant = 61, budgetCancel = 62, budgetReturn = 63, budgetRateLimited = 64, budgetPause = 65
+    case usersChanged = 70, usersInvalidate = 71, userQuery = 72, userAnswer = 73
     case controlRequest = 50, controlProgress = 51, controlReply = 52
 }
 
@@ -48,6 +50,20 @@ extension ByteBuffer {
         case 1: return try readIPCString(field)
         case let flag: throw IPCProtocolError("bad optional flag \(flag) for \(field)")
         }
+    }
+
+    mutating func writeIPCStrings(_ strings: [String]) {
+        writeInteger(UInt32(strings.count))
+        for string in strings { writeIPCString(string) }
+    }
+
+    mutating func readIPCStrings(_ field: String) throws(IPCProtocolError) -> [String] {
+        let count = try readIPC(UInt32.self, field)
+        guard Int(count) <= readableBytes / 4 else { throw IPCProtocolError("truncated frame: \(field) claims \(count) strings") }
+        var result: [String] = []
+        result.reserveCapacity(Int(count))
+        for _ in 0..<count { result.append(try readIPCString(field)) }
+        return result
     }
 
     mutating func readIPCBool(_ field: String) throws(IPCProtocolError) -> Bool {
@@ -149,6 +165,45 @@ extension IPCMessage {
             buffer.writeInteger(seq)
         case .stop:
             buffer.writeInteger(MessageType.stop.rawValue)
+        case .budgetRequest(let id, let route, let count):
+            buffer.writeInteger(MessageType.budgetRequest.rawValue)
+            buffer.writeInteger(id)
+            buffer.writeIPCString(route)
+            buffer.writeInteger(count)
+        case .budgetGrant(let id, let count, let ttl):
+            buffer.writeInteger(MessageType.budgetGrant.rawValue)
+            buffer.writeInteger(id)
+            buffer.writeInteger(count)
+            buffer.writeInteger(ttl)
+        case .budgetCancel(let id):
+            buffer.writeInteger(MessageType.budgetCancel.rawValue)
+            buffer.writeInteger(id)
+        case .budgetReturn(let route, let count):
+            buffer.writeInteger(MessageType.budgetReturn.rawValue)
+            buffer.writeIPCString(route)
+            buffer.writeInteger(count)
+        case .budgetRateLimited(let route, let ms):
+            buffer.writeInteger(MessageType.budgetRateLimited.rawValue)
+            buffer.writeIPCString(route)
+            buffer.writeInteger(ms)
+        case .budgetPause(let route, let ms):
+            buffer.writeInteger(MessageType.budgetPause.rawValue)
+            buffer.writeIPCString(route)
+            buffer.writeInteger(ms)
+        case .usersChanged(let ids):
+            buffer.writeInteger(MessageType.usersChanged.rawValue)
+            buffer.writeIPCStrings(ids)
+        case .usersInvalidate(let ids):
+            buffer.writeInteger(MessageType.usersInvalidate.rawValue)
+            buffer.writeIPCStrings(ids)
+        case .userQuery(let id, let userID):
+            buffer.writeInteger(MessageType.userQuery.rawValue)
+            buffer.writeInteger(id)
+            buffer.writeIPCString(userID)
+        case .userAnswer(let id, let username):
+            buffer.writeInteger(MessageType.userAnswer.rawValue)
+            buffer.writeInteger(id)
+            buffer.writeIPCOptionalString(username)
         case .controlRequest(let id, let command, let argument):
             buffer.writeInteger(MessageType.controlRequest.rawValue)
             buffer.writeInteger(id)
@@ -231,6 +286,26 @@ extension IPCMessage {
             message = .drained(sessionID: try frame.readIPCOptionalString("sessionID"), seq: try frame.readIPC(Int64.self, "seq"))
         case .stop:
             message = .stop
+        case .budgetRequest:
+            message = .budgetRequest(id: try frame.readIPC(UInt64.self, "id"), route: try frame.readIPCString("route"), count: try frame.readIPC(Int32.self, "count"))
+        case .budgetGrant:
+            message = .budgetGrant(id: try frame.readIPC(UInt64.self, "id"), count: try frame.readIPC(Int32.self, "count"), ttlMillis: try frame.readIPC(Int32.self, "ttl"))
+        case .budgetCancel:
+            message = .budgetCancel(id: try frame.readIPC(UInt64.self, "id"))
+        case .budgetReturn:
+            message = .budgetReturn(route: try frame.readIPCString("route"), count: try frame.readIPC(Int32.self, "count"))
+        case .budgetRateLimited:
+            message = .budgetRateLimited(route: try frame.readIPCString("route"), retryAfterMillis: try frame.readIPC(Int32.self, "retryAfter"))
+        case .budgetPause:
+            message = .budgetPause(route: try frame.readIPCString("route"), forMillis: try frame.readIPC(Int32.self, "for"))
+        case .usersChanged:
+            message = .usersChanged(ids: try frame.readIPCStrings("ids"))
+        case .usersInvalidate:
+            message = .usersInvalidate(ids: try frame.readIPCStrings("ids"))
+        case .userQuery:
+            message = .userQuery(id: try frame.readIPC(UInt64.self, "id"), userID: try frame.readIPCString("userID"))
+        case .userAnswer:
+            message = .userAnswer(id: try frame.readIPC(UInt64.self, "id"), username: try frame.readIPCOptionalString("username"))
         case .controlRequest:
             message = .controlRequest(id: try frame.readIPC(UInt64.self, "id"), command: try frame.readIPCString("command"), argument: try frame.readIPCString("argument"))
         case .controlProgress:

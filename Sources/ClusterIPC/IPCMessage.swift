@@ -111,6 +111,22 @@ public enum IPCMessage: Sendable, Equatable {
     case identifySent(shard: Int32)
     /// The worker no longer needs the slot it asked for with `id`.
     case identifyCancel(id: UInt64)
+    /// Lease `count` tokens of the REST budget for `route`.
+    case budgetRequest(id: UInt64, route: String, count: Int32)
+    /// Tokens granted, valid for `ttlMillis`.
+    case budgetGrant(id: UInt64, count: Int32, ttlMillis: Int32)
+    case budgetCancel(id: UInt64)
+    /// Leased tokens not used (a draining worker).
+    case budgetReturn(route: String, count: Int32)
+    /// The platform answered 429 on `route` (worker to supervisor), or: pause `route` (supervisor to workers).
+    case budgetRateLimited(route: String, retryAfterMillis: Int32)
+    case budgetPause(route: String, forMillis: Int32)
+    /// Users this worker wrote with changed fields (worker to supervisor), or: drop them from the cache (to workers).
+    case usersChanged(ids: [String])
+    case usersInvalidate(ids: [String])
+    /// What a worker's cache serves for a user (a fan-out of the supervisor), and the answer (nil: not cached).
+    case userQuery(id: UInt64, userID: String)
+    case userAnswer(id: UInt64, username: String?)
     /// The worker's session and the seq up to which every dispatch is handled.
     case sessionCommitted(sessionID: String, seq: Int64)
     case sessionInvalidated
@@ -127,6 +143,7 @@ public enum IPCMessage: Sendable, Equatable {
     public var correlationID: UInt64? {
         switch self {
         case .ping(let id), .pong(let id), .identifyRequest(let id, _), .identifyGrant(let id), .identifyDenied(let id, _), .identifyCancel(let id),
+            .budgetRequest(let id, _, _), .budgetGrant(let id, _, _), .budgetCancel(let id), .userQuery(let id, _), .userAnswer(let id, _),
             .controlRequest(let id, _, _), .controlProgress(let id, _), .controlReply(let id, _, _):
             return id
         default:
@@ -149,6 +166,16 @@ public enum IPCMessage: Sendable, Equatable {
         case .identifyDenied: return "identifyDenied"
         case .identifySent: return "identifySent"
         case .identifyCancel: return "identifyCancel"
+        case .budgetRequest: return "budgetRequest"
+        case .budgetGrant: return "budgetGrant"
+        case .budgetCancel: return "budgetCancel"
+        case .budgetReturn: return "budgetReturn"
+        case .budgetRateLimited: return "budgetRateLimited"
+        case .budgetPause: return "budgetPause"
+        case .usersChanged: return "usersChanged"
+        case .usersInvalidate: return "usersInvalidate"
+        case .userQuery: return "userQuery"
+        case .userAnswer: return "userAnswer"
         case .sessionCommitted: return "sessionCommitted"
         case .sessionInvalidated: return "sessionInvalidated"
         case .gatewayState: return "gatewayState"

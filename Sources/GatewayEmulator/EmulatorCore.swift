@@ -474,12 +474,12 @@ struct EmulatorCore {
         }
     }
 
-    /// Makes one AT_MESSAGE_CREATE from a random user in a random channel.
-    mutating func generateGuildMessage(now: Int64, wake: inout [Int]) {
+    /// Makes one AT_MESSAGE_CREATE from a random user in a random channel (or the given user and guild).
+    mutating func generateGuildMessage(now: Int64, wake: inout [Int], user chosenUser: Int? = nil, guild chosenGuild: Int? = nil) {
         let index = messages.count
-        let guild = Int(rng.next() % UInt64(world.guilds))
+        let guild = chosenGuild ?? Int(rng.next() % UInt64(world.guilds))
         let channel = Int(rng.next() % UInt64(world.channelsPerGuild))
-        let user = Int(rng.next() % UInt64(world.users))
+        let user = chosenUser ?? Int(rng.next() % UInt64(world.users))
         let channelID = world.channelID(guild: guild, channel: channel)
         messages.append(MessageRecord(kind: .guild, target: Int32(channelID - EmulatorWorld.channelBase), generatedAt: now))
         stats.messagesGenerated += 1

@@ -43,6 +43,13 @@ extension GatewayEmulator {
             let startedAt = self.burst(count: count)
             return jsonResponse("{\"ok\":true,\"count\":\(count),\"startedAtMs\":\(startedAt)}")
         }
+        router.post("/emulator/message") { request, _ in
+            let body = try await Self.jsonBody(request)
+            guard let user = body["user"]?.stringValue, let guild = body["guild"]?.intValue, self.message(from: user, inGuild: guild) else {
+                throw PlatformError(status: .badRequest, code: 40012, message: "user must be the id of a simulated user and guild a guild number 0...guilds-1")
+            }
+            return jsonResponse("{\"ok\":true,\"guildID\":\"\(self.guildID(guild))\"}")
+        }
         router.post("/emulator/rename") { request, _ in
             let body = try await Self.jsonBody(request)
             guard let user = body["user"]?.stringValue, let name = self.rename(userID: user) else {

@@ -132,6 +132,21 @@ public final class GatewayEmulator: Service, Sendable {
         return startedAt
     }
 
+    /// Sends one AT_MESSAGE_CREATE from user `userID` in guild number `guild` (its index, 0...guilds-1); false
+    /// when either is unknown.
+    public func message(from userID: String, inGuild guild: Int) -> Bool {
+        withCore { core, wake in
+            guard let id = UInt64(userID), let user = core.world.userIndex(id), (0..<core.world.guilds).contains(guild) else { return false }
+            core.generateGuildMessage(now: Self.now(), wake: &wake, user: user, guild: guild)
+            return true
+        }
+    }
+
+    /// The guild id of guild number `guild`.
+    public func guildID(_ guild: Int) -> String {
+        core.withLock { String($0.world.guildID(guild)) }
+    }
+
     /// Renames one user now (by user id); returns the new username, or nil for an unknown user.
     public func rename(userID: String) -> String? {
         core.withLock { core in

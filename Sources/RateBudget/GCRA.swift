@@ -7,7 +7,8 @@ public struct GCRA: Sendable, Equatable {
     public let interval: Int64
     /// How far ahead of now the arrival time may run: `burst` tokens' worth.
     public let tolerance: Int64
-    var tat: Int64 = .min
+    /// Theoretical arrival time, nanoseconds of the monotonic clock (0: the bucket starts full).
+    var tat: Int64 = 0
 
     public init(rate: Double, burst: Int) {
         precondition(rate > 0 && burst >= 1)
@@ -41,6 +42,11 @@ public struct GCRA: Sendable, Equatable {
     public func available(now: MonotonicInstant) -> Int {
         let used = max(0, tat - now.nanoseconds)
         return Int((tolerance - used) / interval)
+    }
+
+    /// When `count` tokens will be available (in the past when they are now).
+    public func availableAt(_ count: Int) -> MonotonicInstant {
+        MonotonicInstant(nanoseconds: tat + interval * Int64(count) - tolerance)
     }
 
     /// How long until `count` tokens are available.

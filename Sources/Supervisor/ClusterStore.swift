@@ -3,6 +3,7 @@ import Foundation
 import GRDB
 import Logging
 import Synchronization
+import UserCache
 
 /// The supervisor's SQLite file in the run directory (`cluster.sqlite`, WAL): the sessions replacements resume.
 /// Versioned migrations; a file that is corrupt or of an unknown schema is moved aside and recreated.
@@ -14,14 +15,7 @@ public final class ClusterStore: Sendable {
 
     public init(path: String, logger: Logger) throws {
         self.logger = logger
-        do {
-            pool = try Self.open(path)
-        } catch {
-            let aside = path + ".corrupt-\(Int(Date().timeIntervalSince1970))"
-            logger.warning("cluster database unusable; moved aside and recreated", metadata: ["path": "\(path)", "movedTo": "\(aside)", "error": "\(error)"])
-            for suffix in ["", "-wal", "-shm"] { try? FileManager.default.moveItem(atPath: path + suffix, toPath: aside + suffix) }
-            pool = try Self.open(path)
-        }
+        pool = try openRecovering(path: path, what: "cluster database", logger: logger, open: Self.open)
     }
 
     static func migrator() -> DatabaseMigrator {

@@ -8,6 +8,7 @@ public enum ControlCommand {
     public static let status = "status"
     public static let restart = "restart"
     public static let stop = "stop"
+    public static let user = "user"
 }
 
 extension ClusterSupervisor {
@@ -22,11 +23,21 @@ extension ClusterSupervisor {
         case ControlCommand.restart:
             let (ok, text) = restart(argument)
             connection.send(.controlReply(id: id, ok: ok, body: text))
+        case ControlCommand.user:
+            controlContinuation.yield {
+                let (answers, missing) = await self.askWorkers(about: argument, deadline: .milliseconds(500))
+                let body = JSONValue.object([
+                    ("user", .string(argument)),
+                    ("workers", .object(answers.sorted { $0.key < $1.key }.map { (String($0.key), $0.value.map { .string($0) } ?? .null) })),
+                    ("unresponsive", .array(missing.map { .number(Double($0)) })),
+                ])
+                connection.send(.controlReply(id: id, ok: true, body: body.serialized()))
+            }
         case ControlCommand.stop:
             connection.send(.controlReply(id: id, ok: true, body: "stopping \(setup.shards) workers (supervisor pid \(getpid()))"))
             dispatch(.stop)
         default:
-            connection.send(.controlReply(id: id, ok: false, body: "unknown command \"\(command)\"; known: status, restart, stop"))
+            connection.send(.controlReply(id: id, ok: false, body: "unknown command \"\(command)\"; known: status, restart, stop, user"))
         }
     }
 
@@ -58,10 +69,34 @@ extension ClusterSupervisor {
             signals.append((ordinal, signal))
             connection.send(.ping(id: id))
         }
-        let answers = await withTaskGroup(of: (Int, Duration?).self) { group in
+        let answers = await firstAnswers(signals, within: deadline)
+        return (answers, (0..<setup.shards).filter { answers[$0] == nil })
+    }
+
+    /// Asks every connected worker what its cache serves for a user, waiting up to `deadline`: the answers (nil =
+    /// not cached) and the ordinals that did not answer.
+    func askWorkers(about userID: String, deadline: Duration) async -> (answers: [Int: String?], missing: [Int]) {
+        let targets = connections.withLock { $0 }
+        var signals: [(Int, AsyncSignal<String?>)] = []
+        for (ordinal, connection) in targets {
+            let id = nextPing.add(1, ordering: .relaxed).newValue
+            let signal = AsyncSignal<String?>()
+            userQueries.withLock { $0[id] = signal }
+            signals.append((ordinal, signal))
+            connection.send(.userQuery(id: id, userID: userID))
+        }
+        let answers = await firstAnswers(signals, within: deadline)
+        let missing = (0..<setup.shards).filter { answers[$0] == nil }
+        return (answers, missing)
+    }
+
+    /// Waits for each worker's answer until `deadline`: the answers that came, by ordinal (a fan-out's partial
+    /// result; the callers name the rest).
+    func firstAnswers<T: Sendable>(_ signals: [(Int, AsyncSignal<T>)], within deadline: Duration) async -> [Int: T] {
+        await withTaskGroup(of: (Int, T?).self) { group in
             for (ordinal, signal) in signals {
                 group.addTask {
-                    await withTaskGroup(of: Duration?.self) { race in
+                    await withTaskGroup(of: T?.self) { race in
                         race.addTask { try? await signal.wait() }
                         race.addTask {
                             try? await Task.sleep(for: deadline)
@@ -73,16 +108,12 @@ extension ClusterSupervisor {
                     }
                 }
             }
-            var answers: [Int: Duration?] = [:]
-            for await (ordinal, rtt) in group { answers[ordinal] = rtt }
+            var answers: [Int: T] = [:]
+            for await (ordinal, answer) in group {
+                if let answer { answers[ordinal] = answer }
+            }
             return answers
         }
-        var rtt: [Int: Duration] = [:]
-        var missing: [Int] = []
-        for ordinal in 0..<setup.shards {
-            if let answer = answers[ordinal], let value = answer { rtt[ordinal] = value } else { missing.append(ordinal) }
-        }
-        return (rtt, missing)
     }
 
     /// The cluster as `botcluster status --json` prints it.
@@ -92,6 +123,8 @@ extension ClusterSupervisor {
         let workers = machine.withLock { $0.workers }
         let rates = rates.withLock { $0 }
         let identify = ledger.snapshot
+        let tokens = budget.grantedTo
+        let connectionIDs = connections.withLock { $0.mapValues(\.id) }
         func number(_ value: Double) -> JSONValue { .number((value * 10).rounded() / 10) }
         let entries: [JSONValue] = workers.map { worker in
             var fields: [(key: String, value: JSONValue)] = [
@@ -109,6 +142,7 @@ extension ClusterSupervisor {
                 ("reconnects", worker.progress.map { .number(Double($0.reconnects)) } ?? .null),
                 ("handled", worker.progress.map { .number(Double($0.handled)) } ?? .null),
                 ("ipcLatencyMs", rtt[worker.ordinal].map { number($0.milliseconds) } ?? .null),
+                ("restTokens", connectionIDs[worker.ordinal].map { .number(Double(tokens[$0] ?? 0)) } ?? .null),
                 ("session", worker.session.map { .object([("id", .string($0.id)), ("seq", .number(Double($0.seq)))]) } ?? .null),
             ]
             if let failure = worker.failure { fields.append(("failure", .string(failure))) }
@@ -126,6 +160,11 @@ extension ClusterSupervisor {
                 ("remainingToday", .number(Double(identify.remaining))),
                 ("granted", .number(Double(identify.granted))),
                 ("waiting", .number(Double(identify.waiting))),
+            ])),
+            ("rateBudget", .object([
+                ("rate", .number(setup.config.rateBudget.globalRate)),
+                ("granted", .number(Double(budget.snapshot.granted))),
+                ("waiting", .number(Double(budget.snapshot.waiting))),
             ])),
             ("workers", .array(entries)),
             ("unresponsive", .array(missing.map { .number(Double($0)) })),

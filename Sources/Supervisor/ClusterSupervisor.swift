@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import NIOCore
 import QQGateway
+import RateBudget
 import ServiceLifecycle
 import Synchronization
 
@@ -43,11 +44,13 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
     let logger: Logger
     let machine: Mutex<ClusterStateMachine>
     let ledger: IdentifyLedgerService
+    let budget: BudgetService
     let store: ClusterStore
     let connections = Mutex<[Int: IPCConnection]>([:])
     let rates = Mutex<[Int: (handled: Int64, at: MonotonicInstant, perSecond: Double)]>([:])
     let pings = Mutex<[UInt64: (ordinal: Int, sentAt: MonotonicInstant, signal: AsyncSignal<Duration>)]>([:])
     let nextPing = Atomic<UInt64>(0)
+    let userQueries = Mutex<[UInt64: AsyncSignal<String?>]>([:])
     let timer = Wakeup()
     let stopped = AsyncSignal<Void>()
     let spawnRequests: AsyncStream<(ordinal: Int, generation: UInt64, shard: ShardID)>
@@ -77,6 +80,10 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             ),
             remaining: setup.gateway.remaining
         ))
+        budget = BudgetService(configuration: .init(
+            rate: setup.config.rateBudget.globalRate, burst: setup.config.rateBudget.globalBurst,
+            leaseSize: setup.config.rateBudget.leaseSize, leaseTTL: setup.config.rateBudget.leaseTTL
+        ))
         (spawnRequests, spawnContinuation) = AsyncStream.makeStream()
         (controlRequests, controlContinuation) = AsyncStream.makeStream()
         if !sessions.isEmpty {
@@ -98,6 +105,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
                 group.addTask { await self.ledger.run() }
+                group.addTask { await self.budget.run() }
                 group.addTask { await self.runTimer() }
                 group.addTask { await self.runStoreFlusher() }
                 group.addTask {
@@ -269,13 +277,35 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             break
         case .drained(let id, let seq):
             if let id { dispatch(.sessionCommitted(ordinal: ordinal, generation: generation, id: id, seq: Int(seq))) }
+        case .budgetRequest(let id, let route, let count):
+            budget.request(from: connection, id: id, route: route, count: Int(count))
+        case .budgetCancel(let id):
+            budget.cancel(from: connection, id: id)
+        case .budgetReturn(let route, let count):
+            budget.giveBack(route: route, count: Int(count))
+        case .budgetRateLimited(let route, let retryAfter):
+            let pause = budget.rateLimited(route: route, retryAfter: .milliseconds(Int64(retryAfter)))
+            logger.warning("429 from the platform: route paused for every worker", metadata: ["route": "\(route)", "worker.ordinal": "\(ordinal)", "pause": "\(DurationFormat.human(pause))"])
+            broadcast(.budgetPause(route: route, forMillis: Int32(clamping: pause.nanoseconds / 1_000_000)), except: connection)
+        case .usersChanged(let ids):
+            broadcast(.usersInvalidate(ids: ids), except: connection)
+        case .userAnswer(let id, let username):
+            if let entry = userQueries.withLock({ $0.removeValue(forKey: id) }) { entry.set(username) }
         default:
             logger.warning("unexpected IPC message from a worker, ignored", metadata: ["worker.ordinal": "\(ordinal)", "message": "\(message.name)"])
         }
     }
 
+    /// Sends a message to every connected worker but one.
+    func broadcast(_ message: IPCMessage, except sender: IPCConnection?) {
+        for connection in connections.withLock({ Array($0.values) }) where connection != sender {
+            connection.send(message)
+        }
+    }
+
     public func closed(_ connection: IPCConnection, reason: String?) {
         ledger.connectionClosed(connection)
+        budget.connectionClosed(connection)
         guard let hello = connection.hello, hello.role == .worker else { return }
         connections.withLock { connections in
             if connections[Int(hello.ordinal)] == connection { connections[Int(hello.ordinal)] = nil }

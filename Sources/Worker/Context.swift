@@ -1,6 +1,7 @@
 import ClusterCore
 import Logging
 import QQGateway
+import UserCache
 
 /// What a handler gets with each event: the OpenAPI client, its shard, a logger, and the event's identity.
 public struct Context: Sendable {
@@ -11,13 +12,16 @@ public struct Context: Sendable {
     public let eventID: String?
     /// The event's `s` on this shard's session.
     public let seq: Int
+    /// The cluster's users (memory, then the shared file, then the platform when configured).
+    public let users: UserDirectory?
 
-    public init(api: OpenAPIClient, shard: ShardID, logger: Logger, eventID: String?, seq: Int) {
+    public init(api: OpenAPIClient, shard: ShardID, logger: Logger, eventID: String?, seq: Int, users: UserDirectory? = nil) {
         self.api = api
         self.shard = shard
         self.logger = logger
         self.eventID = eventID
         self.seq = seq
+        self.users = users
     }
 
     /// A passive reply in the message's channel.

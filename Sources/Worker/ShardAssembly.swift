@@ -2,7 +2,9 @@ import ClusterCore
 import Logging
 import NIOCore
 import NIOPosix
+import Foundation
 import QQGateway
+import UserCache
 
 /// Where the platform is: the OpenAPI base and the token endpoint.
 public struct GatewayEndpoints: Sendable {
@@ -42,15 +44,34 @@ extension ShardRuntime {
     /// Builds the runtime of one shard from the cluster configuration.
     public static func make(
         config: ClusterConfig, clients: PlatformClients, gatewayURL: String, shard: ShardID, handler: any EventHandler,
-        resume: (id: String, seq: Int)?, permit: any IdentifyPermit, claims: any EventClaims, observer: (any RuntimeObserver)?,
-        logger: Logger
+        resume: (id: String, seq: Int)?, permit: any IdentifyPermit, claims: any EventClaims, users: UserDirectory?,
+        observer: (any RuntimeObserver)?, logger: Logger
     ) -> ShardRuntime {
         var clientConfiguration = GatewayClient.Configuration(url: gatewayURL, shard: shard, intents: config.gateway.intents, resume: resume)
         clientConfiguration.session.seed = UInt64(truncatingIfNeeded: MonotonicInstant.now().nanoseconds) ^ UInt64(shard.id)
         let client = GatewayClient(configuration: clientConfiguration, tokens: clients.tokens, permit: permit, logger: logger)
         return ShardRuntime(
             configuration: .init(shard: shard, maxInFlight: config.worker.maxInFlight, drainTimeout: config.worker.drainTimeout),
-            handler: handler, client: client, api: clients.api, claims: claims, observer: observer, logger: logger
+            handler: handler, client: client, api: clients.api, claims: claims, users: users, observer: observer, logger: logger
         )
+    }
+}
+
+extension UserDirectory {
+    /// The directory of one shard's process: the shared file, the configured memory, and (with `fetchMissing`) the
+    /// platform's member API for users not cached yet.
+    public static func make(store: UserStore, config: ClusterConfig, shard: ShardID, api: OpenAPIClient, logger: Logger, onChanged: @escaping @Sendable ([String]) -> Void) -> UserDirectory {
+        let fetch: (@Sendable (String, String?) async throws -> CachedUser?)?
+        if config.cache.fetchMissing {
+            fetch = { id, guildID in
+                guard let guildID else { return nil }
+                let member = try await api.guildMember(guildID: guildID, userID: id)
+                guard let user = member.user, let name = user.username else { return nil }
+                return CachedUser(id: user.id, username: name, avatar: user.avatar, bot: user.bot, updatedAt: Date().timeIntervalSince1970, shard: shard.id)
+            }
+        } else {
+            fetch = nil
+        }
+        return UserDirectory(store: store, configuration: .init(config.cache), shard: shard.id, logger: logger, fetch: fetch, onChanged: onChanged)
     }
 }

@@ -2,6 +2,7 @@ import ClusterCore
 import Logging
 import QQGateway
 import Synchronization
+import UserCache
 
 /// What a shard's runtime reports as it goes (the supervisor's IPC link implements it; a lone worker logs).
 public protocol RuntimeObserver: Sendable {
@@ -78,6 +79,7 @@ public final class ShardRuntime: Sendable {
     let client: GatewayClient
     let api: OpenAPIClient
     let claims: any EventClaims
+    let users: UserDirectory?
     let observer: (any RuntimeObserver)?
     let logger: Logger
     let slots: AsyncSemaphore
@@ -88,13 +90,14 @@ public final class ShardRuntime: Sendable {
 
     public init(
         configuration: Configuration, handler: any EventHandler, client: GatewayClient, api: OpenAPIClient,
-        claims: any EventClaims, observer: (any RuntimeObserver)?, logger: Logger
+        claims: any EventClaims, users: UserDirectory? = nil, observer: (any RuntimeObserver)?, logger: Logger
     ) {
         self.configuration = configuration
         self.handler = handler
         self.client = client
         self.api = api
         self.claims = claims
+        self.users = users
         self.observer = observer
         var logger = logger
         logger[metadataKey: "shard.id"] = "\(configuration.shard)"
@@ -175,7 +178,7 @@ public final class ShardRuntime: Sendable {
             }
             observer?.ready(sessionID: sessionID, resumed: false)
             reportSession()
-            let ctx = Context(api: api, shard: configuration.shard, logger: logger, eventID: nil, seq: 1)
+            let ctx = Context(api: api, shard: configuration.shard, logger: logger, eventID: nil, seq: 1, users: users)
             await spawnHandler(name: "READY", ticket: nil, claimKey: nil) { try await self.handler.ready(ctx, sessionID: sessionID) }
         case .resumed(let sessionID, let seq):
             state.withLock { state in
@@ -224,8 +227,11 @@ public final class ShardRuntime: Sendable {
             }
             return
         }
+        if let users {
+            for user in event.users { users.observe(id: user.id, username: user.username, avatar: user.avatar, bot: user.bot) }
+        }
         let key = dispatch.eventID ?? Self.messageID(of: event).map { "\(dispatch.name):\($0)" }
-        let ctx = Context(api: api, shard: configuration.shard, logger: logger, eventID: dispatch.eventID, seq: dispatch.seq)
+        let ctx = Context(api: api, shard: configuration.shard, logger: logger, eventID: dispatch.eventID, seq: dispatch.seq, users: users)
         let receivedAt = dispatch.receivedAt
         await spawnHandler(name: dispatch.name, ticket: ticket, claimKey: key) {
             self.state.withLock { $0.stats.dispatchLatency.record(.now() - receivedAt) }

@@ -22,6 +22,10 @@ struct IPCCodecTests {
         .gatewayState(.ready(sessionID: "a")), .gatewayState(.resumed(sessionID: "b")), .gatewayState(.disconnected(code: 4009)),
         .gatewayState(.failed(kind: 2, code: 4011)),
         .drained(sessionID: nil, seq: 0), .drained(sessionID: "z", seq: 7), .stop,
+        .budgetRequest(id: 3, route: "POST /channels/{channel_id}/messages", count: 4), .budgetGrant(id: 3, count: 2, ttlMillis: 250),
+        .budgetCancel(id: 3), .budgetReturn(route: "r", count: 1), .budgetRateLimited(route: "r", retryAfterMillis: 1000),
+        .budgetPause(route: "r", forMillis: 500), .usersChanged(ids: ["1", "2"]), .usersInvalidate(ids: []),
+        .userQuery(id: 4, userID: "42"), .userAnswer(id: 4, username: "kari"), .userAnswer(id: 5, username: nil),
         .controlRequest(id: 9, command: "status", argument: ""), .controlProgress(id: 9, line: "1/4 ready"), .controlReply(id: 9, ok: true, body: "{}"),
     ]
 

@@ -19,22 +19,23 @@ struct OpenAPITests {
     }
 
     @Test func restLimitAnswers429WithRetryAfter() async throws {
-        try await withEmulator(#"{\#(quiet), "restRate": 5}"#) { _, base in
+        try await withEmulator(#"{\#(quiet), "restRate": 2}"#) { _, base in
             let token = try await accessToken(base)
-            var statuses: [Int] = []
-            var retryAfter: [String] = []
-            for _ in 0..<12 {
-                let reply = try await http(.GET, base + "/users/@me", token: token)
-                statuses.append(reply.status)
-                if reply.status == 429 {
-                    retryAfter.append(reply.header("Retry-After") ?? "")
-                    #expect(reply.json?["code"]?.intValue != nil)
-                    #expect(reply.json?["message"]?.stringValue != nil)
-                }
+            // Twelve at once against 2 per second (a burst of 2): most must be refused, however slow the machine.
+            let replies = try await withThrowingTaskGroup(of: HTTPReply.self) { group in
+                for _ in 0..<12 { group.addTask { try await http(.GET, base + "/users/@me", token: token) } }
+                var replies: [HTTPReply] = []
+                for try await reply in group { replies.append(reply) }
+                return replies
             }
-            #expect(statuses.filter { $0 == 200 }.count >= 5)
-            #expect(statuses.contains(429))
-            #expect(retryAfter.allSatisfy { (Int($0) ?? 0) >= 1 })
+            let statuses = replies.map(\.status)
+            #expect(statuses.filter { $0 == 200 }.count >= 2)
+            #expect(statuses.filter { $0 == 429 }.count >= 6)
+            for reply in replies where reply.status == 429 {
+                #expect((Int(reply.header("Retry-After") ?? "") ?? 0) >= 1)
+                #expect(reply.json?["code"]?.intValue != nil)
+                #expect(reply.json?["message"]?.stringValue != nil)
+            }
             let s = try await stats(base)
             #expect(s["rateLimited"]?.intValue == statuses.filter { $0 == 429 }.count)
             #expect(s["restRequests"]?.intValue == 12)

@@ -29,9 +29,9 @@ final class BotclusterProcess: Sendable {
     let lines: AsyncStream<String>
     private let collected = LineCollector()
 
-    init(_ arguments: [String], directory: String, environment: [String: String] = [:]) throws {
+    init(_ arguments: [String], directory: String, environment: [String: String] = [:], executable: String = botclusterBinary()) throws {
         process = Process()
-        process.executableURL = URL(fileURLWithPath: botclusterBinary())
+        process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
         process.currentDirectoryURL = URL(fileURLWithPath: directory)
         var env = ProcessInfo.processInfo.environment

@@ -1,49 +1,51 @@
 import Foundation
 import Testing
 
-@Suite("botcluster run (the real binary)", .timeLimit(.minutes(2)))
-struct RunCommandTests {
-    @Test func sigtermDrainsAndPrintsWhereItStopped() async throws {
-        try await withTemporaryDirectory { dir in
-            let emulator = try await EmulatorProcess.start(
-                config: #"{"emulator": {"identifyWindow": "100ms", "restRate": 1000, "traffic": {"rate": 200, "groupRate": 5, "c2cRate": 5}}}"#,
-                directory: dir
-            )
-            try emulator.clusterConfig(#""identify": {"window": "100ms"}, "rateBudget": {"global": {"rate": 1000, "burst": 100}}"#)
-                .write(toFile: dir + "/cluster.json", atomically: true, encoding: .utf8)
-            let worker = try BotclusterProcess(["run", "--shard", "0/1"], directory: dir, environment: EmulatorProcess.secretEnvironment)
-            try await emulator.waitFor("100 replies") { $0["messagesReplied"] ?? 0 >= 100 }
-            worker.signal(SIGTERM)
-            var lines = worker.lines.makeAsyncIterator()
-            let stopped = await worker.waitForLine(containing: "stopped shard 0/1", iterator: &lines)
-            #expect(await worker.waitForExit() == 0)
-            let line = try #require(stopped)
-            // "stopped shard 0/1: session <id> seq <n>; received R, handled H, ..."
-            let words = line.split(separator: " ")
-            let seq = words.firstIndex(of: "seq").flatMap { Int(words[$0 + 1].dropLast()) } ?? 0
-            #expect(seq >= 100, "\(line)")
-            #expect(line.contains("handler errors 0"))
-            emulator.process.signal(SIGTERM)
-            #expect(await emulator.process.waitForExit() == 0)
-            #expect(!worker.output.joined().contains("emulator-development-secret"))
+extension RealProcesses {
+    @Suite("botcluster run (the real binary)", .timeLimit(.minutes(2)))
+    struct RunCommandTests {
+        @Test func sigtermDrainsAndPrintsWhereItStopped() async throws {
+            try await withTemporaryDirectory { dir in
+                let emulator = try await EmulatorProcess.start(
+                    config: #"{"emulator": {"identifyWindow": "100ms", "restRate": 1000, "traffic": {"rate": 200, "groupRate": 5, "c2cRate": 5}}}"#,
+                    directory: dir
+                )
+                try emulator.clusterConfig(#""identify": {"window": "100ms"}, "rateBudget": {"global": {"rate": 1000, "burst": 100}}"#)
+                    .write(toFile: dir + "/cluster.json", atomically: true, encoding: .utf8)
+                let worker = try BotclusterProcess(["run", "--shard", "0/1"], directory: dir, environment: EmulatorProcess.secretEnvironment)
+                try await emulator.waitFor("100 replies") { $0["messagesReplied"] ?? 0 >= 100 }
+                worker.signal(SIGTERM)
+                var lines = worker.lines.makeAsyncIterator()
+                let stopped = await worker.waitForLine(containing: "stopped shard 0/1", iterator: &lines)
+                #expect(await worker.waitForExit() == 0)
+                let line = try #require(stopped)
+                // "stopped shard 0/1: session <id> seq <n>; received R, handled H, ..."
+                let words = line.split(separator: " ")
+                let seq = words.firstIndex(of: "seq").flatMap { Int(words[$0 + 1].dropLast()) } ?? 0
+                #expect(seq >= 100, "\(line)")
+                #expect(line.contains("handler errors 0"))
+                emulator.process.signal(SIGTERM)
+                #expect(await emulator.process.waitForExit() == 0)
+                #expect(!worker.output.joined().contains("emulator-development-secret"))
+            }
         }
-    }
 
-    @Test func badArgumentsAndConfigsSayWhatIsWrong() async throws {
-        try await withTemporaryDirectory { dir in
-            let shard = try BotclusterProcess(["run", "--shard", "5/2"], directory: dir)
-            #expect(await shard.waitForExit() == 1)
-            #expect(shard.output.contains { $0.contains("--shard: must be ID/TOTAL with 0 <= ID < TOTAL, got \"5/2\"") })
+        @Test func badArgumentsAndConfigsSayWhatIsWrong() async throws {
+            try await withTemporaryDirectory { dir in
+                let shard = try BotclusterProcess(["run", "--shard", "5/2"], directory: dir)
+                #expect(await shard.waitForExit() == 1)
+                #expect(shard.output.contains { $0.contains("--shard: must be ID/TOTAL with 0 <= ID < TOTAL, got \"5/2\"") })
 
-            try #"{"shards": {"count": 0}, "supervisor": {"hartbeat": {}}}"#.write(toFile: dir + "/cluster.json", atomically: true, encoding: .utf8)
-            let check = try BotclusterProcess(["config", "check"], directory: dir)
-            #expect(await check.waitForExit() == 1)
-            #expect(check.output.contains("cluster.json: shards.count: must be 1...1024, got 0"))
-            #expect(check.output.contains(#"cluster.json: supervisor.hartbeat: unknown key; did you mean "heartbeat"?"#))
+                try #"{"shards": {"count": 0}, "supervisor": {"hartbeat": {}}}"#.write(toFile: dir + "/cluster.json", atomically: true, encoding: .utf8)
+                let check = try BotclusterProcess(["config", "check"], directory: dir)
+                #expect(await check.waitForExit() == 1)
+                #expect(check.output.contains("cluster.json: shards.count: must be 1...1024, got 0"))
+                #expect(check.output.contains(#"cluster.json: supervisor.hartbeat: unknown key; did you mean "heartbeat"?"#))
 
-            let missing = try BotclusterProcess(["config", "check", "--config", "nope.json"], directory: dir)
-            #expect(await missing.waitForExit() == 1)
-            #expect(missing.output.first?.hasPrefix("nope.json: cannot read the file") == true)
+                let missing = try BotclusterProcess(["config", "check", "--config", "nope.json"], directory: dir)
+                #expect(await missing.waitForExit() == 1)
+                #expect(missing.output.first?.hasPrefix("nope.json: cannot read the file") == true)
+            }
         }
     }
 }

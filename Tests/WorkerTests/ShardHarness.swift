@@ -71,7 +71,7 @@ func withShard(
         )
         let runtime = ShardRuntime.make(
             config: config, clients: clients, gatewayURL: info.url, shard: ShardID(0, of: 1), handler: handler, resume: nil,
-            permit: permit, claims: LocalEventClaims(ttl: .seconds(600)), observer: observer, logger: logger
+            permit: permit, claims: LocalEventClaims(ttl: .seconds(600)), users: nil, observer: observer, logger: logger
         )
         group.addTask {
             await permit.run()

@@ -1,0 +1,160 @@
+import ClusterCore
+
+/// The cluster's REST budget, held by the supervisor: one global bucket, buckets per route learned from 429s,
+/// pauses per route, and a queue of lease requests from workers. Pure: the time is a parameter.
+///
+/// Workers take leases of a few tokens so that a request rarely waits for a round trip. Under contention the
+/// queue is first come, first served and a request gets what is there (at least one token): a worker that wants
+/// more asks again and joins the back of the queue, so workers with equal demand get equal shares.
+public struct BudgetAuthority: Sendable {
+    public struct Configuration: Sendable {
+        public var rate: Double
+        public var burst: Int
+        public var leaseSize: Int
+        public var leaseTTL: Duration
+
+        public init(rate: Double, burst: Int, leaseSize: Int, leaseTTL: Duration) {
+            self.rate = rate
+            self.burst = burst
+            self.leaseSize = leaseSize
+            self.leaseTTL = leaseTTL
+        }
+    }
+
+    /// A lease request: who asked (a connection), their correlation id, the route, how many tokens.
+    public struct Request: Sendable, Equatable {
+        public var requester: UInt64
+        public var id: UInt64
+        public var route: String
+        public var count: Int
+
+        public init(requester: UInt64, id: UInt64, route: String, count: Int) {
+            self.requester = requester
+            self.id = id
+            self.route = route
+            self.count = count
+        }
+    }
+
+    public struct Grant: Sendable, Equatable {
+        public var requester: UInt64
+        public var id: UInt64
+        public var count: Int
+        public var ttl: Duration
+    }
+
+    struct Route: Sendable {
+        /// A limit learned from a 429 on this route.
+        var bucket: GCRA?
+        var pausedUntil: MonotonicInstant?
+        /// Grant times of the last second, to learn the route's rate when it is limited.
+        var recent: [MonotonicInstant] = []
+    }
+
+    public let configuration: Configuration
+    var global: GCRA
+    var routes: [String: Route] = [:]
+    var queue: [Request] = []
+    /// Tokens granted so far, and per requester (for fairness checks and status).
+    public private(set) var granted = 0
+    public private(set) var grantedTo: [UInt64: Int] = [:]
+
+    public init(configuration: Configuration) {
+        self.configuration = configuration
+        global = GCRA(rate: configuration.rate, burst: configuration.burst)
+    }
+
+    /// Requests waiting for tokens.
+    public var waiting: Int { queue.count }
+
+    /// A worker asks for tokens; the grants that can be made now (its own or earlier ones).
+    public mutating func request(_ request: Request, now: MonotonicInstant) -> [Grant] {
+        queue.append(request)
+        return serve(now: now)
+    }
+
+    /// A worker gives back tokens it did not use (it drains, or its lease expired unused).
+    public mutating func giveBack(route: String, count: Int, now: MonotonicInstant) -> [Grant] {
+        guard count > 0 else { return [] }
+        global.refund(count, now: now)
+        routes[route]?.bucket?.refund(count, now: now)
+        return serve(now: now)
+    }
+
+    /// The platform answered 429 on `route`: pause it for everyone, and from now on hold it below the rate it had
+    /// reached. Returns the pause end for the workers to be told.
+    public mutating func rateLimited(route: String, retryAfter: Duration, now: MonotonicInstant) -> MonotonicInstant {
+        var state = routes[route] ?? Route()
+        let until = now + retryAfter
+        state.pausedUntil = max(state.pausedUntil ?? until, until)
+        let observed = state.recent.filter { now - $0 <= .seconds(1) }.count
+        let learned = max(1.0, Double(observed) * 0.9)
+        if state.bucket == nil || learned < Double(1e9) / Double(state.bucket!.interval) {
+            state.bucket = GCRA(rate: learned, burst: max(1, Int(learned / 5)))
+        }
+        routes[route] = state
+        return state.pausedUntil!
+    }
+
+    /// A worker is gone: its queued requests leave.
+    public mutating func requesterGone(_ requester: UInt64, now: MonotonicInstant) -> [Grant] {
+        queue.removeAll { $0.requester == requester }
+        return serve(now: now)
+    }
+
+    /// A worker withdrew one request.
+    public mutating func cancel(requester: UInt64, id: UInt64, now: MonotonicInstant) -> [Grant] {
+        queue.removeAll { $0.requester == requester && $0.id == id }
+        return serve(now: now)
+    }
+
+    public mutating func tick(now: MonotonicInstant) -> [Grant] {
+        serve(now: now)
+    }
+
+    /// Serves the queue in order; a request whose route is paused or over its learned limit lets the others pass.
+    mutating func serve(now: MonotonicInstant) -> [Grant] {
+        var grants: [Grant] = []
+        var index = 0
+        while index < queue.count {
+            let request = queue[index]
+            var route = routes[request.route] ?? Route()
+            if let until = route.pausedUntil, until > now {
+                index += 1
+                continue
+            }
+            var available = global.available(now: now)
+            if let bucket = route.bucket { available = min(available, bucket.available(now: now)) }
+            guard available >= 1 else {
+                // The global bucket is empty for everyone: stop here, first come first served.
+                if global.available(now: now) < 1 { break }
+                index += 1
+                continue
+            }
+            let count = min(request.count, available)
+            _ = global.take(count, now: now)
+            if route.bucket != nil { _ = route.bucket!.take(count, now: now) }
+            route.recent.append(now)
+            if route.recent.count > 4096 { route.recent.removeFirst(2048) }
+            routes[request.route] = route
+            queue.remove(at: index)
+            granted += count
+            grantedTo[request.requester, default: 0] += count
+            grants.append(Grant(requester: request.requester, id: request.id, count: count, ttl: configuration.leaseTTL))
+        }
+        return grants
+    }
+
+    /// When the next waiting request can be served.
+    public var nextDeadline: MonotonicInstant? {
+        var best: MonotonicInstant?
+        for request in queue {
+            let route = routes[request.route]
+            var at = global.availableAt(1)
+            if let bucket = route?.bucket { at = max(at, bucket.availableAt(1)) }
+            if let pause = route?.pausedUntil { at = max(at, pause) }
+            best = best.map { min($0, at) } ?? at
+        }
+        return best
+    }
+}

@@ -1,0 +1,75 @@
+import ClusterCore
+import ClusterIPC
+import RateBudget
+import Synchronization
+
+/// The REST budget served over IPC: lease requests are granted on the event loop that received them when tokens
+/// are there, or by the budget's own clock when they come.
+public final class BudgetService: Sendable {
+    let authority: Mutex<BudgetAuthority>
+    let connections = Mutex<[UInt64: IPCConnection]>([:])
+    let wakeup = Wakeup()
+
+    public init(configuration: BudgetAuthority.Configuration) {
+        authority = Mutex(BudgetAuthority(configuration: configuration))
+    }
+
+    var snapshot: (granted: Int, waiting: Int) {
+        authority.withLock { ($0.granted, $0.waiting) }
+    }
+
+    /// Tokens granted per worker connection so far.
+    public var grantedTo: [UInt64: Int] { authority.withLock { $0.grantedTo } }
+
+    public func request(from connection: IPCConnection, id: UInt64, route: String, count: Int) {
+        connections.withLock { $0[connection.id] = connection }
+        deliver(authority.withLock { $0.request(.init(requester: connection.id, id: id, route: route, count: max(1, count)), now: .now()) })
+    }
+
+    public func cancel(from connection: IPCConnection, id: UInt64) {
+        deliver(authority.withLock { $0.cancel(requester: connection.id, id: id, now: .now()) })
+    }
+
+    public func giveBack(route: String, count: Int) {
+        deliver(authority.withLock { $0.giveBack(route: route, count: count, now: .now()) })
+    }
+
+    /// A 429 somewhere: the route is paused for everyone; returns how long from now.
+    public func rateLimited(route: String, retryAfter: Duration) -> Duration {
+        let now = MonotonicInstant.now()
+        let until = authority.withLock { $0.rateLimited(route: route, retryAfter: retryAfter, now: now) }
+        wakeup.poke()
+        return until - now
+    }
+
+    public func connectionClosed(_ connection: IPCConnection) {
+        connections.withLock { _ = $0.removeValue(forKey: connection.id) }
+        deliver(authority.withLock { $0.requesterGone(connection.id, now: .now()) })
+    }
+
+    func deliver(_ grants: [BudgetAuthority.Grant]) {
+        if !grants.isEmpty {
+            let targets = connections.withLock { $0 }
+            for grant in grants {
+                targets[grant.requester]?.send(.budgetGrant(id: grant.id, count: Int32(grant.count), ttlMillis: Int32(clamping: grant.ttl.nanoseconds / 1_000_000)))
+            }
+        }
+        wakeup.poke()
+    }
+
+    /// Runs the budget's clock for the life of the supervisor.
+    public func run() async {
+        while !Task.isCancelled {
+            let deadline = authority.withLock { $0.nextDeadline }
+            await wakeup.wait(until: deadline)
+            if Task.isCancelled { return }
+            let grants = authority.withLock { $0.tick(now: .now()) }
+            if !grants.isEmpty {
+                let targets = connections.withLock { $0 }
+                for grant in grants {
+                    targets[grant.requester]?.send(.budgetGrant(id: grant.id, count: Int32(grant.count), ttlMillis: Int32(clamping: grant.ttl.nanoseconds / 1_000_000)))
+                }
+            }
+        }
+    }
+}

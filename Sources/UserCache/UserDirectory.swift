@@ -1,0 +1,177 @@
+import ClusterCore
+import Foundation
+import Logging
+import Synchronization
+
+/// A worker's users: an in-memory LRU in front of the shared SQLite file, fed by the authors of every event.
+///
+/// Lookups go to the LRU, then to SQLite, then (with `fetchMissing`) to the platform. Users seen in events are
+/// written in batches — one transaction per batch, by size or by time — and the ids whose fields changed are
+/// handed to `onChanged`, which tells the other workers to drop them: a name change seen on one shard is what the
+/// others serve next.
+public final class UserDirectory: Sendable {
+    public struct Configuration: Sendable {
+        public var lruSize: Int
+        public var ttl: Duration
+        public var flushSize: Int
+        public var flushInterval: Duration
+
+        public init(_ config: CacheConfig) {
+            lruSize = config.lruSize
+            ttl = config.ttl
+            flushSize = config.flushSize
+            flushInterval = config.flushInterval
+        }
+    }
+
+    struct State {
+        var lru: LRUCache<String, CachedUser>
+        var pending: [String: CachedUser] = [:]
+        var firstPendingAt: MonotonicInstant?
+        var lookups = 0
+        var hits = 0
+        var writes = 0
+        var batches = 0
+    }
+
+    let store: UserStore
+    let configuration: Configuration
+    let shard: Int
+    let fetch: (@Sendable (String, String?) async throws -> CachedUser?)?
+    let onChanged: @Sendable ([String]) -> Void
+    let logger: Logger
+    let state: Mutex<State>
+    let wakeup = Wakeup()
+
+    /// - Parameters:
+    ///   - fetch: asks the platform for a user missing from the cache (id, guild id), or nil to never ask.
+    ///   - onChanged: ids written with changed fields, after their transaction committed.
+    public init(
+        store: UserStore, configuration: Configuration, shard: Int, logger: Logger,
+        fetch: (@Sendable (String, String?) async throws -> CachedUser?)? = nil,
+        onChanged: @escaping @Sendable ([String]) -> Void = { _ in }
+    ) {
+        self.store = store
+        self.configuration = configuration
+        self.shard = shard
+        self.fetch = fetch
+        self.onChanged = onChanged
+        self.logger = logger
+        state = Mutex(State(lru: LRUCache(capacity: configuration.lruSize, ttl: configuration.ttl)))
+    }
+
+    /// Lookups and LRU hits so far, rows written and write transactions.
+    public var counters: (lookups: Int, hits: Int, writes: Int, batches: Int) {
+        state.withLock { ($0.lookups, $0.hits, $0.writes, $0.batches) }
+    }
+
+    /// The user with `id`: from memory, else the shared file, else (if configured) the platform.
+    public func get(_ id: String, guildID: String? = nil) async -> CachedUser? {
+        let now = MonotonicInstant.now()
+        if let hit = state.withLock({ state -> CachedUser? in
+            state.lookups += 1
+            let hit = state.lru.get(id, now: now) ?? state.pending[id]
+            if hit != nil { state.hits += 1 }
+            return hit
+        }) {
+            return hit
+        }
+        do {
+            if let stored = try store.user(id) {
+                state.withLock { $0.lru.set(id, stored, now: now) }
+                return stored
+            }
+        } catch {
+            logger.warning("user cache read failed", metadata: ["user.id": "\(id)", "error": "\(error)"])
+        }
+        guard let fetch else { return nil }
+        do {
+            guard let fetched = try await fetch(id, guildID) else { return nil }
+            remember([fetched], now: .now())
+            return fetched
+        } catch {
+            logger.warning("user lookup at the platform failed", metadata: ["user.id": "\(id)", "error": "\(error)"])
+            return nil
+        }
+    }
+
+    /// Users seen in an event: kept in memory, and queued for the shared file when they are new or changed.
+    public func observe(id: String, username: String?, avatar: String?, bot: Bool) {
+        guard let username else { return }
+        let now = MonotonicInstant.now()
+        let user = CachedUser(id: id, username: username, avatar: avatar, bot: bot, updatedAt: Date().timeIntervalSince1970, shard: shard)
+        remember([user], now: now)
+    }
+
+    func remember(_ users: [CachedUser], now: MonotonicInstant) {
+        let wake = state.withLock { state -> Bool in
+            let wasEmpty = state.pending.isEmpty
+            for user in users {
+                if let known = state.lru.peek(user.id), !known.differs(from: user) {
+                    // Unchanged: refresh its time in memory, no write.
+                    state.lru.set(user.id, known, now: now)
+                    continue
+                }
+                state.lru.set(user.id, user, now: now)
+                state.pending[user.id] = user
+                if state.firstPendingAt == nil { state.firstPendingAt = now }
+            }
+            // The writer sleeps until the first pending user is due, or until a batch is full.
+            return (wasEmpty && !state.pending.isEmpty) || state.pending.count >= configuration.flushSize
+        }
+        if wake { wakeup.poke() }
+    }
+
+    /// Another worker wrote these users: forget them here so the next lookup reads the new ones.
+    public func invalidate(_ ids: [String]) {
+        state.withLock { state in
+            for id in ids where state.pending[id] == nil { state.lru.remove(id) }
+        }
+    }
+
+    /// Writes batches until cancelled; what is pending then is left for a last `flush()` by the owner (a
+    /// cancelled task cannot write).
+    public func run() async {
+        while !Task.isCancelled {
+            let deadline = state.withLock { $0.firstPendingAt.map { $0 + configuration.flushInterval } }
+            await wakeup.wait(until: deadline)
+            if Task.isCancelled { return }
+            let due = state.withLock { state -> Bool in
+                guard let first = state.firstPendingAt else { return false }
+                return state.pending.count >= configuration.flushSize || MonotonicInstant.now() - first >= configuration.flushInterval
+            }
+            if due { await flush() }
+        }
+    }
+
+    /// Writes everything pending in one transaction now; retried on failure (never surfaced to a handler).
+    public func flush() async {
+        let batch = state.withLock { state -> [CachedUser] in
+            defer {
+                state.pending = [:]
+                state.firstPendingAt = nil
+            }
+            return Array(state.pending.values)
+        }
+        guard !batch.isEmpty else { return }
+        var attempt = 0
+        while true {
+            do {
+                let changed = try await store.upsert(batch)
+                state.withLock { state in
+                    state.writes += batch.count
+                    state.batches += 1
+                }
+                if !changed.isEmpty { onChanged(changed) }
+                return
+            } catch {
+                attempt += 1
+                if attempt >= 5 {
+                    logger.error("user cache write failed; batch dropped (it is a cache)", metadata: ["users": "\(batch.count)", "error": "\(error)"])
+                    return
+                }
+                try? await Task.sleep(for: .milliseconds(20 * attempt))
+            }
+        }
+    }
+}

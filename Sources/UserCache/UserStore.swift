@@ -1,0 +1,145 @@
+import ClusterCore
+import Foundation
+import GRDB
+import Logging
+
+/// A user as the cache holds it.
+public struct CachedUser: Sendable, Equatable {
+    public var id: String
+    public var username: String
+    public var avatar: String?
+    public var bot: Bool
+    /// Seconds since 1970 when a worker last wrote it.
+    public var updatedAt: Double
+    /// The shard that saw it last.
+    public var shard: Int
+
+    public init(id: String, username: String, avatar: String?, bot: Bool, updatedAt: Double, shard: Int) {
+        self.id = id
+        self.username = username
+        self.avatar = avatar
+        self.bot = bot
+        self.updatedAt = updatedAt
+        self.shard = shard
+    }
+
+    /// Whether the fields a bot sees differ.
+    func differs(from other: CachedUser) -> Bool {
+        username != other.username || avatar != other.avatar || bot != other.bot
+    }
+}
+
+/// The shared `users.sqlite` of a cluster: WAL, a busy timeout, one GRDB pool per process. The supervisor
+/// creates and migrates it (`prepare`); workers open it (`open`). It is a cache: a file that is corrupt or of an
+/// unknown schema is moved aside and made anew, never a crash loop.
+public final class UserStore: Sendable {
+    let pool: DatabasePool
+    let reader: UserReader
+    public let path: String
+
+    static func migrator() -> DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1-users") { db in
+            try db.create(table: "users") { t in
+                t.primaryKey("id", .text)
+                t.column("username", .text).notNull()
+                t.column("avatar", .text)
+                t.column("bot", .boolean).notNull()
+                t.column("updated_at", .double).notNull()
+                t.column("shard", .integer).notNull()
+            }
+        }
+        return migrator
+    }
+
+    static func configuration() -> Configuration {
+        var configuration = Configuration()
+        // Concurrent writers wait for each other instead of failing with SQLITE_BUSY.
+        configuration.busyMode = .timeout(10)
+        return configuration
+    }
+
+    init(pool: DatabasePool, path: String) throws {
+        self.pool = pool
+        self.path = path
+        reader = try UserReader(path: path)
+    }
+
+    /// Creates or migrates the file; moves an unusable one aside (logged) and starts afresh.
+    public static func prepare(path: String, logger: Logger) throws -> UserStore {
+        try openRecovering(path: path, what: "user cache", logger: logger, open: migrate)
+    }
+
+    static func migrate(_ path: String) throws -> UserStore {
+        let pool = try DatabasePool(path: path, configuration: configuration())
+        let migrator = migrator()
+        try pool.read { db in
+            // Reading the schema fails on a file that is not a database.
+            _ = try db.tableExists("users")
+            if try migrator.hasBeenSuperseded(db) {
+                throw DatabaseError(message: "the user cache was written by a newer botcluster (unknown migrations)")
+            }
+        }
+        try migrator.migrate(pool)
+        return try UserStore(pool: pool, path: path)
+    }
+
+    /// Opens a file the supervisor prepared.
+    public static func open(path: String) throws -> UserStore {
+        let pool = try DatabasePool(path: path, configuration: configuration())
+        let complete = try pool.read { db in try migrator().hasCompletedMigrations(db) }
+        guard complete else { throw DatabaseError(message: "\(path) is not a prepared user cache (the supervisor prepares it at launch)") }
+        return try UserStore(pool: pool, path: path)
+    }
+
+    /// One user by id (a point read on the dedicated read connection).
+    public func user(_ id: String) throws -> CachedUser? {
+        try reader.user(id)
+    }
+
+    /// Writes users in one transaction; returns the ids of those that existed with other fields (the ones other
+    /// workers may hold stale).
+    public func upsert(_ users: [CachedUser]) async throws -> [String] {
+        try await pool.write { db in
+            let select = try db.cachedStatement(sql: "SELECT username, avatar, bot FROM users WHERE id = ?")
+            let write = try db.cachedStatement(sql: """
+                INSERT INTO users (id, username, avatar, bot, updated_at, shard) VALUES (?, ?, ?, ?, ?, ?)
+                ON CONFLICT(id) DO UPDATE SET username = excluded.username, avatar = excluded.avatar, bot = excluded.bot,
+                updated_at = excluded.updated_at, shard = excluded.shard
+                """)
+            var changed: [String] = []
+            for user in users {
+                if let row = try Row.fetchOne(select, arguments: [user.id]) {
+                    let username: String = row[0]
+                    let avatar: String? = row[1]
+                    let bot: Bool = row[2]
+                    if username != user.username || avatar != user.avatar || bot != user.bot { changed.append(user.id) }
+                }
+                try write.execute(arguments: [user.id, user.username, user.avatar, user.bot, user.updatedAt, user.shard])
+            }
+            return changed
+        }
+    }
+
+    /// How many users the file holds.
+    public func count() throws -> Int {
+        try pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM users") ?? 0 }
+    }
+}
+
+/// Opens an SQLite file with `open`; when that fails (corrupt, or written by a newer schema), moves the file and
+/// its WAL aside (logged, kept for a person to look at) and opens a fresh one. For files that are caches or can
+/// be rebuilt: never a crash loop over a bad file.
+public func openRecovering<T>(path: String, what: String, logger: Logger, open: (String) throws -> T) throws -> T {
+    do {
+        return try open(path)
+    } catch {
+        let aside = path + ".corrupt-\(Int(Date().timeIntervalSince1970))"
+        logger.warning("\(what) unusable; moved aside and recreated", metadata: ["path": "\(path)", "movedTo": "\(aside)", "error": "\(error)"])
+        for suffix in ["", "-wal", "-shm"] {
+            try? FileManager.default.removeItem(atPath: aside + suffix)
+            try? FileManager.default.moveItem(atPath: path + suffix, toPath: aside + suffix)
+        }
+        return try open(path)
+    }
+}

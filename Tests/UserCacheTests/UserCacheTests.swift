@@ -1,0 +1,144 @@
+import ClusterCore
+import Foundation
+import Logging
+import Synchronization
+import Testing
+import UserCache
+
+@Suite("LRU cache")
+struct LRUCacheTests {
+    let t0 = MonotonicInstant(nanoseconds: 1_000_000_000)
+
+    @Test func evictsTheLeastRecentlyUsed() {
+        var cache = LRUCache<String, Int>(capacity: 2, ttl: .seconds(60))
+        cache.set("a", 1, now: t0)
+        cache.set("b", 2, now: t0)
+        #expect(cache.get("a", now: t0) == 1)
+        cache.set("c", 3, now: t0)
+        #expect(cache.get("b", now: t0) == nil)
+        #expect(cache.get("a", now: t0) == 1)
+        #expect(cache.get("c", now: t0) == 3)
+        #expect(cache.count == 2)
+    }
+
+    @Test func expiresAfterTheTimeToLive() {
+        var cache = LRUCache<String, Int>(capacity: 10, ttl: .seconds(5))
+        cache.set("a", 1, now: t0)
+        #expect(cache.get("a", now: t0 + .seconds(4)) == 1)
+        #expect(cache.get("a", now: t0 + .seconds(6)) == nil)
+        #expect(cache.count == 0)
+    }
+
+    @Test func removeAndReuse() {
+        var cache = LRUCache<Int, Int>(capacity: 3, ttl: .seconds(60))
+        for i in 0..<100 {
+            cache.set(i, i, now: t0)
+            if i % 3 == 0 { cache.remove(i) }
+        }
+        // 99 and 96 were removed: 97 and 98 are left.
+        #expect(cache.count == 2)
+        #expect(cache.get(98, now: t0) == 98)
+        #expect(cache.get(0, now: t0) == nil)
+    }
+}
+
+func temporaryPath() -> String {
+    NSTemporaryDirectory() + "users-" + UUID().uuidString.prefix(8) + ".sqlite"
+}
+
+let quietLogger: Logger = {
+    var logger = Logger(label: "user-cache-test")
+    logger.logLevel = .critical
+    return logger
+}()
+
+func directoryConfiguration(flushSize: Int = 3, flushInterval: Duration = .milliseconds(20)) -> UserDirectory.Configuration {
+    var config = ClusterConfig.defaults.cache
+    config.flushSize = flushSize
+    config.flushInterval = flushInterval
+    return UserDirectory.Configuration(config)
+}
+
+@Suite("user cache")
+struct UserDirectoryTests {
+    @Test func eventsAreWrittenInBatchesAndChangesReported() async throws {
+        let path = temporaryPath()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let store = try UserStore.prepare(path: path, logger: quietLogger)
+        let changed = Mutex<[String]>([])
+        let directory = UserDirectory(store: store, configuration: directoryConfiguration(), shard: 1, logger: quietLogger, onChanged: { ids in
+            changed.withLock { $0 += ids }
+        })
+        directory.observe(id: "1", username: "kari", avatar: nil, bot: false)
+        directory.observe(id: "2", username: "mota", avatar: nil, bot: false)
+        directory.observe(id: "3", username: "yuna", avatar: "a", bot: true)
+        await directory.flush()
+        #expect(try store.count() == 3)
+        #expect(directory.counters.batches == 1)
+        // The same fields again: no write. A new name: one write, reported as changed.
+        directory.observe(id: "1", username: "kari", avatar: nil, bot: false)
+        directory.observe(id: "2", username: "mota-v1", avatar: nil, bot: false)
+        await directory.flush()
+        #expect(directory.counters.writes == 4)
+        #expect(changed.withLock { $0 } == ["2"])
+        #expect(try store.user("2")?.username == "mota-v1")
+        #expect(try store.user("2")?.shard == 1)
+    }
+
+    @Test func lookupsGoToMemoryThenTheFileThenThePlatform() async throws {
+        let path = temporaryPath()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let store = try UserStore.prepare(path: path, logger: quietLogger)
+        let writer = UserDirectory(store: store, configuration: directoryConfiguration(), shard: 0, logger: quietLogger)
+        writer.observe(id: "7", username: "lan", avatar: nil, bot: false)
+        await writer.flush()
+        let fetched = Mutex(0)
+        let reader = UserDirectory(store: try UserStore.open(path: path), configuration: directoryConfiguration(), shard: 1, logger: quietLogger, fetch: { id, _ in
+            fetched.withLock { $0 += 1 }
+            return CachedUser(id: id, username: "fetched-\(id)", avatar: nil, bot: false, updatedAt: 0, shard: 1)
+        })
+        #expect(await reader.get("7")?.username == "lan")
+        #expect(await reader.get("7")?.username == "lan")
+        #expect(reader.counters.hits == 1)
+        #expect(await reader.get("8")?.username == "fetched-8")
+        #expect(fetched.withLock { $0 } == 1)
+        // Another worker renamed 7: after the invalidation this one reads the file again.
+        writer.observe(id: "7", username: "lan-v1", avatar: nil, bot: false)
+        await writer.flush()
+        #expect(await reader.get("7")?.username == "lan")
+        reader.invalidate(["7"])
+        #expect(await reader.get("7")?.username == "lan-v1")
+    }
+
+    @Test func theWriterFlushesBySizeAndByTime() async throws {
+        let path = temporaryPath()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let store = try UserStore.prepare(path: path, logger: quietLogger)
+        let directory = UserDirectory(store: store, configuration: directoryConfiguration(flushSize: 100, flushInterval: .milliseconds(30)), shard: 0, logger: quietLogger)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await directory.run() }
+            directory.observe(id: "1", username: "a", avatar: nil, bot: false)
+            // Below the batch size: written when the interval has passed.
+            while try store.count() < 1 { try await Task.sleep(for: .milliseconds(5)) }
+            for i in 2...250 { directory.observe(id: String(i), username: "u\(i)", avatar: nil, bot: false) }
+            while try store.count() < 250 { try await Task.sleep(for: .milliseconds(5)) }
+            group.cancelAll()
+        }
+        #expect(directory.counters.batches <= 5)
+    }
+
+    @Test func aCorruptFileIsMovedAsideAndRecreated() throws {
+        let path = temporaryPath()
+        defer {
+            for file in (try? FileManager.default.contentsOfDirectory(atPath: NSTemporaryDirectory())) ?? [] where file.hasPrefix((path as NSString).lastPathComponent) {
+                try? FileManager.default.removeItem(atPath: NSTemporaryDirectory() + file)
+            }
+        }
+        try Data(repeating: 0x42, count: 8192).write(to: URL(fileURLWithPath: path))
+        let store = try UserStore.prepare(path: path, logger: quietLogger)
+        #expect(try store.count() == 0)
+        let asides = try FileManager.default.contentsOfDirectory(atPath: NSTemporaryDirectory()).filter { $0.hasPrefix((path as NSString).lastPathComponent + ".corrupt-") }
+        #expect(!asides.isEmpty)
+        #expect(throws: (any Error).self) { try UserStore.open(path: temporaryPath()) }
+    }
+}
