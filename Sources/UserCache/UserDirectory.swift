@@ -157,12 +157,14 @@ public final class UserDirectory: Sendable {
         var attempt = 0
         while true {
             do {
-                let changed = try await store.upsert(batch)
+                let result = try await store.upsert(batch)
                 state.withLock { state in
                     state.writes += batch.count
                     state.batches += 1
+                    // A later observation won in the file: this worker's copy is the stale one.
+                    for id in result.superseded where state.pending[id] == nil { state.lru.remove(id) }
                 }
-                if !changed.isEmpty { onChanged(changed) }
+                if !result.changed.isEmpty { onChanged(result.changed) }
                 return
             } catch {
                 attempt += 1

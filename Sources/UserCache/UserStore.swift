@@ -97,27 +97,41 @@ public final class UserStore: Sendable {
         try reader.user(id)
     }
 
-    /// Writes users in one transaction; returns the ids of those that existed with other fields (the ones other
-    /// workers may hold stale).
-    public func upsert(_ users: [CachedUser]) async throws -> [String] {
+    /// What one batch write did.
+    public struct UpsertResult: Sendable, Equatable {
+        /// Users that existed with other fields and were overwritten (the ones other workers may hold stale).
+        public var changed: [String] = []
+        /// Users the file already knew from a later observation: not written; the writer's copy is the stale one.
+        public var superseded: [String] = []
+    }
+
+    /// Writes users in one transaction. An observation never replaces a later one (`updatedAt`): two workers
+    /// that saw a user on either side of a rename agree on the newer name whatever order their batches land in.
+    public func upsert(_ users: [CachedUser]) async throws -> UpsertResult {
         try await pool.write { db in
-            let select = try db.cachedStatement(sql: "SELECT username, avatar, bot FROM users WHERE id = ?")
+            let select = try db.cachedStatement(sql: "SELECT username, avatar, bot, updated_at FROM users WHERE id = ?")
             let write = try db.cachedStatement(sql: """
                 INSERT INTO users (id, username, avatar, bot, updated_at, shard) VALUES (?, ?, ?, ?, ?, ?)
                 ON CONFLICT(id) DO UPDATE SET username = excluded.username, avatar = excluded.avatar, bot = excluded.bot,
                 updated_at = excluded.updated_at, shard = excluded.shard
                 """)
-            var changed: [String] = []
+            var result = UpsertResult()
             for user in users {
                 if let row = try Row.fetchOne(select, arguments: [user.id]) {
                     let username: String = row[0]
                     let avatar: String? = row[1]
                     let bot: Bool = row[2]
-                    if username != user.username || avatar != user.avatar || bot != user.bot { changed.append(user.id) }
+                    let updatedAt: Double = row[3]
+                    let differs = username != user.username || avatar != user.avatar || bot != user.bot
+                    if updatedAt > user.updatedAt {
+                        if differs { result.superseded.append(user.id) }
+                        continue
+                    }
+                    if differs { result.changed.append(user.id) }
                 }
                 try write.execute(arguments: [user.id, user.username, user.avatar, user.bot, user.updatedAt, user.shard])
             }
-            return changed
+            return result
         }
     }
 

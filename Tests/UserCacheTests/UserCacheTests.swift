@@ -110,6 +110,25 @@ struct UserDirectoryTests {
         #expect(await reader.get("7")?.username == "lan-v1")
     }
 
+    @Test func anOlderObservationLandingLaterDoesNotUndoARename() async throws {
+        let path = temporaryPath()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let store = try UserStore.prepare(path: path, logger: quietLogger)
+        let early = UserDirectory(store: store, configuration: directoryConfiguration(), shard: 0, logger: quietLogger)
+        let late = UserDirectory(store: try UserStore.open(path: path), configuration: directoryConfiguration(), shard: 1, logger: quietLogger)
+        // Shard 0 saw the old name just before the rename; shard 1 saw the new name after it and wrote first.
+        early.observe(id: "5", username: "sora", avatar: nil, bot: false)
+        let seenEarly = Date().timeIntervalSince1970
+        while Date().timeIntervalSince1970 <= seenEarly { await Task.yield() }
+        late.observe(id: "5", username: "sora-v1", avatar: nil, bot: false)
+        await late.flush()
+        await early.flush()
+        #expect(try store.user("5")?.username == "sora-v1")
+        #expect(try store.user("5")?.shard == 1)
+        // The worker whose observation lost forgets its copy and serves the file's.
+        #expect(await early.get("5")?.username == "sora-v1")
+    }
+
     @Test func theWriterFlushesBySizeAndByTime() async throws {
         let path = temporaryPath()
         defer { try? FileManager.default.removeItem(atPath: path) }
