@@ -2,7 +2,7 @@
 # Measures botcluster's figures in release builds and prints them as a table, each beside its goal or its peer
 # measured in the same run (the machines are shared and noisy: compare within one run, not across runs).
 #
-# usage: scripts/bench.sh [--rounds N] [--only emulator|worker|supervisor|shared]...
+# usage: scripts/bench.sh [--rounds N] [--only emulator|worker|supervisor|rescale|shared]...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,7 +12,7 @@ while (($#)); do
   case "$1" in
     --rounds) ROUNDS="$2"; shift 2 ;;
     --only) ONLY+=("$2"); shift 2 ;;
-    *) echo "usage: scripts/bench.sh [--rounds N] [--only emulator|worker|supervisor|shared]..." >&2; exit 2 ;;
+    *) echo "usage: scripts/bench.sh [--rounds N] [--only emulator|worker|supervisor|rescale|shared]..." >&2; exit 2 ;;
   esac
 done
 # want SECTION: whether to run a section (all of them unless --only names some).
@@ -147,18 +147,6 @@ row "worker: dispatch latency p50 / p99, burst" "$latency" "(received -> handler
 row "worker: dispatch latency p50 / p99, 2000/s" "$steady_latency" "(received -> handler)" ""
 fi
 
-# --- the supervisor ---
-if want supervisor; then
-"$BENCH" ipc --count 20000 | tee "$OUT/ipc.txt" >&2
-el_p50=$(value ipc.el.rtt.p50 "$OUT/ipc.txt"); el_p99=$(value ipc.el.rtt.p99 "$OUT/ipc.txt")
-task_p50=$(value ipc.rtt.p50 "$OUT/ipc.txt"); task_p99=$(value ipc.rtt.p99 "$OUT/ipc.txt")
-raw_p50=$(value raw.rtt.p50 "$OUT/ipc.txt"); raw_p99=$(value raw.rtt.p99 "$OUT/ipc.txt")
-oneway=$(value ipc.oneway.rate "$OUT/ipc.txt")
-el_ratio=$(awk -v a="$el_p50" -v b="$raw_p50" 'BEGIN { printf "%.1f", a / b }')
-row "IPC round trip p50 / p99 (us), event loop" "$el_p50 / $el_p99 (${el_ratio}x)" "<= 4x raw ($raw_p50 / $raw_p99)" "$(awk -v r="$el_ratio" 'BEGIN { print (r <= 4) ? "ok" : "MISS" }')"
-row "IPC round trip p50 / p99 (us), awaited in a task" "$task_p50 / $task_p99" "(raw $raw_p50 / $raw_p99)" ""
-row "IPC one-way messages/s" "$oneway" "" ""
-
 # cluster_dir SHARDS [EXTRA]: a directory with a cluster.json for SHARDS workers on the emulator at EMU_URL.
 cluster_dir() {
   local dir="$OUT/c$RANDOM"
@@ -191,6 +179,18 @@ start_cluster() {
 stop_cluster() { kill -TERM "$CLUSTER" 2>/dev/null || true; wait "$CLUSTER" || true; }
 emulator_config() { sed "s/MAX_CONCURRENCY/$1/" scripts/bench/cluster-emulator.json >"$OUT/cluster-emulator-$1.json"; echo "$OUT/cluster-emulator-$1.json"; }
 
+# --- the supervisor ---
+if want supervisor; then
+"$BENCH" ipc --count 20000 | tee "$OUT/ipc.txt" >&2
+el_p50=$(value ipc.el.rtt.p50 "$OUT/ipc.txt"); el_p99=$(value ipc.el.rtt.p99 "$OUT/ipc.txt")
+task_p50=$(value ipc.rtt.p50 "$OUT/ipc.txt"); task_p99=$(value ipc.rtt.p99 "$OUT/ipc.txt")
+raw_p50=$(value raw.rtt.p50 "$OUT/ipc.txt"); raw_p99=$(value raw.rtt.p99 "$OUT/ipc.txt")
+oneway=$(value ipc.oneway.rate "$OUT/ipc.txt")
+el_ratio=$(awk -v a="$el_p50" -v b="$raw_p50" 'BEGIN { printf "%.1f", a / b }')
+row "IPC round trip p50 / p99 (us), event loop" "$el_p50 / $el_p99 (${el_ratio}x)" "<= 4x raw ($raw_p50 / $raw_p99)" "$(awk -v r="$el_ratio" 'BEGIN { print (r <= 4) ? "ok" : "MISS" }')"
+row "IPC round trip p50 / p99 (us), awaited in a task" "$task_p50 / $task_p99" "(raw $raw_p50 / $raw_p99)" ""
+row "IPC one-way messages/s" "$oneway" "" ""
+
 start_emulator "$(emulator_config 4)"
 dir=$(cluster_dir 4 '"restart": {"resetAfter": "200ms", "maxCrashes": 1000},'); start_cluster "$dir"
 "$BENCH" kill-resume --url "$EMU_URL" --socket "$dir/run/botcluster.sock" --count 20 | tee "$OUT/kill.txt" >&2
@@ -220,6 +220,23 @@ for mc in 1 4 16; do
   ratio=$(awk -v a="$took" -v b="$least" 'BEGIN { printf "%.2f", a / b }')
   row "launch 16 shards, max_concurrency $mc (s)" "$took (${ratio}x)" "<= 1.10x the limits ($least)" "$(awk -v r="$ratio" 'BEGIN { print (r <= 1.10) ? "ok" : "MISS" }')"
 done
+fi
+
+# --- a live rescale: 4 -> 8 shards at max_concurrency 4, identify window 1 s, 50 messages/s ---
+# The least the identify limits allow is (ceil(8 / 4) - 1) windows = 1 s; reply latency of the messages generated
+# during the rescale is read beside that of the steady seconds before it, in the same round.
+if want rescale; then
+start_emulator "$(emulator_config 4)"
+dir=$(cluster_dir 4); start_cluster "$dir"
+"$BENCH" rescale --url "$EMU_URL" --botcluster "$ROOT/$BIN" --config "$dir/cluster.json" --from 4 --to 8 --rounds "$ROUNDS" | tee "$OUT/rescale.txt" >&2
+stop_cluster
+stop_emulator
+took=$(value rescale.took "$OUT/rescale.txt")
+ratio=$(awk -v a="$took" 'BEGIN { printf "%.2f", a / 1.0 }')
+row "rescale 4 -> 8 shards, max_concurrency 4 (s)" "$took (${ratio}x)" "the limits allow 1.00" ""
+row "  reply p99 during the rescale (ms)" "$(value rescale.during.p99 "$OUT/rescale.txt")" "before it: $(value rescale.before.p99 "$OUT/rescale.txt")" ""
+row "  reply p50 during the rescale (ms)" "$(value rescale.during.p50 "$OUT/rescale.txt")" "before it: $(value rescale.before.p50 "$OUT/rescale.txt")" ""
+row "  messages unreplied, all rounds" "$(value rescale.unreplied "$OUT/rescale.txt")" "0" "$(awk -v a="$(value rescale.unreplied "$OUT/rescale.txt")" 'BEGIN { print (a == 0) ? "ok" : "MISS" }')"
 fi
 
 # --- shared state: the user cache and the REST budget ---

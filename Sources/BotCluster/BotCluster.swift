@@ -28,7 +28,7 @@ struct BotClusterCommand: AsyncParsableCommand {
         commandName: "botcluster",
         abstract: "Run one QQ bot across many gateway shards as a supervised cluster of worker processes.",
         subcommands: [
-            LaunchCommand.self, StatusCommand.self, RestartCommand.self, StopCommand.self, UserCommand.self, RunCommand.self,
+            LaunchCommand.self, StatusCommand.self, ScaleCommand.self, RestartCommand.self, StopCommand.self, UserCommand.self, RunCommand.self,
             WorkerCommand.self, EmulatorCommand.self, ConfigCommand.self,
         ]
     )

@@ -31,13 +31,16 @@ func connectToSupervisor(_ options: CommonOptions) async throws -> IPCClient {
     }
 }
 
-/// Sends one control request and returns the reply body, or exits 1 with the supervisor's reason.
+/// Sends one control request and returns the reply body, or exits 1 with the supervisor's reason. Progress
+/// lines the supervisor sends meanwhile are printed as they come.
 func control(_ options: CommonOptions, _ command: String, _ argument: String = "", timeout: Duration = .seconds(10)) async throws -> String {
     let client = try await connectToSupervisor(options)
     defer { client.close() }
     let reply: IPCMessage
     do {
-        reply = try await client.request(timeout: timeout) { .controlRequest(id: $0, command: command, argument: argument) }
+        reply = try await client.request(timeout: timeout, progress: { message in
+            if case .controlProgress(_, let line) = message { printLine(line) }
+        }) { .controlRequest(id: $0, command: command, argument: argument) }
     } catch {
         printError("\(command): \(error)")
         throw ExitCode(1)
@@ -96,19 +99,54 @@ struct StatusCommand: AsyncParsableCommand {
 }
 
 struct RestartCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "restart", abstract: "Replace a worker's process (it drains; its successor resumes the session).")
+    static let configuration = CommandConfiguration(
+        commandName: "restart",
+        abstract: "Replace a worker's process, or every worker's one at a time (--rolling); each successor resumes its predecessor's session."
+    )
 
     @OptionGroup var options: CommonOptions
     @Argument(help: "The worker's ordinal.") var ordinal: Int?
     @Option(name: .long, help: "The shard instead of the ordinal.") var shard: Int?
+    @Flag(name: .long, help: "Replace every worker, a few at a time (after deploying a new binary).") var rolling = false
+    @Option(name: .long, help: "With --rolling: how many workers may be down at once.") var maxUnavailable = 1
 
     func validate() throws {
-        guard (ordinal == nil) != (shard == nil) else { throw ValidationError("give an ordinal or --shard K (one of them)") }
+        if rolling {
+            guard ordinal == nil && shard == nil else { throw ValidationError("--rolling replaces every worker: give no ordinal or --shard") }
+            guard maxUnavailable >= 1 else { throw ValidationError("--max-unavailable: must be at least 1, got \(maxUnavailable)") }
+        } else {
+            guard (ordinal == nil) != (shard == nil) else { throw ValidationError("give an ordinal, --shard K, or --rolling") }
+        }
     }
 
     func run() async throws {
+        if rolling {
+            printLine(try await control(options, ControlCommand.rolling, String(maxUnavailable), timeout: .seconds(3600)))
+            return
+        }
         let argument = shard.map { "shard:\($0)" } ?? String(ordinal!)
         printLine(try await control(options, ControlCommand.restart, argument))
+    }
+}
+
+struct ScaleCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "scale",
+        abstract: "Change the shard count live: a new layout gets ready while the current one serves, then takes over."
+    )
+
+    @OptionGroup var options: CommonOptions
+    @Option(name: .long, help: "The new shard count, or auto for the platform's recommendation.") var shards: String
+    @Flag(name: .long, help: "Only print what would happen.") var plan = false
+
+    func validate() throws {
+        guard shards == "auto" || Int(shards).map({ (1...ShardsConfig.maxCount).contains($0) }) == true else {
+            throw ValidationError("--shards: must be 1...\(ShardsConfig.maxCount) or auto, got \(shards)")
+        }
+    }
+
+    func run() async throws {
+        printLine(try await control(options, ControlCommand.scale, plan ? "\(shards) plan" : shards, timeout: .seconds(3600)))
     }
 }
 

@@ -108,9 +108,10 @@ final class ClusterWorkerService: Service {
             users = nil
         }
         let resume = assignment.resumeSessionID.map { (id: $0, seq: Int(assignment.resumeSeq)) }
+        let claims = ClusterEventClaims(client: client)
         let runtime = ShardRuntime.make(
             config: config, clients: clients, gatewayURL: assignment.gatewayURL, shard: shard, handler: handler, resume: resume,
-            permit: link, claims: LocalEventClaims(ttl: config.exactlyOnce.ttl), users: users, observer: link, logger: logger
+            permit: link, claims: claims, users: users, observer: link, logger: logger, holdDispatch: assignment.holdDispatch
         )
         let outcome = await runShard(runtime, onStop: { link.gatewayState = .draining }, beside: [
             {
@@ -140,11 +141,26 @@ final class ClusterWorkerService: Service {
                     case .userQuery(let id, let userID):
                         let user = await users?.get(userID)
                         self.client.send(.userAnswer(id: id, username: user?.username))
+                    case .claimResults(let id, let decisions):
+                        claims.deliver(id: id, decisions: decisions)
+                    case .claimResolved(let key, let decision):
+                        claims.resolved(key: key, decision: decision)
+                    case .startDispatch:
+                        self.logger.info("switch: handling events")
+                        runtime.startDispatch()
+                    case .finishDispatch:
+                        // Not on this loop: the claims' answers come through it.
+                        Task {
+                            await runtime.finishDispatch()
+                            self.logger.info("retiring: everything received is handled")
+                            self.client.send(.dispatchFinished)
+                        }
                     default:
                         break
                     }
                 }
                 // The supervisor's socket closed: it is gone, and so is this worker (no orphan answers twice).
+                claims.abandonAll()
                 if !Task.isCancelled && link.gatewayState != .draining {
                     self.logger.error("the supervisor connection closed; exiting")
                     exit(WorkerExitStatus.orphaned)

@@ -50,6 +50,11 @@ public enum JSONValue: Sendable, Equatable {
         if case .number(let n) = self, n.rounded() == n, abs(n) < 9.0e15 { return Int(n) }
         return nil
     }
+
+    public var doubleValue: Double? {
+        if case .number(let n) = self { return n }
+        return nil
+    }
 }
 
 /// A malformed JSON document: what was wrong and where (1-based line and column).

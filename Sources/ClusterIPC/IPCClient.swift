@@ -119,7 +119,7 @@ public final class IPCClient: Sendable {
             }
             let isReply: Bool
             switch message {
-            case .pong, .identifyGrant, .identifyDenied, .controlReply, .budgetGrant, .userAnswer: isReply = true
+            case .pong, .identifyGrant, .identifyDenied, .controlReply, .budgetGrant, .userAnswer, .claimResults: isReply = true
             default: isReply = false
             }
             if isReply, pending.withLock({ $0[id] != nil }) {

@@ -11,6 +11,7 @@ enum MessageType: UInt8 {
     case stop = 40
     case budgetRequest = 60, budgetGrant = 61, budgetCancel = 62, budgetReturn = 63, budgetRateLimited = 64, budgetPause = 65
     case usersChanged = 70, usersInvalidate = 71, userQuery = 72, userAnswer = 73
+    case claims = 80, claimResults = 81, claimResolved = 82, claimsDone = 83, claimsReleased = 84, startDispatch = 85, finishDispatch = 86, dispatchFinished = 87
     case controlRequest = 50, controlProgress = 51, controlReply = 52
 }
 
@@ -190,6 +191,31 @@ extension IPCMessage {
             buffer.writeInteger(MessageType.budgetPause.rawValue)
             buffer.writeIPCString(route)
             buffer.writeInteger(ms)
+        case .claims(let id, let keys):
+            buffer.writeInteger(MessageType.claims.rawValue)
+            buffer.writeInteger(id)
+            buffer.writeIPCStrings(keys)
+        case .claimResults(let id, let decisions):
+            buffer.writeInteger(MessageType.claimResults.rawValue)
+            buffer.writeInteger(id)
+            buffer.writeInteger(UInt32(decisions.count))
+            buffer.writeBytes(decisions)
+        case .claimResolved(let key, let decision):
+            buffer.writeInteger(MessageType.claimResolved.rawValue)
+            buffer.writeIPCString(key)
+            buffer.writeInteger(decision)
+        case .claimsDone(let keys):
+            buffer.writeInteger(MessageType.claimsDone.rawValue)
+            buffer.writeIPCStrings(keys)
+        case .claimsReleased(let keys):
+            buffer.writeInteger(MessageType.claimsReleased.rawValue)
+            buffer.writeIPCStrings(keys)
+        case .startDispatch:
+            buffer.writeInteger(MessageType.startDispatch.rawValue)
+        case .finishDispatch:
+            buffer.writeInteger(MessageType.finishDispatch.rawValue)
+        case .dispatchFinished:
+            buffer.writeInteger(MessageType.dispatchFinished.rawValue)
         case .usersChanged(let ids):
             buffer.writeInteger(MessageType.usersChanged.rawValue)
             buffer.writeIPCStrings(ids)
@@ -298,6 +324,27 @@ extension IPCMessage {
             message = .budgetRateLimited(route: try frame.readIPCString("route"), retryAfterMillis: try frame.readIPC(Int32.self, "retryAfter"))
         case .budgetPause:
             message = .budgetPause(route: try frame.readIPCString("route"), forMillis: try frame.readIPC(Int32.self, "for"))
+        case .claims:
+            message = .claims(id: try frame.readIPC(UInt64.self, "id"), keys: try frame.readIPCStrings("keys"))
+        case .claimResults:
+            let id = try frame.readIPC(UInt64.self, "id")
+            let count = try frame.readIPC(UInt32.self, "count")
+            guard Int(count) <= frame.readableBytes, let bytes = frame.readBytes(length: Int(count)) else {
+                throw IPCProtocolError("truncated frame: \(count) decisions")
+            }
+            message = .claimResults(id: id, decisions: bytes)
+        case .claimResolved:
+            message = .claimResolved(key: try frame.readIPCString("key"), decision: try frame.readIPC(UInt8.self, "decision"))
+        case .claimsDone:
+            message = .claimsDone(keys: try frame.readIPCStrings("keys"))
+        case .claimsReleased:
+            message = .claimsReleased(keys: try frame.readIPCStrings("keys"))
+        case .startDispatch:
+            message = .startDispatch
+        case .finishDispatch:
+            message = .finishDispatch
+        case .dispatchFinished:
+            message = .dispatchFinished
         case .usersChanged:
             message = .usersChanged(ids: try frame.readIPCStrings("ids"))
         case .usersInvalidate:

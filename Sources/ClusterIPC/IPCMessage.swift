@@ -127,6 +127,19 @@ public enum IPCMessage: Sendable, Equatable {
     /// What a worker's cache serves for a user (a fan-out of the supervisor), and the answer (nil: not cached).
     case userQuery(id: UInt64, userID: String)
     case userAnswer(id: UInt64, username: String?)
+    /// Claim events before handling them; the reply holds one decision per key (0 skip, 1 handle, 2 wait).
+    case claims(id: UInt64, keys: [String])
+    case claimResults(id: UInt64, decisions: [UInt8])
+    /// The decision for a key that had to wait.
+    case claimResolved(key: String, decision: UInt8)
+    /// Handlers finished (their replies left), or did not run to the end.
+    case claimsDone(keys: [String])
+    case claimsReleased(keys: [String])
+    /// Start handing events to the handler (a new generation at a rescale's switch).
+    case startDispatch
+    /// Handle everything the gateway sent so far, then say so (an old layout at a rescale's switch).
+    case finishDispatch
+    case dispatchFinished
     /// The worker's session and the seq up to which every dispatch is handled.
     case sessionCommitted(sessionID: String, seq: Int64)
     case sessionInvalidated
@@ -144,6 +157,7 @@ public enum IPCMessage: Sendable, Equatable {
         switch self {
         case .ping(let id), .pong(let id), .identifyRequest(let id, _), .identifyGrant(let id), .identifyDenied(let id, _), .identifyCancel(let id),
             .budgetRequest(let id, _, _), .budgetGrant(let id, _, _), .budgetCancel(let id), .userQuery(let id, _), .userAnswer(let id, _),
+            .claims(let id, _), .claimResults(let id, _),
             .controlRequest(let id, _, _), .controlProgress(let id, _), .controlReply(let id, _, _):
             return id
         default:
@@ -172,6 +186,14 @@ public enum IPCMessage: Sendable, Equatable {
         case .budgetReturn: return "budgetReturn"
         case .budgetRateLimited: return "budgetRateLimited"
         case .budgetPause: return "budgetPause"
+        case .claims: return "claims"
+        case .claimResults: return "claimResults"
+        case .claimResolved: return "claimResolved"
+        case .claimsDone: return "claimsDone"
+        case .claimsReleased: return "claimsReleased"
+        case .startDispatch: return "startDispatch"
+        case .finishDispatch: return "finishDispatch"
+        case .dispatchFinished: return "dispatchFinished"
         case .usersChanged: return "usersChanged"
         case .usersInvalidate: return "usersInvalidate"
         case .userQuery: return "userQuery"

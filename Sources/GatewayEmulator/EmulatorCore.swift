@@ -29,6 +29,7 @@ struct MessageRecord {
     /// Disconnected resumable sessions that hold it unsent.
     var holders: UInt16 = 0
     var replies: UInt8 = 0
+    var firstReplyAt: Int64 = 0
     /// msg_seq values already used by replies (bit n = seq n, 1...63).
     var usedSeqs: UInt64 = 0
 }
@@ -260,10 +261,37 @@ struct EmulatorCore {
             }
         }
         guard record.replies < 5 else { return .tooManyReplies }
+        let now = MonotonicInstant.now().nanoseconds
+        if record.replies == 0 { record.firstReplyAt = now }
         record.replies += 1
         messages[index] = record
-        stats.lastReplyAtMs = clockMs(MonotonicInstant.now().nanoseconds)
+        stats.lastReplyAtMs = clockMs(now)
         return .accepted
+    }
+
+    /// Reply latency (generated -> first reply) of the messages generated in [fromMs, untilMs) of the stats clock.
+    func replyLatency(fromMs: Double, untilMs: Double) -> ReplyLatency {
+        let from = startedAt + Int64(fromMs * 1e6), until = startedAt + Int64(untilMs * 1e6)
+        // Records are appended as they are generated: the window is one contiguous run.
+        var low = 0, high = messages.count
+        while low < high {
+            let mid = (low + high) / 2
+            if messages[mid].generatedAt < from { low = mid + 1 } else { high = mid }
+        }
+        var latencies: [Int64] = []
+        var unreplied = 0
+        var index = low
+        while index < messages.count, messages[index].generatedAt < until {
+            let record = messages[index]
+            if record.replies > 0 { latencies.append(record.firstReplyAt - record.generatedAt) } else { unreplied += 1 }
+            index += 1
+        }
+        latencies.sort()
+        func percentile(_ p: Double) -> Double {
+            guard !latencies.isEmpty else { return 0 }
+            return Double(latencies[min(latencies.count - 1, Int((Double(latencies.count) * p).rounded(.up)) - 1)]) / 1e6
+        }
+        return ReplyLatency(messages: index - low, unreplied: unreplied, p50Ms: percentile(0.5), p99Ms: percentile(0.99), maxMs: percentile(1))
     }
 
     // MARK: connections
@@ -366,7 +394,7 @@ struct EmulatorCore {
         let bucket = ShardMath.bucket(ofShard: shard.id, maxConcurrency: config.maxConcurrency)
         if let last = lastIdentifyAt[bucket], now - last < config.identifyWindow.nanoseconds {
             stats.identifyViolations += 1
-            return .close(4008, "identify too fast for bucket \(bucket)")
+            return .close(4008, "identify too fast for bucket \(bucket): \((now - last) / 1_000_000) ms after the previous one, window \(config.identifyWindow)")
         }
         guard remaining > 0 else {
             stats.identifyViolations += 1

@@ -56,3 +56,14 @@ public struct EmulatorStats: Codable, Sendable, Equatable {
 
     public init() {}
 }
+
+/// How long the messages of a stretch of time waited for their first reply (`GET /emulator/latency`).
+public struct ReplyLatency: Codable, Sendable, Equatable {
+    /// Messages generated in the stretch.
+    public var messages: Int
+    /// Of those, how many have no reply (yet).
+    public var unreplied: Int
+    public var p50Ms: Double
+    public var p99Ms: Double
+    public var maxMs: Double
+}

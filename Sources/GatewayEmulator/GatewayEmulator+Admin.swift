@@ -13,6 +13,16 @@ extension GatewayEmulator {
             let data = try encoder.encode(self.stats())
             return jsonResponse(String(decoding: data, as: UTF8.self))
         }
+        router.get("/emulator/latency") { request, _ in
+            let query = request.uri.queryParameters
+            guard let from = query.get("fromMs", as: Double.self), let until = query.get("untilMs", as: Double.self), from <= until else {
+                throw PlatformError(status: .badRequest, code: 40012, message: "fromMs and untilMs (stats clock, fromMs <= untilMs) are required")
+            }
+            let latency = self.core.withLock { $0.replyLatency(fromMs: from, untilMs: until) }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            return jsonResponse(String(decoding: try encoder.encode(latency), as: UTF8.self))
+        }
         router.post("/emulator/faults") { request, _ in
             let body = try await Self.jsonBody(request)
             let fault = try Self.fault(from: body)

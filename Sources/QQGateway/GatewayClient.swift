@@ -59,12 +59,17 @@ public final class GatewayClient: Sendable {
 
     enum Outgoing: Sendable {
         case text(String)
+        /// An Identify: the permit hears of it once the frame has left, so the identify window the ledger starts
+        /// never begins before the gateway can have seen it.
+        case identify(String)
         case close(UInt16)
     }
 
     struct Connection: Sendable {
         var outgoing: AsyncStream<Outgoing>.Continuation?
         var connectRequested = false
+        /// An Identify is queued or being written and its permit has not heard of it yet.
+        var identifyUnreported = false
     }
 
     let configuration: Configuration
@@ -75,6 +80,8 @@ public final class GatewayClient: Sendable {
     let connection = Mutex(Connection())
     let timerWakeup = Wakeup()
     let connectWakeup = Wakeup()
+    /// Callers of `fence()` waiting for the fence to be reached; nil once `run` has ended.
+    let fenceWaiters = Mutex<[CheckedContinuation<(sessionID: String?, seq: Int?), Never>]?>([])
 
     public init(configuration: Configuration, tokens: TokenProvider, permit: any IdentifyPermit, logger: Logger) {
         self.configuration = configuration
@@ -96,6 +103,34 @@ public final class GatewayClient: Sendable {
         let actions = feed(.stop)
         perform(actionsWithoutAwaiting: actions)
         connectWakeup.poke()
+    }
+
+    /// Waits until every dispatch the gateway had queued for this session when called has been handed to `run`'s
+    /// `onEvent`, and returns the session and its last seq by then. It is a heartbeat whose ACK the gateway writes behind those
+    /// dispatches (sent once the session is ready, again after a reconnect). Returns at once when the client has
+    /// stopped, and when it stops or fails before the fence is reached.
+    public func fence() async -> (sessionID: String?, seq: Int?) {
+        await withCheckedContinuation { continuation in
+            let registered = fenceWaiters.withLock { waiters in
+                guard waiters != nil else { return false }
+                waiters!.append(continuation)
+                return true
+            }
+            guard registered else {
+                continuation.resume(returning: (session.id, session.seq))
+                return
+            }
+            perform(actionsWithoutAwaiting: feed(.fence))
+        }
+    }
+
+    func fenceReached(seq: Int?) {
+        let sessionID = machine.withLock { $0.sessionID }
+        let waiters = fenceWaiters.withLock { waiters in
+            defer { if waiters != nil { waiters = [] } }
+            return waiters ?? []
+        }
+        for waiter in waiters { waiter.resume(returning: (sessionID, seq)) }
     }
 
     /// Runs the connection until it is stopped or fails; every event goes to `onEvent`, which may suspend to apply
@@ -122,7 +157,12 @@ public final class GatewayClient: Sendable {
             }
             group.cancelAll()
         }
+        let remaining = fenceWaiters.withLock { waiters in
+            defer { waiters = nil }
+            return waiters ?? []
+        }
         let (state, session) = machine.withLock { ($0.state, ($0.sessionID, $0.lastSeq)) }
+        for waiter in remaining { waiter.resume(returning: session) }
         if case .failed(let reason) = state { return .failed(reason) }
         return .stopped(sessionID: session.0, seq: session.1)
     }
@@ -151,7 +191,23 @@ public final class GatewayClient: Sendable {
     }
 
     func send(_ item: Outgoing) {
-        _ = connection.withLock { $0.outgoing?.yield(item) }
+        connection.withLock { connection in
+            guard let outgoing = connection.outgoing else { return }
+            if case .identify = item { connection.identifyUnreported = true }
+            outgoing.yield(item)
+        }
+    }
+
+    /// Tells the permit that the Identify left: once written, or when its connection ended first (it may have
+    /// partly left, and a later window start is the safe side).
+    func reportIdentifySent() {
+        let report = connection.withLock { connection in
+            defer { connection.identifyUnreported = false }
+            return connection.identifyUnreported
+        }
+        guard report else { return }
+        permit.identifySent(shard: configuration.shard)
+        logger.info("identify sent")
     }
 
     /// Performs what cannot wait (socket writes, connect requests) without suspending.
@@ -159,6 +215,8 @@ public final class GatewayClient: Sendable {
         for action in actions {
             switch action {
             case .closeSocket(let code): send(.close(code))
+            case .sendHeartbeat(let seq): send(.text(GatewayFrame.heartbeat(lastSeq: seq).encoded()))
+            case .fenceReached(let seq): fenceReached(seq: seq)
             case .connect:
                 connection.withLock { $0.connectRequested = true }
                 connectWakeup.poke()
@@ -192,9 +250,7 @@ public final class GatewayClient: Sendable {
             case .sendIdentify:
                 do {
                     let token = try await tokens.token()
-                    send(.text(GatewayFrame.identify(token: token, intents: configuration.intents, shard: configuration.shard).encoded()))
-                    permit.identifySent(shard: configuration.shard)
-                    logger.info("identify sent")
+                    send(.identify(GatewayFrame.identify(token: token, intents: configuration.intents, shard: configuration.shard).encoded()))
                 } catch {
                     logger.error("cannot identify without a token", metadata: ["error": "\(error)"])
                     send(.close(GatewaySessionStateMachine.resumableCloseCode))
@@ -239,6 +295,8 @@ public final class GatewayClient: Sendable {
                 await onEvent(.disconnected(code: code, reconnectIn: delay))
             case .stopped:
                 break
+            case .fenceReached(let seq):
+                fenceReached(seq: seq)
             case .failed(let reason):
                 logger.error("gateway session failed for good", metadata: ["reason": "\(reason)"])
                 await onEvent(.failed(reason))
@@ -257,6 +315,7 @@ public final class GatewayClient: Sendable {
         defer {
             connection.withLock { $0.outgoing = nil }
             continuation.finish()
+            reportIdentifySent()
         }
         var wsConfiguration = WebSocketClientConfiguration()
         wsConfiguration.maxFrameSize = configuration.maxFrameSize
@@ -279,6 +338,9 @@ public final class GatewayClient: Sendable {
                         for await item in outgoing {
                             switch item {
                             case .text(let text):
+                                try await outbound.write(.text(text))
+                            case .identify(let text):
+                                defer { self.reportIdentifySent() }
                                 try await outbound.write(.text(text))
                             case .close(let code):
                                 try await outbound.close(WebSocketErrorCode(codeNumber: Int(code)), reason: nil)

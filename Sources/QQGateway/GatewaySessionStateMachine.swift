@@ -52,6 +52,9 @@ public struct GatewaySessionStateMachine: Sendable {
         case readerBlocked(Bool)
         /// Close with a resumable close and stop.
         case stop
+        /// Mark where the stream stands: a heartbeat goes out now (or as soon as the session is ready), and its ACK
+        /// — which the gateway writes after every dispatch it had queued before — reaches `fenceReached`.
+        case fence
     }
 
     public enum Action: Sendable, Equatable {
@@ -75,6 +78,18 @@ public struct GatewaySessionStateMachine: Sendable {
         case failed(FatalReason)
         /// A frame that broke the protocol (logged by the driver; the session carries on or resumes).
         case protocolViolation(String)
+        /// Every dispatch the gateway had queued when the fence was asked for has been received; `seq` is the last
+        /// `s` by then (nil: no session). Also given when the client stops or fails with a fence pending.
+        case fenceReached(seq: Int?)
+    }
+
+    enum Fence: Equatable {
+        case none
+        /// Asked for; its heartbeat goes out once the session is ready.
+        case pending
+        /// Its heartbeat is out: the fence is reached at the `acks`-th ACK from now (2 when an earlier heartbeat
+        /// was still unanswered).
+        case sent(acks: Int)
     }
 
     /// The close code we use when we close: not 1000, so the session stays resumable.
@@ -97,6 +112,7 @@ public struct GatewaySessionStateMachine: Sendable {
     var stopRequested = false
     /// Why we are closing, when we close on our own.
     var closeReason: CloseCodePolicy?
+    var fence = Fence.none
     let configuration: Configuration
     var rng: SplitMix64
 
@@ -132,7 +148,7 @@ public struct GatewaySessionStateMachine: Sendable {
             switch state {
             case .idle, .backoff, .connecting:
                 state = .stopped
-                return [.stopped]
+                return [.stopped] + fenceEnded()
             case .stopped, .failed, .closing:
                 return []
             default:
@@ -160,7 +176,34 @@ public struct GatewaySessionStateMachine: Sendable {
             return handleClosed(code, now: now)
         case .tick:
             return handleTick(now)
+        case .fence:
+            switch state {
+            case .stopped, .failed:
+                return [.fenceReached(seq: lastSeq)]
+            case .ready:
+                return sendFence(now)
+            default:
+                if fence == .none { fence = .pending }
+                return []
+            }
         }
+    }
+
+    mutating func sendFence(_ now: MonotonicInstant) -> [Action] {
+        fence = .sent(acks: awaitingAck ? 2 : 1)
+        return sendHeartbeat(now)
+    }
+
+    /// The client will receive nothing more: a pending fence is reached where the stream ended.
+    mutating func fenceEnded() -> [Action] {
+        guard fence != .none else { return [] }
+        fence = .none
+        return [.fenceReached(seq: lastSeq)]
+    }
+
+    /// The session is ready again (READY or RESUMED, after everything replayed): a fence waiting for it goes out.
+    mutating func fenceAfterReady(_ now: MonotonicInstant) -> [Action] {
+        fence == .pending ? sendFence(now) : []
     }
 
     mutating func connect(_ now: MonotonicInstant) -> [Action] {
@@ -201,9 +244,20 @@ public struct GatewaySessionStateMachine: Sendable {
             return [.requestIdentifyPermit]
         case .heartbeatAck:
             awaitingAck = false
-            guard let sent = heartbeatSentAt else { return [] }
-            heartbeatSentAt = nil
-            return [.heartbeatAcknowledged(latency: now - sent)]
+            var actions: [Action] = []
+            if let sent = heartbeatSentAt {
+                heartbeatSentAt = nil
+                actions.append(.heartbeatAcknowledged(latency: now - sent))
+            }
+            if case .sent(let acks) = fence {
+                if acks > 1 {
+                    fence = .sent(acks: acks - 1)
+                } else {
+                    fence = .none
+                    actions.append(.fenceReached(seq: lastSeq))
+                }
+            }
+            return actions
         case .reconnect:
             return closeOwn(.resume, violation: nil)
         case .invalidSession:
@@ -227,13 +281,13 @@ public struct GatewaySessionStateMachine: Sendable {
                 if case .array(let parts) = frame.d["shard"], parts.count == 2, let a = parts[0].intValue, let b = parts[1].intValue {
                     shard = ShardID(a, of: b)
                 }
-                return [.ready(sessionID: id, shard: shard)]
+                return [.ready(sessionID: id, shard: shard)] + fenceAfterReady(now)
             case "RESUMED":
                 guard state == .resuming else { return [.protocolViolation("RESUMED while \(state)")] }
                 state = .ready
                 failedAttempts = 0
                 handshakeDeadline = nil
-                return [.resumed]
+                return [.resumed] + fenceAfterReady(now)
             default:
                 return [.dispatch(frame)]
             }
@@ -294,11 +348,13 @@ public struct GatewaySessionStateMachine: Sendable {
         nextHeartbeatAt = nil
         awaitingAck = false
         handshakeDeadline = nil
+        // A fence whose ACK can no longer come goes out again on the next connection.
+        if case .sent = fence { fence = .pending }
         if case .stopped = state { return [] }
         if case .failed = state { return [] }
         if stopRequested {
             state = .stopped
-            return [.disconnected(code: code, reconnectIn: nil), .stopped]
+            return [.disconnected(code: code, reconnectIn: nil), .stopped] + fenceEnded()
         }
         // Our own close decides; otherwise the server's code does.
         let policy: CloseCodePolicy
@@ -313,7 +369,7 @@ public struct GatewaySessionStateMachine: Sendable {
             let reason: FatalReason = policy == .reshardRequired ? .reshardRequired
                 : policy == .stop ? .stopped(code: code ?? 0) : .configuration(code: code ?? 0)
             state = .failed(reason)
-            return [.disconnected(code: code, reconnectIn: nil), .failed(reason)]
+            return [.disconnected(code: code, reconnectIn: nil), .failed(reason)] + fenceEnded()
         case .identify, .refreshTokenAndIdentify:
             if sessionID != nil {
                 sessionID = nil

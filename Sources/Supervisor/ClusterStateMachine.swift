@@ -115,15 +115,30 @@ public struct ClusterStateMachine: Sendable {
     var announcedReady = false
     var rng: SplitMix64
 
-    public init(shards: Int, timings: Timings, restart: RestartConfig, seed: UInt64 = 1, sessions: [Int: (id: String, seq: Int)] = [:]) {
+    /// - Parameter generationBase: where this layout's generation numbers start (layouts never share one).
+    public init(shards: Int, timings: Timings, restart: RestartConfig, seed: UInt64 = 1, sessions: [Int: (id: String, seq: Int)] = [:], generationBase: UInt64 = 0) {
         self.timings = timings
         self.restart = restart
+        nextGeneration = generationBase
         rng = SplitMix64(seed: seed)
         workers = (0..<shards).map { ordinal in
             var record = WorkerRecord(ordinal: ordinal, shard: ShardID(ordinal, of: shards), policy: RestartPolicy(config: restart))
             record.session = sessions[ordinal]
             return record
         }
+    }
+
+    /// Every worker is ready.
+    public var allReady: Bool { workers.allSatisfy { $0.state == .ready } }
+
+    /// A worker of this layout is failed for good or stuck in a crash loop.
+    public var firstFailure: (ordinal: Int, reason: String)? {
+        workers.first { $0.state == .failed }.map { ($0.ordinal, $0.failure ?? "failed") }
+    }
+
+    /// Whether a process of this layout has `pid`.
+    public func owns(pid: Int32) -> Bool {
+        workers.contains { $0.pid == pid && $0.state.isLive }
     }
 
     public func worker(ordinal: Int) -> WorkerRecord? {

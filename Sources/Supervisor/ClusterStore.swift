@@ -30,6 +30,13 @@ public final class ClusterStore: Sendable {
                 t.primaryKey(["shard", "total"])
             }
         }
+        migrator.registerMigration("v2-handled-events") { db in
+            try db.create(table: "handled_events") { t in
+                t.primaryKey("key", .text)
+                t.column("handled_at", .double).notNull()
+            }
+            try db.create(index: "handled_events_by_time", on: "handled_events", columns: ["handled_at"])
+        }
         return migrator
     }
 
@@ -65,6 +72,46 @@ public final class ClusterStore: Sendable {
 
     public func forget(shard: ShardID) {
         pending.withLock { $0[shard] = .some(nil) }
+    }
+
+    /// Event keys handled within `ttl` (wall clock), mapped onto the monotonic clock for the claim ledger.
+    public func handledEvents(within ttl: Duration) throws -> [(key: String, at: MonotonicInstant)] {
+        let now = Date().timeIntervalSince1970
+        let monotonicNow = MonotonicInstant.now()
+        return try pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT key, handled_at FROM handled_events WHERE handled_at > ? ORDER BY handled_at", arguments: [now - ttl.seconds]).map { row in
+                let age = now - (row["handled_at"] as Double)
+                return (row["key"], monotonicNow - .milliseconds(Int64(age * 1000)))
+            }
+        }
+    }
+
+    /// Records handled event keys, and forgets those older than the time to live, in one transaction.
+    public func saveHandled(_ keys: [(key: String, at: MonotonicInstant)], ttl: Duration = .seconds(600)) {
+        guard !keys.isEmpty else { return }
+        let now = Date().timeIntervalSince1970
+        let monotonicNow = MonotonicInstant.now()
+        do {
+            try pool.write { db in
+                let insert = try db.cachedStatement(sql: "INSERT OR REPLACE INTO handled_events (key, handled_at) VALUES (?, ?)")
+                for (key, at) in keys {
+                    try insert.execute(arguments: [key, now - (monotonicNow - at).seconds])
+                }
+                try db.execute(sql: "DELETE FROM handled_events WHERE handled_at < ?", arguments: [now - ttl.seconds])
+            }
+        } catch {
+            logger.error("cannot record handled events", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Forgets every stored session of a layout (it was replaced by a rescale).
+    public func forgetLayout(total: Int) {
+        flush()
+        do {
+            try pool.write { db in try db.execute(sql: "DELETE FROM sessions WHERE total = ?", arguments: [total]) }
+        } catch {
+            logger.error("cannot forget the sessions of the old layout", metadata: ["error": "\(error)"])
+        }
     }
 
     /// Writes what changed since the last flush, in one transaction.

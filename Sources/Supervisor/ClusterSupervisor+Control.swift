@@ -9,6 +9,10 @@ public enum ControlCommand {
     public static let restart = "restart"
     public static let stop = "stop"
     public static let user = "user"
+    /// `scale` with "M", "M plan", "auto" or "auto plan".
+    public static let scale = "scale"
+    /// `rolling` with the most workers to replace at once.
+    public static let rolling = "rolling"
 }
 
 extension ClusterSupervisor {
@@ -34,16 +38,26 @@ extension ClusterSupervisor {
                 connection.send(.controlReply(id: id, ok: true, body: body.serialized()))
             }
         case ControlCommand.stop:
-            connection.send(.controlReply(id: id, ok: true, body: "stopping \(setup.shards) workers (supervisor pid \(getpid()))"))
+            connection.send(.controlReply(id: id, ok: true, body: "stopping \(shardCount) workers (supervisor pid \(getpid()))"))
             dispatch(.stop)
+        case ControlCommand.scale:
+            controlContinuation.yield {
+                let (ok, text) = await self.scale(argument) { connection.send(.controlProgress(id: id, line: $0)) }
+                connection.send(.controlReply(id: id, ok: ok, body: text))
+            }
+        case ControlCommand.rolling:
+            controlContinuation.yield {
+                let (ok, text) = await self.rollingRestart(maxUnavailable: Int(argument) ?? 1) { connection.send(.controlProgress(id: id, line: $0)) }
+                connection.send(.controlReply(id: id, ok: ok, body: text))
+            }
         default:
-            connection.send(.controlReply(id: id, ok: false, body: "unknown command \"\(command)\"; known: status, restart, stop, user"))
+            connection.send(.controlReply(id: id, ok: false, body: "unknown command \"\(command)\"; known: status, restart, rolling, scale, stop, user"))
         }
     }
 
     /// `restart N` (an ordinal) or `restart shard:K`.
     func restart(_ argument: String) -> (Bool, String) {
-        let count = setup.shards
+        let count = shardCount
         let ordinal: Int?
         if argument.hasPrefix("shard:") {
             ordinal = Int(argument.dropFirst(6))
@@ -60,7 +74,7 @@ extension ClusterSupervisor {
     /// Pings every connected worker and waits up to `deadline`: round trips of those that answered, and the
     /// ordinals that did not (a fan-out with partial results).
     func pingWorkers(deadline: Duration) async -> (rtt: [Int: Duration], missing: [Int]) {
-        let targets = connections.withLock { $0 }
+        let targets = workerConnections(of: layouts.withLock { $0.active.id })
         var signals: [(Int, AsyncSignal<Duration>)] = []
         for (ordinal, connection) in targets {
             let id = nextPing.add(1, ordering: .relaxed).newValue
@@ -70,13 +84,13 @@ extension ClusterSupervisor {
             connection.send(.ping(id: id))
         }
         let answers = await firstAnswers(signals, within: deadline)
-        return (answers, (0..<setup.shards).filter { answers[$0] == nil })
+        return (answers, (0..<shardCount).filter { answers[$0] == nil })
     }
 
     /// Asks every connected worker what its cache serves for a user, waiting up to `deadline`: the answers (nil =
     /// not cached) and the ordinals that did not answer.
     func askWorkers(about userID: String, deadline: Duration) async -> (answers: [Int: String?], missing: [Int]) {
-        let targets = connections.withLock { $0 }
+        let targets = workerConnections(of: layouts.withLock { $0.active.id })
         var signals: [(Int, AsyncSignal<String?>)] = []
         for (ordinal, connection) in targets {
             let id = nextPing.add(1, ordering: .relaxed).newValue
@@ -86,7 +100,7 @@ extension ClusterSupervisor {
             connection.send(.userQuery(id: id, userID: userID))
         }
         let answers = await firstAnswers(signals, within: deadline)
-        let missing = (0..<setup.shards).filter { answers[$0] == nil }
+        let missing = (0..<shardCount).filter { answers[$0] == nil }
         return (answers, missing)
     }
 
@@ -120,13 +134,14 @@ extension ClusterSupervisor {
     func statusJSON() async -> JSONValue {
         let (rtt, missing) = await pingWorkers(deadline: .milliseconds(500))
         let now = MonotonicInstant.now()
-        let workers = machine.withLock { $0.workers }
+        let (activeID, all) = layouts.withLock { layouts in (layouts.active.id, layouts.layouts.map { ($0.id, $0.role, $0.machine.workers) }) }
         let rates = rates.withLock { $0 }
         let identify = ledger.snapshot
         let tokens = budget.grantedTo
-        let connectionIDs = connections.withLock { $0.mapValues(\.id) }
         func number(_ value: Double) -> JSONValue { .number((value * 10).rounded() / 10) }
-        let entries: [JSONValue] = workers.map { worker in
+        func entries(_ layout: Int, _ workers: [WorkerRecord], role: ClusterLayouts.Role) -> [JSONValue] {
+            let connectionIDs = workerConnections(of: layout).mapValues(\.id)
+            return workers.map { worker -> JSONValue in
             var fields: [(key: String, value: JSONValue)] = [
                 ("ordinal", .number(Double(worker.ordinal))),
                 ("shard", .array([.number(Double(worker.shard.id)), .number(Double(worker.shard.total))])),
@@ -138,36 +153,48 @@ extension ClusterSupervisor {
                 ("lastExit", worker.lastExit.map { .string($0.description) } ?? .null),
                 ("gatewayLatencyMs", worker.progress.flatMap { $0.heartbeatLatencyMicros >= 0 ? number(Double($0.heartbeatLatencyMicros) / 1000) : nil } ?? .null),
                 ("lastEventAgeMs", worker.progress.flatMap { $0.lastEventAgeMillis >= 0 ? .number(Double($0.lastEventAgeMillis)) : nil } ?? .null),
-                ("eventsPerSecond", worker.state.isLive ? number(rates[worker.ordinal]?.perSecond ?? 0) : .null),
+                ("eventsPerSecond", worker.state.isLive ? number(rates[worker.generation]?.perSecond ?? 0) : .null),
                 ("reconnects", worker.progress.map { .number(Double($0.reconnects)) } ?? .null),
                 ("handled", worker.progress.map { .number(Double($0.handled)) } ?? .null),
-                ("ipcLatencyMs", rtt[worker.ordinal].map { number($0.milliseconds) } ?? .null),
+                ("ipcLatencyMs", role == .active ? rtt[worker.ordinal].map { number($0.milliseconds) } ?? .null : .null),
                 ("restTokens", connectionIDs[worker.ordinal].map { .number(Double(tokens[$0] ?? 0)) } ?? .null),
                 ("session", worker.session.map { .object([("id", .string($0.id)), ("seq", .number(Double($0.seq)))]) } ?? .null),
             ]
             if let failure = worker.failure { fields.append(("failure", .string(failure))) }
+            if role != .active { fields.append(("layout", .string(role.rawValue))) }
             return .object(fields)
+            }
         }
+        let active = all.filter { $0.0 == activeID }.flatMap { entries($0.0, $0.2, role: .active) }
+        let others = all.filter { $0.0 != activeID }.flatMap { entries($0.0, $0.2, role: $0.1) }
+        let supervisor: JSONValue = .object([
+            ("pid", .number(Double(getpid()))),
+            ("uptimeSeconds", number((now - startedAt).seconds)),
+            ("shards", .number(Double(shardCount))),
+            ("socket", .string(setup.config.supervisor.socket)),
+        ])
+        let identifyJSON: JSONValue = .object([
+            ("maxConcurrency", .number(Double(identify.maxConcurrency))),
+            ("remainingToday", .number(Double(identify.remaining))),
+            ("granted", .number(Double(identify.granted))),
+            ("waiting", .number(Double(identify.waiting))),
+        ])
+        let budgetSnapshot = budget.snapshot
+        let budgetJSON: JSONValue = .object([
+            ("rate", .number(setup.config.rateBudget.globalRate)),
+            ("granted", .number(Double(budgetSnapshot.granted))),
+            ("waiting", .number(Double(budgetSnapshot.waiting))),
+        ])
+        let exactlyOnce: JSONValue = .object([("remembered", .number(Double(claims.remembered)))])
+        let unresponsive: JSONValue = .array(missing.map { .number(Double($0)) })
         return .object([
-            ("supervisor", .object([
-                ("pid", .number(Double(getpid()))),
-                ("uptimeSeconds", number((now - startedAt).seconds)),
-                ("shards", .number(Double(setup.shards))),
-                ("socket", .string(setup.config.supervisor.socket)),
-            ])),
-            ("identify", .object([
-                ("maxConcurrency", .number(Double(identify.maxConcurrency))),
-                ("remainingToday", .number(Double(identify.remaining))),
-                ("granted", .number(Double(identify.granted))),
-                ("waiting", .number(Double(identify.waiting))),
-            ])),
-            ("rateBudget", .object([
-                ("rate", .number(setup.config.rateBudget.globalRate)),
-                ("granted", .number(Double(budget.snapshot.granted))),
-                ("waiting", .number(Double(budget.snapshot.waiting))),
-            ])),
-            ("workers", .array(entries)),
-            ("unresponsive", .array(missing.map { .number(Double($0)) })),
+            ("supervisor", supervisor),
+            ("identify", identifyJSON),
+            ("rateBudget", budgetJSON),
+            ("exactlyOnce", exactlyOnce),
+            ("workers", .array(active)),
+            ("otherLayouts", .array(others)),
+            ("unresponsive", unresponsive),
         ])
     }
 }

@@ -42,12 +42,15 @@ public enum WorkerEnvironment {
 public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
     let setup: SupervisorSetup
     let logger: Logger
-    let machine: Mutex<ClusterStateMachine>
+    let layouts: Mutex<ClusterLayouts>
     let ledger: IdentifyLedgerService
+    let claims: ClaimService
     let budget: BudgetService
     let store: ClusterStore
-    let connections = Mutex<[Int: IPCConnection]>([:])
-    let rates = Mutex<[Int: (handled: Int64, at: MonotonicInstant, perSecond: Double)]>([:])
+    /// Worker connections by layout and ordinal.
+    let connections = Mutex<[Int: [Int: IPCConnection]]>([:])
+    /// Event rates by worker generation.
+    let rates = Mutex<[UInt64: (handled: Int64, at: MonotonicInstant, perSecond: Double)]>([:])
     let pings = Mutex<[UInt64: (ordinal: Int, sentAt: MonotonicInstant, signal: AsyncSignal<Duration>)]>([:])
     let nextPing = Atomic<UInt64>(0)
     let userQueries = Mutex<[UInt64: AsyncSignal<String?>]>([:])
@@ -63,16 +66,29 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
     let spawner = Mutex<ProcessSpawner?>(nil)
     /// Printed once every worker is ready (tests and scripts wait for it).
     public let ready = AsyncSignal<Duration>()
+    /// Layouts that became ready, and layouts whose workers all exited (for rescales to wait on).
+    let layoutEvents = Wakeup()
+    let readyLayouts = Mutex<Set<Int>>([])
+    let stoppedLayouts = Mutex<Set<Int>>([])
+    /// Connections of a retiring layout that have handled everything they received (`dispatchFinished`).
+    let finishedDispatch = Mutex<Set<UInt64>>([])
+    /// One layout change (rescale, rolling restart) at a time.
+    let changing = Mutex(false)
+    let platform: PlatformAPI
 
     public init(setup: SupervisorSetup, store: ClusterStore, logger: Logger) throws {
         self.setup = setup
         self.logger = logger
         self.store = store
         let sessions = try store.sessions(total: setup.shards)
-        machine = Mutex(ClusterStateMachine(
+        layouts = Mutex(ClusterLayouts(active: ClusterStateMachine(
             shards: setup.shards, timings: .init(setup.config.supervisor), restart: setup.config.restart,
             seed: UInt64(truncatingIfNeeded: MonotonicInstant.now().nanoseconds), sessions: sessions
-        ))
+        )))
+        var claimLedger = ClaimLedger(ttl: setup.config.exactlyOnce.ttl)
+        claimLedger.remember(try store.handledEvents(within: setup.config.exactlyOnce.ttl))
+        claims = ClaimService(ledger: claimLedger)
+        platform = PlatformAPI(setup: setup, logger: logger)
         ledger = IdentifyLedgerService(ledger: IdentifyLedger(
             configuration: .init(
                 maxConcurrency: setup.gateway.maxConcurrency, window: setup.config.effectiveIdentifyWindow,
@@ -130,8 +146,10 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             self.logger.info("stopping: draining every worker")
             self.dispatch(.stop)
         }
+        store.saveHandled(claims.takeUnpersisted(), ttl: setup.config.exactlyOnce.ttl)
         store.flush()
         await server.close()
+        await platform.shutdown()
         logger.info("supervisor stopped")
     }
 
@@ -142,18 +160,18 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
 
     // MARK: the state machine
 
-    func dispatch(_ event: ClusterStateMachine.Event) {
-        let (actions, moved) = machine.withLock { machine -> ([ClusterStateMachine.Action], Bool) in
-            let before = machine.nextDeadline
-            let actions = machine.handle(event, now: .now())
-            return (actions, machine.nextDeadline != before)
+    func dispatch(_ event: ClusterStateMachine.Event, in layout: Int? = nil) {
+        let (actions, moved) = layouts.withLock { layouts -> ([(Int, ClusterStateMachine.Action)], Bool) in
+            let before = layouts.nextDeadline
+            let actions = layout.map { layouts.handle(event, in: $0, now: .now()) } ?? layouts.handle(event, now: .now())
+            return (actions, layouts.nextDeadline != before)
         }
         if moved { timer.poke() }
         perform(actions)
     }
 
-    func perform(_ actions: [ClusterStateMachine.Action]) {
-        for action in actions {
+    func perform(_ actions: [(Int, ClusterStateMachine.Action)]) {
+        for (layout, action) in actions {
             switch action {
             case .spawn(let ordinal, let generation, let shard):
                 spawnContinuation.yield((ordinal, generation, shard))
@@ -172,14 +190,24 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
                 case .error: logger.error("\(message)")
                 }
             case .clusterReady:
-                let elapsed = MonotonicInstant.now() - startedAt
-                writeToStandardOutput("cluster ready: \(setup.shards) shards in \(DurationFormat.human(elapsed))\n")
-                ready.set(elapsed)
+                readyLayouts.withLock { _ = $0.insert(layout) }
+                layoutEvents.poke()
+                if layout == 0 {
+                    let elapsed = MonotonicInstant.now() - startedAt
+                    writeToStandardOutput("cluster ready: \(setup.shards) shards in \(DurationFormat.human(elapsed))\n")
+                    ready.set(elapsed)
+                }
             case .allStopped:
-                stopped.set(())
+                stoppedLayouts.withLock { _ = $0.insert(layout) }
+                layoutEvents.poke()
+                let active = layouts.withLock { $0.active.id }
+                if layout == active { stopped.set(()) }
             }
         }
     }
+
+    /// The active layout's shard count.
+    var shardCount: Int { layouts.withLock { $0.active.machine.workers.count } }
 
     func spawn(_ request: (ordinal: Int, generation: UInt64, shard: ShardID), spawner: ProcessSpawner, group: inout DiscardingTaskGroup) async {
         let environment = [
@@ -200,7 +228,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
 
     func runTimer() async {
         while !Task.isCancelled {
-            let deadline = machine.withLock { $0.nextDeadline }
+            let deadline = layouts.withLock { $0.nextDeadline }
             await timer.wait(until: deadline)
             if Task.isCancelled { return }
             if let deadline, MonotonicInstant.now() >= deadline { dispatch(.tick) }
@@ -210,6 +238,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
     func runStoreFlusher() async {
         while !Task.isCancelled {
             try? await Task.sleep(for: setup.config.worker.reportInterval)
+            store.saveHandled(claims.takeUnpersisted(), ttl: setup.config.exactlyOnce.ttl)
             store.flush()
         }
     }
@@ -223,18 +252,23 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             return nil
         case .worker:
             let ordinal = Int(hello.ordinal)
-            let assignment = machine.withLock { machine -> Assignment? in
-                guard let worker = machine.worker(ordinal: ordinal), worker.generation == hello.generation, worker.state.isLive else { return nil }
+            let layoutID = ClusterLayouts.layoutID(ofGeneration: hello.generation)
+            let assignment = layouts.withLock { layouts -> Assignment? in
+                guard let layout = layouts.layout(layoutID), let worker = layout.machine.worker(ordinal: ordinal),
+                    worker.generation == hello.generation, worker.state.isLive
+                else { return nil }
                 return Assignment(
                     shard: Int32(worker.shard.id), total: Int32(worker.shard.total), generation: worker.generation,
                     resumeSessionID: worker.session?.id, resumeSeq: Int64(worker.session?.seq ?? 0),
-                    apiBase: setup.apiBase, tokenURL: setup.tokenURL, gatewayURL: setup.gateway.url, holdDispatch: false
+                    apiBase: setup.apiBase, tokenURL: setup.tokenURL, gatewayURL: setup.gateway.url,
+                    // A new layout connects and gets ready, but hands nothing to the handler until the switch.
+                    holdDispatch: layout.role == .incoming
                 )
             }
             guard let assignment else {
                 return "worker \(ordinal) generation \(hello.generation) is not a current worker of this cluster"
             }
-            connections.withLock { $0[ordinal] = connection }
+            connections.withLock { $0[layoutID, default: [:]][ordinal] = connection }
             connection.send(.welcome(assignment))
             dispatch(.hello(ordinal: ordinal, generation: hello.generation))
             return nil
@@ -251,7 +285,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         let generation = hello.generation
         switch message {
         case .heartbeat(let progress):
-            recordRate(ordinal, progress)
+            recordRate(generation, progress)
             dispatch(.progress(ordinal: ordinal, generation: generation, progress))
         case .ping(let id):
             connection.send(.pong(id: id))
@@ -273,8 +307,12 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         case .gatewayState(.failed(let kind, let code)):
             let what = kind == 2 ? "too many guilds for this shard count (close \(code))" : kind == 3 ? "the bot is delisted or banned (close \(code))" : "the gateway refused the configuration (close \(code))"
             dispatch(.gatewayFailed(ordinal: ordinal, generation: generation, reason: what))
+            if kind == 2 { reshardAfter4011() }
         case .gatewayState(.disconnected):
             break
+        case .dispatchFinished:
+            finishedDispatch.withLock { _ = $0.insert(connection.id) }
+            layoutEvents.poke()
         case .drained(let id, let seq):
             if let id { dispatch(.sessionCommitted(ordinal: ordinal, generation: generation, id: id, seq: Int(seq))) }
         case .budgetRequest(let id, let route, let count):
@@ -291,28 +329,42 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             broadcast(.usersInvalidate(ids: ids), except: connection)
         case .userAnswer(let id, let username):
             if let entry = userQueries.withLock({ $0.removeValue(forKey: id) }) { entry.set(username) }
+        case .claims(let id, let keys):
+            connection.send(.claimResults(id: id, decisions: claims.claim(keys, by: connection)))
+        case .claimsDone(let keys):
+            claims.complete(keys, by: connection)
+        case .claimsReleased(let keys):
+            claims.release(keys, by: connection)
         default:
             logger.warning("unexpected IPC message from a worker, ignored", metadata: ["worker.ordinal": "\(ordinal)", "message": "\(message.name)"])
         }
     }
 
-    /// Sends a message to every connected worker but one.
+    /// Sends a message to every connected worker (of every layout) but one.
     func broadcast(_ message: IPCMessage, except sender: IPCConnection?) {
-        for connection in connections.withLock({ Array($0.values) }) where connection != sender {
+        for connection in connections.withLock({ $0.values.flatMap(\.values) }) where connection != sender {
             connection.send(message)
         }
+    }
+
+    /// The connected workers of one layout, by ordinal.
+    func workerConnections(of layout: Int) -> [Int: IPCConnection] {
+        connections.withLock { $0[layout] ?? [:] }
     }
 
     public func closed(_ connection: IPCConnection, reason: String?) {
         ledger.connectionClosed(connection)
         budget.connectionClosed(connection)
+        claims.connectionClosed(connection)
+        layoutEvents.poke()
         guard let hello = connection.hello, hello.role == .worker else { return }
+        let layout = ClusterLayouts.layoutID(ofGeneration: hello.generation)
         connections.withLock { connections in
-            if connections[Int(hello.ordinal)] == connection { connections[Int(hello.ordinal)] = nil }
+            if connections[layout]?[Int(hello.ordinal)] == connection { connections[layout]?[Int(hello.ordinal)] = nil }
         }
     }
 
-    func recordRate(_ ordinal: Int, _ progress: WorkerProgress) {
+    func recordRate(_ ordinal: UInt64, _ progress: WorkerProgress) {
         let now = MonotonicInstant.now()
         rates.withLock { rates in
             if let previous = rates[ordinal], now > previous.at {

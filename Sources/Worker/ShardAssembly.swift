@@ -45,14 +45,15 @@ extension ShardRuntime {
     public static func make(
         config: ClusterConfig, clients: PlatformClients, gatewayURL: String, shard: ShardID, handler: any EventHandler,
         resume: (id: String, seq: Int)?, permit: any IdentifyPermit, claims: any EventClaims, users: UserDirectory?,
-        observer: (any RuntimeObserver)?, logger: Logger
+        observer: (any RuntimeObserver)?, logger: Logger, holdDispatch: Bool = false
     ) -> ShardRuntime {
         var clientConfiguration = GatewayClient.Configuration(url: gatewayURL, shard: shard, intents: config.gateway.intents, resume: resume)
         clientConfiguration.session.seed = UInt64(truncatingIfNeeded: MonotonicInstant.now().nanoseconds) ^ UInt64(shard.id)
         let client = GatewayClient(configuration: clientConfiguration, tokens: clients.tokens, permit: permit, logger: logger)
         return ShardRuntime(
             configuration: .init(shard: shard, maxInFlight: config.worker.maxInFlight, drainTimeout: config.worker.drainTimeout),
-            handler: handler, client: client, api: clients.api, claims: claims, users: users, observer: observer, logger: logger
+            handler: handler, client: client, api: clients.api, claims: claims, users: users, observer: observer, logger: logger,
+            holdDispatch: holdDispatch
         )
     }
 }

@@ -83,14 +83,19 @@ public final class ShardRuntime: Sendable {
     let observer: (any RuntimeObserver)?
     let logger: Logger
     let slots: AsyncSemaphore
+    /// Set once events may go to the handler (a new layout waits for the switch of a rescale).
+    let dispatchGate: AsyncSignal<Void>
     let state = Mutex(State())
     let idle = Wakeup()
+    /// Poked whenever a handler ends (what `finishDispatch` waits on).
+    let progress = Wakeup()
     let jobs: AsyncStream<@Sendable () async -> Void>
     let jobsContinuation: AsyncStream<@Sendable () async -> Void>.Continuation
 
     public init(
         configuration: Configuration, handler: any EventHandler, client: GatewayClient, api: OpenAPIClient,
-        claims: any EventClaims, users: UserDirectory? = nil, observer: (any RuntimeObserver)?, logger: Logger
+        claims: any EventClaims, users: UserDirectory? = nil, observer: (any RuntimeObserver)?, logger: Logger,
+        holdDispatch: Bool = false
     ) {
         self.configuration = configuration
         self.handler = handler
@@ -103,6 +108,8 @@ public final class ShardRuntime: Sendable {
         logger[metadataKey: "shard.id"] = "\(configuration.shard)"
         self.logger = logger
         slots = AsyncSemaphore(permits: configuration.maxInFlight)
+        dispatchGate = AsyncSignal()
+        if !holdDispatch { dispatchGate.set(()) }
         (jobs, jobsContinuation) = AsyncStream.makeStream()
     }
 
@@ -112,6 +119,26 @@ public final class ShardRuntime: Sendable {
     /// The session a successor would resume from now.
     public var committed: (sessionID: String?, seq: Int) {
         state.withLock { ($0.sessionID, $0.tracker.committed) }
+    }
+
+    /// Lets events go to the handler (the switch of a rescale).
+    public func startDispatch() {
+        dispatchGate.set(())
+    }
+
+    /// Handles everything the gateway had sent this shard when called, and returns once it is handled: the layout
+    /// it belongs to is retired at a rescale's switch, and nothing it alone received may be left unhandled. Events
+    /// that arrive later also go to the handler until the worker stops; the cluster's claims keep each to one.
+    public func finishDispatch() async {
+        let (session, fenceSeq) = await client.fence()
+        guard let session, let seq = fenceSeq else { return }
+        while !Task.isCancelled {
+            let done = state.withLock { state in
+                state.sessionID != session || state.tracker.committed >= seq
+            }
+            if done { return }
+            await progress.wait(until: .now() + .seconds(1))
+        }
     }
 
     /// Stops reading, closes the socket resumably, and lets running handlers finish (up to the drain timeout).
@@ -211,6 +238,14 @@ public final class ShardRuntime: Sendable {
     }
 
     func dispatchEvent(_ dispatch: GatewayDispatch) async {
+        // Held until the switch: the reader waits here, so the socket is not read (backpressure, no buffering).
+        if dispatchGate.current == nil {
+            do {
+                try await dispatchGate.wait()
+            } catch {
+                return
+            }
+        }
         let ticket = state.withLock { state -> SeqTracker.Ticket in
             state.stats.received += 1
             state.stats.lastEventAt = dispatch.receivedAt
@@ -257,6 +292,7 @@ public final class ShardRuntime: Sendable {
                     return state.inFlight == 0
                 }
                 if idle { self.idle.poke() }
+                self.progress.poke()
             }
             if let claimKey {
                 guard await self.claims.claim(claimKey) else {

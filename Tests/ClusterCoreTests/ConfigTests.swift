@@ -165,3 +165,14 @@ struct JSONValueTests {
         #expect(throws: JSONParseError.self) { try JSONValue.parse("{} x") }
     }
 }
+
+@Suite("line splitter")
+struct LineSplitterTests {
+    @Test func wholeLinesComeOutAndAPartialOneWaits() {
+        var splitter = LineSplitter()
+        #expect(splitter.feed(Array("ab\ncd".utf8)) == ["ab"])
+        #expect(splitter.feed(Array("e\n\nf".utf8)) == ["cde", ""])
+        #expect(splitter.rest() == "f")
+        #expect(splitter.rest() == nil)
+    }
+}

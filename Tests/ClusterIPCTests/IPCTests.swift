@@ -26,6 +26,8 @@ struct IPCCodecTests {
         .budgetCancel(id: 3), .budgetReturn(route: "r", count: 1), .budgetRateLimited(route: "r", retryAfterMillis: 1000),
         .budgetPause(route: "r", forMillis: 500), .usersChanged(ids: ["1", "2"]), .usersInvalidate(ids: []),
         .userQuery(id: 4, userID: "42"), .userAnswer(id: 4, username: "kari"), .userAnswer(id: 5, username: nil),
+        .claims(id: 6, keys: ["AT:1", "AT:2"]), .claimResults(id: 6, decisions: [0, 1, 2]), .claimResolved(key: "AT:1", decision: 1),
+        .claimsDone(keys: ["AT:1"]), .claimsReleased(keys: []), .startDispatch, .finishDispatch, .dispatchFinished,
         .controlRequest(id: 9, command: "status", argument: ""), .controlProgress(id: 9, line: "1/4 ready"), .controlReply(id: 9, ok: true, body: "{}"),
     ]
 

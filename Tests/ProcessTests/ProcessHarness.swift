@@ -1,3 +1,4 @@
+import ClusterCore
 import AsyncHTTPClient
 import Foundation
 import NIOCore
@@ -47,10 +48,7 @@ final class BotclusterProcess: Sendable {
             let data = handle.availableData
             if data.isEmpty {
                 handle.readabilityHandler = nil
-                let tail = collected.pending.withLock { pending -> String? in
-                    defer { pending = Data() }
-                    return pending.isEmpty ? nil : String(decoding: pending, as: UTF8.self)
-                }
+                let tail = collected.pending.withLock { $0.rest() }
                 if let tail {
                     collected.lines.withLock { $0.append(tail) }
                     continuation.yield(tail)
@@ -58,15 +56,7 @@ final class BotclusterProcess: Sendable {
                 continuation.finish()
                 return
             }
-            let complete = collected.pending.withLock { buffer -> [String] in
-                buffer.append(data)
-                var result: [String] = []
-                while let newline = buffer.firstIndex(of: 0x0A) {
-                    result.append(String(decoding: buffer[buffer.startIndex..<newline], as: UTF8.self))
-                    buffer.removeSubrange(buffer.startIndex...newline)
-                }
-                return result
-            }
+            let complete = collected.pending.withLock { $0.feed(data) }
             for line in complete {
                 collected.lines.withLock { $0.append(line) }
                 continuation.yield(line)
@@ -111,7 +101,7 @@ final class BotclusterProcess: Sendable {
 /// What a process printed: whole lines, and the unfinished tail.
 final class LineCollector: Sendable {
     let lines = Mutex<[String]>([])
-    let pending = Mutex(Data())
+    let pending = Mutex(LineSplitter())
 }
 
 /// A `botcluster emulator` process on a free port.

@@ -229,6 +229,56 @@ struct SessionStateMachineTests {
         #expect(h.machine.lastSeq == 79)
     }
 
+    @Test func aFenceIsAHeartbeatWhoseAckFollowsEverythingQueuedBeforeIt() {
+        var h = Harness()
+        h.bringUp()
+        #expect(h.feed(.fence) == [.sendHeartbeat(seq: 1)])
+        #expect(h.feed(Harness.dispatch("AT_MESSAGE_CREATE", s: 2)).count == 1)
+        h.advance(.milliseconds(5))
+        #expect(h.feed(.frame(GatewayFrame(op: 11))) == [.heartbeatAcknowledged(latency: .milliseconds(5)), .fenceReached(seq: 2)])
+        // Reached once: the next ACK is an ordinary one.
+        _ = h.tickAtDeadline()
+        #expect(h.feed(.frame(GatewayFrame(op: 11))).allSatisfy { if case .fenceReached = $0 { false } else { true } })
+    }
+
+    @Test func aFenceBehindAnUnansweredHeartbeatWaitsForTheSecondAck() {
+        var h = Harness()
+        h.bringUp()
+        #expect(h.tickAtDeadline() == [.sendHeartbeat(seq: 1)])
+        #expect(h.feed(.fence) == [.sendHeartbeat(seq: 1)])
+        let first = h.feed(.frame(GatewayFrame(op: 11)))
+        #expect(!first.contains(.fenceReached(seq: 1)))
+        #expect(h.feed(.frame(GatewayFrame(op: 11))) == [.fenceReached(seq: 1)])
+    }
+
+    @Test func aFenceWaitsForTheSessionAndGoesOutAgainAfterAReconnect() {
+        var h = Harness()
+        _ = h.feed(.start)
+        _ = h.feed(.connected)
+        // Not ready yet: pending until READY.
+        #expect(h.feed(.fence) == [])
+        _ = h.feed(Harness.hello())
+        _ = h.feed(.permitGranted)
+        #expect(h.feed(Harness.ready) == [.ready(sessionID: "sess-1", shard: ShardID(0, of: 2)), .sendHeartbeat(seq: 1)])
+        // The socket drops before the ACK: the fence goes out again once RESUMED (after the replay).
+        #expect(h.feed(.closed(code: nil)).contains(.connect))
+        _ = h.feed(.connected)
+        #expect(h.feed(Harness.hello()) == [.sendResume(sessionID: "sess-1", seq: 1)])
+        #expect(h.feed(Harness.dispatch("AT_MESSAGE_CREATE", s: 2)).count == 1)
+        #expect(h.feed(Harness.dispatch("RESUMED", s: 3)) == [.resumed, .sendHeartbeat(seq: 3)])
+        #expect(h.feed(.frame(GatewayFrame(op: 11))).last == .fenceReached(seq: 3))
+    }
+
+    @Test func aFenceIsReachedWhenTheClientStopsOrHasStopped() {
+        var h = Harness()
+        h.bringUp()
+        #expect(h.tickAtDeadline() == [.sendHeartbeat(seq: 1)])
+        _ = h.feed(.fence)
+        _ = h.feed(.stop)
+        #expect(h.feed(.closed(code: 4000)) == [.disconnected(code: 4000, reconnectIn: nil), .stopped, .fenceReached(seq: 1)])
+        #expect(h.feed(.fence) == [.fenceReached(seq: 1)])
+    }
+
     @Test func aPermitGrantedWhileDisconnectedIsKept() {
         var h = Harness()
         _ = h.feed(.start)

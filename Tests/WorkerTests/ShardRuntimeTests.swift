@@ -169,6 +169,26 @@ struct ShardRuntimeTests {
         #expect(outcome.committedSeq == 51)
     }
 
+    @Test func finishDispatchReturnsOnceEverythingSentBeforeItIsHandled() async throws {
+        let gate = AsyncSignal<Void>()
+        let bot = GatedBot(gate: gate)
+        try await withShard(emulator: testEmulator + "}", cluster: #""worker": {"maxInFlight": 4}, "rateBudget": {"global": {"rate": 100000, "burst": 1000}}"#, handler: bot) { h, runtime in
+            try await h.waitFor("READY") { $0.activeSessions == 1 }
+            // All 50 are queued on the connection before the fence's heartbeat; most still wait in the socket.
+            h.emulator.burst(count: 50)
+            let finished = AsyncSignal<Int>()
+            let finish = Task {
+                await runtime.finishDispatch()
+                finished.set(h.stats().messagesReplied)
+            }
+            while bot.running.withLock({ $0 }) < 4 { try await Task.sleep(for: .milliseconds(5)) }
+            #expect(finished.current == nil)
+            gate.set(())
+            await finish.value
+            #expect(finished.current == 50)
+        }
+    }
+
     @Test func aThrowingHandlerIsLoggedAndTheShardGoesOn() async throws {
         let outcome = try await withShard(emulator: testEmulator + "}", handler: ThrowingBot()) { h, _ in
             try await h.waitFor("READY") { $0.activeSessions == 1 }

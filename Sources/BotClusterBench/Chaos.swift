@@ -1,0 +1,213 @@
+import AsyncHTTPClient
+import ArgumentParser
+import ClusterCore
+import ClusterIPC
+import Foundation
+import NIOCore
+import NIOHTTP1
+import Synchronization
+
+/// scripts/chaos.sh: a cluster on the emulator with steady traffic, hit at seeded random moments by every fault
+/// it must survive; at the end, the emulator's ground truth decides.
+struct Chaos: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "chaos", abstract: "Faults at random against a live cluster; the emulator's counters judge.")
+    @Option(help: "Seconds of faults.") var duration = 60
+    @Option(help: "Seed of the random choices.") var seed = 1
+    @Option(help: "The botcluster executable.") var botcluster = "botcluster"
+    @Option(help: "Shards at launch.") var shards = 4
+
+    enum Action: String, CaseIterable {
+        case kill9, sigstop, reconnect, invalidSession, drop, stopAcks, close4009, scaleUp, scaleDown, rolling
+    }
+
+    func run() async throws {
+        let dir = NSTemporaryDirectory() + "botcluster-chaos-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var rng = SplitMix64(seed: UInt64(seed))
+        let log = { (line: String) in print("chaos: \(line)") }
+
+        let emulatorConfig = #"{"emulator": {"identifyWindow": "200ms", "restRate": 200, "heartbeatInterval": "1s", "heartbeatTimeout": "10s", "unrepliedGrace": "3s", "sessionTTL": "1m", "sessionStartLimit": {"maxConcurrency": 2}, "traffic": {"rate": 20, "groupRate": 2, "c2cRate": 2, "renameShare": 0.1, "renameEvery": "5s"}}, "log": {"level": "warning"}}"#
+        try emulatorConfig.write(toFile: dir + "/emulator.json", atomically: true, encoding: .utf8)
+        let emulator = try ChildProcess(botcluster, ["emulator", "--config", "emulator.json", "--port", "0"], directory: dir)
+        defer { emulator.terminate() }
+        guard let line = await emulator.waitForLine(containing: "emulator listening on ") else { throw BenchError("the emulator did not start") }
+        let url = String(line.split(separator: " ").last!)
+        let clusterConfig = #"""
+            {"gateway": {"embedded": false, "url": "\#(url)", "tokenURL": "\#(url)/app/getAppAccessToken"},
+             "app": {"id": "102000001", "secret": "env:CHAOS_APP_SECRET"},
+             "shards": {"count": \#(shards)},
+             "identify": {"window": "200ms", "margin": "20ms"},
+             "supervisor": {"heartbeat": {"interval": "100ms", "misses": 5}, "abortGrace": "200ms", "stopGrace": "5s"},
+             "restart": {"baseDelay": "100ms", "maxDelay": "2s", "resetAfter": "1s", "maxCrashes": 50, "crashWindow": "1m"},
+             "rateBudget": {"global": {"rate": 150, "burst": 20}},
+             "log": {"level": "warning"}}
+            """#
+        try clusterConfig.write(toFile: dir + "/cluster.json", atomically: true, encoding: .utf8)
+        let supervisor = try ChildProcess(botcluster, ["launch"], directory: dir, environment: ["CHAOS_APP_SECRET": "emulator-development-secret"])
+        defer { supervisor.kill() }
+        guard await supervisor.waitForLine(containing: "cluster ready") != nil else { throw BenchError("the cluster did not start") }
+        let socket = dir + "/run/botcluster.sock"
+        log("cluster of \(shards) up; faults for \(duration) s, seed \(seed)")
+
+        var seenPIDs = Set<Int32>()
+        var hardKills = 0
+        var counts: [Action: Int] = [:]
+        var current = shards
+        let end = MonotonicInstant.now() + .seconds(duration)
+        while MonotonicInstant.now() < end {
+            try await Task.sleep(for: .milliseconds(500 + Int64(rng.next() % 2500)))
+            let workers = (try? await statusWorkers(socket)) ?? []
+            for worker in workers { if let pid = worker["pid"]?.intValue { seenPIDs.insert(Int32(pid)) } }
+            let ready = workers.filter { $0["state"]?.stringValue == "ready" }
+            let action = Action.allCases[Int(rng.next() % UInt64(Action.allCases.count))]
+            counts[action, default: 0] += 1
+            let target = ready.isEmpty ? nil : ready[Int(rng.next() % UInt64(ready.count))]
+            let shard = target?["ordinal"]?.intValue ?? 0
+            switch action {
+            case .kill9, .sigstop:
+                guard let pid = target?["pid"]?.intValue else { continue }
+                kill(Int32(pid), action == .kill9 ? SIGKILL : SIGSTOP)
+                hardKills += 1
+                log("\(action.rawValue) worker \(shard) (pid \(pid))")
+            case .reconnect, .invalidSession, .drop, .stopAcks:
+                _ = try await post(url + "/emulator/faults", #"{"kind": "\#(action.rawValue)", "shard": \#(shard), "total": \#(current)}"#)
+                log("\(action.rawValue) on shard \(shard)/\(current)")
+            case .close4009:
+                _ = try await post(url + "/emulator/faults", #"{"kind": "close", "code": 4009, "shard": \#(shard), "total": \#(current)}"#)
+                log("close 4009 on shard \(shard)/\(current)")
+            case .scaleUp, .scaleDown:
+                let next = action == .scaleUp ? min(8, current + 1 + Int(rng.next() % 2)) : max(2, current - 1 - Int(rng.next() % 2))
+                guard next != current else { continue }
+                let (ok, text) = await controlCommand(socket, "scale", String(next), timeout: .seconds(120))
+                log("scale \(current) -> \(next): \(text)")
+                if ok { current = next }
+            case .rolling:
+                let (_, text) = await controlCommand(socket, "rolling", "1", timeout: .seconds(120))
+                log("rolling restart: \(text)")
+            }
+        }
+
+        // Let the traffic drain: no new messages, every delivered one answered (or the grace ran out).
+        _ = try await post(url + "/emulator/traffic", #"{"rate": 0, "groupRate": 0, "c2cRate": 0}"#)
+        let drainUntil = MonotonicInstant.now() + .seconds(60)
+        var stats = try await get(url + "/emulator/stats")
+        while MonotonicInstant.now() < drainUntil {
+            for worker in (try? await statusWorkers(socket)) ?? [] { if let pid = worker["pid"]?.intValue { seenPIDs.insert(Int32(pid)) } }
+            stats = try await get(url + "/emulator/stats")
+            let delivered = stats["messagesDelivered"]?.intValue ?? 0
+            let replied = stats["messagesReplied"]?.intValue ?? 0
+            if stats["messagesPending"]?.intValue == 0 && replied == delivered { break }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        // Unreplied counts only after the grace: wait it out once more, then read the final counters.
+        try await Task.sleep(for: .seconds(3))
+        stats = try await get(url + "/emulator/stats")
+        let status = (try? await statusWorkers(socket)) ?? []
+        let restarts = status.compactMap { $0["restarts"]?.intValue }.reduce(0, +)
+        for worker in status { if let pid = worker["pid"]?.intValue { seenPIDs.insert(Int32(pid)) } }
+        supervisor.signal(SIGTERM)
+        let supervisorStatus = await supervisor.waitForExit()
+        // Anything left alive of what the cluster ever ran?
+        let deadline = MonotonicInstant.now() + .seconds(5)
+        var left = seenPIDs.filter(processAlive)
+        while !left.isEmpty && MonotonicInstant.now() < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+            left = seenPIDs.filter(processAlive)
+        }
+
+        func n(_ key: String) -> Int { stats[key]?.intValue ?? 0 }
+        let rows: [(String, Int)] = [
+            ("messages generated", n("messagesGenerated")), ("undelivered (platform ended the session)", n("messagesUndelivered")),
+            ("delivered", n("messagesDelivered")), ("replied once", n("messagesReplied") - n("messagesRepliedMoreThanOnce")),
+            ("replied more than once", n("messagesRepliedMoreThanOnce")), ("unreplied", n("messagesUnreplied")),
+            ("duplicate replies refused by msg_seq", n("repliesRefusedDuplicateSeq")), ("429s", n("rateLimited")),
+            ("identify violations", n("identifyViolations")), ("identifies", n("identifies")), ("resumes", n("resumes")),
+            ("hard kills", hardKills), ("worker restarts (current layout)", restarts), ("processes left behind", left.count),
+        ]
+        print("\nchaos ground truth (seed \(seed), \(duration) s of faults: \(counts.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\($0.key.rawValue) \($0.value)" }.joined(separator: ", ")))")
+        for (name, value) in rows { print("  \(name.padding(toLength: 42, withPad: " ", startingAt: 0)) \(value)") }
+        var failures: [String] = []
+        if n("messagesUnreplied") > 0 { failures.append("\(n("messagesUnreplied")) messages unreplied") }
+        if n("messagesRepliedMoreThanOnce") > hardKills { failures.append("\(n("messagesRepliedMoreThanOnce")) messages replied more than once, more than the \(hardKills) hard kills") }
+        if n("rateLimited") > 0 { failures.append("\(n("rateLimited")) requests answered 429") }
+        if n("identifyViolations") > 0 { failures.append("\(n("identifyViolations")) identify violations") }
+        if !left.isEmpty { failures.append("processes left behind: \(left.sorted())") }
+        if supervisorStatus != 0 { failures.append("the supervisor exited with \(supervisorStatus)") }
+        for failure in failures { print("FAIL: \(failure)") }
+        if failures.isEmpty { print("PASS") }
+        throw ExitCode(failures.isEmpty ? 0 : 1)
+    }
+
+    func statusWorkers(_ socket: String) async throws -> [JSONValue] {
+        guard case .array(let workers) = try await controlStatus(socket)["workers"] ?? .null else { return [] }
+        return workers
+    }
+
+    func controlCommand(_ socket: String, _ command: String, _ argument: String, timeout: Duration) async -> (Bool, String) {
+        do {
+            let client = try await IPCClient.connect(path: socket, hello: Hello(role: .control, pid: getpid()))
+            defer { client.close() }
+            let reply = try await client.request(timeout: timeout) { .controlRequest(id: $0, command: command, argument: argument) }
+            guard case .controlReply(_, let ok, let body) = reply else { return (false, "\(reply.name)") }
+            return (ok, body)
+        } catch {
+            return (false, "\(error)")
+        }
+    }
+}
+
+func processAlive(_ pid: Int32) -> Bool {
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { return false }
+    let state = stat[stat.index(close, offsetBy: 2)]
+    return state != "Z" && state != "X"
+}
+
+/// A child process whose output is read line by line (for the lines the bench waits for).
+final class ChildProcess: Sendable {
+    let process: Process
+    let lines: AsyncStream<String>
+
+    init(_ executable: String, _ arguments: [String], directory: String, environment: [String: String] = [:]) throws {
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        process.currentDirectoryURL = URL(fileURLWithPath: directory)
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        let (lines, continuation) = AsyncStream<String>.makeStream()
+        self.lines = lines
+        let pending = Mutex(LineSplitter())
+        pipe.fileHandleForReading.readabilityHandler = { handle in
+            let data = handle.availableData
+            if data.isEmpty {
+                handle.readabilityHandler = nil
+                continuation.finish()
+                return
+            }
+            let complete = pending.withLock { $0.feed(data) }
+            for line in complete { continuation.yield(line) }
+        }
+        try process.run()
+    }
+
+    func waitForLine(containing text: String) async -> String? {
+        for await line in lines where line.contains(text) { return line }
+        return nil
+    }
+
+    func signal(_ signal: Int32) { Foundation.kill(process.processIdentifier, signal) }
+    func terminate() { if process.isRunning { signal(SIGTERM) } }
+    func kill() { if process.isRunning { signal(SIGKILL) } }
+
+    func waitForExit() async -> Int32 {
+        await withCheckedContinuation { continuation in
+            DispatchQueue.global().async {
+                self.process.waitUntilExit()
+                continuation.resume(returning: self.process.terminationStatus)
+            }
+        }
+    }
+}

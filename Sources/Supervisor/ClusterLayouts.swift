@@ -1,0 +1,98 @@
+import ClusterCore
+
+/// The layouts of a cluster: the active one, and during a rescale the incoming one (ready, holding dispatch) and
+/// the old one draining after the switch. Each is a `ClusterStateMachine`; this routes events to the right one by
+/// generation (each layout numbers its generations from its own base) or by process id. Pure.
+public struct ClusterLayouts: Sendable {
+    public enum Role: String, Sendable, Equatable {
+        case active, incoming, retiring
+    }
+
+    public struct Layout: Sendable {
+        public let id: Int
+        public var role: Role
+        public var machine: ClusterStateMachine
+    }
+
+    /// Generation numbers each layout may use.
+    public static let generationsPerLayout: UInt64 = 1_000_000
+
+    public private(set) var layouts: [Layout]
+    var nextID: Int
+
+    public init(active: ClusterStateMachine) {
+        layouts = [Layout(id: 0, role: .active, machine: active)]
+        nextID = 1
+    }
+
+    /// Where the generations of the next layout start.
+    public var nextGenerationBase: UInt64 { UInt64(nextID) * Self.generationsPerLayout }
+
+    public static func layoutID(ofGeneration generation: UInt64) -> Int {
+        Int(generation / generationsPerLayout)
+    }
+
+    public var active: Layout { layouts.first { $0.role == .active }! }
+    public var incoming: Layout? { layouts.first { $0.role == .incoming } }
+
+    public func layout(_ id: Int) -> Layout? { layouts.first { $0.id == id } }
+
+    /// Adds a layout that will take over at the switch; returns its id.
+    public mutating func beginIncoming(_ machine: ClusterStateMachine) -> Int {
+        let id = nextID
+        nextID += 1
+        layouts.append(Layout(id: id, role: .incoming, machine: machine))
+        return id
+    }
+
+    /// The incoming layout becomes active; the active one starts retiring. Returns the retiring layout's id.
+    public mutating func switchOver() -> Int? {
+        guard let incoming = layouts.firstIndex(where: { $0.role == .incoming }),
+            let active = layouts.firstIndex(where: { $0.role == .active })
+        else { return nil }
+        layouts[active].role = .retiring
+        layouts[incoming].role = .active
+        return layouts[active].id
+    }
+
+    /// The incoming layout is given up: it retires without ever having been active.
+    public mutating func abandonIncoming() -> Int? {
+        guard let incoming = layouts.firstIndex(where: { $0.role == .incoming }) else { return nil }
+        layouts[incoming].role = .retiring
+        return layouts[incoming].id
+    }
+
+    /// A retiring layout whose workers have all exited is dropped.
+    public mutating func remove(_ id: Int) {
+        layouts.removeAll { $0.id == id && $0.role == .retiring }
+    }
+
+    /// Feeds one layout.
+    public mutating func handle(_ event: ClusterStateMachine.Event, in id: Int, now: MonotonicInstant) -> [(Int, ClusterStateMachine.Action)] {
+        guard let index = layouts.firstIndex(where: { $0.id == id }) else { return [] }
+        return layouts[index].machine.handle(event, now: now).map { (id, $0) }
+    }
+
+    /// Routes an event: by generation, by pid, to the active layout (restart), or to all (tick, stop).
+    public mutating func handle(_ event: ClusterStateMachine.Event, now: MonotonicInstant) -> [(Int, ClusterStateMachine.Action)] {
+        switch event {
+        case .spawned(_, let generation, _), .spawnFailed(_, let generation, _), .hello(_, let generation),
+            .progress(_, let generation, _), .identifying(_, let generation), .gatewayReady(_, let generation),
+            .sessionCommitted(_, let generation, _, _), .sessionInvalidated(_, let generation), .gatewayFailed(_, let generation, _):
+            return handle(event, in: Self.layoutID(ofGeneration: generation), now: now)
+        case .exited(let pid, _):
+            guard let layout = layouts.first(where: { $0.machine.owns(pid: pid) }) else { return [] }
+            return handle(event, in: layout.id, now: now)
+        case .restart:
+            return handle(event, in: active.id, now: now)
+        case .start:
+            return handle(event, in: active.id, now: now)
+        case .tick, .stop:
+            return layouts.map(\.id).flatMap { handle(event, in: $0, now: now) }
+        }
+    }
+
+    public var nextDeadline: MonotonicInstant? {
+        layouts.compactMap(\.machine.nextDeadline).min()
+    }
+}

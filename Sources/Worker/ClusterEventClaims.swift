@@ -1,0 +1,83 @@
+import ClusterCore
+import ClusterIPC
+import Synchronization
+
+/// A worker's side of the cluster's record of handled events. Claims made while a batch is on its way are sent
+/// together as the next batch (no timer: the round trip itself is the batching window). Completions and releases
+/// are one-way messages written at once: the time between a reply leaving and its record reaching the supervisor
+/// is one socket write.
+public final class ClusterEventClaims: EventClaims {
+    struct State {
+        var queued: [(key: String, continuation: CheckedContinuation<Bool, Never>)] = []
+        var inFlight: (id: UInt64, batch: [(key: String, continuation: CheckedContinuation<Bool, Never>)])?
+        var waiting: [String: CheckedContinuation<Bool, Never>] = [:]
+    }
+
+    let client: IPCClient
+    let state = Mutex(State())
+
+    public init(client: IPCClient) {
+        self.client = client
+    }
+
+    public func claim(_ key: String) async -> Bool {
+        await withCheckedContinuation { continuation in
+            let send = state.withLock { state -> (UInt64, [String])? in
+                state.queued.append((key, continuation))
+                return nextBatch(&state)
+            }
+            if let (id, keys) = send { client.send(.claims(id: id, keys: keys)) }
+        }
+    }
+
+    /// Moves the queued claims into flight when nothing is in flight.
+    func nextBatch(_ state: inout State) -> (UInt64, [String])? {
+        guard state.inFlight == nil, !state.queued.isEmpty else { return nil }
+        let id = client.makeID()
+        state.inFlight = (id, state.queued)
+        state.queued = []
+        return (id, state.inFlight!.batch.map(\.key))
+    }
+
+    /// The supervisor's decisions for the batch in flight (0 skip, 1 handle, 2 wait).
+    public func deliver(id: UInt64, decisions: [UInt8]) {
+        var resume: [(CheckedContinuation<Bool, Never>, Bool)] = []
+        let send = state.withLock { state -> (UInt64, [String])? in
+            guard let inFlight = state.inFlight, inFlight.id == id else { return nil }
+            state.inFlight = nil
+            for (index, entry) in inFlight.batch.enumerated() {
+                switch index < decisions.count ? decisions[index] : 0 {
+                case 1: resume.append((entry.continuation, true))
+                case 2: state.waiting[entry.key] = entry.continuation
+                default: resume.append((entry.continuation, false))
+                }
+            }
+            return nextBatch(&state)
+        }
+        if let (next, keys) = send { client.send(.claims(id: next, keys: keys)) }
+        for (continuation, handle) in resume { continuation.resume(returning: handle) }
+    }
+
+    /// A key that waited for another worker was decided.
+    public func resolved(key: String, decision: UInt8) {
+        let continuation = state.withLock { $0.waiting.removeValue(forKey: key) }
+        continuation?.resume(returning: decision == 1)
+    }
+
+    public func complete(_ key: String) {
+        client.send(.claimsDone(keys: [key]))
+    }
+
+    public func release(_ key: String) {
+        client.send(.claimsReleased(keys: [key]))
+    }
+
+    /// The supervisor is gone: nothing more will be decided; no handler starts.
+    public func abandonAll() {
+        let all = state.withLock { state -> [CheckedContinuation<Bool, Never>] in
+            defer { state = State() }
+            return state.queued.map(\.continuation) + (state.inFlight?.batch.map(\.continuation) ?? []) + Array(state.waiting.values)
+        }
+        for continuation in all { continuation.resume(returning: false) }
+    }
+}
