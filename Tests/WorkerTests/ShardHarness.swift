@@ -32,6 +32,14 @@ struct ShardHarness: Sendable {
     }
 }
 
+extension ShardHarness {
+    /// Waits until the emulator has the session and the runtime has taken READY in: a fault injected earlier would
+    /// find a shard still identifying, which rightly identifies again rather than resuming.
+    func waitForReady(_ runtime: ShardRuntime) async throws {
+        try await waitFor("READY") { $0.activeSessions == 1 && runtime.committed.sessionID != nil }
+    }
+}
+
 /// Collects what a runtime reports.
 final class RecordingObserver: RuntimeObserver {
     let events = Mutex<[String]>([])

@@ -9,8 +9,8 @@ import Worker
 struct ShardRuntimeTests {
     @Test func everyMessageGetsOneReply() async throws {
         let bot = CountingBot()
-        let outcome = try await withShard(emulator: testEmulator + "}", handler: bot) { h, _ in
-            try await h.waitFor("READY") { $0.activeSessions == 1 }
+        let outcome = try await withShard(emulator: testEmulator + "}", handler: bot) { h, runtime in
+            try await h.waitForReady(runtime)
             h.emulator.burst(count: 200)
             try await h.waitFor("200 replies") { $0.messagesReplied == 200 }
             let s = h.stats()
@@ -27,8 +27,8 @@ struct ShardRuntimeTests {
 
     @Test func reconnectResumesWithNoSeqMissing() async throws {
         let observer = RecordingObserver()
-        try await withShard(emulator: testEmulator + "}", observer: observer) { h, _ in
-            try await h.waitFor("READY") { $0.activeSessions == 1 }
+        try await withShard(emulator: testEmulator + "}", observer: observer) { h, runtime in
+            try await h.waitForReady(runtime)
             h.emulator.burst(count: 50)
             try await h.waitFor("50 replies") { $0.messagesReplied == 50 }
             h.emulator.inject(EmulatorFault(kind: .reconnect))
@@ -45,8 +45,8 @@ struct ShardRuntimeTests {
 
     @Test func invalidSessionIdentifiesAfresh() async throws {
         let observer = RecordingObserver()
-        try await withShard(emulator: testEmulator + "}", observer: observer) { h, _ in
-            try await h.waitFor("READY") { $0.activeSessions == 1 }
+        try await withShard(emulator: testEmulator + "}", observer: observer) { h, runtime in
+            try await h.waitForReady(runtime)
             h.emulator.inject(EmulatorFault(kind: .invalidSession))
             try await h.waitFor("a second identify") { $0.identifies == 2 && $0.activeSessions == 1 }
             h.emulator.burst(count: 20)
@@ -59,7 +59,7 @@ struct ShardRuntimeTests {
     @Test func stoppedAcksAreDetectedAsAZombieAndResumed() async throws {
         let emulator = #"{"restRate": 100000, "heartbeatInterval": "100ms", "heartbeatTimeout": "30s", "identifyWindow": "100ms", "traffic": {"rate": 0, "groupRate": 0, "c2cRate": 0, "renameShare": 0}}"#
         try await withShard(emulator: emulator) { h, runtime in
-            try await h.waitFor("READY") { $0.activeSessions == 1 }
+            try await h.waitForReady(runtime)
             h.emulator.inject(EmulatorFault(kind: .stopAcks))
             try await h.waitFor("a resume after the zombie") { $0.resumes == 1 }
             h.emulator.burst(count: 10)
@@ -71,8 +71,8 @@ struct ShardRuntimeTests {
 
     @Test(arguments: [UInt16(4009), 4008, 4900])
     func resumeOrIdentifyClassCloseCodesKeepTheShardServing(code: UInt16) async throws {
-        try await withShard(emulator: testEmulator + "}") { h, _ in
-            try await h.waitFor("READY") { $0.activeSessions == 1 }
+        try await withShard(emulator: testEmulator + "}") { h, runtime in
+            try await h.waitForReady(runtime)
             h.emulator.inject(EmulatorFault(kind: .close, code: code))
             let identify = CloseCodePolicy.forCode(code) == .identify
             try await h.waitFor("reconnected") { identify ? $0.identifies == 2 : $0.resumes == 1 }
@@ -89,8 +89,8 @@ struct ShardRuntimeTests {
     ])
     func fatalCloseCodesEndTheShardWithTheReason(code: UInt16, reason: GatewaySessionStateMachine.FatalReason) async throws {
         let observer = RecordingObserver()
-        let outcome = try await withShard(emulator: testEmulator + "}", observer: observer) { h, _ in
-            try await h.waitFor("READY") { $0.activeSessions == 1 }
+        let outcome = try await withShard(emulator: testEmulator + "}", observer: observer) { h, runtime in
+            try await h.waitForReady(runtime)
             h.emulator.inject(EmulatorFault(kind: .close, code: code))
             while !observer.all.contains(where: { $0.hasPrefix("failed") }) { try await Task.sleep(for: .milliseconds(5)) }
             #expect(h.stats().identifies == 1)
@@ -101,7 +101,7 @@ struct ShardRuntimeTests {
     @Test func theTokenIsRenewedBeforeItExpires() async throws {
         let emulator = #"{"restRate": 100000, "tokenLifetime": "2s", "identifyWindow": "100ms", "unrepliedGrace": "1ms", "traffic": {"rate": 40, "groupRate": 0, "c2cRate": 0, "renameShare": 0}}"#
         let bot = CountingBot()
-        let outcome = try await withShard(emulator: emulator, handler: bot) { h, _ in
+        let outcome = try await withShard(emulator: emulator, handler: bot) { h, runtime in
             try await h.waitFor("two renewals") { $0.tokensIssued >= 3 }
             h.emulator.setTraffic(rate: 0)
             // Messages made before the shard was up reached nobody; every delivered one is answered.
@@ -114,8 +114,8 @@ struct ShardRuntimeTests {
     @Test func rateLimitedRequestsWaitForRetryAfter() async throws {
         // The client's own budget is far above the emulator's limit, so the emulator answers 429.
         let emulator = #"{"restRate": 10, "identifyWindow": "100ms", "unrepliedGrace": "1ms", "traffic": {"rate": 0, "groupRate": 0, "c2cRate": 0, "renameShare": 0}}"#
-        let outcome = try await withShard(emulator: emulator, cluster: #""rateBudget": {"global": {"rate": 1000, "burst": 100}}"#) { h, _ in
-            try await h.waitFor("READY") { $0.activeSessions == 1 }
+        let outcome = try await withShard(emulator: emulator, cluster: #""rateBudget": {"global": {"rate": 1000, "burst": 100}}"#) { h, runtime in
+            try await h.waitForReady(runtime)
             h.emulator.burst(count: 30)
             try await h.waitFor("30 replies") { $0.messagesReplied == 30 }
             let s = h.stats()
@@ -128,8 +128,8 @@ struct ShardRuntimeTests {
     }
 
     @Test func badFramesAreSkippedAndTheShardGoesOn() async throws {
-        let outcome = try await withShard(emulator: testEmulator + "}") { h, _ in
-            try await h.waitFor("READY") { $0.activeSessions == 1 }
+        let outcome = try await withShard(emulator: testEmulator + "}") { h, runtime in
+            try await h.waitForReady(runtime)
             h.emulator.inject(EmulatorFault(kind: .badFrames))
             h.emulator.burst(count: 10)
             try await h.waitFor("10 replies") { $0.messagesReplied == 10 }
@@ -142,8 +142,8 @@ struct ShardRuntimeTests {
     @Test func duplicatePushesAreHandledOnce() async throws {
         let emulator = #"{"restRate": 100000, "identifyWindow": "100ms", "unrepliedGrace": "1ms", "traffic": {"rate": 0, "groupRate": 0, "c2cRate": 0, "renameShare": 0, "duplicateShare": 1}}"#
         let bot = CountingBot()
-        let outcome = try await withShard(emulator: emulator, handler: bot) { h, _ in
-            try await h.waitFor("READY") { $0.activeSessions == 1 }
+        let outcome = try await withShard(emulator: emulator, handler: bot) { h, runtime in
+            try await h.waitForReady(runtime)
             h.emulator.burst(count: 40)
             try await h.waitFor("40 replies") { $0.messagesReplied == 40 && $0.dispatched == 80 }
             #expect(h.stats().messagesRepliedMoreThanOnce == 0)
@@ -156,7 +156,7 @@ struct ShardRuntimeTests {
         let gate = AsyncSignal<Void>()
         let bot = GatedBot(gate: gate)
         let outcome = try await withShard(emulator: testEmulator + "}", cluster: #""worker": {"maxInFlight": 4}, "rateBudget": {"global": {"rate": 100000, "burst": 1000}}"#, handler: bot) { h, runtime in
-            try await h.waitFor("READY") { $0.activeSessions == 1 }
+            try await h.waitForReady(runtime)
             h.emulator.burst(count: 50)
             while bot.running.withLock({ $0 }) < 4 { try await Task.sleep(for: .milliseconds(5)) }
             // Four run; the rest wait in the socket, not in memory; the committed seq stays behind them.
@@ -173,7 +173,7 @@ struct ShardRuntimeTests {
         let gate = AsyncSignal<Void>()
         let bot = GatedBot(gate: gate)
         try await withShard(emulator: testEmulator + "}", cluster: #""worker": {"maxInFlight": 4}, "rateBudget": {"global": {"rate": 100000, "burst": 1000}}"#, handler: bot) { h, runtime in
-            try await h.waitFor("READY") { $0.activeSessions == 1 }
+            try await h.waitForReady(runtime)
             // All 50 are queued on the connection before the fence's heartbeat; most still wait in the socket.
             h.emulator.burst(count: 50)
             let finished = AsyncSignal<Int>()
@@ -190,8 +190,8 @@ struct ShardRuntimeTests {
     }
 
     @Test func aThrowingHandlerIsLoggedAndTheShardGoesOn() async throws {
-        let outcome = try await withShard(emulator: testEmulator + "}", handler: ThrowingBot()) { h, _ in
-            try await h.waitFor("READY") { $0.activeSessions == 1 }
+        let outcome = try await withShard(emulator: testEmulator + "}", handler: ThrowingBot()) { h, runtime in
+            try await h.waitForReady(runtime)
             h.emulator.burst(count: 10)
             try await h.waitFor("5 replies") { $0.messagesReplied == 5 }
         }
