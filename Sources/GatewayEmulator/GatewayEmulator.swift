@@ -2,6 +2,7 @@ import ClusterCore
 import Foundation
 import HTTPTypes
 import Hummingbird
+import HummingbirdCore
 import HummingbirdWebSocket
 import Logging
 import NIOCore
@@ -18,12 +19,16 @@ public final class GatewayEmulator: Service, Sendable {
     let config: EmulatorConfig
     let logger: Logger
     let listening = AsyncSignal<Int>()
+    let connections = ConnectionRegistry()
 
     public init(config: EmulatorConfig, app: AppConfig, logger: Logger) {
         self.config = config
         self.logger = logger
         core = Mutex(EmulatorCore(config: config, app: app, now: MonotonicInstant.now().nanoseconds))
     }
+
+    /// Connections the server holds open (HTTP and websocket).
+    public var openConnections: Int { connections.count }
 
     /// Waits until the server accepts connections and returns its port.
     public func waitUntilListening() async throws -> Int {
@@ -42,15 +47,21 @@ public final class GatewayEmulator: Service, Sendable {
         addRoutes(to: router)
         let app = Application(
             router: router,
-            server: .http1WebSocketUpgrade(
-                configuration: .init(http1: .init(), ws: .init(maxFrameSize: 1 << 20, closeTimeout: .seconds(2)))
-            ) { request, channel, _ in
-                guard let path = request.path, path == "/websocket" || path.hasPrefix("/websocket/") || path.hasPrefix("/websocket?") else {
-                    return .dontUpgrade
-                }
-                return .upgrade([:]) { inbound, outbound, _ in
-                    await self.serveGateway(inbound: inbound, outbound: outbound, channel: channel)
-                }
+            server: HTTPServerBuilder { responder in
+                TrackedChildChannel(
+                    inner: HTTP1WebSocketUpgradeChannel(
+                        responder: responder,
+                        configuration: .init(http1: .init(), ws: .init(maxFrameSize: 1 << 20, closeTimeout: .seconds(2)))
+                    ) { request, channel, _ in
+                        guard let path = request.path, path == "/websocket" || path.hasPrefix("/websocket/") || path.hasPrefix("/websocket?") else {
+                            return .dontUpgrade
+                        }
+                        return .upgrade([:]) { inbound, outbound, _ in
+                            await self.serveGateway(inbound: inbound, outbound: outbound, channel: channel)
+                        }
+                    },
+                    registry: self.connections
+                )
             },
             configuration: .init(address: .hostname(config.host, port: config.port), serverName: nil),
             onServerRunning: { channel in
@@ -64,8 +75,13 @@ public final class GatewayEmulator: Service, Sendable {
             try await withThrowingDiscardingTaskGroup { group in
                 group.addTask { try await self.runTraffic() }
                 group.addTask { try await self.runSweeper() }
-                // The server returns on graceful shutdown and throws on cancellation; the loops end with it.
-                try await app.run()
+                // The server returns on graceful shutdown and throws on cancellation; the loops end with it. Stopped
+                // by cancellation, it would still wait for every open connection to end: close them.
+                try await withTaskCancellationHandler {
+                    try await app.run()
+                } onCancel: {
+                    self.connections.closeAll()
+                }
                 group.cancelAll()
             }
         } catch is CancellationError {

@@ -32,6 +32,27 @@ func withEmulator<T: Sendable>(
     }
 }
 
+/// A plain TCP connection to the emulator on loopback (a blocking socket).
+func tcpConnect(port: UInt16) throws -> Int32 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = port.bigEndian
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let result = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard fd >= 0, result == 0 else {
+        if fd >= 0 { close(fd) }
+        throw TCPConnectError(errno: errno)
+    }
+    return fd
+}
+
+struct TCPConnectError: Error {
+    var errno: Int32
+}
+
 /// A plain HTTP exchange with the emulator.
 struct HTTPReply: Sendable {
     var status: Int

@@ -1,6 +1,7 @@
 import ClusterCore
 import Foundation
 import GatewayEmulator
+import Synchronization
 import Testing
 
 @Suite("emulator OpenAPI", .timeLimit(.minutes(1)))
@@ -39,6 +40,38 @@ struct OpenAPITests {
             let s = try await stats(base)
             #expect(s["rateLimited"]?.intValue == statuses.filter { $0 == 429 }.count)
             #expect(s["restRequests"]?.intValue == 12)
+        }
+    }
+
+    @Test func stoppingTheEmulatorClosesConnectionsThatSentNothingOrWentIdle() async throws {
+        // One connection that never sends a request (a client's pool opens such spares) and one idle after a
+        // keep-alive request: the emulator must stop without waiting for their clients to close them.
+        let opened = Mutex<[Int32]>([])
+        // Should the emulator wait for them after all, close them from this side after a while, so that the
+        // failure is reported rather than the run hanging.
+        let watchdog = Task {
+            try await Task.sleep(for: .seconds(30))
+            Issue.record("the emulator did not stop while a client held connections open")
+            for socket in opened.withLock({ $0 }) { shutdown(socket, Int32(SHUT_RDWR)) }
+        }
+        let sockets = try await withEmulator(#"{\#(quiet)}"#) { emulator, base in
+            let port = UInt16(base.split(separator: ":").last!)!
+            let silent = try tcpConnect(port: port)
+            let idle = try tcpConnect(port: port)
+            opened.withLock { $0 = [silent, idle] }
+            let request = Array("GET /emulator/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n\r\n".utf8)
+            #expect(write(idle, request, request.count) == request.count)
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            #expect(read(idle, &buffer, buffer.count) > 0)
+            while emulator.openConnections < 2 { try await Task.sleep(for: .milliseconds(5)) }
+            return [silent, idle]
+        }
+        watchdog.cancel()
+        // The server closed both: each reads end of stream.
+        for socket in sockets {
+            var byte: UInt8 = 0
+            #expect(read(socket, &byte, 1) <= 0)
+            close(socket)
         }
     }
 
