@@ -57,15 +57,18 @@ struct ShardRuntimeTests {
     }
 
     @Test func stoppedAcksAreDetectedAsAZombieAndResumed() async throws {
-        let emulator = #"{"restRate": 100000, "heartbeatInterval": "100ms", "heartbeatTimeout": "30s", "identifyWindow": "100ms", "traffic": {"rate": 0, "groupRate": 0, "c2cRate": 0, "renameShare": 0}}"#
+        // Short heartbeats, but not so short that a starved test machine delays an ACK past the next one.
+        let emulator = #"{"restRate": 100000, "heartbeatInterval": "300ms", "heartbeatTimeout": "30s", "identifyWindow": "100ms", "traffic": {"rate": 0, "groupRate": 0, "c2cRate": 0, "renameShare": 0}}"#
         try await withShard(emulator: emulator) { h, runtime in
             try await h.waitForReady(runtime)
+            let identifies = h.stats().identifies, reconnects = runtime.stats.reconnects
             h.emulator.inject(EmulatorFault(kind: .stopAcks))
             try await h.waitFor("a resume after the zombie") { $0.resumes == 1 }
             h.emulator.burst(count: 10)
             try await h.waitFor("10 replies") { $0.messagesReplied == 10 }
-            #expect(h.stats().identifies == 1)
-            #expect(runtime.stats.reconnects == 1)
+            // The zombie cost one reconnect and no identify.
+            #expect(h.stats().identifies == identifies)
+            #expect(runtime.stats.reconnects == reconnects + 1)
         }
     }
 
