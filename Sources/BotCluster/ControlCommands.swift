@@ -36,17 +36,11 @@ func connectToSupervisor(_ options: CommonOptions) async throws -> IPCClient {
 func control(_ options: CommonOptions, _ command: String, _ argument: String = "", timeout: Duration = .seconds(10)) async throws -> String {
     let client = try await connectToSupervisor(options)
     defer { client.close() }
-    let reply: IPCMessage
+    let ok: Bool, body: String
     do {
-        reply = try await client.request(timeout: timeout, progress: { message in
-            if case .controlProgress(_, let line) = message { printLine(line) }
-        }) { .controlRequest(id: $0, command: command, argument: argument) }
+        (ok, body) = try await client.control(command, argument, timeout: timeout, progress: { printLine($0) })
     } catch {
         printError("\(command): \(error)")
-        throw ExitCode(1)
-    }
-    guard case .controlReply(_, let ok, let body) = reply else {
-        printError("\(command): unexpected reply \(reply.name)")
         throw ExitCode(1)
     }
     guard ok else {

@@ -1,5 +1,6 @@
 import ClusterCore
 import GatewayEmulator
+import QQGateway
 import Logging
 import Worker
 

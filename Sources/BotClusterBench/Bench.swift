@@ -378,11 +378,7 @@ struct IPCBench: AsyncParsableCommand {
     func rawPingPong(path: String, count: Int, frameSize: Int) throws -> (p50: Double, p99: Double) {
         unlink(path)
         let listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in for (i, b) in path.utf8.enumerated() { raw[i] = b } }
-        let size = socklen_t(MemoryLayout<sockaddr_un>.size)
-        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, size) } }
+        _ = RawUnixSocket.withAddress(path) { bind(listener, $0, $1) }
         listen(listener, 1)
         let echo = Thread {
             let fd = accept(listener, nil, nil)
@@ -398,8 +394,7 @@ struct IPCBench: AsyncParsableCommand {
             }
         }
         echo.start()
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, size) } }
+        guard let fd = RawUnixSocket.connect(path: path) else { throw BenchError("cannot connect to \(path)") }
         var buffer = [UInt8](repeating: 7, count: frameSize)
         var samples: [Double] = []
         for i in 0..<(count + count / 10) {
@@ -468,10 +463,8 @@ struct KillResumeBench: AsyncParsableCommand {
 }
 
 func controlStatus(_ socket: String) async throws -> JSONValue {
-    let client = try await IPCClient.connect(path: socket, hello: Hello(role: .control, pid: getpid()))
-    defer { client.close() }
-    let reply = try await client.request(timeout: .seconds(10)) { .controlRequest(id: $0, command: "status", argument: "") }
-    guard case .controlReply(_, true, let body) = reply else { throw BenchError("status failed") }
+    let (ok, body) = try await IPCClient.control(path: socket, "status")
+    guard ok else { throw BenchError("status failed: \(body)") }
     return try JSONValue.parse(body)
 }
 

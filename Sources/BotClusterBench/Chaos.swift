@@ -146,11 +146,7 @@ struct Chaos: AsyncParsableCommand {
 
     func controlCommand(_ socket: String, _ command: String, _ argument: String, timeout: Duration) async -> (Bool, String) {
         do {
-            let client = try await IPCClient.connect(path: socket, hello: Hello(role: .control, pid: getpid()))
-            defer { client.close() }
-            let reply = try await client.request(timeout: timeout) { .controlRequest(id: $0, command: command, argument: argument) }
-            guard case .controlReply(_, let ok, let body) = reply else { return (false, "\(reply.name)") }
-            return (ok, body)
+            return try await IPCClient.control(path: socket, command, argument, timeout: timeout)
         } catch {
             return (false, "\(error)")
         }

@@ -402,3 +402,8 @@ extension JSONValue {
         out += "\""
     }
 }
+
+extension JSONValue: CustomStringConvertible {
+    /// The value as compact JSON.
+    public var description: String { serialized() }
+}

@@ -83,3 +83,30 @@ extension String {
         return String(s)
     }
 }
+
+/// Plain, blocking Unix-domain sockets: for tools that speak raw bytes to the supervisor's socket (benchmarks
+/// beside the framed IPC, checks of its defences against garbage).
+public enum RawUnixSocket {
+    /// Calls `body` with the address of `path` (which must fit; see ``RunDirectory/checkSocketPath(_:)``).
+    public static func withAddress<R>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (i, byte) in path.utf8.prefix(raw.count - 1).enumerated() { raw[i] = byte }
+        }
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+    }
+
+    /// A connected stream socket, or nil (with errno set).
+    public static func connect(path: String) -> Int32? {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        guard withAddress(path, { Glibc.connect(fd, $0, $1) }) == 0 else {
+            close(fd)
+            return nil
+        }
+        return fd
+    }
+}

@@ -43,16 +43,7 @@ public final class ClusterStore: Sendable {
     static func open(_ path: String) throws -> DatabasePool {
         var configuration = Configuration()
         configuration.busyMode = .timeout(5)
-        let pool = try DatabasePool(path: path, configuration: configuration)
-        let migrator = migrator()
-        try pool.read { db in
-            _ = try db.tableExists("sqlite_master")
-            if try migrator.hasBeenSuperseded(db) {
-                throw DatabaseError(message: "the file was written by a newer botcluster (unknown migrations)")
-            }
-        }
-        try migrator.migrate(pool)
-        return pool
+        return try openMigrated(path: path, configuration: configuration, migrator: migrator())
     }
 
     /// The stored sessions of the layout with `total` shards, by shard id.

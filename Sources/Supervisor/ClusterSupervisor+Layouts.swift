@@ -16,13 +16,19 @@ extension ClusterSupervisor {
     func scale(_ argument: String, progress: @escaping @Sendable (String) -> Void) async -> (Bool, String) {
         let words = argument.split(separator: " ").map(String.init)
         let planOnly = words.contains("plan")
+        // The platform's word now: its recommendation, and the session starts left today (the day may have reset
+        // since launch, and the ledger only counts down).
+        var info: GatewayBotInfo?
+        do {
+            info = try await platform.api.gatewayBot()
+        } catch {
+            logger.warning("cannot ask the platform about the rescale; planning with the ledger's count", metadata: ["error": "\(error)"])
+        }
+        if let info { ledger.updateRemaining(info.remaining) }
         let target: Int
         if words.first == "auto" {
-            do {
-                target = try await platform.gatewayBot().shards
-            } catch {
-                return (false, "cannot ask the platform for its recommendation: \(error)")
-            }
+            guard let info else { return (false, "cannot ask the platform for its recommendation") }
+            target = info.shards
         } else if let n = words.first.flatMap(Int.init), (1...ShardsConfig.maxCount).contains(n) {
             target = n
         } else {
@@ -67,7 +73,7 @@ extension ClusterSupervisor {
             if MonotonicInstant.now() >= deadline {
                 return await abandon(incoming, current: current, reason: "the new layout was not ready within scale.readyTimeout (\(readyCount)/\(target) ready)")
             }
-            await layoutEvents.wait(until: min(deadline, .now() + .milliseconds(100)))
+            await layoutEvents.wait(until: deadline)
         }
         progress("new shards ready \(target)/\(target)")
         guard let retiring = layouts.withLock({ $0.switchOver() }) else { return (false, "no layout to switch from") }
@@ -98,7 +104,7 @@ extension ClusterSupervisor {
                 logger.warning("retiring workers did not confirm they handled everything they received; draining them anyway", metadata: ["worker.ordinals": "\(pending)"])
                 break
             }
-            await layoutEvents.wait(until: min(deadline, .now() + .milliseconds(100)))
+            await layoutEvents.wait(until: deadline)
         }
         finishedDispatch.withLock { finished in
             for connection in waiting.values { finished.remove(connection.id) }
@@ -116,7 +122,7 @@ extension ClusterSupervisor {
         dispatch(.stop, in: id)
         let deadline = MonotonicInstant.now() + setup.config.supervisor.stopGrace + .seconds(5)
         while !stoppedLayouts.withLock({ $0.contains(id) }) && MonotonicInstant.now() < deadline {
-            await layoutEvents.wait(until: min(deadline, .now() + .milliseconds(100)))
+            await layoutEvents.wait(until: deadline)
         }
         layouts.withLock { $0.remove(id) }
     }
@@ -149,7 +155,7 @@ extension ClusterSupervisor {
                 if MonotonicInstant.now() >= deadline {
                     return (false, "workers \(ordinals) were not ready in time; roll paused after \(replaced) of \(count)")
                 }
-                await layoutEvents.wait(until: .now() + .milliseconds(20))
+                await layoutEvents.wait(until: deadline)
             }
             replaced += ordinals.count
             progress("replaced \(replaced)/\(count)")

@@ -66,15 +66,19 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
     let spawner = Mutex<ProcessSpawner?>(nil)
     /// Printed once every worker is ready (tests and scripts wait for it).
     public let ready = AsyncSignal<Duration>()
-    /// Layouts that became ready, and layouts whose workers all exited (for rescales to wait on).
+    /// Poked after every event of the layouts' state machines and every `dispatchFinished`: what rescales and
+    /// rolling restarts wait on.
     let layoutEvents = Wakeup()
+    /// Layouts that became ready, and layouts whose workers all exited.
     let readyLayouts = Mutex<Set<Int>>([])
     let stoppedLayouts = Mutex<Set<Int>>([])
     /// Connections of a retiring layout that have handled everything they received (`dispatchFinished`).
     let finishedDispatch = Mutex<Set<UInt64>>([])
     /// One layout change (rescale, rolling restart) at a time.
     let changing = Mutex(false)
-    let platform: PlatformAPI
+    /// The supervisor's own calls to the platform (`/gateway/bot` when it plans a rescale): one connection and a
+    /// small budget of its own, so that they never compete with the workers' replies.
+    let platform: PlatformClients
 
     public init(setup: SupervisorSetup, store: ClusterStore, logger: Logger) throws {
         self.setup = setup
@@ -88,7 +92,10 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         var claimLedger = ClaimLedger(ttl: setup.config.exactlyOnce.ttl)
         claimLedger.remember(try store.handledEvents(within: setup.config.exactlyOnce.ttl))
         claims = ClaimService(ledger: claimLedger)
-        platform = PlatformAPI(setup: setup, logger: logger)
+        platform = PlatformClients(
+            config: setup.config, endpoints: GatewayEndpoints(apiBase: setup.apiBase, tokenURL: setup.tokenURL),
+            budget: LocalRateBudget(rate: 1, burst: 2), logger: logger, http: HTTPClientPools(maxConnections: 1, pipelineDepth: 1)
+        )
         ledger = IdentifyLedgerService(ledger: IdentifyLedger(
             configuration: .init(
                 maxConcurrency: setup.gateway.maxConcurrency, window: setup.config.effectiveIdentifyWindow,
@@ -168,6 +175,8 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         }
         if moved { timer.poke() }
         perform(actions)
+        // Whatever changed in a layout (a worker ready, failed, exited) may be what a rescale or a roll waits for.
+        layoutEvents.poke()
     }
 
     func perform(_ actions: [(Int, ClusterStateMachine.Action)]) {
@@ -191,7 +200,6 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
                 }
             case .clusterReady:
                 readyLayouts.withLock { _ = $0.insert(layout) }
-                layoutEvents.poke()
                 if layout == 0 {
                     let elapsed = MonotonicInstant.now() - startedAt
                     writeToStandardOutput("cluster ready: \(setup.shards) shards in \(DurationFormat.human(elapsed))\n")
@@ -199,7 +207,6 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
                 }
             case .allStopped:
                 stoppedLayouts.withLock { _ = $0.insert(layout) }
-                layoutEvents.poke()
                 let active = layouts.withLock { $0.active.id }
                 if layout == active { stopped.set(()) }
             }
@@ -356,12 +363,13 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         ledger.connectionClosed(connection)
         budget.connectionClosed(connection)
         claims.connectionClosed(connection)
-        layoutEvents.poke()
         guard let hello = connection.hello, hello.role == .worker else { return }
         let layout = ClusterLayouts.layoutID(ofGeneration: hello.generation)
         connections.withLock { connections in
             if connections[layout]?[Int(hello.ordinal)] == connection { connections[layout]?[Int(hello.ordinal)] = nil }
         }
+        // A retiring worker that is gone owes no `dispatchFinished`.
+        layoutEvents.poke()
     }
 
     func recordRate(_ ordinal: UInt64, _ progress: WorkerProgress) {

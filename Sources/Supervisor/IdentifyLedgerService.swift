@@ -28,6 +28,11 @@ final class IdentifyLedgerService: Sendable {
         state.withLock { ($0.ledger.remaining, $0.ledger.waiting, $0.ledger.granted, $0.ledger.configuration.maxConcurrency) }
     }
 
+    /// Takes the platform's count of session starts left today.
+    func updateRemaining(_ remaining: Int) {
+        state.withLock { $0.ledger.updateRemaining(remaining) }
+    }
+
     func request(from connection: IPCConnection, correlation: UInt64, shard: Int32) {
         let decisions = state.withLock { state -> [IdentifyLedger.Decision] in
             state.nextID += 1

@@ -71,17 +71,7 @@ public final class UserStore: Sendable {
     }
 
     static func migrate(_ path: String) throws -> UserStore {
-        let pool = try DatabasePool(path: path, configuration: configuration())
-        let migrator = migrator()
-        try pool.read { db in
-            // Reading the schema fails on a file that is not a database.
-            _ = try db.tableExists("users")
-            if try migrator.hasBeenSuperseded(db) {
-                throw DatabaseError(message: "the user cache was written by a newer botcluster (unknown migrations)")
-            }
-        }
-        try migrator.migrate(pool)
-        return try UserStore(pool: pool, path: path)
+        try UserStore(pool: openMigrated(path: path, configuration: configuration(), migrator: migrator()), path: path)
     }
 
     /// Opens a file the supervisor prepared.
@@ -139,6 +129,21 @@ public final class UserStore: Sendable {
     public func count() throws -> Int {
         try pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM users") ?? 0 }
     }
+}
+
+/// Opens an SQLite file and brings its schema up to date; fails on a file that is not a database or that a newer
+/// botcluster wrote (migrations this one does not know).
+public func openMigrated(path: String, configuration: Configuration, migrator: DatabaseMigrator) throws -> DatabasePool {
+    let pool = try DatabasePool(path: path, configuration: configuration)
+    try pool.read { db in
+        // Reading the schema fails on a file that is not a database.
+        _ = try db.tableExists("sqlite_master")
+        if try migrator.hasBeenSuperseded(db) {
+            throw DatabaseError(message: "\(path) was written by a newer botcluster (unknown migrations)")
+        }
+    }
+    try migrator.migrate(pool)
+    return pool
 }
 
 /// Opens an SQLite file with `open`; when that fails (corrupt, or written by a newer schema), moves the file and

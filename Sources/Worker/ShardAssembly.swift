@@ -6,40 +6,6 @@ import Foundation
 import QQGateway
 import UserCache
 
-/// Where the platform is: the OpenAPI base and the token endpoint.
-public struct GatewayEndpoints: Sendable {
-    public var apiBase: String
-    public var tokenURL: String
-
-    public init(apiBase: String, tokenURL: String) {
-        self.apiBase = apiBase
-        self.tokenURL = tokenURL
-    }
-
-    /// The endpoints an emulator at `base` serves.
-    public static func emulator(base: String) -> GatewayEndpoints {
-        GatewayEndpoints(apiBase: base, tokenURL: base + "/app/getAppAccessToken")
-    }
-}
-
-/// The pieces every shard process needs, built once: one pooled HTTP client, the token provider, the OpenAPI
-/// client behind the given budget.
-public struct PlatformClients: Sendable {
-    public let http: HTTPClientPools
-    public let tokens: TokenProvider
-    public let api: OpenAPIClient
-
-    public init(config: ClusterConfig, endpoints: GatewayEndpoints, budget: any RequestBudget, logger: Logger) {
-        http = HTTPClientPools()
-        tokens = TokenProvider(appID: config.app.id, secret: config.app.secret, tokenURL: endpoints.tokenURL, http: http, logger: logger)
-        api = OpenAPIClient(baseURL: endpoints.apiBase, appID: config.app.id, tokens: tokens, budget: budget, http: http, logger: logger)
-    }
-
-    public func shutdown() async {
-        await http.shutdown()
-    }
-}
-
 extension ShardRuntime {
     /// Builds the runtime of one shard from the cluster configuration.
     public static func make(

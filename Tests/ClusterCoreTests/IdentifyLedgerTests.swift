@@ -90,6 +90,16 @@ struct IdentifyLedgerTests {
         #expect(l.remaining == 0)
     }
 
+    @Test func theDailyBudgetFollowsThePlatformAfterAReset() {
+        var l = ledger(mc: 4, remaining: 1)
+        _ = l.request(0, shard: 0, now: t0)
+        #expect(l.request(1, shard: 1, now: t0) == [.denied(1, reason: "the daily session start limit is spent")])
+        // The platform's day reset: a fresh /gateway/bot says so.
+        l.updateRemaining(1000)
+        #expect(l.request(2, shard: 2, now: t0) == [.granted(2)])
+        #expect(l.remaining == 999)
+    }
+
     @Test func minimumLaunchDuration() {
         #expect(IdentifyLedger.minimumDuration(identifies: 16, maxConcurrency: 1, window: .seconds(5)) == .seconds(75))
         #expect(IdentifyLedger.minimumDuration(identifies: 16, maxConcurrency: 4, window: .seconds(1)) == .seconds(3))

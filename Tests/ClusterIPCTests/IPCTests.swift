@@ -111,15 +111,8 @@ func withServer(_ body: (String, IPCServer, EchoDelegate) async throws -> Void) 
 
 /// Writes raw bytes to the socket, as a rogue client would, and waits for the server to hang up.
 func rawExchange(path: String, bytes: [UInt8]) async throws -> [UInt8] {
-    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    let fd = try #require(RawUnixSocket.connect(path: path))
     defer { close(fd) }
-    var address = sockaddr_un()
-    address.sun_family = sa_family_t(AF_UNIX)
-    withUnsafeMutableBytes(of: &address.sun_path) { raw in
-        for (i, byte) in path.utf8.enumerated() { raw[i] = byte }
-    }
-    let connected = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-    #expect(connected == 0)
     _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
     var received: [UInt8] = []
     var chunk = [UInt8](repeating: 0, count: 4096)

@@ -38,10 +38,8 @@ struct TestCluster {
 
     /// `botcluster status --json`, over the control socket.
     func status() async throws -> JSONValue {
-        let client = try await IPCClient.connect(path: socket, hello: Hello(role: .control, pid: getpid()))
-        defer { client.close() }
-        let reply = try await client.request(timeout: .seconds(10)) { .controlRequest(id: $0, command: "status", argument: "") }
-        guard case .controlReply(_, true, let body) = reply else { throw IPCRequestError("status failed: \(reply)") }
+        let (ok, body) = try await IPCClient.control(path: socket, "status")
+        guard ok else { throw IPCRequestError("status failed: \(body)") }
         return try JSONValue.parse(body)
     }
 
@@ -56,17 +54,8 @@ struct TestCluster {
     }
 
     /// Waits until the cluster's status satisfies `condition`.
-    func waitForStatus(_ what: String, timeout: Duration = .seconds(30), _ condition: ([JSONValue]) -> Bool) async throws {
-        let deadline = ContinuousClock.now + timeout
-        while true {
-            let workers = try await workers()
-            if condition(workers) { return }
-            if ContinuousClock.now > deadline {
-                Issue.record("timed out waiting for \(what): \(workers.map { $0.serialized() })")
-                throw CancellationError()
-            }
-            try await Task.sleep(for: .milliseconds(20))
-        }
+    func waitForStatus(_ what: String, timeout: Duration = .seconds(30), _ condition: @escaping ([JSONValue]) -> Bool) async throws {
+        try await poll(what, timeout: timeout, read: workers, until: condition)
     }
 
     /// Stops traffic and waits until every delivered message has its reply.

@@ -127,17 +127,8 @@ struct EmulatorProcess {
     }
 
     /// Waits until the counters satisfy `condition`.
-    func waitFor(_ what: String, timeout: Duration = .seconds(60), _ condition: ([String: Double]) -> Bool) async throws {
-        let deadline = ContinuousClock.now + timeout
-        while true {
-            let stats = try await stats()
-            if condition(stats) { return }
-            if ContinuousClock.now > deadline {
-                Issue.record("timed out waiting for \(what): \(stats)")
-                throw CancellationError()
-            }
-            try await Task.sleep(for: .milliseconds(20))
-        }
+    func waitFor(_ what: String, timeout: Duration = .seconds(60), _ condition: @escaping ([String: Double]) -> Bool) async throws {
+        try await poll(what, timeout: timeout, read: stats, until: condition)
     }
 
     /// A cluster.json for workers that use this emulator as their platform.
@@ -146,4 +137,21 @@ struct EmulatorProcess {
     }
 
     static let secretEnvironment = ["TEST_APP_SECRET": "emulator-development-secret"]
+}
+
+/// Reads a state every 20 ms until `condition` holds; past `timeout` records an issue showing the last state read
+/// and throws. (The processes under test report their state when asked, not when it changes.)
+func poll<State>(
+    _ what: String, timeout: Duration, read: () async throws -> State, until condition: (State) -> Bool
+) async throws {
+    let deadline = ContinuousClock.now + timeout
+    while true {
+        let state = try await read()
+        if condition(state) { return }
+        if ContinuousClock.now > deadline {
+            Issue.record("timed out waiting for \(what): \(state)")
+            throw CancellationError()
+        }
+        try await Task.sleep(for: .milliseconds(20))
+    }
 }

@@ -3,15 +3,6 @@ import ClusterIPC
 import Foundation
 import Testing
 
-/// Sends a control command and returns (ok, body).
-func controlCommand(_ cluster: TestCluster, _ command: String, _ argument: String) async throws -> (Bool, String) {
-    let client = try await IPCClient.connect(path: cluster.socket, hello: Hello(role: .control, pid: getpid()))
-    defer { client.close() }
-    let reply = try await client.request(timeout: .seconds(120)) { .controlRequest(id: $0, command: command, argument: argument) }
-    guard case .controlReply(_, let ok, let body) = reply else { throw IPCRequestError("\(reply)") }
-    return (ok, body)
-}
-
 extension RealProcesses {
     @Suite("rescaling, rolling restarts, exactly once (real processes)", .serialized, .timeLimit(.minutes(4)))
     struct RescaleTests {
@@ -26,7 +17,7 @@ extension RealProcesses {
                 var workers = try await cluster.workers()
                 #expect(workers.count == 6)
                 #expect(workers.map { $0["shard"] } == (0..<6).map { .array([.number(Double($0)), .number(6)]) })
-                let (ok, text) = try await controlCommand(cluster, "scale", "3")
+                let (ok, text) = try await IPCClient.control(path: cluster.socket, "scale", "3", timeout: .seconds(120))
                 #expect(ok, "\(text)")
                 workers = try await cluster.workers()
                 #expect(workers.count == 3 && workers.allSatisfy { $0.workerState == "ready" })
