@@ -31,10 +31,8 @@ struct RescaleBench: AsyncParsableCommand {
             let endMs = try await clockMs()
             took.append((ended - started).seconds)
             switchAt.append((switched - started).seconds)
-            // Give the last messages of the window their replies, then read the ground truth.
-            try await Task.sleep(for: .seconds(2))
-            let steady = try await latency(steadyFrom, startMs)
-            let rescale = try await latency(startMs, endMs)
+            let steady = try await settledLatency(steadyFrom, startMs)
+            let rescale = try await settledLatency(startMs, endMs)
             beforeP50.append(steady.p50); beforeP99.append(steady.p99)
             duringP50.append(rescale.p50); duringP99.append(rescale.p99)
             unreplied += steady.unreplied + rescale.unreplied
@@ -60,6 +58,16 @@ struct RescaleBench: AsyncParsableCommand {
     func clockMs() async throws -> Double {
         guard case .number(let ms) = try await get(url + "/emulator/stats")["clockMs"] ?? .null else { throw BenchError("no clockMs in the emulator's stats") }
         return ms
+    }
+
+    /// The latency of a window once its last messages have their replies (or after 10 s, unreplied counted).
+    func settledLatency(_ fromMs: Double, _ untilMs: Double) async throws -> (messages: Int, unreplied: Int, p50: Double, p99: Double) {
+        let deadline = MonotonicInstant.now() + .seconds(10)
+        while true {
+            let window = try await latency(fromMs, untilMs)
+            if window.unreplied == 0 || MonotonicInstant.now() >= deadline { return window }
+            try await Task.sleep(for: .milliseconds(20))
+        }
     }
 
     func latency(_ fromMs: Double, _ untilMs: Double) async throws -> (messages: Int, unreplied: Int, p50: Double, p99: Double) {

@@ -72,6 +72,14 @@ public final class ShardRuntime: Sendable {
         var stats = RuntimeStats()
         var inFlight = 0
         var lastReported: (String, Int)?
+        /// The session and seq `finishDispatch` waits for the committed seq to reach.
+        var fence: (sessionID: String, seq: Int)?
+
+        /// Whether the fence is passed: every dispatch up to its seq handled, or its session gone.
+        var fencePassed: Bool {
+            guard let fence else { return true }
+            return sessionID != fence.sessionID || tracker.committed >= fence.seq
+        }
     }
 
     let configuration: Configuration
@@ -87,8 +95,8 @@ public final class ShardRuntime: Sendable {
     let dispatchGate: AsyncSignal<Void>
     let state = Mutex(State())
     let idle = Wakeup()
-    /// Poked whenever a handler ends (what `finishDispatch` waits on).
-    let progress = Wakeup()
+    /// Poked when the committed seq reaches `State.fence` (what `finishDispatch` waits on).
+    let fenceReached = Wakeup()
     let jobs: AsyncStream<@Sendable () async -> Void>
     let jobsContinuation: AsyncStream<@Sendable () async -> Void>.Continuation
 
@@ -132,13 +140,12 @@ public final class ShardRuntime: Sendable {
     public func finishDispatch() async {
         let (session, fenceSeq) = await client.fence()
         guard let session, let seq = fenceSeq else { return }
-        while !Task.isCancelled {
-            let done = state.withLock { state in
-                state.sessionID != session || state.tracker.committed >= seq
-            }
-            if done { return }
-            await progress.wait(until: .now() + .seconds(1))
+        state.withLock { $0.fence = (session, seq) }
+        // A handler ending past the fence pokes; a poke left from an earlier fence only costs one more look.
+        while !Task.isCancelled && !state.withLock({ $0.fencePassed }) {
+            await fenceReached.wait(until: nil)
         }
+        state.withLock { $0.fence = nil }
     }
 
     /// Stops reading, closes the socket resumably, and lets running handlers finish (up to the drain timeout).
@@ -286,13 +293,13 @@ public final class ShardRuntime: Sendable {
         jobsContinuation.yield {
             defer {
                 self.slots.release()
-                let idle = self.state.withLock { state -> Bool in
+                let (idle, fencePassed) = self.state.withLock { state -> (Bool, Bool) in
                     if let ticket { state.tracker.end(ticket) }
                     state.inFlight -= 1
-                    return state.inFlight == 0
+                    return (state.inFlight == 0, state.fence != nil && state.fencePassed)
                 }
                 if idle { self.idle.poke() }
-                self.progress.poke()
+                if fencePassed { self.fenceReached.poke() }
             }
             if let claimKey {
                 guard await self.claims.claim(claimKey) else {
