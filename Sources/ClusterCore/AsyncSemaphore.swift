@@ -2,6 +2,10 @@ import Synchronization
 
 /// A counting semaphore for async code: `acquire` suspends (first come, first served) while no permit is free;
 /// a cancelled waiter leaves the queue. Used for backpressure: a bounded number of handlers in flight.
+///
+/// Whether to wait is decided once, under the lock, in the same critical section that enqueues the waiter (as
+/// swift-nio's `TokenBucket` does): a `release()` can never slip between "no permit" and "waiting", which would
+/// leave a free permit and a sleeping acquirer.
 public final class AsyncSemaphore: Sendable {
     private struct State {
         var available: Int
@@ -19,23 +23,35 @@ public final class AsyncSemaphore: Sendable {
     public var available: Int { state.withLock { $0.available } }
 
     public func acquire() async throws {
-        let id = state.withLock { state -> UInt64? in
-            if state.available > 0 && state.waiters.isEmpty {
-                state.available -= 1
-                return nil
-            }
+        // The fast path: a permit is free and nobody queues before us.
+        let taken = state.withLock { state -> Bool in
+            guard state.available > 0 && state.waiters.isEmpty else { return false }
+            state.available -= 1
+            return true
+        }
+        if taken { return }
+        let id = state.withLock { state -> UInt64 in
             state.nextID += 1
             return state.nextID
         }
-        guard let id else { return }
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                let cancelled = state.withLock { state -> Bool in
-                    if Task.isCancelled { return true }
+                enum Outcome { case acquired, cancelled, queued }
+                let outcome = state.withLock { state -> Outcome in
+                    if Task.isCancelled { return .cancelled }
+                    // Checked again here: a permit released since the fast path is ours (when nobody queues first).
+                    if state.available > 0 && state.waiters.isEmpty {
+                        state.available -= 1
+                        return .acquired
+                    }
                     state.waiters.append((id, continuation))
-                    return false
+                    return .queued
                 }
-                if cancelled { continuation.resume(throwing: CancellationError()) }
+                switch outcome {
+                case .acquired: continuation.resume()
+                case .cancelled: continuation.resume(throwing: CancellationError())
+                case .queued: break
+                }
             }
         } onCancel: {
             let waiter = state.withLock { state -> CheckedContinuation<Void, any Error>? in
