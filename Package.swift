@@ -25,6 +25,8 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/swift-websocket.git", from: "1.6.2"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
+        .package(url: "https://github.com/apple/swift-nio-http2.git", from: "1.46.0"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
     ],
     targets: [
@@ -54,7 +56,9 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
-                .product(name: "WSClient", package: "swift-websocket"),
+                .product(name: "NIOExtras", package: "swift-nio-extras"),
+                .product(name: "NIOSOCKS", package: "swift-nio-extras"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ]
         ),
         .target(
@@ -73,7 +77,7 @@ let package = Package(
         .target(
             name: "Supervisor",
             dependencies: [
-                "ClusterCore", "ClusterIPC", "QQGateway", "RateBudget", "UserCache", "CBotSystem",
+                "ClusterCore", "ClusterIPC", "QQGateway", "RateBudget", "SQLiteSupport", "CBotSystem",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -82,9 +86,17 @@ let package = Package(
             ]
         ),
         .target(
+            name: "SQLiteSupport",
+            dependencies: [
+                "ClusterCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ]
+        ),
+        .target(
             name: "UserCache",
             dependencies: [
-                "ClusterCore", "CSQLite3",
+                "ClusterCore", "CSQLite3", "SQLiteSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "GRDB", package: "GRDB.swift"),
             ]
@@ -98,6 +110,11 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
+                .product(name: "HummingbirdHTTP2", package: "hummingbird"),
+                .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
             ]
         ),
         .target(
@@ -129,6 +146,8 @@ let package = Package(
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ]
         ),
+        // Helpers several test targets share (test certificates); no product links it.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(
             name: "ClusterCoreTests",
             dependencies: ["ClusterCore"]
@@ -161,7 +180,7 @@ let package = Package(
         .testTarget(
             name: "WorkerTests",
             dependencies: [
-                "Worker", "QQGateway", "RateBudget", "GatewayEmulator", "ClusterCore",
+                "Worker", "QQGateway", "TestSupport", "RateBudget", "GatewayEmulator", "ClusterCore",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
@@ -169,7 +188,7 @@ let package = Package(
         .testTarget(
             name: "ProcessTests",
             dependencies: [
-                "ClusterCore", "ClusterIPC",
+                "ClusterCore", "ClusterIPC", "TestSupport",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -61,6 +61,8 @@ pss_private_mib() { awk '/^Pss:/ { p = $2 } /^Private_(Clean|Dirty):/ { u += $2 
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 export BOTCLUSTER_BENCH_SECRET=emulator-development-secret   # the emulator's development credentials
+BOTCLUSTER_BENCH_ADMIN_TOKEN=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')   # the emulators' admin API token
+export BOTCLUSTER_BENCH_ADMIN_TOKEN
 ROWS=()
 # row FIGURE VALUE GOAL VERDICT
 row() { ROWS+=("$(printf '| %-44s | %-22s | %-26s | %-4s |' "$1" "$2" "$3" "$4")"); }

@@ -2,6 +2,9 @@ import ArgumentParser
 import ClusterCore
 import Logging
 import Worker
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The `botcluster` command line. A bot's own executable hands its event handler to ``main(handler:)`` and gets
 /// every subcommand with it:
@@ -16,7 +19,12 @@ public enum BotCluster {
     /// Parses the command line (or `arguments`) and runs the chosen subcommand with `handler` as the bot; exits
     /// with its status.
     public static func main(handler: some EventHandler, arguments: [String]? = nil) async {
-        LoggingSystem.bootstrap { label in StreamLogHandler.standardError(label: label) }
+        // Log lines go through a queue with a thread of its own: a standard error nobody reads does not stop the
+        // event loops (see OutputWriter); whatever is queued is written before the process exits.
+        LoggingSystem.bootstrap { label in StreamLogHandler(label: label, stream: OutputWriterStream(.standardError)) }
+        atexit { OutputWriter.standardError.flush(within: .seconds(2)) }
+        // Files this process creates (databases, the lock, the socket) are its user's alone.
+        umask(0o077)
         await $handler.withValue(handler) {
             await BotClusterCommand.main(arguments)
         }
@@ -39,10 +47,15 @@ struct CommonOptions: ParsableArguments {
     @Option(name: .long, help: "Path of the cluster configuration.")
     var config: String = "cluster.json"
 
-    /// Loads the configuration or prints its problems and exits with status 1.
-    func loadConfig() throws -> ClusterConfig {
+    /// Loads the configuration or prints its problems and exits with status 1. A command that never talks to the
+    /// platform passes `.notNeeded`, so an unset secret variable does not stop it; one that can run on defaults
+    /// alone (the emulator) passes `optional`, and then a missing default cluster.json means every default.
+    func loadConfig(secrets: SecretResolution = .required, optional: Bool = false) throws -> ClusterConfig {
+        if optional && config == "cluster.json" && access(config, F_OK) != 0 {
+            return ClusterConfig.defaults
+        }
         do {
-            return try ClusterConfig.load(path: config, environment: processEnvironment())
+            return try ClusterConfig.load(path: config, environment: processEnvironment(), secrets: secrets)
         } catch {
             printError(error.description)
             throw ExitCode(1)

@@ -14,9 +14,10 @@ struct ConfigCommand: AsyncParsableCommand {
         )
 
         @OptionGroup var options: CommonOptions
+        @Flag(name: .long, help: "Print every key with its default instead (no file is read).") var printDefaults = false
 
         func run() async throws {
-            let config = try options.loadConfig()
+            let config = printDefaults ? ClusterConfig.defaults : try options.loadConfig()
             printLine(config.normalized.serialized(pretty: true))
         }
     }

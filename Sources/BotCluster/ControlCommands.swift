@@ -6,7 +6,8 @@ import Supervisor
 
 /// Connects to the running supervisor named by cluster.json, or says clearly that none runs there.
 func connectToSupervisor(_ options: CommonOptions) async throws -> IPCClient {
-    let config = try options.loadConfig()
+    // Only the socket path is needed: the secrets may be unset in this shell.
+    let config = try options.loadConfig(secrets: .notNeeded)
     let path = config.supervisor.socket
     guard FileManager.default.fileExists(atPath: path) else {
         printError("no supervisor is running: \(path) does not exist (start one with botcluster launch)")

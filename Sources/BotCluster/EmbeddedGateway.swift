@@ -21,9 +21,12 @@ struct ResolvedGateway: Sendable {
         )
     }
 
-    /// The endpoints, once an embedded emulator listens.
+    /// The endpoints, once an embedded emulator listens (its address is printed: `emulator listening on URL`,
+    /// where its counters and admin API are).
     func ready() async throws -> GatewayEndpoints {
         guard let emulator else { return endpoints }
-        return .emulator(base: try await emulator.baseURL())
+        let base = try await emulator.baseURL()
+        printLine("emulator listening on \(base)")
+        return .emulator(base: base)
     }
 }

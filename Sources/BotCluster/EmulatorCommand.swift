@@ -17,7 +17,7 @@ struct EmulatorCommand: AsyncParsableCommand {
     var port: Int?
 
     func run() async throws {
-        var config = try options.loadConfig()
+        var config = try options.loadConfig(optional: true)
         if let port {
             guard (0...65535).contains(port) else {
                 printError("--port: must be 0...65535, got \(port)")

@@ -23,25 +23,23 @@ struct LaunchCommand: AsyncParsableCommand {
         let config = try options.loadConfig()
         let logger = makeLogger("botcluster.supervisor", config: config)
         let lock: SupervisorLock
-        let store: ClusterStore
         do {
             try RunDirectory.checkSocketPath(config.supervisor.socket)
             try RunDirectory.prepare(config.supervisor.runDirectory)
             let socketDirectory = (config.supervisor.socket as NSString).deletingLastPathComponent
             if !socketDirectory.isEmpty { try RunDirectory.prepare(socketDirectory) }
             lock = try SupervisorLock(path: config.supervisor.socket + ".lock")
-            store = try ClusterStore(path: config.supervisor.runDirectory + "/cluster.sqlite", logger: logger)
             // The supervisor owns the user cache's schema: workers only open it.
             _ = try UserStore.prepare(path: config.supervisor.runDirectory + "/users.sqlite", logger: logger)
         } catch let error as SocketPathError {
             printError(error.description)
             throw ExitCode(1)
         } catch {
-            printError("supervisor.runDirectory: cannot open the databases in \(config.supervisor.runDirectory): \(error)")
+            printError("supervisor.runDirectory: \(error)")
             throw ExitCode(1)
         }
         let gateway = ResolvedGateway.resolve(config, logger: makeLogger("emulator", config: config))
-        let launch = LaunchService(config: config, configPath: absolutePath(options.config), gateway: gateway, store: store, logger: logger)
+        let launch = LaunchService(config: config, configPath: absolutePath(options.config), gateway: gateway, logger: logger)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         if let emulator = gateway.emulator { services.append(.init(service: emulator)) }
         services.append(.init(service: launch, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup))
@@ -61,24 +59,29 @@ final class LaunchService: Service {
     let config: ClusterConfig
     let configPath: String
     let gateway: ResolvedGateway
-    let store: ClusterStore
     let logger: Logger
     let exitStatus = AsyncSignal<Int32>()
 
-    init(config: ClusterConfig, configPath: String, gateway: ResolvedGateway, store: ClusterStore, logger: Logger) {
+    init(config: ClusterConfig, configPath: String, gateway: ResolvedGateway, logger: Logger) {
         self.config = config
         self.configPath = configPath
         self.gateway = gateway
-        self.store = store
         self.logger = logger
     }
 
     func run() async throws {
         let endpoints = try await gateway.ready()
-        let clients = PlatformClients(
-            config: config, endpoints: endpoints,
-            budget: LocalRateBudget(rate: config.rateBudget.globalRate, burst: config.rateBudget.globalBurst), logger: logger
-        )
+        let clients: PlatformClients
+        do {
+            clients = try PlatformClients(
+                config: config, endpoints: endpoints,
+                budget: LocalRateBudget(rate: config.rateBudget.globalRate, burst: config.rateBudget.globalBurst), logger: logger, maxConnections: 1
+            )
+        } catch {
+            printError(error.description)
+            exitStatus.set(1)
+            return
+        }
         let info: GatewayBotInfo
         do {
             info = try await clients.api.gatewayBot()
@@ -94,7 +97,16 @@ final class LaunchService: Service {
         case .fixed(let n): shards = n
         case .auto: shards = info.shards
         }
-        let stored = (try? store.sessions(total: shards).count) ?? 0
+        // The record of sessions and handled events belongs to this app on this gateway: another's inherits nothing.
+        let store: ClusterStore
+        do {
+            store = try ClusterStore(path: config.supervisor.runDirectory + "/cluster.sqlite", platform: "\(config.app.id) \(info.url)", logger: logger)
+        } catch {
+            printError("\(error)")
+            exitStatus.set(1)
+            return
+        }
+        let stored = store.sessions(total: shards).count
         let needed = max(0, shards - stored)
         guard needed <= info.remaining else {
             printError("cannot start \(shards) shards: they need \(needed) new sessions and the platform allows \(info.remaining) more today (of \(info.total); resets in \(DurationFormat.human(info.resetAfter))). Lower shards.count or wait for the reset.")

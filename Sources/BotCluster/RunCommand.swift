@@ -8,6 +8,9 @@ import ServiceLifecycle
 import UserCache
 import UnixSignals
 import Worker
+#if canImport(Glibc)
+import Glibc
+#endif
 
 struct RunCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -59,12 +62,19 @@ final class LoneShardService: Service {
     func run() async throws {
         let endpoints = try await gateway.ready()
         let budget = LocalRateBudget(rate: config.rateBudget.globalRate, burst: config.rateBudget.globalBurst)
-        let clients = PlatformClients(config: config, endpoints: endpoints, budget: budget, logger: logger)
+        let clients: PlatformClients
+        do {
+            clients = try PlatformClients(config: config, endpoints: endpoints, budget: budget, logger: logger)
+        } catch {
+            printError(error.description)
+            exitStatus.set(1)
+            return
+        }
         let info: GatewayBotInfo
         do {
             info = try await clients.api.gatewayBot()
         } catch {
-            logger.error("cannot reach the gateway", metadata: ["error": "\(error)"])
+            printError("cannot reach the gateway (GET \(endpoints.apiBase)/gateway/bot): \(error)")
             exitStatus.set(1)
             await clients.shutdown()
             return
@@ -87,8 +97,16 @@ final class LoneShardService: Service {
             permit: permit, claims: LocalEventClaims(ttl: config.exactlyOnce.ttl), users: users, observer: nil, logger: logger
         )
         logger.info("running shard", metadata: ["gateway": "\(info.url)", "max_concurrency": "\(info.maxConcurrency)"])
-        let outcome = await runShard(runtime, beside: [{ await permit.run() }, { await users?.run() }])
-        await users?.flush()
+        let outcome = await runShard(
+            runtime, drainTimeout: config.worker.drainTimeout,
+            onDeadline: { sessionID, seq in
+                printLine("stopped shard \(self.shard): session \(sessionID ?? "none") seq \(seq); handlers still running at the drain deadline were abandoned (their events come after that seq)")
+                exit(WorkerExitStatus.stopped)
+            },
+            beside: [{ await permit.run() }, { await users?.run() }]
+        )
+        // Users seen last are written if the file lets us within a second (a cache: losing them costs a lookup).
+        _ = try? await withTimeout(.seconds(1), "the user cache's last write") { await users?.flush() }
         await clients.shutdown()
         let stats = outcome.stats
         let p50 = stats.dispatchLatency.percentile(0.5).map(DurationFormat.human) ?? "-"

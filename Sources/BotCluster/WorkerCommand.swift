@@ -45,7 +45,7 @@ struct WorkerCommand: AsyncParsableCommand {
         let client: IPCClient
         let assignment: Assignment
         do {
-            client = try await IPCClient.connect(path: socket, hello: Hello(role: .worker, ordinal: ordinal, generation: generation, pid: getpid()))
+            client = try await IPCClient.connect(path: socket, hello: Hello(role: .worker, ordinal: ordinal, generation: generation, pid: getpid()), supervisorPID: supervisorPID)
             var inbound = client.inbound.makeAsyncIterator()
             switch await inbound.next() {
             case .welcome(let welcome): assignment = welcome
@@ -96,7 +96,14 @@ final class ClusterWorkerService: Service {
         let shard = ShardID(Int(assignment.shard), of: Int(assignment.total))
         let link = SupervisorLink(client: client)
         let budget = ClusterRateBudget(client: client, leaseSize: config.rateBudget.leaseSize)
-        let clients = PlatformClients(config: config, endpoints: GatewayEndpoints(apiBase: assignment.apiBase, tokenURL: assignment.tokenURL), budget: budget, logger: logger)
+        let clients: PlatformClients
+        do {
+            clients = try PlatformClients(config: config, endpoints: GatewayEndpoints(apiBase: assignment.apiBase, tokenURL: assignment.tokenURL), budget: budget, logger: logger)
+        } catch {
+            logger.error("cannot set up the platform client", metadata: ["error": "\(error)"])
+            exitStatus.set(1)
+            return
+        }
         let users: UserDirectory?
         do {
             let store = try UserStore.open(path: config.supervisor.runDirectory + "/users.sqlite")
@@ -113,7 +120,11 @@ final class ClusterWorkerService: Service {
             config: config, clients: clients, gatewayURL: assignment.gatewayURL, shard: shard, handler: handler, resume: resume,
             permit: link, claims: claims, users: users, observer: link, logger: logger, holdDispatch: assignment.holdDispatch
         )
-        let outcome = await runShard(runtime, onStop: { link.gatewayState = .draining }, beside: [
+        let outcome = await runShard(runtime, drainTimeout: config.worker.drainTimeout, onStop: { link.gatewayState = .draining }, onDeadline: { sessionID, seq in
+            self.logger.warning("handlers still running at the drain deadline were abandoned; exiting", metadata: ["session.seq": "\(seq)"])
+            _ = try? await self.client.sendFlushed(.drained(sessionID: sessionID, seq: Int64(seq)), within: .milliseconds(500))
+            exit(WorkerExitStatus.stopped)
+        }, beside: [
             {
                 // Heartbeats with progress; session reports as the committed seq moves.
                 var nextHeartbeat = MonotonicInstant.now()
@@ -167,7 +178,7 @@ final class ClusterWorkerService: Service {
                 }
             },
         ])
-        await users?.flush()
+        _ = try? await withTimeout(.seconds(1), "the user cache's last write") { await users?.flush() }
         budget.returnUnused()
         await clients.shutdown()
         client.send(.drained(sessionID: outcome.sessionID, seq: Int64(outcome.committedSeq)))

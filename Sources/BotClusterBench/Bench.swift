@@ -40,13 +40,40 @@ func post(_ url: String, _ body: String, token: String? = nil) async throws -> J
     request.headers.add(name: "Content-Type", value: "application/json")
     if let token { request.headers.add(name: "Authorization", value: "QQBot \(token)") }
     request.body = .bytes(ByteBuffer(string: body))
-    let response = try await HTTPClient.shared.execute(request, timeout: .seconds(120))
+    let response = try await benchHTTP.execute(request, timeout: .seconds(120))
     let bytes = try await response.body.collect(upTo: 1 << 24)
     return try JSONValue.parse(String(buffer: bytes))
 }
 
+/// The bench's HTTP client: it trusts the PEM file `BOTCLUSTER_BENCH_TRUST_ROOTS` names besides the system's
+/// roots (an emulator serving TLS with a certificate of its own).
+let benchHTTP: HTTPClient = {
+    guard let roots = ProcessInfo.processInfo.environment["BOTCLUSTER_BENCH_TRUST_ROOTS"],
+        let tls = try? PlatformTLS.clientConfiguration(trustRoots: roots)
+    else { return HTTPClient.shared }
+    return HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: .init(tlsConfiguration: tls))
+}()
+
+/// The emulator admin API's token: `BOTCLUSTER_BENCH_ADMIN_TOKEN`, which the emulators started for a bench name as
+/// their `emulator.adminToken` (scripts/bench.sh sets it; the chaos check sets it for the emulator it starts).
+let benchAdminToken = ProcessInfo.processInfo.environment["BOTCLUSTER_BENCH_ADMIN_TOKEN"] ?? "botcluster-bench-admin"
+
+/// POSTs to the emulator's admin API.
+func postAdmin(_ url: String, _ body: String) async throws -> JSONValue {
+    var request = HTTPClientRequest(url: url)
+    request.method = .POST
+    request.headers.add(name: "Content-Type", value: "application/json")
+    request.headers.add(name: "Authorization", value: "Bearer \(benchAdminToken)")
+    request.body = .bytes(ByteBuffer(string: body))
+    let response = try await benchHTTP.execute(request, timeout: .seconds(120))
+    let bytes = try await response.body.collect(upTo: 1 << 24)
+    let reply = try JSONValue.parse(String(buffer: bytes))
+    guard response.status == .ok else { throw BenchError("\(url): HTTP \(response.status.code): \(reply.serialized())") }
+    return reply
+}
+
 func get(_ url: String) async throws -> JSONValue {
-    let response = try await HTTPClient.shared.execute(HTTPClientRequest(url: url), timeout: .seconds(30))
+    let response = try await benchHTTP.execute(HTTPClientRequest(url: url), timeout: .seconds(30))
     let bytes = try await response.body.collect(upTo: 1 << 24)
     return try JSONValue.parse(String(buffer: bytes))
 }
@@ -105,7 +132,7 @@ struct EmulatorDispatch: AsyncParsableCommand {
             }
             _ = try await ready.done.wait()
             let start = MonotonicInstant.now()
-            _ = try await post(target.url + "/emulator/burst", #"{"count":\#(count)}"#)
+            _ = try await postAdmin(target.url + "/emulator/burst", #"{"count":\#(count)}"#)
             let end = try await tally.done.wait()
             rates.append(Double(count) / (end - start).seconds)
             for channel in channels { try? await channel.close() }
@@ -144,7 +171,7 @@ struct EmulatorReplies: AsyncParsableCommand {
             let channel = try await RawWebSocket.connect(host: target.host, port: target.port, path: "/websocket", handler: handler)
             try await RawWebSocket.send(identify, on: channel)
             _ = try await ready.done.wait()
-            _ = try await post(target.url + "/emulator/burst", #"{"count":\#(count)}"#)
+            _ = try await postAdmin(target.url + "/emulator/burst", #"{"count":\#(count)}"#)
             _ = try await tally.done.wait()
             try? await channel.close()
 
@@ -195,7 +222,7 @@ struct EndToEnd: AsyncParsableCommand {
         }
         let before = try await get(url + "/emulator/stats")["messagesReplied"]?.intValue ?? 0
         let target = before + (replies ?? count)
-        let burst = try await post(url + "/emulator/burst", #"{"count":\#(count)}"#)
+        let burst = try await postAdmin(url + "/emulator/burst", #"{"count":\#(count)}"#)
         guard let startedAt = burst["startedAtMs"].flatMap({ if case .number(let n) = $0 { return n } else { return nil } }) else {
             throw BenchError("burst failed: \(burst.serialized())")
         }
@@ -250,7 +277,7 @@ struct Admin: AsyncParsableCommand {
     @Option var body: String
 
     func run() async throws {
-        print(try await post(url + path, body).serialized())
+        print(try await postAdmin(url + path, body).serialized())
     }
 }
 
@@ -581,7 +608,7 @@ struct BudgetBench: AsyncParsableCommand {
             switch message {
             case .budgetRequest(let id, let route, let count): budget.request(from: connection, id: id, route: route, count: Int(count))
             case .budgetCancel(let id): budget.cancel(from: connection, id: id)
-            case .budgetReturn(let route, let count): budget.giveBack(route: route, count: Int(count))
+            case .budgetReturn(let route, let count): budget.giveBack(from: connection, route: route, count: Int(count))
             default: break
             }
         }

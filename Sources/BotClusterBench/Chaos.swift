@@ -27,9 +27,9 @@ struct Chaos: AsyncParsableCommand {
         var rng = SplitMix64(seed: UInt64(seed))
         let log = { (line: String) in print("chaos: \(line)") }
 
-        let emulatorConfig = #"{"emulator": {"identifyWindow": "200ms", "restRate": 200, "heartbeatInterval": "1s", "heartbeatTimeout": "10s", "unrepliedGrace": "3s", "sessionTTL": "1m", "sessionStartLimit": {"maxConcurrency": 2}, "traffic": {"rate": 20, "groupRate": 2, "c2cRate": 2, "renameShare": 0.1, "renameEvery": "5s"}}, "log": {"level": "warning"}}"#
+        let emulatorConfig = #"{"emulator": {"adminToken": "env:BOTCLUSTER_BENCH_ADMIN_TOKEN", "identifyWindow": "200ms", "restRate": 200, "heartbeatInterval": "1s", "heartbeatTimeout": "10s", "unrepliedGrace": "3s", "sessionTTL": "1m", "sessionStartLimit": {"maxConcurrency": 2}, "traffic": {"rate": 20, "groupRate": 2, "c2cRate": 2, "renameShare": 0.1, "renameEvery": "5s"}}, "log": {"level": "warning"}}"#
         try emulatorConfig.write(toFile: dir + "/emulator.json", atomically: true, encoding: .utf8)
-        let emulator = try ChildProcess(botcluster, ["emulator", "--config", "emulator.json", "--port", "0"], directory: dir)
+        let emulator = try ChildProcess(botcluster, ["emulator", "--config", "emulator.json", "--port", "0"], directory: dir, environment: ["BOTCLUSTER_BENCH_ADMIN_TOKEN": benchAdminToken])
         defer { emulator.terminate() }
         guard let line = await emulator.waitForLine(containing: "emulator listening on ") else { throw BenchError("the emulator did not start") }
         let url = String(line.split(separator: " ").last!)
@@ -71,10 +71,10 @@ struct Chaos: AsyncParsableCommand {
                 hardKills += 1
                 log("\(action.rawValue) worker \(shard) (pid \(pid))")
             case .reconnect, .invalidSession, .drop, .stopAcks:
-                _ = try await post(url + "/emulator/faults", #"{"kind": "\#(action.rawValue)", "shard": \#(shard), "total": \#(current)}"#)
+                _ = try await postAdmin(url + "/emulator/faults", #"{"kind": "\#(action.rawValue)", "shard": \#(shard), "total": \#(current)}"#)
                 log("\(action.rawValue) on shard \(shard)/\(current)")
             case .close4009:
-                _ = try await post(url + "/emulator/faults", #"{"kind": "close", "code": 4009, "shard": \#(shard), "total": \#(current)}"#)
+                _ = try await postAdmin(url + "/emulator/faults", #"{"kind": "close", "code": 4009, "shard": \#(shard), "total": \#(current)}"#)
                 log("close 4009 on shard \(shard)/\(current)")
             case .scaleUp, .scaleDown:
                 let next = action == .scaleUp ? min(8, current + 1 + Int(rng.next() % 2)) : max(2, current - 1 - Int(rng.next() % 2))
@@ -89,7 +89,7 @@ struct Chaos: AsyncParsableCommand {
         }
 
         // Let the traffic drain: no new messages, every delivered one answered (or the grace ran out).
-        _ = try await post(url + "/emulator/traffic", #"{"rate": 0, "groupRate": 0, "c2cRate": 0}"#)
+        _ = try await postAdmin(url + "/emulator/traffic", #"{"rate": 0, "groupRate": 0, "c2cRate": 0}"#)
         let drainUntil = MonotonicInstant.now() + .seconds(60)
         var stats = try await get(url + "/emulator/stats")
         while MonotonicInstant.now() < drainUntil {

@@ -11,7 +11,11 @@ public final class AsyncSemaphore: Sendable {
         var available: Int
         var waiters: [(id: UInt64, continuation: CheckedContinuation<Void, any Error>)] = []
         var nextID: UInt64 = 0
+        var closed = false
     }
+
+    /// Thrown by `acquire` once the semaphore is closed.
+    public struct Closed: Error, Sendable {}
 
     private let state: Mutex<State>
 
@@ -24,7 +28,8 @@ public final class AsyncSemaphore: Sendable {
 
     public func acquire() async throws {
         // The fast path: a permit is free and nobody queues before us.
-        let taken = state.withLock { state -> Bool in
+        let taken = try state.withLock { state throws(Closed) -> Bool in
+            if state.closed { throw Closed() }
             guard state.available > 0 && state.waiters.isEmpty else { return false }
             state.available -= 1
             return true
@@ -36,8 +41,9 @@ public final class AsyncSemaphore: Sendable {
         }
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                enum Outcome { case acquired, cancelled, queued }
+                enum Outcome { case acquired, cancelled, closed, queued }
                 let outcome = state.withLock { state -> Outcome in
+                    if state.closed { return .closed }
                     if Task.isCancelled { return .cancelled }
                     // Checked again here: a permit released since the fast path is ours (when nobody queues first).
                     if state.available > 0 && state.waiters.isEmpty {
@@ -50,6 +56,7 @@ public final class AsyncSemaphore: Sendable {
                 switch outcome {
                 case .acquired: continuation.resume()
                 case .cancelled: continuation.resume(throwing: CancellationError())
+                case .closed: continuation.resume(throwing: Closed())
                 case .queued: break
                 }
             }
@@ -60,6 +67,17 @@ public final class AsyncSemaphore: Sendable {
             }
             waiter?.resume(throwing: CancellationError())
         }
+    }
+
+    /// Fails every waiter, and every later `acquire`, with `Closed` (permits already held are released as usual):
+    /// what a stopping shard does so that nothing waits for a slot it will never use.
+    public func close() {
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, any Error>] in
+            state.closed = true
+            defer { state.waiters = [] }
+            return state.waiters.map(\.continuation)
+        }
+        for waiter in waiters { waiter.resume(throwing: Closed()) }
     }
 
     public func release() {

@@ -4,24 +4,44 @@ import Glibc
 import Darwin
 #endif
 
+/// Whether the secrets a configuration names must be resolvable: a command that never talks to the platform
+/// (`status`, `stop`) reads the file without them, so an unset `env:` variable does not stop it.
+public enum SecretResolution: Sendable {
+    case required
+    case notNeeded
+}
+
 extension ClusterConfig {
+    /// The largest cluster.json read: far above any real configuration, far below what makes validation slow.
+    public static let maxFileSize = 1 << 20
+
     /// Loads and validates a cluster.json file. Every problem is reported, each on its own line.
-    public static func load(path: String, environment: [String: String]) throws(ConfigError) -> ClusterConfig {
-        guard let text = readTextFile(path) else {
-            throw ConfigError(source: path, issues: [ConfigIssue(path: "", message: "cannot read the file (\(lastErrorDescription()))")])
+    public static func load(path: String, environment: [String: String], secrets: SecretResolution = .required) throws(ConfigError) -> ClusterConfig {
+        let text: String
+        switch readTextFile(path, limit: maxFileSize) {
+        case .success(let contents): text = contents
+        case .failure(.tooLarge(let size)):
+            throw ConfigError(source: path, issues: [ConfigIssue(path: "", message: "the file is \(size) bytes; a configuration holds at most \(maxFileSize)")])
+        case .failure(.unreadable(let reason)):
+            throw ConfigError(source: path, issues: [ConfigIssue(path: "", message: "cannot read the file (\(reason))")])
         }
-        return try parse(text, source: path, environment: environment)
+        return try parse(text, source: path, environment: environment, secrets: secrets)
     }
 
     /// Validates the text of a cluster.json.
-    public static func parse(_ text: String, source: String = "cluster.json", environment: [String: String] = [:]) throws(ConfigError) -> ClusterConfig {
+    public static func parse(
+        _ text: String, source: String = "cluster.json", environment: [String: String] = [:], secrets: SecretResolution = .required
+    ) throws(ConfigError) -> ClusterConfig {
+        guard text.utf8.count <= maxFileSize else {
+            throw ConfigError(source: source, issues: [ConfigIssue(path: "", message: "the document is \(text.utf8.count) bytes; a configuration holds at most \(maxFileSize)")])
+        }
         let document: JSONValue
         do {
             document = try JSONValue.parse(text)
         } catch {
             throw ConfigError(source: source, issues: [ConfigIssue(path: "", message: "malformed JSON at \(error)")])
         }
-        let root = ConfigReader(document: document, environment: environment)
+        let root = ConfigReader(document: document, environment: environment, secrets: secrets)
         let config = read(root)
         if !root.issues.isEmpty { throw ConfigError(source: source, issues: root.issues) }
         return config
@@ -38,11 +58,12 @@ extension ClusterConfig {
         let url = gatewayReader.url("url", schemes: ["http", "https"], default: embedded ? nil : GatewayConfig.platformURL)
         let tokenURL = gatewayReader.url("tokenURL", schemes: ["http", "https"], default: embedded ? nil : GatewayConfig.platformTokenURL)
         let intents = readIntents(gatewayReader, "intents", default: GatewayIntents.defaultGranted.union(.groupAndC2CEvent))
+        let trustRoots = gatewayReader.readableFile("trustRoots")
         if embedded && (gatewayReader.raw("url") != nil || gatewayReader.raw("tokenURL") != nil) {
             gatewayReader.report("embedded", "is true, so url and tokenURL would be ignored: set \"embedded\": false to use them")
         }
         gatewayReader.finish()
-        let gateway = GatewayConfig(embedded: embedded, url: url, tokenURL: tokenURL, intents: intents)
+        let gateway = GatewayConfig(embedded: embedded, url: url, tokenURL: tokenURL, intents: intents, trustRoots: trustRoots)
 
         let appReader = root.object("app")
         let appIDDefault = embedded ? AppConfig.emulatorDefaultID : ""
@@ -50,7 +71,7 @@ extension ClusterConfig {
         let secret = appReader.secret("secret", default: Secret(embedded ? AppConfig.emulatorDefaultSecret : ""))
         if !embedded {
             if appID.isEmpty { appReader.report("id", "is required when the gateway is not embedded") }
-            if secret.reveal().isEmpty && appReader.issues.allSatisfy({ $0.path != "app.secret" }) {
+            if secret.reveal().isEmpty && secret.environmentVariable == nil && appReader.issues.allSatisfy({ $0.path != "app.secret" }) {
                 appReader.report("secret", "is required when the gateway is not embedded (use \"env:NAME\" to keep it out of the file)")
             }
         }
@@ -95,9 +116,16 @@ extension ClusterConfig {
             helloTimeout: sup.duration("helloTimeout", default: .seconds(10), min: .milliseconds(100)),
             readyTimeout: sup.duration("readyTimeout", default: .seconds(60), min: .milliseconds(100)),
             abortGrace: sup.duration("abortGrace", default: .milliseconds(500)),
-            stopGrace: sup.duration("stopGrace", default: .seconds(10))
+            stopGrace: sup.duration("stopGrace", default: .seconds(10)),
+            controlIdleTimeout: sup.duration("controlIdleTimeout", default: .seconds(60), min: .milliseconds(100))
         )
         if runDirectory.isEmpty { sup.report("runDirectory", "must not be empty") }
+        if socket.utf8.count > maxSocketPathLength {
+            sup.report(
+                sup.raw("socket") != nil ? "socket" : "runDirectory",
+                "the socket path \"\(socket)\" is \(socket.utf8.count) bytes; Unix-domain socket paths hold at most \(maxSocketPathLength). Use a shorter supervisor.runDirectory or supervisor.socket (a relative path is taken from the working directory)."
+            )
+        }
         sup.finish()
 
         let rs = root.object("restart")
@@ -188,6 +216,19 @@ extension ClusterConfig {
             seed: tr.int("seed", default: 1, range: 0...Int(Int32.max))
         )
         tr.finish()
+        var tls: TLSFiles?
+        if em.raw("tls") != nil {
+            let tlsReader = em.object("tls")
+            let certificate = tlsReader.readableFile("certificate")
+            let key = tlsReader.readableFile("key")
+            if let certificate, let key {
+                tls = TLSFiles(certificate: certificate, key: key)
+            } else if tlsReader.issues.allSatisfy({ !$0.path.hasPrefix("emulator.tls") }) {
+                tlsReader.report(nil, "needs both certificate and key (PEM files)")
+            }
+            tlsReader.finish()
+        }
+        let adminToken = em.optionalSecret("adminToken")
         let emulator = EmulatorConfig(
             host: em.string("host", default: "127.0.0.1"),
             port: em.int("port", default: 0, range: 0...65535),
@@ -205,7 +246,9 @@ extension ClusterConfig {
             guildsPerShard: em.int("guildsPerShard", default: 4, range: 1...1_000_000),
             restRate: em.double("restRate", default: 50, range: 0.001...10_000_000),
             unrepliedGrace: em.duration("unrepliedGrace", default: .seconds(10), min: .milliseconds(1)),
-            traffic: traffic
+            traffic: traffic,
+            tls: tls,
+            adminToken: adminToken
         )
         if emulator.heartbeatTimeout <= emulator.heartbeatInterval {
             em.report("heartbeatTimeout", "must be longer than heartbeatInterval (\(DurationFormat.format(emulator.heartbeatInterval)))")
@@ -250,19 +293,32 @@ extension ClusterConfig {
     }
 }
 
-/// Reads a whole text file, or nil when it cannot be read.
-public func readTextFile(_ path: String) -> String? {
-    guard let file = fopen(path, "rb") else { return nil }
+/// The longest Unix-domain socket path Linux takes (`sizeof(sun_path) - 1`).
+public let maxSocketPathLength = 107
+
+/// Why a file could not be read whole.
+public enum ReadFileError: Error, Sendable, Equatable {
+    case unreadable(String)
+    /// The file holds more than the limit (its size, or the limit + 1 when it kept growing).
+    case tooLarge(Int)
+}
+
+/// Reads a whole text file of at most `limit` bytes.
+public func readTextFile(_ path: String, limit: Int = .max) -> Result<String, ReadFileError> {
+    guard let file = fopen(path, "rb") else { return .failure(.unreadable(lastErrorDescription())) }
     defer { fclose(file) }
+    var info = stat()
+    if fstat(fileno(file), &info) == 0, Int(info.st_size) > limit { return .failure(.tooLarge(Int(info.st_size))) }
     var bytes: [UInt8] = []
     var chunk = [UInt8](repeating: 0, count: 65_536)
     while true {
         let n = fread(&chunk, 1, chunk.count, file)
         if n > 0 { bytes.append(contentsOf: chunk[0..<n]) }
+        if bytes.count > limit { return .failure(.tooLarge(bytes.count)) }
         if n < chunk.count { break }
     }
-    if ferror(file) != 0 { return nil }
-    return String(decoding: bytes, as: UTF8.self)
+    if ferror(file) != 0 { return .failure(.unreadable(lastErrorDescription())) }
+    return .success(String(decoding: bytes, as: UTF8.self))
 }
 
 /// The text of the current `errno`.

@@ -38,6 +38,8 @@ public struct GatewayConfig: Sendable {
     public var tokenURL: String?
     /// The intents each shard identifies with.
     public var intents: GatewayIntents
+    /// A PEM file of certificate authorities trusted besides the system's (a private gateway, a test CA).
+    public var trustRoots: String?
 
     public static let platformURL = "https://api.sgroup.qq.com"
     public static let platformTokenURL = "https://bots.qq.com/app/getAppAccessToken"
@@ -73,6 +75,8 @@ public struct SupervisorConfig: Sendable {
     public var abortGrace: Duration
     /// How long draining workers get on stop before SIGKILL.
     public var stopGrace: Duration
+    /// A control connection (status, scale, ...) with no request in flight is closed after this long.
+    public var controlIdleTimeout: Duration
 }
 
 /// The restart policy for crashed workers.
@@ -176,6 +180,21 @@ public struct EmulatorConfig: Sendable {
     /// Delivered messages without a reply after this long count as unreplied.
     public var unrepliedGrace: Duration
     public var traffic: TrafficConfig
+    /// Serve https and wss with this certificate and key (PEM files) instead of http and ws.
+    public var tls: TLSFiles?
+    /// The bearer token the admin API (`POST /emulator/...`) requires; without one the admin API is off.
+    public var adminToken: Secret?
+}
+
+/// A certificate chain and its private key, as PEM files.
+public struct TLSFiles: Sendable, Equatable {
+    public var certificate: String
+    public var key: String
+
+    public init(certificate: String, key: String) {
+        self.certificate = certificate
+        self.key = key
+    }
 }
 
 /// The emulator's simulated community and its message traffic.

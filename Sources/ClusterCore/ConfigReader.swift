@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// One problem in a configuration: the key it concerns (dotted path) and what is wrong.
 public struct ConfigIssue: Sendable, Equatable, CustomStringConvertible {
     public var path: String
@@ -33,7 +39,11 @@ public final class ConfigReader {
     final class Diagnostics {
         var issues: [ConfigIssue] = []
         let environment: [String: String]
-        init(environment: [String: String]) { self.environment = environment }
+        let secrets: SecretResolution
+        init(environment: [String: String], secrets: SecretResolution) {
+            self.environment = environment
+            self.secrets = secrets
+        }
     }
 
     let path: String
@@ -46,8 +56,8 @@ public final class ConfigReader {
     private var finished = false
 
     /// A reader for a whole document, which must be a JSON object.
-    public convenience init(document: JSONValue, environment: [String: String]) {
-        let diagnostics = Diagnostics(environment: environment)
+    public convenience init(document: JSONValue, environment: [String: String], secrets: SecretResolution = .required) {
+        let diagnostics = Diagnostics(environment: environment, secrets: secrets)
         if case .object = document {
             self.init(path: "", value: document, diagnostics: diagnostics, parent: nil)
         } else {
@@ -61,6 +71,11 @@ public final class ConfigReader {
         if case .object(let members) = value { self.members = members } else { self.members = [] }
         self.diagnostics = diagnostics
         self.parent = parent
+        // A key written twice is an error, not a silent "the last one wins" that hides the first one's problem.
+        var seen: Set<String> = []
+        for member in members where !seen.insert(member.key).inserted {
+            diagnostics.issues.append(ConfigIssue(path: keyPath(member.key), message: "appears more than once; write each key once"))
+        }
     }
 
     /// Every problem found so far, in this reader and all others of the same document.
@@ -97,7 +112,9 @@ public final class ConfigReader {
     public func finish() {
         guard !finished else { return }
         finished = true
-        for member in members where !known.contains(member.key) {
+        let knownKeys = Set(known)
+        var reported: Set<String> = []
+        for member in members where !knownKeys.contains(member.key) && reported.insert(member.key).inserted {
             let suggestion = nearest(member.key, among: known)
             let hint = suggestion.map { "; did you mean \"\($0)\"?" } ?? ""
             diagnostics.issues.append(ConfigIssue(path: keyPath(member.key), message: "unknown key\(hint)"))
@@ -195,6 +212,8 @@ public final class ConfigReader {
                         report(key, "\"env:\" must name an environment variable, as in \"env:QQ_BOT_SECRET\"")
                     } else if let resolved = diagnostics.environment[name], !resolved.isEmpty {
                         result = Secret(resolved, environmentVariable: name)
+                    } else if diagnostics.secrets == .notNeeded {
+                        result = Secret("", environmentVariable: name)
                     } else {
                         report(key, "environment variable \(name) (named by \"env:\(name)\") is not set")
                     }
@@ -207,6 +226,23 @@ public final class ConfigReader {
         }
         record(key, .string(result.redactedSource))
         return result
+    }
+
+    /// An optional secret (`"env:NAME"` or a literal); nil when the key is absent.
+    public func optionalSecret(_ key: String) -> Secret? {
+        guard raw(key) != nil else { return nil }
+        let value = secret(key, default: Secret(""))
+        return value.reveal().isEmpty && diagnostics.secrets == .required ? nil : value
+    }
+
+    /// The path of a file this process can read (checked now, so that a typo is reported with the key).
+    public func readableFile(_ key: String) -> String? {
+        guard let path = optionalString(key) else { return nil }
+        guard access(path, R_OK) == 0 else {
+            report(key, "cannot read \"\(path)\" (\(lastErrorDescription()))")
+            return nil
+        }
+        return path
     }
 
     /// A URL with one of the given schemes.
@@ -253,6 +289,8 @@ public final class ConfigReader {
 
 /// The candidate closest to `word` by edit distance, if it is close enough to be a plausible typo.
 func nearest(_ word: String, among candidates: [String]) -> String? {
+    // A typo is short; comparing a long key against every candidate would cost its length times theirs.
+    guard word.count <= 64 else { return nil }
     let scored = candidates.map { ($0, editDistance(word.lowercased(), $0.lowercased())) }
     guard let best = scored.min(by: { $0.1 < $1.1 }) else { return nil }
     return best.1 <= max(2, word.count / 2) ? best.0 : nil

@@ -22,16 +22,19 @@ public struct MonotonicInstant: Comparable, Hashable, Sendable, CustomStringConv
 
     public static func < (lhs: MonotonicInstant, rhs: MonotonicInstant) -> Bool { lhs.nanoseconds < rhs.nanoseconds }
 
+    // Saturating, not wrapping: a duration far past the end of the clock (a hostile `Retry-After`) means "never",
+    // and must not wrap around into "long ago", which reads as "now".
+
     public static func + (lhs: MonotonicInstant, rhs: Duration) -> MonotonicInstant {
-        MonotonicInstant(nanoseconds: lhs.nanoseconds &+ rhs.nanoseconds)
+        MonotonicInstant(nanoseconds: lhs.nanoseconds.saturatingAdd(rhs.nanoseconds))
     }
 
     public static func - (lhs: MonotonicInstant, rhs: Duration) -> MonotonicInstant {
-        MonotonicInstant(nanoseconds: lhs.nanoseconds &- rhs.nanoseconds)
+        MonotonicInstant(nanoseconds: lhs.nanoseconds.saturatingSubtract(rhs.nanoseconds))
     }
 
     public static func - (lhs: MonotonicInstant, rhs: MonotonicInstant) -> Duration {
-        .nanoseconds(lhs.nanoseconds &- rhs.nanoseconds)
+        .nanoseconds(lhs.nanoseconds.saturatingSubtract(rhs.nanoseconds))
     }
 
     public var description: String { "\(Double(nanoseconds) / 1e9)s" }

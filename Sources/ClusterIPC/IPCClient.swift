@@ -3,6 +3,9 @@ import Logging
 import NIOCore
 import NIOPosix
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A request that got no reply in time, or a connection that ended first.
 public struct IPCRequestError: Error, Sendable, CustomStringConvertible {
@@ -33,8 +36,10 @@ public final class IPCClient: Sendable {
         (inbound, inboundContinuation) = AsyncStream.makeStream()
     }
 
-    /// Connects to the supervisor at `path` and says hello.
-    public static func connect(path: String, hello: Hello, maxFrameSize: Int = 1 << 20) async throws -> IPCClient {
+    /// Connects to the supervisor at `path` and says hello — once the kernel has confirmed who listens there: a
+    /// process of this user, and when `supervisorPID` is given, that very process (a worker hands its welcome's
+    /// URLs the app secret, so it must not talk to whatever took the socket path).
+    public static func connect(path: String, hello: Hello, supervisorPID: Int32? = nil, maxFrameSize: Int = 1 << 20) async throws -> IPCClient {
         let clientBox = Mutex<IPCClient?>(nil)
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelInitializer { channel in
@@ -51,12 +56,26 @@ public final class IPCClient: Sendable {
             try? await channel.close()
             throw IPCRequestError("IPC client was not set up")
         }
+        let peer = try await PeerCredentials.of(channel).get()
+        guard let peer, peer.uid == getuid(), supervisorPID.map({ $0 == peer.pid }) ?? true else {
+            try? await channel.close()
+            let who = peer.map { "pid \($0.pid) of uid \($0.uid)" } ?? "a process the kernel cannot name"
+            let expected = supervisorPID.map { "the supervisor (pid \($0), uid \(getuid()))" } ?? "a process of uid \(getuid())"
+            throw IPCRequestError("the socket \(path) is held by \(who), not \(expected); nothing was sent")
+        }
         client.send(.hello(hello))
         return client
     }
 
     public func send(_ message: IPCMessage) {
         channel.writeAndFlush(message, promise: nil)
+    }
+
+    /// Sends a message and waits until it is written to the socket (or `within` passes): for the last word of a
+    /// process about to exit.
+    public func sendFlushed(_ message: IPCMessage, within limit: Duration) async throws {
+        let channel = channel
+        try await withTimeout(limit, "sending \(message.name)") { try await channel.writeAndFlush(message).get() }
     }
 
     /// A fresh correlation id.

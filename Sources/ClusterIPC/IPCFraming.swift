@@ -4,7 +4,9 @@ import NIOCore
 /// limit or a frame that does not decode is a protocol error: the pipeline closes the connection.
 final class IPCFrameDecoder: ByteToMessageDecoder {
     typealias InboundOut = IPCMessage
-    let maxFrameSize: Int
+    /// The largest frame taken now. The server starts small (a hello is a few bytes) and raises it once it knows
+    /// the peer's role: what a peer can make the server buffer is bounded by what its role needs.
+    var maxFrameSize: Int
 
     init(maxFrameSize: Int) { self.maxFrameSize = maxFrameSize }
 
@@ -48,5 +50,13 @@ extension ChannelPipeline.SynchronousOperations {
     public func addIPCCodec(maxFrameSize: Int = 1 << 20) throws {
         try addHandler(ByteToMessageHandler(IPCFrameDecoder(maxFrameSize: maxFrameSize)))
         try addHandler(MessageToByteHandler(IPCFrameEncoder()))
+    }
+
+    /// Adds the codec and returns its decoder, whose frame limit the caller changes as it learns who the peer is.
+    func addIPCCodecReturningDecoder(maxFrameSize: Int) throws -> IPCFrameDecoder {
+        let decoder = IPCFrameDecoder(maxFrameSize: maxFrameSize)
+        try addHandler(ByteToMessageHandler(decoder))
+        try addHandler(MessageToByteHandler(IPCFrameEncoder()))
+        return decoder
     }
 }

@@ -1,4 +1,3 @@
-import CBotSystem
 import ClusterCore
 import Logging
 import NIOCore
@@ -22,9 +21,11 @@ public protocol IPCServerDelegate: AnyObject, Sendable {
 public final class IPCConnection: Sendable, Hashable, CustomStringConvertible {
     public let id: UInt64
     public let channel: any Channel
-    /// The peer's process id, from the socket's credentials.
+    /// The peer's process id, from the socket's credentials (what the kernel says, not what the peer claims).
     public let peerPID: Int32
     let helloState = Mutex<Hello?>(nil)
+    /// Control requests being worked on: a control connection is not idle while one runs (a rescale can take an hour).
+    let busy = Atomic<Int>(0)
 
     init(id: UInt64, channel: any Channel, peerPID: Int32) {
         self.id = id
@@ -45,6 +46,10 @@ public final class IPCConnection: Sendable, Hashable, CustomStringConvertible {
         channel.writeAndFlush(message, promise: nil)
     }
 
+    /// Marks a control request as being worked on (the connection is not idle) until `end()` of the result.
+    public func beginWork() { busy.add(1, ordering: .relaxed) }
+    public func endWork() { busy.subtract(1, ordering: .relaxed) }
+
     public func close() {
         channel.close(promise: nil)
     }
@@ -56,12 +61,28 @@ public final class IPCConnection: Sendable, Hashable, CustomStringConvertible {
 
 /// The supervisor's Unix-domain socket: mode 0600, peers of another uid refused (SO_PEERCRED), a version
 /// handshake first, frames over the limit or malformed close their connection — never the server.
+///
+/// Another process of the same user may be hostile or broken, so what a peer can cost is bounded: at most
+/// `maxHandshaking` connections wait for their hello (more are closed at once, before any work), each buffering at
+/// most a hello-sized frame; at most `maxControl` control connections at once, each closed after
+/// `controlIdleTimeout` without a request; refusals are logged at most every ten seconds.
 public final class IPCServer: Sendable {
     public struct Configuration: Sendable {
         public var path: String
+        /// The largest frame a worker may send (claims batches, user lists).
         public var maxFrameSize = 1 << 20
+        /// The largest frame a control command may send.
+        public var maxControlFrameSize = 1 << 16
+        /// The largest frame before the hello is accepted (a hello is 20 bytes).
+        public var maxHandshakeFrameSize = 256
         /// A connection that has not said hello by then is closed.
         public var helloTimeout: Duration = .seconds(5)
+        /// Connections waiting for their hello at once; beyond, new ones are closed on accept.
+        public var maxHandshaking = 256
+        /// Control connections at once; beyond, a control hello is refused.
+        public var maxControl = 64
+        /// A control connection with no request in flight and nothing received for this long is closed.
+        public var controlIdleTimeout: Duration = .seconds(60)
 
         public init(path: String) { self.path = path }
     }
@@ -73,6 +94,9 @@ public final class IPCServer: Sendable {
     let nextID = Atomic<UInt64>(0)
     /// Connections refused or closed for a protocol error, for status and tests.
     public let rejected = Atomic<Int>(0)
+    let handshaking = Atomic<Int>(0)
+    let controls = Atomic<Int>(0)
+    let refusals = RateLimitedLog()
 
     public init(configuration: Configuration, delegate: any IPCServerDelegate, logger: Logger) {
         self.configuration = configuration
@@ -86,11 +110,11 @@ public final class IPCServer: Sendable {
         unlink(configuration.path)
         let configuration = configuration
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.backlog, value: 1024)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addIPCCodec(maxFrameSize: configuration.maxFrameSize)
-                    try channel.pipeline.syncOperations.addHandler(IPCServerHandler(server: self))
+                    let decoder = try channel.pipeline.syncOperations.addIPCCodecReturningDecoder(maxFrameSize: configuration.maxHandshakeFrameSize)
+                    try channel.pipeline.syncOperations.addHandler(IPCServerHandler(server: self, decoder: decoder))
                 }
             }
             .bind(unixDomainSocketPath: configuration.path, cleanupExistingSocketFile: true)
@@ -111,6 +135,11 @@ public final class IPCServer: Sendable {
     }
 
     func makeConnectionID() -> UInt64 { nextID.add(1, ordering: .relaxed).newValue }
+
+    func refused(_ reason: String, peer: Int32) {
+        rejected.add(1, ordering: .relaxed)
+        refusals.log(logger, .warning, "IPC connection refused", metadata: ["ipc.peer": "\(peer)", "reason": "\(reason)"])
+    }
 }
 
 /// Per-connection protocol: credentials, handshake, then messages to the delegate.
@@ -118,29 +147,41 @@ final class IPCServerHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = IPCMessage
     typealias OutboundOut = IPCMessage
 
+    enum Phase { case handshaking, worker, control, closed }
+
     let server: IPCServer
+    let decoder: IPCFrameDecoder
     var connection: IPCConnection?
-    var accepted = false
+    var phase = Phase.handshaking
+    var counted = false
     var closeReason: String?
     var helloTimer: Scheduled<Void>?
+    var idleTimer: Scheduled<Void>?
 
-    init(server: IPCServer) { self.server = server }
+    init(server: IPCServer, decoder: IPCFrameDecoder) {
+        self.server = server
+        self.decoder = decoder
+    }
+
+    var accepted: Bool { phase == .worker || phase == .control }
 
     func channelActive(context: ChannelHandlerContext) {
         context.fireChannelActive()
-        guard let provider = context.channel as? any SocketOptionProvider else {
-            activate(context, credentials: nil)
+        // A flood of connections costs one increment and one close each, nothing more.
+        counted = true
+        if server.handshaking.add(1, ordering: .relaxed).newValue > server.configuration.maxHandshaking {
+            server.refused("more than \(server.configuration.maxHandshaking) connections are waiting for their hello", peer: -1)
+            phase = .closed
+            context.close(promise: nil)
             return
         }
-        let level = NIOBSDSocket.OptionLevel(rawValue: cbot_sol_socket())
-        let name = NIOBSDSocket.Option(rawValue: cbot_so_peercred())
-        let future: EventLoopFuture<cbot_ucred> = provider.unsafeGetSocketOption(level: level, name: name)
-        future.whenComplete { result in
-            self.activate(context, credentials: try? result.get())
+        PeerCredentials.of(context.channel).whenComplete { result in
+            self.activate(context, credentials: (try? result.get()) ?? nil)
         }
     }
 
-    func activate(_ context: ChannelHandlerContext, credentials: cbot_ucred?) {
+    func activate(_ context: ChannelHandlerContext, credentials: PeerCredentials?) {
+        guard phase == .handshaking else { return }
         let peerPID = credentials?.pid ?? -1
         connection = IPCConnection(id: server.makeConnectionID(), channel: context.channel, peerPID: peerPID)
         guard let credentials, credentials.uid == getuid() else {
@@ -149,18 +190,18 @@ final class IPCServerHandler: ChannelInboundHandler, @unchecked Sendable {
         }
         let channel = context.channel
         helloTimer = context.eventLoop.scheduleTask(in: .nanoseconds(server.configuration.helloTimeout.nanoseconds)) { [weak self] in
-            guard let self, !self.accepted else { return }
+            guard let self, self.phase == .handshaking else { return }
             self.closeReason = "no hello within \(DurationFormat.format(self.server.configuration.helloTimeout))"
-            self.server.rejected.add(1, ordering: .relaxed)
-            self.server.logger.warning("IPC connection closed", metadata: ["ipc.peer": "\(peerPID)", "reason": "\(self.closeReason ?? "")"])
+            self.server.refused(self.closeReason ?? "", peer: peerPID)
             channel.close(promise: nil)
         }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let message = unwrapInboundIn(data)
-        guard let connection else { return }
+        guard let connection, phase != .closed else { return }
         if accepted {
+            if phase == .control { armIdleTimer(context) }
             server.delegate.received(message, on: connection)
             return
         }
@@ -172,37 +213,74 @@ final class IPCServerHandler: ChannelInboundHandler, @unchecked Sendable {
             refuse(context, "IPC protocol version \(hello.version) is not this supervisor's \(ipcProtocolVersion): run the same botcluster build")
             return
         }
+        if hello.role == .control, server.controls.add(1, ordering: .relaxed).newValue > server.configuration.maxControl {
+            server.controls.subtract(1, ordering: .relaxed)
+            refuse(context, "more than \(server.configuration.maxControl) control connections are open")
+            return
+        }
         connection.helloState.withLock { $0 = hello }
         if let reason = server.delegate.accept(hello, on: connection) {
+            if hello.role == .control { server.controls.subtract(1, ordering: .relaxed) }
             refuse(context, reason)
             return
         }
-        accepted = true
         helloTimer?.cancel()
+        leaveHandshake()
+        switch hello.role {
+        case .worker:
+            phase = .worker
+            decoder.maxFrameSize = server.configuration.maxFrameSize
+        case .control:
+            phase = .control
+            decoder.maxFrameSize = server.configuration.maxControlFrameSize
+            armIdleTimer(context)
+        }
+    }
+
+    func leaveHandshake() {
+        guard counted else { return }
+        counted = false
+        server.handshaking.subtract(1, ordering: .relaxed)
+    }
+
+    /// A control connection is closed once it has been quiet for the idle timeout with no request in flight.
+    func armIdleTimer(_ context: ChannelHandlerContext) {
+        idleTimer?.cancel()
+        let timeout = server.configuration.controlIdleTimeout
+        idleTimer = context.eventLoop.scheduleTask(in: .nanoseconds(timeout.nanoseconds)) { [weak self] in
+            guard let self, self.phase == .control, let connection = self.connection else { return }
+            if connection.busy.load(ordering: .relaxed) > 0 {
+                self.armIdleTimer(context)
+                return
+            }
+            self.closeReason = "idle for \(DurationFormat.format(timeout))"
+            context.close(promise: nil)
+        }
     }
 
     func refuse(_ context: ChannelHandlerContext, _ reason: String) {
         closeReason = reason
-        server.rejected.add(1, ordering: .relaxed)
-        server.logger.warning("IPC connection refused", metadata: ["ipc.peer": "\(connection?.peerPID ?? -1)", "reason": "\(reason)"])
+        phase = .closed
+        server.refused(reason, peer: connection?.peerPID ?? -1)
         context.writeAndFlush(wrapOutboundOut(.refused(reason: reason))).whenComplete { _ in context.close(promise: nil) }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         // A malformed or oversized frame (or a socket error): this connection ends, the server goes on.
         closeReason = "\(error)"
-        server.rejected.add(1, ordering: .relaxed)
-        server.logger.warning("IPC connection closed on a protocol error", metadata: ["ipc.peer": "\(connection?.peerPID ?? -1)", "reason": "\(error)"])
+        server.refused("protocol error: \(error)", peer: connection?.peerPID ?? -1)
         context.close(promise: nil)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         helloTimer?.cancel()
+        idleTimer?.cancel()
+        leaveHandshake()
+        if phase == .control { server.controls.subtract(1, ordering: .relaxed) }
         if let connection, accepted {
             server.delegate.closed(connection, reason: closeReason)
         }
+        phase = .closed
         context.fireChannelInactive()
     }
 }
-
-extension cbot_ucred: @retroactive @unchecked Sendable {}

@@ -65,6 +65,7 @@ final class EmulatorConnection: @unchecked Sendable {  // only touched under the
     let id: Int
     var session: String?
     var outbox: [ByteBuffer] = []
+    var outboxBytes = 0
     var close: CloseRequest?
     var waiter: CheckedContinuation<OutboxBatch, Never>?
     var lastHeartbeat: Int64
@@ -105,7 +106,12 @@ struct EmulatorCore {
     var config: EmulatorConfig
     let app: AppConfig
     var world: EmulatorWorld
+    /// The traffic generator's: seeded, so that a run's messages can be reproduced.
     var rng: SplitMix64
+    /// Tokens, session ids and message ids are random per instance (never derived from the traffic seed): one
+    /// instance's cannot be guessed, and no two instances share any.
+    var secureRandom = SystemRandomNumberGenerator()
+    let messageIDs: MessageIDs
     var stats = EmulatorStats()
 
     // tokens
@@ -145,6 +151,7 @@ struct EmulatorCore {
         self.app = app
         world = EmulatorWorld(traffic: config.traffic)
         rng = SplitMix64(seed: UInt64(config.traffic.seed))
+        messageIDs = MessageIDs(instance: secureRandom.next())
         remaining = config.sessionStartRemaining
         resetAt = now + config.sessionStartResetAfter.nanoseconds
         startedAt = now
@@ -171,7 +178,7 @@ struct EmulatorCore {
         if let token = currentToken, let expiry = tokens[token], expiry - now > min(60_000_000_000, lifetime / 2) {
             return .issued(token: token, expiresIn: Int((expiry - now) / 1_000_000_000))
         }
-        let token = hex(rng.next(), width: 16) + hex(rng.next(), width: 16)
+        let token = hex(secureRandom.next(), width: 16) + hex(secureRandom.next(), width: 16)
         tokens[token] = now + lifetime
         currentToken = token
         stats.tokensIssued += 1
@@ -246,7 +253,7 @@ struct EmulatorCore {
 
     /// Records a passive reply to message `msgID` sent to `target` of `kind`.
     mutating func recordReply(msgID: String, kind: MessageRecord.Kind, target: Int, msgSeq: Int?) -> ReplyResult {
-        guard let index = MessageID.index(of: msgID), index < messages.count else { return .unknownMessage }
+        guard let index = messageIDs.index(of: msgID), index < messages.count else { return .unknownMessage }
         var record = messages[index]
         guard record.kind == kind, Int(record.target) == target else { return .wrongTarget }
         if kind != .guild {
@@ -303,12 +310,24 @@ struct EmulatorCore {
         return id
     }
 
+    /// The most bytes a connection's outbox holds: a client that stops reading is closed (4009, resumable, as the
+    /// platform closes a slow consumer) instead of growing the emulator's memory without end. Far above a burst
+    /// that a reading client drains (20,000 messages are about 14 MB).
+    static let maxOutboxBytes = 64 << 20
+
     /// Queues a frame on a connection; returns the connection when its writer must wake.
     @discardableResult
     mutating func enqueue(_ frame: ByteBuffer, on connectionID: Int) -> Int? {
         guard let connection = connections[connectionID], connection.close == nil else { return nil }
+        if connection.outboxBytes + frame.readableBytes > Self.maxOutboxBytes {
+            stats.slowConsumersClosed += 1
+            connection.outbox = []
+            connection.outboxBytes = 0
+            return requestClose(connectionID, .code(4009, "client too slow: \(Self.maxOutboxBytes >> 20) MiB unread"), now: MonotonicInstant.now().nanoseconds)
+        }
         let wake = connection.outbox.isEmpty && connection.waiter != nil
         connection.outbox.append(frame)
+        connection.outboxBytes += frame.readableBytes
         return wake ? connectionID : nil
     }
 
@@ -330,6 +349,7 @@ struct EmulatorCore {
         }
         let batch = OutboxBatch(frames: connection.outbox, close: connection.close)
         connection.outbox = []
+        connection.outboxBytes = 0
         connection.waiter = nil
         return batch
     }
@@ -339,6 +359,7 @@ struct EmulatorCore {
         guard let connection = connections[connectionID], let waiter = connection.waiter else { return nil }
         let batch = OutboxBatch(frames: connection.outbox, close: connection.close)
         connection.outbox = []
+        connection.outboxBytes = 0
         connection.waiter = nil
         return (waiter, batch)
     }
@@ -404,7 +425,7 @@ struct EmulatorCore {
         remaining -= 1
         stats.sessionStartRemaining = remaining
         stats.identifies += 1
-        let sessionID = UUID(using: &rng).uuidString.lowercased()
+        let sessionID = UUID().uuidString.lowercased()
         sessions[sessionID] = EmulatorSession(
             id: sessionID, shard: shard, intents: intents, seq: 1, ringCapacity: config.resumeBuffer, connection: connectionID
         )
@@ -511,7 +532,7 @@ struct EmulatorCore {
         let channelID = world.channelID(guild: guild, channel: channel)
         messages.append(MessageRecord(kind: .guild, target: Int32(channelID - EmulatorWorld.channelBase), generatedAt: now))
         stats.messagesGenerated += 1
-        let id = MessageID.make(index)
+        let id = messageIDs.make(index)
         let content = (index % 4 == 0) ? "ping" : "hello \(index)"
         var d = "{\"id\":\"\(id)\",\"channel_id\":\"\(channelID)\",\"guild_id\":\"\(world.guildID(guild))\",\"content\":\"<@!\(EmulatorCore.botUserID)> \(content)\",\"timestamp\":\"\(timestamp())\",\"author\":{\"id\":\"\(world.userID(user))\",\"username\":"
         JSONValue.writeQuoted(world.username(user), into: &d)
@@ -531,7 +552,7 @@ struct EmulatorCore {
         let groupIndex = Int(rng.next() % UInt64(max(1, world.guilds)))
         messages.append(MessageRecord(kind: group ? .group : .c2c, target: Int32(group ? groupIndex : user), generatedAt: now))
         stats.messagesGenerated += 1
-        let id = MessageID.make(index)
+        let id = messageIDs.make(index)
         let event = group ? "GROUP_AT_MESSAGE_CREATE" : "C2C_MESSAGE_CREATE"
         let content = (index % 4 == 0) ? "ping" : "hello \(index)"
         let author = group ? "{\"member_openid\":\"\(world.memberOpenID(user))\"}" : "{\"user_openid\":\"\(world.userOpenID(user))\"}"

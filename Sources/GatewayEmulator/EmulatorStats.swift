@@ -40,6 +40,10 @@ public struct EmulatorStats: Codable, Sendable, Equatable {
     public var tokensIssued: Int = 0
     /// Frames from clients that broke the protocol (bad JSON, unknown op, ...).
     public var protocolErrors: Int = 0
+    /// Connections closed because their client left more than the outbox bound unread.
+    public var slowConsumersClosed: Int = 0
+    /// Admin API calls refused (no admin token configured, or a wrong one).
+    public var adminRefused: Int = 0
     /// Users renamed by the traffic generator.
     public var renames: Int = 0
     /// Messages pushed twice on purpose (duplicateShare).

@@ -120,13 +120,22 @@ func parseHex(_ text: Substring) -> UInt64? {
     return value
 }
 
-/// Message ids: a fixed prefix and the message's index in hex, so a reply maps back to the record in O(1).
-enum MessageID {
-    static func make(_ index: Int) -> String { "08" + hex(UInt64(index), width: 14) + "e7" }
+/// Message ids: the emulator instance's random prefix and the message's index in hex, so a reply maps back to
+/// the record in O(1), and ids are unique across instances as the platform's are (a restarted emulator never
+/// reuses an id a cluster may have recorded as handled).
+struct MessageIDs: Sendable {
+    /// 16 hex digits, random per instance.
+    let instance: String
 
-    static func index(of id: String) -> Int? {
-        guard id.utf8.count == 18, id.hasPrefix("08"), id.hasSuffix("e7") else { return nil }
-        let start = id.index(id.startIndex, offsetBy: 2)
+    init(instance: UInt64) {
+        self.instance = hex(instance, width: 16)
+    }
+
+    func make(_ index: Int) -> String { "08" + instance + hex(UInt64(index), width: 14) + "e7" }
+
+    func index(of id: String) -> Int? {
+        guard id.utf8.count == 34, id.hasPrefix("08" + instance), id.hasSuffix("e7") else { return nil }
+        let start = id.index(id.startIndex, offsetBy: 18)
         let end = id.index(id.endIndex, offsetBy: -2)
         return parseHex(id[start..<end]).map { Int($0) }
     }

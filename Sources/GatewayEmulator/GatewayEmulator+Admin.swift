@@ -24,12 +24,14 @@ extension GatewayEmulator {
             return jsonResponse(String(decoding: try encoder.encode(latency), as: UTF8.self))
         }
         router.post("/emulator/faults") { request, _ in
+            try self.authorizeAdmin(request)
             let body = try await Self.jsonBody(request)
             let fault = try Self.fault(from: body)
             self.inject(fault)
             return jsonResponse("{\"ok\":true}")
         }
         router.post("/emulator/traffic") { request, _ in
+            try self.authorizeAdmin(request)
             let body = try await Self.jsonBody(request)
             func rate(_ key: String) throws -> Double? {
                 guard let value = body[key], value != .null else { return nil }
@@ -46,6 +48,7 @@ extension GatewayEmulator {
             return jsonResponse("{\"ok\":true}")
         }
         router.post("/emulator/burst") { request, _ in
+            try self.authorizeAdmin(request)
             let body = try await Self.jsonBody(request)
             guard let count = body["count"]?.intValue, (1...10_000_000).contains(count) else {
                 throw PlatformError(status: .badRequest, code: 40012, message: "count must be a whole number 1...10000000")
@@ -54,6 +57,7 @@ extension GatewayEmulator {
             return jsonResponse("{\"ok\":true,\"count\":\(count),\"startedAtMs\":\(startedAt)}")
         }
         router.post("/emulator/message") { request, _ in
+            try self.authorizeAdmin(request)
             let body = try await Self.jsonBody(request)
             guard let user = body["user"]?.stringValue, let guild = body["guild"]?.intValue, self.message(from: user, inGuild: guild) else {
                 throw PlatformError(status: .badRequest, code: 40012, message: "user must be the id of a simulated user and guild a guild number 0...guilds-1")
@@ -61,11 +65,31 @@ extension GatewayEmulator {
             return jsonResponse("{\"ok\":true,\"guildID\":\"\(self.guildID(guild))\"}")
         }
         router.post("/emulator/rename") { request, _ in
+            try self.authorizeAdmin(request)
             let body = try await Self.jsonBody(request)
             guard let user = body["user"]?.stringValue, let name = self.rename(userID: user) else {
                 throw PlatformError(status: .badRequest, code: 40012, message: "user must be the id of a simulated user")
             }
             return jsonResponse("{\"user\":\"\(user)\",\"username\":\(quoted(name))}")
+        }
+    }
+
+    /// Changes to the emulator need `Authorization: Bearer <emulator.adminToken>`: any local user can reach a
+    /// loopback port, and a fault such as a 4914 close bans the bot. Without a configured token they are refused.
+    /// (`GET /emulator/stats` and `/emulator/latency` stay open: they are counts, with nothing secret.)
+    func authorizeAdmin(_ request: Request) throws {
+        guard let token = config.adminToken else {
+            core.withLock { $0.stats.adminRefused += 1 }
+            throw PlatformError(status: .forbidden, code: 403, message: "the admin API is off: set emulator.adminToken to use it")
+        }
+        let expected = Array(("Bearer " + token.reveal()).utf8)
+        let given = Array((request.headers[.authorization] ?? "").utf8)
+        // Compared in constant time: how long a refusal takes says nothing about the token.
+        var difference = UInt8(expected.count == given.count ? 0 : 1)
+        for index in expected.indices { difference |= expected[index] ^ (index < given.count ? given[index] : 0) }
+        guard difference == 0 else {
+            core.withLock { $0.stats.adminRefused += 1 }
+            throw PlatformError(status: .unauthorized, code: 401, message: "the admin API needs Authorization: Bearer <emulator.adminToken>")
         }
     }
 

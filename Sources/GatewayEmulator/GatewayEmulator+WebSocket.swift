@@ -8,6 +8,13 @@ import Synchronization
 extension GatewayEmulator {
     /// Serves one gateway websocket: a writer task drains the connection's outbox while this task reads frames.
     func serveGateway(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, channel: any Channel) async {
+        // Before anything is read: frames must come masked (RFC 6455 §5.1).
+        let counted: @Sendable () -> Void = { self.core.withLock { $0.stats.protocolErrors += 1 } }
+        _ = try? await channel.eventLoop.submit {
+            let sync = channel.pipeline.syncOperations
+            let decoder = try sync.context(handlerType: ByteToMessageHandler<WebSocketFrameDecoder>.self)
+            try sync.addHandler(UnmaskedFrameGuard(onViolation: counted), position: .after(decoder.handler))
+        }.get()
         let connectionID = withCore { core, wake in
             let id = core.openConnection(now: Self.now())
             if let w = core.enqueue(DispatchFrame.hello(heartbeatInterval: config.heartbeatInterval), on: id) { wake.append(w) }
@@ -163,6 +170,31 @@ extension GatewayEmulator {
             if let w = core.requestClose(connectionID, .code(code, reason), now: Self.now()) { wake.append(w) }
         }
         return true
+    }
+}
+
+/// Closes a connection whose client sends an unmasked frame with 1002 (protocol error), as RFC 6455 §5.1 requires of
+/// a server; the frame goes no further.
+final class UnmaskedFrameGuard: ChannelInboundHandler, Sendable {
+    typealias InboundIn = WebSocketFrame
+    typealias InboundOut = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+    let onViolation: @Sendable () -> Void
+
+    init(onViolation: @escaping @Sendable () -> Void) { self.onViolation = onViolation }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        guard frame.maskKey != nil else {
+            onViolation()
+            var code = context.channel.allocator.buffer(capacity: 2)
+            code.write(webSocketErrorCode: .protocolError)
+            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: code))).whenComplete { _ in
+                context.close(promise: nil)
+            }
+            return
+        }
+        context.fireChannelRead(data)
     }
 }
 

@@ -3,11 +3,18 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import HummingbirdCore
+import HummingbirdHTTP2
 import HummingbirdWebSocket
 import Logging
 import NIOCore
+import NIOSSL
 import ServiceLifecycle
 import Synchronization
+
+/// Why the emulator cannot start (a bad certificate or key).
+public struct EmulatorSetupError: Error, Sendable, CustomStringConvertible {
+    public var description: String
+}
 
 /// A local QQ gateway and OpenAPI: a real websocket and HTTP server speaking the platform's protocol, with a
 /// traffic generator, fault injection, rate limits that answer 429, and ground-truth counters.
@@ -35,38 +42,64 @@ public final class GatewayEmulator: Service, Sendable {
         try await listening.wait()
     }
 
-    /// The OpenAPI base URL once listening (`http://127.0.0.1:<port>`).
+    /// The OpenAPI base URL once listening (`http://127.0.0.1:<port>`, or `https://` with `tls`).
     public func baseURL() async throws -> String {
         let port = try await waitUntilListening()
-        return "http://\(config.host):\(port)"
+        return "\(config.tls == nil ? "http" : "https")://\(config.host):\(port)"
+    }
+
+    /// The server's TLS configuration from `emulator.tls` (ALPN: HTTP/2 or HTTP/1.1, see `PlatformTLSChannel`).
+    static func serverTLS(_ files: TLSFiles) throws -> TLSConfiguration {
+        let chain: [NIOSSLCertificate]
+        let key: NIOSSLPrivateKey
+        do {
+            chain = try NIOSSLCertificate.fromPEMFile(files.certificate)
+        } catch {
+            throw EmulatorSetupError(description: "emulator.tls.certificate: cannot read PEM certificates from \(files.certificate): \(error)")
+        }
+        do {
+            key = try NIOSSLPrivateKey(file: files.key, format: .pem)
+        } catch {
+            throw EmulatorSetupError(description: "emulator.tls.key: cannot read a PEM private key from \(files.key): \(error)")
+        }
+        guard !chain.isEmpty else { throw EmulatorSetupError(description: "emulator.tls.certificate: \(files.certificate) holds no certificate") }
+        return TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
     }
 
     public func run() async throws {
         let router = Router(context: BasicRequestContext.self)
         router.middlewares.add(PlatformErrorMiddleware())
         addRoutes(to: router)
+        let tls: TLSConfiguration?
+        do {
+            tls = try config.tls.map(Self.serverTLS)
+        } catch {
+            listening.fail(error)
+            throw error
+        }
+        let scheme = tls == nil ? "ws" : "wss"
         let app = Application(
             router: router,
             server: HTTPServerBuilder { responder in
-                TrackedChildChannel(
-                    inner: HTTP1WebSocketUpgradeChannel(
-                        responder: responder,
-                        configuration: .init(http1: .init(), ws: .init(maxFrameSize: 1 << 20, closeTimeout: .seconds(2)))
-                    ) { request, channel, _ in
-                        guard let path = request.path, path == "/websocket" || path.hasPrefix("/websocket/") || path.hasPrefix("/websocket?") else {
-                            return .dontUpgrade
-                        }
-                        return .upgrade([:]) { inbound, outbound, _ in
-                            await self.serveGateway(inbound: inbound, outbound: outbound, channel: channel)
-                        }
-                    },
-                    registry: self.connections
-                )
+                let http1 = HTTP1WebSocketUpgradeChannel(
+                    responder: responder,
+                    configuration: .init(http1: .init(), ws: .init(maxFrameSize: 1 << 20, closeTimeout: .seconds(2)))
+                ) { request, channel, _ in
+                    guard let path = request.path, path == "/websocket" || path.hasPrefix("/websocket/") || path.hasPrefix("/websocket?") else {
+                        return .dontUpgrade
+                    }
+                    return .upgrade([:]) { inbound, outbound, _ in
+                        await self.serveGateway(inbound: inbound, outbound: outbound, channel: channel)
+                    }
+                }
+                guard let tls else { return TrackedChildChannel(inner: http1, registry: self.connections) }
+                let secure = try PlatformTLSChannel(tls: tls, http1: http1, http2: HTTP2Channel(responder: responder))
+                return TrackedChildChannel(inner: secure, registry: self.connections)
             },
             configuration: .init(address: .hostname(config.host, port: config.port), serverName: nil),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? 0
-                self.core.withLock { $0.listeningURL = "ws://\(self.config.host):\(port)/websocket" }
+                self.core.withLock { $0.listeningURL = "\(scheme)://\(self.config.host):\(port)/websocket" }
                 self.listening.set(port)
             },
             logger: logger

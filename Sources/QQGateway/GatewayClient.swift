@@ -2,9 +2,9 @@ import ClusterCore
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 import NIOWebSocket
 import Synchronization
-import WSClient
 
 /// One dispatch as the gateway delivered it: protocol-level, decoded into a typed event by the runtime.
 public struct GatewayDispatch: Sendable {
@@ -48,6 +48,12 @@ public final class GatewayClient: Sendable {
         /// A session to resume instead of identifying (from a predecessor).
         public var resume: (id: String, seq: Int)?
         public var maxFrameSize = 1 << 22
+        /// TLS for `wss://` (the platform HTTP client's, so that `gateway.trustRoots` holds for both).
+        public var tls = TLSConfiguration.makeClientConfiguration()
+        /// Proxies from the environment.
+        public var proxies = ProxyEnvironment()
+        /// How long our close frame may wait for the server's before the socket is closed anyway.
+        public var closeTimeout: Duration = .milliseconds(500)
 
         public init(url: String, shard: ShardID, intents: GatewayIntents, resume: (id: String, seq: Int)? = nil) {
             self.url = url
@@ -62,11 +68,18 @@ public final class GatewayClient: Sendable {
         /// An Identify: the permit hears of it once the frame has left, so the identify window the ledger starts
         /// never begins before the gateway can have seen it.
         case identify(String)
+        case pong(ByteBuffer)
         case close(UInt16)
     }
 
     struct Connection: Sendable {
         var outgoing: AsyncStream<Outgoing>.Continuation?
+        /// The socket of the attempt under way, from the moment it exists (before TLS and the upgrade).
+        var channel: (any Channel)?
+        /// The writer runs: a close goes out as a close frame; before that, closing means closing the socket.
+        var writing = false
+        /// A close was asked for on this attempt: a socket that appears later is closed at once.
+        var closeRequested = false
         var connectRequested = false
         /// An Identify is queued or being written and its permit has not heard of it yet.
         var identifyUnreported = false
@@ -191,10 +204,34 @@ public final class GatewayClient: Sendable {
     }
 
     func send(_ item: Outgoing) {
+        if case .close(let code) = item {
+            close(code: code)
+            return
+        }
         connection.withLock { connection in
-            guard let outgoing = connection.outgoing else { return }
+            guard let outgoing = connection.outgoing, connection.writing else { return }
             if case .identify = item { connection.identifyUnreported = true }
             outgoing.yield(item)
+        }
+    }
+
+    /// Ends the current connection attempt: with a close frame once the websocket is up (the socket is closed
+    /// anyway `closeTimeout` later, should the server not answer), by closing the socket before that.
+    func close(code: UInt16) {
+        let (channel, frameQueued) = connection.withLock { connection -> ((any Channel)?, Bool) in
+            guard !connection.closeRequested else { return (nil, false) }
+            connection.closeRequested = true
+            if connection.writing, let outgoing = connection.outgoing {
+                outgoing.yield(.close(code))
+                return (connection.channel, true)
+            }
+            return (connection.channel, false)
+        }
+        guard let channel else { return }
+        if frameQueued {
+            channel.eventLoop.scheduleTask(in: .nanoseconds(configuration.closeTimeout.nanoseconds)) { channel.close(promise: nil) }
+        } else {
+            channel.close(promise: nil)
         }
     }
 
@@ -220,6 +257,9 @@ public final class GatewayClient: Sendable {
             case .connect:
                 connection.withLock { $0.connectRequested = true }
                 connectWakeup.poke()
+            case .stopped:
+                // Stopped while a connection was being made: that attempt ends now.
+                close(code: GatewaySessionStateMachine.resumableCloseCode)
             default: break
             }
         }
@@ -248,22 +288,32 @@ public final class GatewayClient: Sendable {
                 }
                 if let spawn { spawn(task) } else { await task() }
             case .sendIdentify:
-                do {
-                    let token = try await tokens.token()
-                    send(.identify(GatewayFrame.identify(token: token, intents: configuration.intents, shard: configuration.shard).encoded()))
-                } catch {
-                    logger.error("cannot identify without a token", metadata: ["error": "\(error)"])
-                    send(.close(GatewaySessionStateMachine.resumableCloseCode))
+                // Beside the reader (it may wait for a token over the network): a close or a stop still reaches
+                // the reader while it waits, and ends the wait with the connection.
+                let task: @Sendable () async -> Void = {
+                    do {
+                        let token = try await self.tokens.token()
+                        self.send(.identify(GatewayFrame.identify(token: token, intents: self.configuration.intents, shard: self.configuration.shard).encoded()))
+                    } catch is CancellationError {
+                    } catch {
+                        self.logger.error("cannot identify without a token", metadata: ["error": "\(error)"])
+                        self.send(.close(GatewaySessionStateMachine.resumableCloseCode))
+                    }
                 }
+                if let spawn { spawn(task) } else { await task() }
             case .sendResume(let sessionID, let seq):
-                do {
-                    let token = try await tokens.token()
-                    send(.text(GatewayFrame.resume(token: token, sessionID: sessionID, seq: seq).encoded()))
-                    logger.info("resume sent", metadata: ["session.seq": "\(seq)"])
-                } catch {
-                    logger.error("cannot resume without a token", metadata: ["error": "\(error)"])
-                    send(.close(GatewaySessionStateMachine.resumableCloseCode))
+                let task: @Sendable () async -> Void = {
+                    do {
+                        let token = try await self.tokens.token()
+                        self.send(.text(GatewayFrame.resume(token: token, sessionID: sessionID, seq: seq).encoded()))
+                        self.logger.info("resume sent", metadata: ["session.seq": "\(seq)"])
+                    } catch is CancellationError {
+                    } catch {
+                        self.logger.error("cannot resume without a token", metadata: ["error": "\(error)"])
+                        self.send(.close(GatewaySessionStateMachine.resumableCloseCode))
+                    }
                 }
+                if let spawn { spawn(task) } else { await task() }
             case .sendHeartbeat(let seq):
                 send(.text(GatewayFrame.heartbeat(lastSeq: seq).encoded()))
             case .closeSocket(let code):
@@ -294,7 +344,7 @@ public final class GatewayClient: Sendable {
                 logger.info("disconnected", metadata: ["close.code": "\(code.map(String.init) ?? "none")", "reconnectIn": "\(delay.map(DurationFormat.format) ?? "never")"])
                 await onEvent(.disconnected(code: code, reconnectIn: delay))
             case .stopped:
-                break
+                close(code: GatewaySessionStateMachine.resumableCloseCode)
             case .fenceReached(let seq):
                 fenceReached(seq: seq)
             case .failed(let reason):
@@ -311,65 +361,124 @@ public final class GatewayClient: Sendable {
     /// Connects, runs the session over the socket until it closes, and returns the server's close code.
     func connectOnce(onEvent: @escaping @Sendable (GatewayClientEvent) async -> Void) async -> UInt16? {
         let (outgoing, continuation) = AsyncStream<Outgoing>.makeStream()
-        connection.withLock { $0.outgoing = continuation }
+        connection.withLock { connection in
+            connection.outgoing = continuation
+            connection.channel = nil
+            connection.writing = false
+            connection.closeRequested = false
+        }
         defer {
-            connection.withLock { $0.outgoing = nil }
+            connection.withLock { connection in
+                connection.outgoing = nil
+                connection.channel = nil
+                connection.writing = false
+            }
             continuation.finish()
             reportIdentifySent()
         }
-        var wsConfiguration = WebSocketClientConfiguration()
-        wsConfiguration.maxFrameSize = configuration.maxFrameSize
-        wsConfiguration.closeTimeout = .milliseconds(500)
-        wsConfiguration.autoPing = .disabled
-        var wsLogger = logger
-        wsLogger.logLevel = max(logger.logLevel, .notice)
+        let frames: GatewaySocket.Frames
         do {
-            let closeFrame = try await WebSocketClient.connect(url: configuration.url, configuration: wsConfiguration, logger: wsLogger) { inbound, outbound, _ in
-                await self.perform(self.feed(.connected), onEvent: onEvent, spawn: nil)
-                // Work that must not hold up reading (waiting for an identify permit) runs beside the reader and
-                // ends with the connection.
-                let (sideWork, sideWorkContinuation) = AsyncStream<@Sendable () async -> Void>.makeStream()
-                defer { sideWorkContinuation.finish() }
-                try await withThrowingTaskGroup(of: Void.self) { group in
-                    group.addTask {
-                        for await work in sideWork { await work() }
-                    }
-                    group.addTask {
-                        for await item in outgoing {
-                            switch item {
-                            case .text(let text):
-                                try await outbound.write(.text(text))
-                            case .identify(let text):
-                                defer { self.reportIdentifySent() }
-                                try await outbound.write(.text(text))
-                            case .close(let code):
-                                try await outbound.close(WebSocketErrorCode(codeNumber: Int(code)), reason: nil)
+            let target = URLTarget(configuration.url)
+            frames = try await GatewaySocket.connect(
+                url: configuration.url, tls: configuration.tls,
+                proxy: target.flatMap { configuration.proxies.route(scheme: $0.scheme, host: $0.host) },
+                maxFrameSize: configuration.maxFrameSize, timeout: configuration.session.helloTimeout
+            ) { channel in
+                let closeNow = self.connection.withLock { connection -> Bool in
+                    connection.channel = channel
+                    return connection.closeRequested
+                }
+                if closeNow { channel.close(promise: nil) }
+            }
+        } catch {
+            logger.info("cannot connect to the gateway", metadata: ["error": "\(error)"])
+            return nil
+        }
+        let stillWanted = connection.withLock { connection -> Bool in
+            connection.writing = !connection.closeRequested
+            return connection.writing
+        }
+        guard stillWanted else {
+            try? await frames.channel.close()
+            return nil
+        }
+        await perform(feed(.connected), onEvent: onEvent, spawn: nil)
+        let closeCode = Mutex<UInt16?>(nil)
+        do {
+            try await frames.executeThenClose { inbound, outbound in
+                try await withThrowingTaskGroup(of: Void.self) { connection in
+                    // The writer drains what the session sends until its stream is finished (when reading ends),
+                    // so that a close frame queued last still goes out.
+                    connection.addTask { try await self.write(outgoing, to: outbound, allocator: frames.channel.allocator) }
+                    // Work that must not hold up reading (waiting for an identify permit) runs beside the reader
+                    // and is cancelled when reading ends.
+                    try await withThrowingTaskGroup(of: Void.self) { reading in
+                        let (sideWork, sideWorkContinuation) = AsyncStream<@Sendable () async -> Void>.makeStream()
+                        defer { sideWorkContinuation.finish() }
+                        reading.addTask {
+                            for await work in sideWork { await work() }
+                        }
+                        let spawn: (@escaping @Sendable () async -> Void) -> Void = { work in sideWorkContinuation.yield(work) }
+                        defer { reading.cancelAll() }
+                        for try await frame in inbound {
+                            switch frame.opcode {
+                            case .text:
+                                let text = String(buffer: frame.unmaskedData)
+                                let decoded: GatewayFrame
+                                do {
+                                    decoded = try GatewayFrame.decode(text)
+                                } catch {
+                                    self.logger.warning("malformed gateway frame skipped", metadata: ["problem": "\(error)", "frame.prefix": "\(text.prefix(120))"])
+                                    continue
+                                }
+                                await self.perform(self.feed(.frame(decoded)), onEvent: onEvent, spawn: spawn)
+                            case .ping:
+                                self.send(.pong(frame.unmaskedData))
+                            case .connectionClose:
+                                var data = frame.unmaskedData
+                                let code = data.readInteger(as: UInt16.self)
+                                closeCode.withLock { $0 = code }
+                                // Answer the server's close (unless ours is already out); the socket closes after.
+                                self.close(code: code ?? 1000)
                                 return
+                            case .binary:
+                                self.logger.warning("binary frame from the gateway skipped")
+                            default:
+                                break
                             }
                         }
                     }
-                    let spawn: (@escaping @Sendable () async -> Void) -> Void = { work in sideWorkContinuation.yield(work) }
-                    for try await message in inbound.messages(maxSize: self.configuration.maxFrameSize) {
-                        guard case .text(let text) = message else {
-                            self.logger.warning("binary frame from the gateway skipped")
-                            continue
-                        }
-                        let frame: GatewayFrame
-                        do {
-                            frame = try GatewayFrame.decode(text)
-                        } catch {
-                            self.logger.warning("malformed gateway frame skipped", metadata: ["problem": "\(error)", "frame.prefix": "\(text.prefix(120))"])
-                            continue
-                        }
-                        await self.perform(self.feed(.frame(frame)), onEvent: onEvent, spawn: spawn)
-                    }
-                    group.cancelAll()
+                    continuation.finish()
+                    try await connection.waitForAll()
                 }
             }
-            return closeFrame.map { UInt16(webSocketErrorCode: $0.closeCode) }
         } catch {
             logger.debug("gateway connection ended", metadata: ["error": "\(error)"])
-            return nil
+        }
+        return closeCode.withLock { $0 }
+    }
+
+    /// Writes what the session sends, in order, until a close frame has gone out or the connection ends.
+    func write(_ outgoing: AsyncStream<Outgoing>, to outbound: NIOAsyncChannelOutboundWriter<WebSocketFrame>, allocator: ByteBufferAllocator) async throws {
+        func frame(_ opcode: WebSocketOpcode, _ data: ByteBuffer) -> WebSocketFrame {
+            // A client masks every frame (RFC 6455 §5.3).
+            WebSocketFrame(fin: true, opcode: opcode, maskKey: .random(), data: data)
+        }
+        for await item in outgoing {
+            switch item {
+            case .text(let text):
+                try await outbound.write(frame(.text, allocator.buffer(string: text)))
+            case .identify(let text):
+                defer { reportIdentifySent() }
+                try await outbound.write(frame(.text, allocator.buffer(string: text)))
+            case .pong(let data):
+                try await outbound.write(frame(.pong, data))
+            case .close(let code):
+                var data = allocator.buffer(capacity: 2)
+                data.writeInteger(code)
+                try await outbound.write(frame(.connectionClose, data))
+                return
+            }
         }
     }
 }

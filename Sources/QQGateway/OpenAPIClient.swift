@@ -65,18 +65,21 @@ public struct OpenAPIClient: Sendable {
     let appID: String
     let tokens: TokenProvider
     let budget: any RequestBudget
-    let http: HTTPClientPools
+    let http: PlatformHTTP
     let logger: Logger
     /// Attempts per request when the answer is 429.
     let attempts = 3
+    /// How long one request may take, answer body included.
+    let timeout: Duration
 
-    public init(baseURL: String, appID: String, tokens: TokenProvider, budget: any RequestBudget, http: HTTPClientPools, logger: Logger) {
+    public init(baseURL: String, appID: String, tokens: TokenProvider, budget: any RequestBudget, http: PlatformHTTP, logger: Logger, timeout: Duration = .seconds(30)) {
         self.baseURL = baseURL.hasSuffix("/") ? String(baseURL.dropLast()) : baseURL
         self.appID = appID
         self.tokens = tokens
         self.budget = budget
         self.http = http
         self.logger = logger
+        self.timeout = timeout
     }
 
     /// Sends to a guild channel (`POST /channels/{channel_id}/messages`).
@@ -104,17 +107,28 @@ public struct OpenAPIClient: Sendable {
     public func gatewayBot() async throws -> GatewayBotInfo {
         let route = "GET /gateway/bot"
         let reply = try await request(.GET, "/gateway/bot", route: route, body: nil)
+        func unreadable(_ why: String) -> OpenAPIError {
+            OpenAPIError(route: route, status: 200, code: nil, message: "unreadable reply (\(why)): \(reply.serialized().prefix(300))", traceID: nil)
+        }
         guard let url = reply["url"]?.stringValue, let shards = reply["shards"]?.intValue, let limit = reply["session_start_limit"],
             let total = limit["total"]?.intValue, let remaining = limit["remaining"]?.intValue,
             let resetAfter = limit["reset_after"]?.intValue, let maxConcurrency = limit["max_concurrency"]?.intValue
         else {
-            throw OpenAPIError(route: route, status: 200, code: nil, message: "unreadable reply: \(reply.serialized())", traceID: nil)
+            throw unreadable("a field is missing or not a whole number")
         }
+        guard let target = URLTarget(url), target.scheme == "ws" || target.scheme == "wss" else { throw unreadable("url is not a ws:// or wss:// URL") }
+        guard shards >= 1 else { throw unreadable("shards is \(shards)") }
+        // Numbers from the network are clamped to what the platform can mean, so that no later arithmetic traps.
         return GatewayBotInfo(
-            url: url, shards: shards, total: total, remaining: remaining, resetAfter: .milliseconds(resetAfter),
-            maxConcurrency: max(1, maxConcurrency)
+            url: url, shards: min(shards, 1 << 20), total: min(max(0, total), Int(Int32.max)), remaining: min(max(0, remaining), Int(Int32.max)),
+            resetAfter: .clamped(milliseconds: Int64(resetAfter), to: .zero ... .seconds(86_400 * 30)),
+            maxConcurrency: min(max(1, maxConcurrency), Self.maxConcurrencyLimit)
         )
     }
+
+    /// The highest `max_concurrency` taken from the platform (its documented values are 1 to 16; larger ones are
+    /// clamped so that no bucket table grows with what a server says).
+    public static let maxConcurrencyLimit = 1024
 
     /// The bot's own user (`GET /users/@me`).
     public func me() async throws -> User {
@@ -167,23 +181,27 @@ public struct OpenAPIClient: Sendable {
                 headers.add(name: "Content-Type", value: "application/json")
                 payload = ByteBuffer(string: body.serialized())
             }
-            let answer = try await http.execute(method, url: baseURL + path, headers: headers, body: payload)
+            let answer = try await http.execute(method, url: baseURL + path, headers: headers, body: payload, timeout: timeout)
             let reply = try? JSONValue.parse(bytes: Array(answer.body.readableBytesView))
             let status = answer.status
-            let traceID = answer.headers["X-Tps-trace-ID"].first
+            let traceID = answer.headers["X-Tps-trace-ID"].first.map { String($0.prefix(128)) }
             if (200..<300).contains(status) {
                 guard let reply else {
                     throw OpenAPIError(route: route, status: status, code: nil, message: "reply is not JSON", traceID: traceID)
                 }
                 return reply
             }
-            let error = OpenAPIError(
+            var error = OpenAPIError(
                 route: route, status: status, code: reply?["code"]?.intValue,
-                message: reply?["message"]?.stringValue ?? "HTTP \(status)", traceID: traceID
+                message: reply?["message"]?.stringValue.map { String($0.prefix(500)) } ?? "HTTP \(status)", traceID: traceID
             )
+            if (300..<400).contains(status) {
+                let location = answer.headers["Location"].first.map { String($0.prefix(200)) } ?? "nowhere"
+                error.message = "the platform redirects to \(location); redirects are not followed (the access token would go along): set gateway.url to the new address"
+                throw error
+            }
             if status == 429 {
-                let seconds = answer.headers["Retry-After"].first.flatMap(Double.init) ?? 1
-                let retryAfter = Duration.milliseconds(Int64(max(0.05, seconds) * 1000))
+                let retryAfter = Self.retryAfter(answer.headers["Retry-After"].first, now: wallClockMilliseconds())
                 budget.rateLimited(route: route, retryAfter: retryAfter)
                 logger.warning("rate limited", metadata: ["route": "\(route)", "retryAfter": "\(DurationFormat.format(retryAfter))", "attempt": "\(attempt)"])
                 if attempt < attempts { continue }
@@ -197,4 +215,42 @@ public struct OpenAPIClient: Sendable {
             throw error
         }
     }
+
+    /// The longest pause a 429 can impose: a route paused longer is tried again then (and paused again if the
+    /// platform still says so), whatever `Retry-After` said.
+    public static let maxRetryAfter = Duration.seconds(60)
+
+    /// The pause a 429's `Retry-After` asks for: seconds (whole or not) or an HTTP date (RFC 9110 §10.2.3), clamped
+    /// to 50 ms ... ``maxRetryAfter``; 1 s when the header is missing or unreadable.
+    public static func retryAfter(_ header: String?, now wallMilliseconds: Int64) -> Duration {
+        let range = Duration.milliseconds(50)...maxRetryAfter
+        guard let header = header?.trimmingCharacters(in: " \t"), !header.isEmpty else { return .seconds(1) }
+        if let seconds = Double(header) {
+            return seconds.isNaN ? .seconds(1) : .clamped(seconds: seconds, to: range)
+        }
+        if let date = httpDateMilliseconds(header) {
+            return .clamped(milliseconds: date.saturatingSubtract(wallMilliseconds), to: range)
+        }
+        return .seconds(1)
+    }
+}
+
+/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) as milliseconds since 1970, or nil.
+func httpDateMilliseconds(_ text: String) -> Int64? {
+    let parts = text.split(separator: " ")
+    let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+    guard parts.count == 6, parts[5] == "GMT", let day = Int(parts[1]), (1...31).contains(day),
+        let month = months.firstIndex(of: String(parts[2])), let year = Int(parts[3]), (1970...9999).contains(year)
+    else { return nil }
+    let clock = parts[4].split(separator: ":").compactMap { Int($0) }
+    guard clock.count == 3, (0...23).contains(clock[0]), (0...59).contains(clock[1]), (0...60).contains(clock[2]) else { return nil }
+    // Days since 1970 by the civil-from-days inverse (Howard Hinnant's algorithm).
+    let y = month < 2 ? year - 1 : year
+    let era = y / 400
+    let yoe = y - era * 400
+    let mp = (month + 9) % 12
+    let doy = (153 * mp + 2) / 5 + day - 1
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
+    let days = era * 146_097 + doe - 719_468
+    return Int64(((days * 24 + clock[0]) * 60 + clock[1]) * 60 + clock[2]) * 1000
 }

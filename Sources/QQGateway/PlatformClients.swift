@@ -1,4 +1,5 @@
 import ClusterCore
+import Foundation
 import Logging
 
 /// Where the platform is: the OpenAPI base and the token endpoint.
@@ -17,17 +18,19 @@ public struct GatewayEndpoints: Sendable {
     }
 }
 
-/// The pieces every process that talks to the platform needs, built once: one pooled HTTP client, the token
-/// provider, the OpenAPI client behind the given budget.
+/// The pieces every process that talks to the platform needs, built once: one HTTP client (TLS roots and proxies
+/// from the configuration and the environment), the token provider, the OpenAPI client behind the given budget.
 public struct PlatformClients: Sendable {
-    public let http: HTTPClientPools
+    public let http: PlatformHTTP
     public let tokens: TokenProvider
     public let api: OpenAPIClient
 
-    /// `http` defaults to a pool sized for a shard's replies; a process that only asks now and then passes a
-    /// smaller one.
-    public init(config: ClusterConfig, endpoints: GatewayEndpoints, budget: any RequestBudget, logger: Logger, http: HTTPClientPools = HTTPClientPools()) {
-        self.http = http
+    /// `maxConnections` defaults to what a shard's replies need; a process that only asks now and then passes 1.
+    public init(
+        config: ClusterConfig, endpoints: GatewayEndpoints, budget: any RequestBudget, logger: Logger,
+        environment: [String: String] = ProcessInfo.processInfo.environment, maxConnections: Int = 64
+    ) throws(PlatformSetupError) {
+        http = try PlatformHTTP(.init(trustRoots: config.gateway.trustRoots, maxConnectionsPerHost: maxConnections, environment: environment))
         tokens = TokenProvider(appID: config.app.id, secret: config.app.secret, tokenURL: endpoints.tokenURL, http: http, logger: logger)
         api = OpenAPIClient(baseURL: endpoints.apiBase, appID: config.app.id, tokens: tokens, budget: budget, http: http, logger: logger)
     }

@@ -21,7 +21,7 @@ public actor TokenProvider {
     let appID: String
     let secret: Secret
     let url: String
-    let http: HTTPClientPools
+    let http: PlatformHTTP
     let logger: Logger
     var current: (token: String, expiresAt: MonotonicInstant, renewAt: MonotonicInstant)?
     var inFlight: AsyncSignal<Result<String, TokenError>>?
@@ -29,7 +29,7 @@ public actor TokenProvider {
     /// Tokens fetched so far (for tests and progress reports).
     public private(set) var fetches = 0
 
-    public init(appID: String, secret: Secret, tokenURL: String, http: HTTPClientPools, logger: Logger) {
+    public init(appID: String, secret: Secret, tokenURL: String, http: PlatformHTTP, logger: Logger) {
         self.appID = appID
         self.secret = secret
         url = tokenURL
@@ -72,12 +72,15 @@ public actor TokenProvider {
         let body = JSONValue.object([("appId", .string(appID)), ("clientSecret", .string(secret.reveal()))]).serialized()
         let answer = try await http.execute(.POST, url: url, headers: ["Content-Type": "application/json"], body: ByteBuffer(string: body), timeout: .seconds(20))
         let reply = try? JSONValue.parse(bytes: Array(answer.body.readableBytesView))
-        guard let reply, let token = reply["access_token"]?.stringValue, let expiresIn = reply["expires_in"].flatMap({ $0.stringValue.flatMap(Int.init) ?? $0.intValue }) else {
-            throw TokenError(code: reply?["code"]?.intValue, message: reply?["message"]?.stringValue ?? "HTTP \(answer.status) without a token")
+        guard let reply, let token = reply["access_token"]?.stringValue, !token.isEmpty, token.utf8.count <= 4096,
+            let expiresIn = reply["expires_in"].flatMap({ $0.stringValue.flatMap(Int.init) ?? $0.intValue })
+        else {
+            throw TokenError(code: reply?["code"]?.intValue, message: reply?["message"]?.stringValue.map { String($0.prefix(500)) } ?? "HTTP \(answer.status) without a token")
         }
         fetches += 1
         let now = MonotonicInstant.now()
-        let lifetime = Duration.seconds(max(1, expiresIn))
+        // The platform's tokens live 2 h; a lifetime from the network is held to 1 s ... 1 day.
+        let lifetime = Duration.seconds(min(max(1, expiresIn), 86_400))
         // Renew ahead of expiry: up to 50 s early on the platform's 2 h tokens, a quarter of short lifetimes,
         // with jitter so that workers do not all renew in the same second.
         let lead = min(Duration.seconds(50), lifetime / 4)

@@ -55,6 +55,16 @@ public struct BudgetAuthority: Sendable {
     var global: GCRA
     var routes: [String: Route] = [:]
     var queue: [Request] = []
+    /// Tokens granted to each requester within the last lease TTL: all a requester can give back (a lease
+    /// expires after its TTL, so older tokens are spent or void).
+    var recentGrants: [UInt64: [(at: MonotonicInstant, count: Int)]] = [:]
+
+    /// The longest pause a 429 report can set (the platform's own `Retry-After` is clamped the same way).
+    public static let maxPause = Duration.seconds(60)
+    /// Route names kept apart; more (from a broken peer) share one bucket.
+    public static let maxRoutes = 256
+    public static let maxRouteLength = 200
+    public static let otherRoutes = "(other routes)"
     /// Tokens granted so far, and per requester (for fairness checks and status).
     public private(set) var granted = 0
     public private(set) var grantedTo: [UInt64: Int] = [:]
@@ -67,25 +77,50 @@ public struct BudgetAuthority: Sendable {
     /// Requests waiting for tokens.
     public var waiting: Int { queue.count }
 
-    /// A worker asks for tokens; the grants that can be made now (its own or earlier ones).
+    /// The routes with a bucket or a pause of their own.
+    public var knownRoutes: [String] { Array(routes.keys) }
+
+    /// The route a peer named, as kept: long names are cut, and past `maxRoutes` new names share one bucket.
+    func routeKey(_ route: String) -> String {
+        let route = route.utf8.count > Self.maxRouteLength ? String(route.prefix(Self.maxRouteLength)) : route
+        if routes[route] != nil || routes.count < Self.maxRoutes { return route }
+        return Self.otherRoutes
+    }
+
+    /// A worker asks for tokens; the grants that can be made now (its own or earlier ones). A request for more
+    /// than a lease (or for none) asks for one lease.
     public mutating func request(_ request: Request, now: MonotonicInstant) -> [Grant] {
+        var request = request
+        request.route = routeKey(request.route)
+        request.count = min(max(1, request.count), max(1, configuration.leaseSize))
         queue.append(request)
         return serve(now: now)
     }
 
-    /// A worker gives back tokens it did not use (it drains, or its lease expired unused).
-    public mutating func giveBack(route: String, count: Int, now: MonotonicInstant) -> [Grant] {
-        guard count > 0 else { return [] }
-        global.refund(count, now: now)
-        routes[route]?.bucket?.refund(count, now: now)
+    /// A worker gives back tokens it did not use (it drains). At most what it was granted within the lease TTL
+    /// and has not given back yet is taken back: returning tokens cannot raise the cluster over its rate.
+    public mutating func giveBack(requester: UInt64, route: String, count: Int, now: MonotonicInstant) -> [Grant] {
+        var grants = (recentGrants[requester] ?? []).filter { now - $0.at < configuration.leaseTTL }
+        var left = min(max(0, count), grants.reduce(0) { $0 + $1.count })
+        let taken = left
+        while left > 0, let last = grants.last {
+            let used = min(left, last.count)
+            left -= used
+            if used == last.count { grants.removeLast() } else { grants[grants.count - 1].count -= used }
+        }
+        recentGrants[requester] = grants.isEmpty ? nil : grants
+        guard taken > 0 else { return [] }
+        global.refund(taken, now: now)
+        routes[routeKey(route)]?.bucket?.refund(taken, now: now)
         return serve(now: now)
     }
 
-    /// The platform answered 429 on `route`: pause it for everyone, and from now on hold it below the rate it had
-    /// reached. Returns the pause end for the workers to be told.
+    /// The platform answered 429 on `route`: pause it for everyone (at most ``maxPause``), and from now on hold it
+    /// below the rate it had reached. Returns the pause end for the workers to be told.
     public mutating func rateLimited(route: String, retryAfter: Duration, now: MonotonicInstant) -> MonotonicInstant {
+        let route = routeKey(route)
         var state = routes[route] ?? Route()
-        let until = now + retryAfter
+        let until = now + min(max(.zero, retryAfter), Self.maxPause)
         state.pausedUntil = max(state.pausedUntil ?? until, until)
         let observed = state.recent.filter { now - $0 <= .seconds(1) }.count
         let learned = max(1.0, Double(observed) * 0.9)
@@ -99,6 +134,7 @@ public struct BudgetAuthority: Sendable {
     /// A worker is gone: its queued requests leave.
     public mutating func requesterGone(_ requester: UInt64, now: MonotonicInstant) -> [Grant] {
         queue.removeAll { $0.requester == requester }
+        recentGrants[requester] = nil
         return serve(now: now)
     }
 
@@ -140,6 +176,9 @@ public struct BudgetAuthority: Sendable {
             queue.remove(at: index)
             granted += count
             grantedTo[request.requester, default: 0] += count
+            var recent = (recentGrants[request.requester] ?? []).filter { now - $0.at < configuration.leaseTTL }
+            recent.append((now, count))
+            recentGrants[request.requester] = recent
             grants.append(Grant(requester: request.requester, id: request.id, count: count, ttl: configuration.leaseTTL))
         }
         return grants

@@ -23,15 +23,15 @@ public final class BudgetService: Sendable {
 
     public func request(from connection: IPCConnection, id: UInt64, route: String, count: Int) {
         connections.withLock { $0[connection.id] = connection }
-        deliver(authority.withLock { $0.request(.init(requester: connection.id, id: id, route: route, count: max(1, count)), now: .now()) })
+        deliver(authority.withLock { $0.request(.init(requester: connection.id, id: id, route: route, count: count), now: .now()) })
     }
 
     public func cancel(from connection: IPCConnection, id: UInt64) {
         deliver(authority.withLock { $0.cancel(requester: connection.id, id: id, now: .now()) })
     }
 
-    public func giveBack(route: String, count: Int) {
-        deliver(authority.withLock { $0.giveBack(route: route, count: count, now: .now()) })
+    public func giveBack(from connection: IPCConnection, route: String, count: Int) {
+        deliver(authority.withLock { $0.giveBack(requester: connection.id, route: route, count: count, now: .now()) })
     }
 
     /// A 429 somewhere: the route is paused for everyone; returns how long from now.

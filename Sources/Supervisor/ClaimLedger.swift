@@ -136,6 +136,14 @@ public struct ClaimLedger: Sendable {
         }
     }
 
+    /// Every key remembered as done (to write again after the database was made anew).
+    public func allRemembered() -> [(key: String, at: MonotonicInstant)] {
+        doneOrder[doneHead...].filter { entry in
+            if case .done(let at) = entries[entry.key], at == entry.at { return true }
+            return false
+        }
+    }
+
     /// Hands over the completed keys to write.
     public mutating func takeUnpersisted() -> [(key: String, at: MonotonicInstant)] {
         defer { unpersisted = [] }

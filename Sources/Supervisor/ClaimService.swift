@@ -37,6 +37,10 @@ final class ClaimService: Sendable {
         deliver(ledger.withLock { $0.requesterGone(connection.id) })
     }
 
+    func allRemembered() -> [(key: String, at: MonotonicInstant)] {
+        ledger.withLock { $0.allRemembered() }
+    }
+
     func takeUnpersisted() -> [(key: String, at: MonotonicInstant)] {
         ledger.withLock { $0.takeUnpersisted() }
     }

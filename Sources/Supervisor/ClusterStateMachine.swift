@@ -40,6 +40,8 @@ public struct WorkerRecord: Sendable {
     /// Why the worker is not restarted, when it is failed for good.
     public var failure: String?
     var policy: RestartPolicy
+    /// Silent past the hang limit, waiting for the check that the supervisor itself was not what fell behind.
+    var hangSuspectedAt: MonotonicInstant?
     var abortedAt: MonotonicInstant?
     var killedAt: MonotonicInstant?
     var stopRequestedAt: MonotonicInstant?
@@ -83,6 +85,8 @@ public struct ClusterStateMachine: Sendable {
         case sessionCommitted(ordinal: Int, generation: UInt64, id: String, seq: Int)
         case sessionInvalidated(ordinal: Int, generation: UInt64)
         case gatewayFailed(ordinal: Int, generation: UInt64, reason: String)
+        /// The answer to `confirmHang`: every message the worker had sent by then has been read.
+        case hangConfirmation(ordinal: Int, generation: UInt64)
         case exited(pid: Int32, status: ExitStatus)
         case tick
         /// Replace a worker's process (drain, then respawn at once).
@@ -96,6 +100,9 @@ public struct ClusterStateMachine: Sendable {
         case signal(pid: Int32, signal: Int32)
         /// SIGKILL to the worker's whole process group (it and anything it started).
         case killGroup(pid: Int32)
+        /// The worker looks hung: read whatever it has sent that is still waiting on this side (a supervisor whose
+        /// event loops were busy reads late, and a worker must not pay for that), then send `hangConfirmation`.
+        case confirmHang(ordinal: Int, generation: UInt64)
         case persistSession(shard: ShardID, id: String, seq: Int)
         case forgetSession(shard: ShardID)
         case log(Level, String)
@@ -151,6 +158,12 @@ public struct ClusterStateMachine: Sendable {
         return ordinal
     }
 
+    /// The worker spoke: it is not hung.
+    mutating func heard(_ i: Int, now: MonotonicInstant) {
+        workers[i].lastHeard = now
+        workers[i].hangSuspectedAt = nil
+    }
+
     public mutating func handle(_ event: Event, now: MonotonicInstant) -> [Action] {
         switch event {
         case .start:
@@ -164,12 +177,12 @@ public struct ClusterStateMachine: Sendable {
             return [.log(.error, "worker \(ordinal): cannot spawn: \(reason)")] + exited(i, status: .exited(127), now: now)
         case .hello(let ordinal, let generation):
             guard let i = index(ordinal, generation) else { return [] }
-            workers[i].lastHeard = now
+            heard(i, now: now)
             if workers[i].state == .spawning { workers[i].state = .connected }
             return []
         case .progress(let ordinal, let generation, let progress):
             guard let i = index(ordinal, generation) else { return [] }
-            workers[i].lastHeard = now
+            heard(i, now: now)
             workers[i].progress = progress
             if workers[i].state != .draining {
                 switch progress.state {
@@ -182,16 +195,16 @@ public struct ClusterStateMachine: Sendable {
             return []
         case .identifying(let ordinal, let generation):
             guard let i = index(ordinal, generation) else { return [] }
-            workers[i].lastHeard = now
+            heard(i, now: now)
             if workers[i].state != .draining { workers[i].state = .identifying }
             return []
         case .gatewayReady(let ordinal, let generation):
             guard let i = index(ordinal, generation) else { return [] }
-            workers[i].lastHeard = now
+            heard(i, now: now)
             return markReady(i, now: now)
         case .sessionCommitted(let ordinal, let generation, let id, let seq):
             guard let i = index(ordinal, generation) else { return [] }
-            workers[i].lastHeard = now
+            heard(i, now: now)
             workers[i].session = (id, seq)
             return [.persistSession(shard: workers[i].shard, id: id, seq: seq)]
         case .sessionInvalidated(let ordinal, let generation):
@@ -202,6 +215,11 @@ public struct ClusterStateMachine: Sendable {
             guard let i = index(ordinal, generation) else { return [] }
             workers[i].fatal = reason
             return [.log(.error, "worker \(ordinal) (shard \(workers[i].shard)): \(reason)")]
+        case .hangConfirmation(let ordinal, let generation):
+            guard let i = index(ordinal, generation), workers[i].hangSuspectedAt != nil, workers[i].abortedAt == nil,
+                workers[i].stopRequestedAt == nil
+            else { return [] }
+            return abortIfSilent(i, now: now)
         case .exited(let pid, let status):
             guard let i = workers.firstIndex(where: { $0.pid == pid && $0.state.isLive }) else { return [] }
             return exited(i, status: status, now: now)
@@ -256,6 +274,7 @@ public struct ClusterStateMachine: Sendable {
         workers[i].readyAt = nil
         workers[i].lastHeard = nil
         workers[i].progress = nil
+        workers[i].hangSuspectedAt = nil
         workers[i].abortedAt = nil
         workers[i].killedAt = nil
         workers[i].stopRequestedAt = nil
@@ -346,11 +365,17 @@ public struct ClusterStateMachine: Sendable {
                 } else if worker.abortedAt == nil && worker.stopRequestedAt == nil {
                     let silentSince = worker.lastHeard ?? worker.startedAt ?? now
                     let limit = worker.lastHeard == nil ? timings.helloTimeout : timings.hangAfter
-                    if now - silentSince > limit {
-                        workers[i].abortedAt = now
-                        let what = worker.lastHeard == nil ? "never said hello" : "sent nothing"
-                        actions.append(.log(.warning, "worker \(worker.ordinal) (pid \(pid)) \(what) for \(DurationFormat.human(now - silentSince)): hung; SIGABRT, then SIGKILL after \(DurationFormat.format(timings.abortGrace))"))
-                        actions.append(.signal(pid: pid, signal: 6))
+                    if let suspected = worker.hangSuspectedAt {
+                        // The check never answered (the supervisor's own loop is stuck): decide without it.
+                        if now - suspected >= timings.hangAfter { actions += abortIfSilent(i, now: now) }
+                    } else if now - silentSince > limit {
+                        if worker.lastHeard == nil {
+                            // Never said hello: nothing of it can be waiting to be read.
+                            actions += abortIfSilent(i, now: now)
+                        } else {
+                            workers[i].hangSuspectedAt = now
+                            actions.append(.confirmHang(ordinal: worker.ordinal, generation: worker.generation))
+                        }
                     }
                 }
             } else if !stopping, worker.state == .backoff || worker.state == .failed, let at = worker.respawnAt, now >= at {
@@ -358,6 +383,22 @@ public struct ClusterStateMachine: Sendable {
             }
         }
         return actions
+    }
+
+    /// SIGABRT (then SIGKILL after the abort grace) for a worker still silent past its limit.
+    mutating func abortIfSilent(_ i: Int, now: MonotonicInstant) -> [Action] {
+        let worker = workers[i]
+        workers[i].hangSuspectedAt = nil
+        guard let pid = worker.pid else { return [] }
+        let silentSince = worker.lastHeard ?? worker.startedAt ?? now
+        let limit = worker.lastHeard == nil ? timings.helloTimeout : timings.hangAfter
+        guard now - silentSince > limit else { return [] }
+        workers[i].abortedAt = now
+        let what = worker.lastHeard == nil ? "never said hello" : "sent nothing"
+        return [
+            .log(.warning, "worker \(worker.ordinal) (pid \(pid)) \(what) for \(DurationFormat.human(now - silentSince)): hung; SIGABRT, then SIGKILL after \(DurationFormat.format(timings.abortGrace))"),
+            .signal(pid: pid, signal: 6),
+        ]
     }
 
     /// When the next tick has something to do.
@@ -370,6 +411,8 @@ public struct ClusterStateMachine: Sendable {
             if worker.state.isLive, worker.pid != nil, worker.killedAt == nil {
                 if let aborted = worker.abortedAt {
                     consider(aborted + timings.abortGrace)
+                } else if let suspected = worker.hangSuspectedAt {
+                    consider(suspected + timings.hangAfter)
                 } else if let stop = worker.stopRequestedAt {
                     consider(stop + timings.stopGrace)
                 } else {

@@ -2,20 +2,57 @@ import ClusterCore
 import Foundation
 import GRDB
 import Logging
+import SQLiteSupport
 import Synchronization
-import UserCache
 
-/// The supervisor's SQLite file in the run directory (`cluster.sqlite`, WAL): the sessions replacements resume.
-/// Versioned migrations; a file that is corrupt or of an unknown schema is moved aside and recreated.
+/// The supervisor's SQLite file in the run directory (`cluster.sqlite`, WAL): the sessions replacements resume and
+/// the events handled lately, both scoped to the platform identity they came from.
+///
+/// Disks fail, and this file is only a record the cluster can rebuild, so no failure of it stops the cluster:
+/// - damaged (found at open or any time later): moved aside and made anew, and `takeRecovered()` tells the owner
+///   to write everything it holds in memory again;
+/// - locked by another process: at open, an error naming the file (a healthy file is never moved aside); later,
+///   like a full disk:
+/// - full (or any other write error): the writes stay pending, are tried again at every flush, and the failure
+///   is logged at most every ten seconds.
 public final class ClusterStore: Sendable {
-    let pool: DatabasePool
+    /// What this file's sessions and handled events belong to: the app and the gateway it was given. A session of
+    /// another gateway (an emulator since restarted, another environment) would only be refused; an event id of
+    /// another platform says nothing about this one.
+    public let platform: String
+    let path: String
     let logger: Logger
-    /// Session updates not yet written: the latest per shard, written together by `flush()`.
-    let pending = Mutex<[ShardID: (id: String, seq: Int)?]>([:])
+    let state: Mutex<State>
+    let writeFailures = RateLimitedLog()
 
-    public init(path: String, logger: Logger) throws {
+    struct State {
+        var pool: DatabasePool
+        /// Session updates not yet written: the latest per shard (nil: forget it).
+        var sessions: [ShardID: (id: String, seq: Int)?] = [:]
+        /// Handled event keys not yet written, oldest first.
+        var handled: [(key: String, at: MonotonicInstant)] = []
+        var handledTTL: Duration = .seconds(600)
+        /// Layouts (shard totals) whose sessions are to be deleted.
+        var forgottenLayouts: Set<Int> = []
+        /// The file was damaged and made anew since the owner last asked.
+        var recovered = false
+    }
+
+    /// The most handled keys kept pending while writes fail (a full disk for a long time): the oldest go first.
+    static let maxPendingHandled = 1_000_000
+
+    /// Opens (or creates) the file for `platform` ("app id + gateway URL"). Throws, naming the file, when another
+    /// process holds it locked past the busy timeout or it cannot be opened at all; a damaged file is replaced.
+    public init(path: String, platform: String, logger: Logger, busyTimeout: Duration = .seconds(5)) throws {
+        self.path = path
+        self.platform = platform
         self.logger = logger
-        pool = try openRecovering(path: path, what: "cluster database", logger: logger, open: Self.open)
+        let pool = try openRecovering(path: path, what: "cluster database", logger: logger) { try Self.open($0, busyTimeout: busyTimeout) }
+        state = Mutex(State(pool: pool))
+        // Sessions of other platforms are only refused once they are this old: drop them.
+        try? pool.write { db in
+            try db.execute(sql: "DELETE FROM sessions WHERE platform <> ? AND updated_at < ?", arguments: [platform, Date().timeIntervalSince1970 - 3600])
+        }
     }
 
     static func migrator() -> DatabaseMigrator {
@@ -37,97 +74,193 @@ public final class ClusterStore: Sendable {
             }
             try db.create(index: "handled_events_by_time", on: "handled_events", columns: ["handled_at"])
         }
+        // Both records scoped to the platform they came from. Rows written before carry no platform: they are
+        // dropped (a stored session of an unknown gateway would only be refused).
+        migrator.registerMigration("v3-platform-scope") { db in
+            try db.drop(table: "sessions")
+            try db.create(table: "sessions") { t in
+                t.column("platform", .text).notNull()
+                t.column("shard", .integer).notNull()
+                t.column("total", .integer).notNull()
+                t.column("session_id", .text).notNull()
+                t.column("seq", .integer).notNull()
+                t.column("updated_at", .double).notNull()
+                t.primaryKey(["platform", "shard", "total"])
+            }
+            try db.drop(table: "handled_events")
+            try db.create(table: "handled_events") { t in
+                t.column("platform", .text).notNull()
+                t.column("key", .text).notNull()
+                t.column("handled_at", .double).notNull()
+                t.primaryKey(["platform", "key"])
+            }
+            try db.create(index: "handled_events_by_time", on: "handled_events", columns: ["handled_at"])
+        }
         return migrator
     }
 
-    static func open(_ path: String) throws -> DatabasePool {
+    static func open(_ path: String, busyTimeout: Duration) throws -> DatabasePool {
         var configuration = Configuration()
-        configuration.busyMode = .timeout(5)
+        configuration.busyMode = .timeout(busyTimeout.seconds)
         return try openMigrated(path: path, configuration: configuration, migrator: migrator())
     }
 
+    // MARK: reads (at start)
+
     /// The stored sessions of the layout with `total` shards, by shard id.
-    public func sessions(total: Int) throws -> [Int: (id: String, seq: Int)] {
-        try pool.read { db in
+    public func sessions(total: Int) -> [Int: (id: String, seq: Int)] {
+        read("the stored sessions", empty: [:]) { db in
             var result: [Int: (id: String, seq: Int)] = [:]
-            for row in try Row.fetchAll(db, sql: "SELECT shard, session_id, seq FROM sessions WHERE total = ?", arguments: [total]) {
+            for row in try Row.fetchAll(db, sql: "SELECT shard, session_id, seq FROM sessions WHERE platform = ? AND total = ?", arguments: [platform, total]) {
                 result[row["shard"]] = (row["session_id"], row["seq"])
             }
             return result
         }
     }
 
-    public func save(shard: ShardID, id: String, seq: Int) {
-        pending.withLock { $0[shard] = (id, seq) }
-    }
-
-    public func forget(shard: ShardID) {
-        pending.withLock { $0[shard] = .some(nil) }
-    }
-
     /// Event keys handled within `ttl` (wall clock), mapped onto the monotonic clock for the claim ledger.
-    public func handledEvents(within ttl: Duration) throws -> [(key: String, at: MonotonicInstant)] {
+    public func handledEvents(within ttl: Duration) -> [(key: String, at: MonotonicInstant)] {
         let now = Date().timeIntervalSince1970
         let monotonicNow = MonotonicInstant.now()
-        return try pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT key, handled_at FROM handled_events WHERE handled_at > ? ORDER BY handled_at", arguments: [now - ttl.seconds]).map { row in
+        return read("the handled events", empty: []) { db in
+            try Row.fetchAll(
+                db, sql: "SELECT key, handled_at FROM handled_events WHERE platform = ? AND handled_at > ? ORDER BY handled_at",
+                arguments: [platform, now - ttl.seconds]
+            ).map { row in
                 let age = now - (row["handled_at"] as Double)
                 return (row["key"], monotonicNow - .milliseconds(Int64(age * 1000)))
             }
         }
     }
 
-    /// Records handled event keys, and forgets those older than the time to live, in one transaction.
+    /// Reads with the file's failures handled: a damaged file is replaced (and reads as empty); a locked or
+    /// unreadable one reads as empty for now, logged.
+    func read<T>(_ what: String, empty: T, _ body: (Database) throws -> T) -> T {
+        let pool = state.withLock { $0.pool }
+        do {
+            return try pool.read(body)
+        } catch {
+            if SQLiteFailure(error) == .damaged {
+                recover(error)
+            } else {
+                logger.error("cannot read \(what) from \(path); starting without them", metadata: ["error": "\(error)"])
+            }
+            return empty
+        }
+    }
+
+    // MARK: writes (batched)
+
+    public func save(shard: ShardID, id: String, seq: Int) {
+        state.withLock { $0.sessions[shard] = (id, seq) }
+    }
+
+    public func forget(shard: ShardID) {
+        state.withLock { $0.sessions[shard] = .some(nil) }
+    }
+
+    /// Forgets every stored session of a layout (it was replaced by a rescale), with the next flush.
+    public func forgetLayout(total: Int) {
+        state.withLock { state in
+            state.forgottenLayouts.insert(total)
+            for shard in state.sessions.keys where shard.total == total { state.sessions[shard] = nil }
+        }
+        flush()
+    }
+
+    /// Queues handled event keys (remembered for `ttl`).
     public func saveHandled(_ keys: [(key: String, at: MonotonicInstant)], ttl: Duration = .seconds(600)) {
         guard !keys.isEmpty else { return }
-        let now = Date().timeIntervalSince1970
-        let monotonicNow = MonotonicInstant.now()
-        do {
-            try pool.write { db in
-                let insert = try db.cachedStatement(sql: "INSERT OR REPLACE INTO handled_events (key, handled_at) VALUES (?, ?)")
-                for (key, at) in keys {
-                    try insert.execute(arguments: [key, now - (monotonicNow - at).seconds])
-                }
-                try db.execute(sql: "DELETE FROM handled_events WHERE handled_at < ?", arguments: [now - ttl.seconds])
+        state.withLock { state in
+            state.handledTTL = ttl
+            state.handled += keys
+            if state.handled.count > Self.maxPendingHandled {
+                state.handled.removeFirst(state.handled.count - Self.maxPendingHandled)
             }
-        } catch {
-            logger.error("cannot record handled events", metadata: ["error": "\(error)"])
         }
     }
 
-    /// Forgets every stored session of a layout (it was replaced by a rescale).
-    public func forgetLayout(total: Int) {
-        flush()
-        do {
-            try pool.write { db in try db.execute(sql: "DELETE FROM sessions WHERE total = ?", arguments: [total]) }
-        } catch {
-            logger.error("cannot forget the sessions of the old layout", metadata: ["error": "\(error)"])
+    /// Whether the file was damaged and made anew since the last call: the owner then saves everything it holds
+    /// (every session, every handled key within the time to live) again.
+    public func takeRecovered() -> Bool {
+        state.withLock { state in
+            defer { state.recovered = false }
+            return state.recovered
         }
     }
 
-    /// Writes what changed since the last flush, in one transaction.
+    /// Whether writes are waiting (a full disk, a lock held by another process).
+    public var hasPending: Bool {
+        state.withLock { !$0.sessions.isEmpty || !$0.handled.isEmpty || !$0.forgottenLayouts.isEmpty }
+    }
+
+    /// Writes what is pending in one transaction. On failure it all stays pending for the next flush.
     public func flush() {
-        let changes = pending.withLock { pending -> [ShardID: (id: String, seq: Int)?] in
-            defer { pending = [:] }
-            return pending
+        let (pool, sessions, handled, layouts, ttl) = state.withLock { state in
+            (state.pool, state.sessions, state.handled, state.forgottenLayouts, state.handledTTL)
         }
-        guard !changes.isEmpty else { return }
+        guard !sessions.isEmpty || !handled.isEmpty || !layouts.isEmpty else { return }
+        let platform = platform
         do {
             try pool.write { db in
                 let now = Date().timeIntervalSince1970
-                for (shard, session) in changes {
+                let monotonicNow = MonotonicInstant.now()
+                for total in layouts {
+                    try db.execute(sql: "DELETE FROM sessions WHERE platform = ? AND total = ?", arguments: [platform, total])
+                }
+                let upsert = try db.cachedStatement(sql: """
+                    INSERT INTO sessions (platform, shard, total, session_id, seq, updated_at) VALUES (?, ?, ?, ?, ?, ?)
+                    ON CONFLICT(platform, shard, total) DO UPDATE SET session_id = excluded.session_id, seq = excluded.seq, updated_at = excluded.updated_at
+                    """)
+                for (shard, session) in sessions {
                     if let session {
-                        try db.execute(
-                            sql: "INSERT INTO sessions (shard, total, session_id, seq, updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT(shard, total) DO UPDATE SET session_id = excluded.session_id, seq = excluded.seq, updated_at = excluded.updated_at",
-                            arguments: [shard.id, shard.total, session.id, session.seq, now]
-                        )
+                        try upsert.execute(arguments: [platform, shard.id, shard.total, session.id, session.seq, now])
                     } else {
-                        try db.execute(sql: "DELETE FROM sessions WHERE shard = ? AND total = ?", arguments: [shard.id, shard.total])
+                        try db.execute(sql: "DELETE FROM sessions WHERE platform = ? AND shard = ? AND total = ?", arguments: [platform, shard.id, shard.total])
                     }
+                }
+                if !handled.isEmpty {
+                    let insert = try db.cachedStatement(sql: "INSERT OR REPLACE INTO handled_events (platform, key, handled_at) VALUES (?, ?, ?)")
+                    for (key, at) in handled {
+                        try insert.execute(arguments: [platform, key, now - (monotonicNow - at).seconds])
+                    }
+                    try db.execute(sql: "DELETE FROM handled_events WHERE handled_at < ?", arguments: [now - ttl.seconds])
                 }
             }
         } catch {
-            logger.error("cannot write sessions", metadata: ["error": "\(error)"])
+            switch SQLiteFailure(error) {
+            case .damaged:
+                // What was pending is part of what the owner writes again after the recovery.
+                recover(error)
+            case .busy, .full, .other:
+                writeFailures.log(
+                    logger, .error, "cannot write \(path); keeping the writes and trying again",
+                    metadata: ["error": "\(error)", "pending.sessions": "\(sessions.count)", "pending.handled": "\(handled.count)"]
+                )
+            }
+            return
+        }
+        writeFailures.reset()
+        state.withLock { state in
+            // Only what was written leaves: updates made meanwhile stay.
+            for (shard, session) in sessions where state.sessions[shard].map({ $0?.id == session?.id && $0?.seq == session?.seq }) == true {
+                state.sessions[shard] = nil
+            }
+            state.handled.removeFirst(min(handled.count, state.handled.count))
+            state.forgottenLayouts.subtract(layouts)
+        }
+    }
+
+    /// The file is damaged: move it aside, open a fresh one, and have the owner write everything again.
+    func recover(_ error: any Error) {
+        state.withLock { state in
+            moveAside(path: path, what: "cluster database", logger: logger, reason: "\(error)")
+            do {
+                state.pool = try Self.open(path, busyTimeout: .seconds(5))
+                state.recovered = true
+            } catch {
+                logger.error("cannot make \(path) anew; the cluster goes on without a record", metadata: ["error": "\(error)"])
+            }
         }
     }
 }

@@ -21,14 +21,22 @@ extension ClusterSupervisor {
             if case .ping(let id) = message { connection.send(.pong(id: id)) }
             return
         }
+        /// Work that awaits runs beside the supervisor; the connection is not idle meanwhile.
+        func work(_ body: @escaping @Sendable () async -> Void) {
+            connection.beginWork()
+            controlContinuation.yield {
+                await body()
+                connection.endWork()
+            }
+        }
         switch command {
         case ControlCommand.status:
-            controlContinuation.yield { await connection.send(.controlReply(id: id, ok: true, body: self.statusJSON().serialized())) }
+            work { await connection.send(.controlReply(id: id, ok: true, body: self.statusJSON().serialized())) }
         case ControlCommand.restart:
             let (ok, text) = restart(argument)
             connection.send(.controlReply(id: id, ok: ok, body: text))
         case ControlCommand.user:
-            controlContinuation.yield {
+            work {
                 let (answers, missing) = await self.askWorkers(about: argument, deadline: .milliseconds(500))
                 let body = JSONValue.object([
                     ("user", .string(argument)),
@@ -41,13 +49,14 @@ extension ClusterSupervisor {
             connection.send(.controlReply(id: id, ok: true, body: "stopping \(shardCount) workers (supervisor pid \(getpid()))"))
             dispatch(.stop)
         case ControlCommand.scale:
-            controlContinuation.yield {
+            work {
                 let (ok, text) = await self.scale(argument) { connection.send(.controlProgress(id: id, line: $0)) }
                 connection.send(.controlReply(id: id, ok: ok, body: text))
             }
         case ControlCommand.rolling:
-            controlContinuation.yield {
-                let (ok, text) = await self.rollingRestart(maxUnavailable: Int(argument) ?? 1) { connection.send(.controlProgress(id: id, line: $0)) }
+            let maxUnavailable = min(max(1, Int(argument) ?? 1), ShardsConfig.maxCount)
+            work {
+                let (ok, text) = await self.rollingRestart(maxUnavailable: maxUnavailable) { connection.send(.controlProgress(id: id, line: $0)) }
                 connection.send(.controlReply(id: id, ok: ok, body: text))
             }
         default:

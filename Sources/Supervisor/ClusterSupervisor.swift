@@ -84,17 +84,17 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         self.setup = setup
         self.logger = logger
         self.store = store
-        let sessions = try store.sessions(total: setup.shards)
+        let sessions = store.sessions(total: setup.shards)
         layouts = Mutex(ClusterLayouts(active: ClusterStateMachine(
             shards: setup.shards, timings: .init(setup.config.supervisor), restart: setup.config.restart,
             seed: UInt64(truncatingIfNeeded: MonotonicInstant.now().nanoseconds), sessions: sessions
         )))
         var claimLedger = ClaimLedger(ttl: setup.config.exactlyOnce.ttl)
-        claimLedger.remember(try store.handledEvents(within: setup.config.exactlyOnce.ttl))
+        claimLedger.remember(store.handledEvents(within: setup.config.exactlyOnce.ttl))
         claims = ClaimService(ledger: claimLedger)
-        platform = PlatformClients(
+        platform = try PlatformClients(
             config: setup.config, endpoints: GatewayEndpoints(apiBase: setup.apiBase, tokenURL: setup.tokenURL),
-            budget: LocalRateBudget(rate: 1, burst: 2), logger: logger, http: HTTPClientPools(maxConnections: 1, pipelineDepth: 1)
+            budget: LocalRateBudget(rate: 1, burst: 2), logger: logger, maxConnections: 1
         )
         ledger = IdentifyLedgerService(ledger: IdentifyLedger(
             configuration: .init(
@@ -117,6 +117,9 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
     public func run() async throws {
         var serverConfiguration = IPCServer.Configuration(path: setup.config.supervisor.socket)
         serverConfiguration.helloTimeout = setup.config.supervisor.helloTimeout
+        serverConfiguration.controlIdleTimeout = setup.config.supervisor.controlIdleTimeout
+        // Enough connections waiting for their hello for every worker to restart at once, and no more.
+        serverConfiguration.maxHandshaking = max(256, 2 * ShardsConfig.maxCount)
         let server = IPCServer(configuration: serverConfiguration, delegate: self, logger: logger)
         try await server.start()
         self.server.withLock { $0 = server }
@@ -153,8 +156,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             self.logger.info("stopping: draining every worker")
             self.dispatch(.stop)
         }
-        store.saveHandled(claims.takeUnpersisted(), ttl: setup.config.exactlyOnce.ttl)
-        store.flush()
+        persist()
         await server.close()
         await platform.shutdown()
         logger.info("supervisor stopped")
@@ -188,6 +190,15 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
                 kill(pid, signal)
             case .killGroup(let pid):
                 kill(-pid, SIGKILL)
+            case .confirmHang(let ordinal, let generation):
+                // A task on the worker connection's event loop runs after that loop has read what was waiting
+                // on the socket: if the worker's heartbeats were only unread, they count before the verdict.
+                let confirm: @Sendable () -> Void = { self.dispatch(.hangConfirmation(ordinal: ordinal, generation: generation), in: layout) }
+                if let connection = workerConnections(of: layout)[ordinal], connection.hello?.generation == generation {
+                    connection.channel.eventLoop.execute(confirm)
+                } else {
+                    confirm()
+                }
             case .persistSession(let shard, let id, let seq):
                 store.save(shard: shard, id: id, seq: seq)
             case .forgetSession(let shard):
@@ -224,7 +235,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             WorkerEnvironment.supervisorPID: String(getpid()),
         ]
         do {
-            let (pid, output) = try await spawner.spawn(arguments: ["worker", "--config", setup.configPath], environment: environment)
+            let (pid, output) = try await spawner.spawn(arguments: ["worker", "--config", setup.configPath], environment: environment, tag: request.generation)
             dispatch(.spawned(ordinal: request.ordinal, generation: request.generation, pid: pid))
             let prefix = "[worker \(request.ordinal) \(request.shard) pid \(pid)] "
             group.addTask { await followOutput(of: output, prefix: prefix) }
@@ -245,7 +256,22 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
     func runStoreFlusher() async {
         while !Task.isCancelled {
             try? await Task.sleep(for: setup.config.worker.reportInterval)
-            store.saveHandled(claims.takeUnpersisted(), ttl: setup.config.exactlyOnce.ttl)
+            persist()
+        }
+    }
+
+    /// Writes what changed to cluster.sqlite; after the file was damaged and made anew, everything held in memory.
+    func persist() {
+        let ttl = setup.config.exactlyOnce.ttl
+        store.saveHandled(claims.takeUnpersisted(), ttl: ttl)
+        store.flush()
+        if store.takeRecovered() {
+            logger.warning("writing every session and handled event again to the new cluster database")
+            let sessions = layouts.withLock { layouts in
+                layouts.layouts.flatMap { layout in layout.machine.workers.compactMap { worker in worker.session.map { (worker.shard, $0) } } }
+            }
+            for (shard, session) in sessions { store.save(shard: shard, id: session.id, seq: session.seq) }
+            store.saveHandled(claims.allRemembered(), ttl: ttl)
             store.flush()
         }
     }
@@ -260,6 +286,11 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         case .worker:
             let ordinal = Int(hello.ordinal)
             let layoutID = ClusterLayouts.layoutID(ofGeneration: hello.generation)
+            // Only the process this supervisor started for the slot, by the kernel's word: any process of the same
+            // user can read an ordinal and a generation from `status --json` and claim them.
+            guard let spawnedAs = spawner.withLock({ $0?.tag(of: connection.peerPID) }), spawnedAs == hello.generation else {
+                return "pid \(connection.peerPID) is not the process this supervisor started for worker \(ordinal) generation \(hello.generation)"
+            }
             let assignment = layouts.withLock { layouts -> Assignment? in
                 guard let layout = layouts.layout(layoutID), let worker = layout.machine.worker(ordinal: ordinal),
                     worker.generation == hello.generation, worker.state.isLive
@@ -275,7 +306,15 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             guard let assignment else {
                 return "worker \(ordinal) generation \(hello.generation) is not a current worker of this cluster"
             }
-            connections.withLock { $0[layoutID, default: [:]][ordinal] = connection }
+            // Once: a second hello for a slot that has a connection is refused.
+            let taken = connections.withLock { connections -> Bool in
+                if let existing = connections[layoutID]?[ordinal], existing.hello?.generation == hello.generation, existing.channel.isActive {
+                    return true
+                }
+                connections[layoutID, default: [:]][ordinal] = connection
+                return false
+            }
+            if taken { return "worker \(ordinal) generation \(hello.generation) is already connected" }
             connection.send(.welcome(assignment))
             dispatch(.hello(ordinal: ordinal, generation: hello.generation))
             return nil
@@ -299,6 +338,11 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         case .pong(let id):
             if let entry = pings.withLock({ $0.removeValue(forKey: id) }) { entry.signal.set(.now() - entry.sentAt) }
         case .identifyRequest(let id, let shard):
+            // A worker identifies for its own shard only (the ledger's bucket comes from the shard number).
+            guard Int(shard) == assignedShard(ordinal, generation) else {
+                connection.send(.identifyDenied(id: id, reason: "shard \(shard) is not this worker's"))
+                return
+            }
             dispatch(.identifying(ordinal: ordinal, generation: generation))
             ledger.request(from: connection, correlation: id, shard: shard)
         case .identifySent(let shard):
@@ -306,7 +350,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         case .identifyCancel(let id):
             ledger.cancel(from: connection, correlation: id)
         case .sessionCommitted(let id, let seq):
-            dispatch(.sessionCommitted(ordinal: ordinal, generation: generation, id: id, seq: Int(seq)))
+            dispatch(.sessionCommitted(ordinal: ordinal, generation: generation, id: id, seq: Int(max(0, seq))))
         case .sessionInvalidated:
             dispatch(.sessionInvalidated(ordinal: ordinal, generation: generation))
         case .gatewayState(.ready), .gatewayState(.resumed):
@@ -321,16 +365,16 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             finishedDispatch.withLock { _ = $0.insert(connection.id) }
             layoutEvents.poke()
         case .drained(let id, let seq):
-            if let id { dispatch(.sessionCommitted(ordinal: ordinal, generation: generation, id: id, seq: Int(seq))) }
+            if let id { dispatch(.sessionCommitted(ordinal: ordinal, generation: generation, id: id, seq: Int(max(0, seq)))) }
         case .budgetRequest(let id, let route, let count):
             budget.request(from: connection, id: id, route: route, count: Int(count))
         case .budgetCancel(let id):
             budget.cancel(from: connection, id: id)
         case .budgetReturn(let route, let count):
-            budget.giveBack(route: route, count: Int(count))
+            budget.giveBack(from: connection, route: route, count: Int(count))
         case .budgetRateLimited(let route, let retryAfter):
-            let pause = budget.rateLimited(route: route, retryAfter: .milliseconds(Int64(retryAfter)))
-            logger.warning("429 from the platform: route paused for every worker", metadata: ["route": "\(route)", "worker.ordinal": "\(ordinal)", "pause": "\(DurationFormat.human(pause))"])
+            let pause = budget.rateLimited(route: route, retryAfter: .clamped(milliseconds: Int64(retryAfter), to: .milliseconds(50)...BudgetAuthority.maxPause))
+            logger.warning("429 from the platform: route paused for every worker", metadata: ["route": "\(route.prefix(BudgetAuthority.maxRouteLength))", "worker.ordinal": "\(ordinal)", "pause": "\(DurationFormat.human(pause))"])
             broadcast(.budgetPause(route: route, forMillis: Int32(clamping: pause.nanoseconds / 1_000_000)), except: connection)
         case .usersChanged(let ids):
             broadcast(.usersInvalidate(ids: ids), except: connection)
@@ -344,6 +388,16 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             claims.release(keys, by: connection)
         default:
             logger.warning("unexpected IPC message from a worker, ignored", metadata: ["worker.ordinal": "\(ordinal)", "message": "\(message.name)"])
+        }
+    }
+
+    /// The shard number of a current worker (nil for a process that is not one).
+    func assignedShard(_ ordinal: Int, _ generation: UInt64) -> Int? {
+        layouts.withLock { layouts in
+            guard let worker = layouts.layout(ClusterLayouts.layoutID(ofGeneration: generation))?.machine.worker(ordinal: ordinal),
+                worker.generation == generation
+            else { return nil }
+            return worker.shard.id
         }
     }
 
@@ -376,7 +430,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         let now = MonotonicInstant.now()
         rates.withLock { rates in
             if let previous = rates[ordinal], now > previous.at {
-                let perSecond = Double(max(0, progress.handled - previous.handled)) / (now - previous.at).seconds
+                let perSecond = Double(max(0, progress.handled.saturatingSubtract(previous.handled))) / (now - previous.at).seconds
                 // Smooth over a few heartbeats.
                 rates[ordinal] = (progress.handled, now, previous.perSecond * 0.5 + perSecond * 0.5)
             } else {

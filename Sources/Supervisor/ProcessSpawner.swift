@@ -12,13 +12,17 @@ import Glibc
 /// Starts worker processes and learns when they end.
 ///
 /// Spawns happen on one long-lived thread (a child's PR_SET_PDEATHSIG fires when the *thread* that spawned it
-/// exits, and pool threads come and go); one reaper thread waits for every child. Each child gets its own process
-/// group, a clean signal state, /dev/null for input, and a pipe for its output, read on the event loop and written
-/// to this process's standard error line by line with a prefix.
+/// exits, and pool threads come and go). Each child gets its own process group, a clean signal state, /dev/null
+/// for input, and a pipe for its output, read on the event loop and queued to this process's standard error line
+/// by line with a prefix.
+///
+/// Only the workers are reaped: one reaper thread polls a pidfd per child. `waitpid(-1)` would take the exit
+/// status of any child the bot's own code starts (a bot built on the library is this very process).
 final class ProcessSpawner: @unchecked Sendable {
     struct Request {
         var arguments: [String]
         var environment: [String: String]
+        var tag: UInt64
         var continuation: CheckedContinuation<(pid: Int32, output: Int32), any Error>
     }
 
@@ -26,13 +30,24 @@ final class ProcessSpawner: @unchecked Sendable {
     let onExit: @Sendable (Int32, ExitStatus) -> Void
     let requests = Mutex<[Request]>([])
     let requestSignal = DispatchSemaphore(value: 0)
-    let childSignal = DispatchSemaphore(value: 0)
+    /// Children alive (or not yet reaped) by pid, with the tag their spawn was asked with (the generation): what
+    /// a worker's hello is checked against, recorded before the child can possibly connect.
+    let children = Mutex<[Int32: UInt64]>([:])
+    /// Children the reaper has not taken up yet, and the pipe that wakes it for them.
+    let newChildren = Mutex<[Int32]>([])
+    let reaperWake: (read: Int32, write: Int32)
     let logger: Logger
 
     init(executable: String, logger: Logger, onExit: @escaping @Sendable (Int32, ExitStatus) -> Void) {
         self.executable = executable
         self.onExit = onExit
         self.logger = logger
+        var fds: [Int32] = [-1, -1]
+        if cbot_pipe_cloexec(&fds) == 0 {
+            _ = fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK)
+            _ = fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) | O_NONBLOCK)
+        }
+        reaperWake = (fds[0], fds[1])
         let spawner = Thread { [unowned self] in self.spawnLoop() }
         spawner.name = "botcluster-spawner"
         spawner.start()
@@ -53,12 +68,17 @@ final class ProcessSpawner: @unchecked Sendable {
     }
 
     /// Starts `executable arguments...` with `environment` added to this process's; returns its pid and the read
-    /// end of its output pipe.
-    func spawn(arguments: [String], environment: [String: String]) async throws -> (pid: Int32, output: Int32) {
+    /// end of its output pipe. `tag` is kept with the pid (see ``tag(of:)``).
+    func spawn(arguments: [String], environment: [String: String], tag: UInt64) async throws -> (pid: Int32, output: Int32) {
         try await withCheckedThrowingContinuation { continuation in
-            requests.withLock { $0.append(Request(arguments: arguments, environment: environment, continuation: continuation)) }
+            requests.withLock { $0.append(Request(arguments: arguments, environment: environment, tag: tag, continuation: continuation)) }
             requestSignal.signal()
         }
+    }
+
+    /// The tag a living child was spawned with, or nil when `pid` is no child of this spawner.
+    func tag(of pid: Int32) -> UInt64? {
+        children.withLock { $0[pid] }
     }
 
     private func spawnLoop() {
@@ -66,8 +86,7 @@ final class ProcessSpawner: @unchecked Sendable {
             requestSignal.wait()
             guard let request = requests.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) else { continue }
             do {
-                let result = try spawnNow(request.arguments, request.environment)
-                childSignal.signal()
+                let result = try spawnNow(request.arguments, request.environment, tag: request.tag)
                 request.continuation.resume(returning: result)
             } catch {
                 request.continuation.resume(throwing: error)
@@ -75,7 +94,7 @@ final class ProcessSpawner: @unchecked Sendable {
         }
     }
 
-    private func spawnNow(_ arguments: [String], _ extra: [String: String]) throws -> (pid: Int32, output: Int32) {
+    private func spawnNow(_ arguments: [String], _ extra: [String: String], tag: UInt64) throws -> (pid: Int32, output: Int32) {
         var fds: [Int32] = [0, 0]
         guard cbot_pipe_cloexec(&fds) == 0 else { throw SpawnError("cannot create an output pipe: \(lastErrorDescription())") }
         defer { close(fds[1]) }
@@ -113,20 +132,62 @@ final class ProcessSpawner: @unchecked Sendable {
             close(fds[0])
             throw SpawnError("cannot start \(executable): \(String(cString: strerror(status)))")
         }
+        // Recorded here, on the spawning thread, microseconds after the fork: long before the child has loaded,
+        // read its configuration and connected.
+        children.withLock { $0[pid] = tag }
+        newChildren.withLock { $0.append(pid) }
+        var wake: UInt8 = 1
+        _ = write(reaperWake.write, &wake, 1)
         return (pid, fds[0])
     }
 
+    /// Waits for the children through one pidfd each (poll), reaping only them. On a kernel without pidfds
+    /// (before Linux 5.3) each child gets a thread that waits for it alone.
     private func reapLoop() {
+        var watched: [(fd: Int32, pid: Int32)] = []
         while true {
-            var status: Int32 = 0
-            let pid = waitpid(-1, &status, 0)
-            if pid > 0 {
-                let low = status & 0x7F
-                onExit(pid, low == 0 ? .exited((status >> 8) & 0xFF) : .signaled(low))
-            } else if errno == ECHILD {
-                childSignal.wait()
+            for pid in newChildren.withLock({ list -> [Int32] in
+                defer { list = [] }
+                return list
+            }) {
+                let fd = cbot_pidfd_open(pid)
+                if fd >= 0 {
+                    watched.append((fd, pid))
+                } else {
+                    let waiter = Thread { [self] in self.reap(pid, options: 0) }
+                    waiter.name = "botcluster-reaper-\(pid)"
+                    waiter.start()
+                }
             }
+            var pollfds = [pollfd(fd: reaperWake.read, events: Int16(POLLIN), revents: 0)] + watched.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
+            let ready = poll(&pollfds, nfds_t(pollfds.count), -1)
+            if ready < 0 { continue }
+            if pollfds[0].revents != 0 {
+                var drain = [UInt8](repeating: 0, count: 256)
+                while read(reaperWake.read, &drain, drain.count) > 0 {}
+            }
+            var still: [(fd: Int32, pid: Int32)] = []
+            for (index, child) in watched.enumerated() {
+                if pollfds[index + 1].revents != 0 {
+                    close(child.fd)
+                    reap(child.pid, options: 0)
+                } else {
+                    still.append(child)
+                }
+            }
+            watched = still
         }
+    }
+
+    /// Takes one child's exit status and reports it.
+    private func reap(_ pid: Int32, options: Int32) {
+        var status: Int32 = 0
+        var result: Int32
+        repeat { result = waitpid(pid, &status, options) } while result < 0 && errno == EINTR
+        guard result == pid else { return }
+        children.withLock { _ = $0.removeValue(forKey: pid) }
+        let low = status & 0x7F
+        onExit(pid, low == 0 ? .exited((status >> 8) & 0xFF) : .signaled(low))
     }
 }
 
@@ -135,31 +196,56 @@ struct SpawnError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// Reads a child's output pipe on the event loop and writes each line to standard error with a prefix.
+/// Reads a child's output pipe on the event loop and queues each line, with a prefix, to this process's standard
+/// error (never a blocking write on the event loop). A line longer than `maxLine` is cut there: a child that
+/// writes without newlines costs `maxLine` bytes of memory, not its whole output.
 final class PrefixedLineWriter: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
+    static let maxLine = 16 << 10
     let prefix: String
+    let output: OutputWriter
     var partial = ByteBuffer()
 
-    init(prefix: String) { self.prefix = prefix }
+    init(prefix: String, output: OutputWriter = .standardError) {
+        self.prefix = prefix
+        self.output = output
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var buffer = unwrapInboundIn(data)
-        partial.writeBuffer(&buffer)
         var out = ""
-        while let newline = partial.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) {
-            let length = newline - partial.readerIndex
-            let line = partial.readString(length: length) ?? ""
-            partial.moveReaderIndex(forwardBy: 1)
-            out += prefix + line + "\n"
+        while buffer.readableBytes > 0 {
+            if let newline = buffer.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) {
+                var line = buffer.readSlice(length: newline - buffer.readerIndex)!
+                buffer.moveReaderIndex(forwardBy: 1)
+                append(&line)
+                out += prefix + String(buffer: partial) + "\n"
+                partial.clear()
+            } else {
+                append(&buffer)
+            }
         }
-        partial.discardReadBytes()
-        if !out.isEmpty { writeToStandardError(out) }
+        if !out.isEmpty { output.write(out) }
+    }
+
+    /// Adds to the unfinished line; a line that reaches `maxLine` goes out cut.
+    func append(_ bytes: inout ByteBuffer) {
+        let room = Self.maxLine - partial.readableBytes
+        if bytes.readableBytes <= room {
+            partial.writeBuffer(&bytes)
+            return
+        }
+        var head = bytes.readSlice(length: room)!
+        partial.writeBuffer(&head)
+        output.write(prefix + String(buffer: partial) + " [line cut at \(Self.maxLine) bytes]\n")
+        partial.clear()
+        append(&bytes)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         if partial.readableBytes > 0 {
-            writeToStandardError(prefix + (partial.readString(length: partial.readableBytes) ?? "") + "\n")
+            output.write(prefix + String(buffer: partial) + "\n")
+            partial.clear()
         }
         context.fireChannelInactive()
     }
@@ -177,14 +263,4 @@ func followOutput(of fd: Int32, prefix: String) async {
         .get()
 }
 
-/// Writes text to standard error in one write where it fits.
-func writeToStandardError(_ text: String) {
-    var bytes = Array(text.utf8)
-    var offset = 0
-    while offset < bytes.count {
-        let n = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress! + offset, $0.count - offset) }
-        if n < 0 && errno == EINTR { continue }
-        if n <= 0 { return }
-        offset += n
-    }
-}
+

@@ -32,7 +32,12 @@ public final class UserDirectory: Sendable {
         var hits = 0
         var writes = 0
         var batches = 0
+        /// Writes failing in a row (a full disk, a lock held elsewhere): the next try waits longer.
+        var failures = 0
     }
+
+    /// The most users kept pending while writes fail; beyond, new observations wait for the next event.
+    var maxPending: Int { max(configuration.flushSize * 4, min(configuration.lruSize, 100_000)) }
 
     let store: UserStore
     let configuration: Configuration
@@ -42,6 +47,7 @@ public final class UserDirectory: Sendable {
     let logger: Logger
     let state: Mutex<State>
     let wakeup = Wakeup()
+    let writeFailures = RateLimitedLog()
 
     /// - Parameters:
     ///   - fetch: asks the platform for a user missing from the cache (id, guild id), or nil to never ask.
@@ -113,6 +119,7 @@ public final class UserDirectory: Sendable {
                     continue
                 }
                 state.lru.set(user.id, user, now: now)
+                guard state.pending.count < maxPending || state.pending[user.id] != nil else { continue }
                 state.pending[user.id] = user
                 if state.firstPendingAt == nil { state.firstPendingAt = now }
             }
@@ -138,13 +145,16 @@ public final class UserDirectory: Sendable {
             if Task.isCancelled { return }
             let due = state.withLock { state -> Bool in
                 guard let first = state.firstPendingAt else { return false }
-                return state.pending.count >= configuration.flushSize || MonotonicInstant.now() - first >= configuration.flushInterval
+                let waited = MonotonicInstant.now() - first >= configuration.flushInterval
+                return waited || (state.pending.count >= configuration.flushSize && state.failures == 0)
             }
             if due { await flush() }
         }
     }
 
-    /// Writes everything pending in one transaction now; retried on failure (never surfaced to a handler).
+    /// Writes everything pending in one transaction now (never surfaced to a handler). A failed write (a full disk,
+    /// a lock held elsewhere) puts the batch back, behind anything observed since, for the next try: it waits
+    /// longer after each failure in a row (up to 5 s), and the failure is logged at most every ten seconds.
     public func flush() async {
         let batch = state.withLock { state -> [CachedUser] in
             defer {
@@ -154,26 +164,27 @@ public final class UserDirectory: Sendable {
             return Array(state.pending.values)
         }
         guard !batch.isEmpty else { return }
-        var attempt = 0
-        while true {
-            do {
-                let result = try await store.upsert(batch)
-                state.withLock { state in
-                    state.writes += batch.count
-                    state.batches += 1
-                    // A later observation won in the file: this worker's copy is the stale one.
-                    for id in result.superseded where state.pending[id] == nil { state.lru.remove(id) }
-                }
-                if !result.changed.isEmpty { onChanged(result.changed) }
-                return
-            } catch {
-                attempt += 1
-                if attempt >= 5 {
-                    logger.error("user cache write failed; batch dropped (it is a cache)", metadata: ["users": "\(batch.count)", "error": "\(error)"])
-                    return
-                }
-                try? await Task.sleep(for: .milliseconds(20 * attempt))
+        do {
+            let result = try await store.upsert(batch)
+            state.withLock { state in
+                state.writes += batch.count
+                state.batches += 1
+                state.failures = 0
+                // A later observation won in the file: this worker's copy is the stale one.
+                for id in result.superseded where state.pending[id] == nil { state.lru.remove(id) }
             }
+            writeFailures.reset()
+            if !result.changed.isEmpty { onChanged(result.changed) }
+        } catch {
+            let failures = state.withLock { state -> Int in
+                for user in batch where state.pending[user.id] == nil && state.pending.count < maxPending { state.pending[user.id] = user }
+                state.failures += 1
+                // The writer's next try is due `flushInterval` after this mark: push it back by the backoff.
+                let backoff = min(Duration.seconds(5), configuration.flushInterval * (1 << min(state.failures, 10)))
+                state.firstPendingAt = .now() + backoff - configuration.flushInterval
+                return state.failures
+            }
+            writeFailures.log(logger, .error, "cannot write the user cache; keeping the users and trying again", metadata: ["users": "\(batch.count)", "failures": "\(failures)", "error": "\(error)"])
         }
     }
 }

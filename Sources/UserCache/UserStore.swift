@@ -2,6 +2,7 @@ import ClusterCore
 import Foundation
 import GRDB
 import Logging
+import SQLiteSupport
 
 /// A user as the cache holds it.
 public struct CachedUser: Sendable, Equatable {
@@ -77,6 +78,7 @@ public final class UserStore: Sendable {
     /// Opens a file the supervisor prepared.
     public static func open(path: String) throws -> UserStore {
         let pool = try DatabasePool(path: path, configuration: configuration())
+        restrictToOwner(path)
         let complete = try pool.read { db in try migrator().hasCompletedMigrations(db) }
         guard complete else { throw DatabaseError(message: "\(path) is not a prepared user cache (the supervisor prepares it at launch)") }
         return try UserStore(pool: pool, path: path)
@@ -128,37 +130,5 @@ public final class UserStore: Sendable {
     /// How many users the file holds.
     public func count() throws -> Int {
         try pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM users") ?? 0 }
-    }
-}
-
-/// Opens an SQLite file and brings its schema up to date; fails on a file that is not a database or that a newer
-/// botcluster wrote (migrations this one does not know).
-public func openMigrated(path: String, configuration: Configuration, migrator: DatabaseMigrator) throws -> DatabasePool {
-    let pool = try DatabasePool(path: path, configuration: configuration)
-    try pool.read { db in
-        // Reading the schema fails on a file that is not a database.
-        _ = try db.tableExists("sqlite_master")
-        if try migrator.hasBeenSuperseded(db) {
-            throw DatabaseError(message: "\(path) was written by a newer botcluster (unknown migrations)")
-        }
-    }
-    try migrator.migrate(pool)
-    return pool
-}
-
-/// Opens an SQLite file with `open`; when that fails (corrupt, or written by a newer schema), moves the file and
-/// its WAL aside (logged, kept for a person to look at) and opens a fresh one. For files that are caches or can
-/// be rebuilt: never a crash loop over a bad file.
-public func openRecovering<T>(path: String, what: String, logger: Logger, open: (String) throws -> T) throws -> T {
-    do {
-        return try open(path)
-    } catch {
-        let aside = path + ".corrupt-\(Int(Date().timeIntervalSince1970))"
-        logger.warning("\(what) unusable; moved aside and recreated", metadata: ["path": "\(path)", "movedTo": "\(aside)", "error": "\(error)"])
-        for suffix in ["", "-wal", "-shm"] {
-            try? FileManager.default.removeItem(atPath: aside + suffix)
-            try? FileManager.default.moveItem(atPath: path + suffix, toPath: aside + suffix)
-        }
-        return try open(path)
     }
 }

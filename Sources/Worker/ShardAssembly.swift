@@ -15,6 +15,8 @@ extension ShardRuntime {
     ) -> ShardRuntime {
         var clientConfiguration = GatewayClient.Configuration(url: gatewayURL, shard: shard, intents: config.gateway.intents, resume: resume)
         clientConfiguration.session.seed = UInt64(truncatingIfNeeded: MonotonicInstant.now().nanoseconds) ^ UInt64(shard.id)
+        clientConfiguration.tls = clients.http.tls
+        clientConfiguration.proxies = clients.http.proxies
         let client = GatewayClient(configuration: clientConfiguration, tokens: clients.tokens, permit: permit, logger: logger)
         return ShardRuntime(
             configuration: .init(shard: shard, maxInFlight: config.worker.maxInFlight, drainTimeout: config.worker.drainTimeout),

@@ -148,10 +148,20 @@ public final class ShardRuntime: Sendable {
         state.withLock { $0.fence = nil }
     }
 
+    /// Set once `stop()` was called (what a shutdown deadline counts from).
+    public let stopRequested = AsyncSignal<Void>()
+
     /// Stops reading, closes the socket resumably, and lets running handlers finish (up to the drain timeout).
+    /// Events the reader holds for a free slot or for the switch of a rescale are not handled: the committed seq
+    /// stays below them, so a successor's Resume gets them again.
     public func stop() {
+        stopRequested.set(())
+        slots.close()
+        dispatchGate.fail(RuntimeStopped())
         client.stop()
     }
+
+    struct RuntimeStopped: Error {}
 
     /// Runs until stopped or until the gateway fails for good.
     public func run() async -> RuntimeOutcome {
@@ -286,7 +296,8 @@ public final class ShardRuntime: Sendable {
         do {
             try await slots.acquire()
         } catch {
-            if let ticket { state.withLock { $0.tracker.end(ticket) } }
+            // Stopping: the event is not handled, and its ticket stays open so that the committed seq — what a
+            // successor resumes from — never passes it.
             return
         }
         state.withLock { $0.inFlight += 1 }

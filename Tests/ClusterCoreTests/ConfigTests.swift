@@ -25,7 +25,7 @@ struct ConfigTests {
     }
 
     @Test func shippedClusterJSONIsValid() throws {
-        let text = try #require(readTextFile(#filePath.replacingOccurrences(of: "Tests/ClusterCoreTests/ConfigTests.swift", with: "cluster.json")))
+        let text = try readTextFile(#filePath.replacingOccurrences(of: "Tests/ClusterCoreTests/ConfigTests.swift", with: "cluster.json")).get()
         let config = try ClusterConfig.parse(text)
         #expect(config.gateway.embedded)
         #expect(config.shards.count == .fixed(4))
@@ -136,6 +136,49 @@ struct ConfigTests {
         let again = try ClusterConfig.parse(config.normalized.serialized(pretty: true).replacingOccurrences(of: "\"<redacted>\"", with: "\"x\""))
         #expect(again.shards.count == .fixed(6))
         #expect(again.supervisor.heartbeatInterval == .seconds(1))
+    }
+
+    @Test func aKeyWrittenTwiceIsAnErrorNamingIt() {
+        // The first, invalid value must not hide behind the second.
+        let found = issues(#"{"shards": {"count": 0}, "shards": {"count": 4}, "log": {"level": "info", "level": "debug"}}"#)
+        #expect(found.contains("shards: appears more than once; write each key once"))
+        #expect(found.contains("log.level: appears more than once; write each key once"))
+    }
+
+    @Test func anOversizedFileIsRefusedBeforeItIsParsed() throws {
+        let huge = "{\"" + String(repeating: "k", count: ClusterConfig.maxFileSize) + "\": 1}"
+        #expect(issues(huge).first?.hasPrefix("the document is") == true)
+        let path = NSTemporaryDirectory() + "huge-" + UUID().uuidString.prefix(8) + ".json"
+        try huge.write(toFile: path, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        do {
+            _ = try ClusterConfig.load(path: path, environment: [:])
+            Issue.record("a file over the limit was read")
+        } catch {
+            #expect(error.description.contains("a configuration holds at most \(ClusterConfig.maxFileSize)"))
+        }
+        // A long unknown key is reported without comparing it against every known one.
+        let long = "{\"" + String(repeating: "q", count: 200_000) + "\": 1}"
+        #expect(issues(long).count == 1)
+    }
+
+    @Test func aSocketPathTooLongForUnixSocketsIsReportedByConfigCheck() {
+        let found = issues(#"{"supervisor": {"runDirectory": "\#(String(repeating: "d", count: 120))"}}"#)
+        #expect(found.contains { $0.hasPrefix("supervisor.runDirectory: the socket path") && $0.contains("at most 107") })
+    }
+
+    @Test func commandsThatNeedNoSecretReadTheFileWithoutIt() throws {
+        let text = #"{"gateway": {"embedded": false}, "app": {"id": "42", "secret": "env:UNSET_SECRET_VARIABLE"}}"#
+        #expect(issues(text) == ["app.secret: environment variable UNSET_SECRET_VARIABLE (named by \"env:UNSET_SECRET_VARIABLE\") is not set"])
+        let config = try ClusterConfig.parse(text, secrets: .notNeeded)
+        #expect(config.app.secret.reveal().isEmpty)
+        #expect(config.supervisor.socket == "run/botcluster.sock")
+    }
+
+    @Test func trustRootsAndEmulatorTLSNameReadableFiles() {
+        let found = issues(#"{"gateway": {"trustRoots": "/nonexistent/ca.pem"}, "emulator": {"tls": {"certificate": "/nonexistent/cert.pem"}}}"#)
+        #expect(found.contains { $0.hasPrefix("gateway.trustRoots: cannot read \"/nonexistent/ca.pem\"") })
+        #expect(found.contains { $0.hasPrefix("emulator.tls.certificate: cannot read") })
     }
 }
 

@@ -87,7 +87,7 @@ final class EchoDelegate: IPCServerDelegate {
     }
 }
 
-func withServer(_ body: (String, IPCServer, EchoDelegate) async throws -> Void) async throws {
+func withServer(helloTimeout: Duration = .seconds(2), _ body: (String, IPCServer, EchoDelegate) async throws -> Void) async throws {
     let dir = NSTemporaryDirectory() + "ipc-" + UUID().uuidString.prefix(8)
     try RunDirectory.prepare(dir)
     defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -95,7 +95,7 @@ func withServer(_ body: (String, IPCServer, EchoDelegate) async throws -> Void) 
     let delegate = EchoDelegate()
     var configuration = IPCServer.Configuration(path: path)
     configuration.maxFrameSize = 1024
-    configuration.helloTimeout = .milliseconds(200)
+    configuration.helloTimeout = helloTimeout
     var logger = Logger(label: "ipc-test")
     logger.logLevel = .critical
     let server = IPCServer(configuration: configuration, delegate: delegate, logger: logger)
@@ -172,7 +172,7 @@ struct IPCConnectionTests {
     }
 
     @Test func garbageAndOversizedFramesCloseOnlyTheirConnection() async throws {
-        try await withServer { path, server, _ in
+        try await withServer(helloTimeout: .milliseconds(500)) { path, server, _ in
             // A length far over the limit.
             _ = try await rawExchange(path: path, bytes: [0x7F, 0xFF, 0xFF, 0xFF, 1, 2, 3])
             // A well-sized frame of garbage.

@@ -65,10 +65,14 @@ struct HTTPReply: Sendable {
 /// The HTTP methods the tests use.
 enum Verb { case GET, POST }
 
-func http(_ verb: Verb, _ url: String, token: String? = nil, body: String? = nil) async throws -> HTTPReply {
+/// The admin token the tests' emulators are configured with (`emulator.adminToken`).
+let testAdminToken = "test-admin-token"
+
+func http(_ verb: Verb, _ url: String, token: String? = nil, admin: String? = nil, body: String? = nil) async throws -> HTTPReply {
     var request = HTTPClientRequest(url: url)
     request.method = verb == .GET ? .GET : .POST
     if let token { request.headers.add(name: "Authorization", value: "QQBot \(token)") }
+    if let admin { request.headers.add(name: "Authorization", value: "Bearer \(admin)") }
     if let body {
         request.headers.add(name: "Content-Type", value: "application/json")
         request.body = .bytes(ByteBuffer(string: body))

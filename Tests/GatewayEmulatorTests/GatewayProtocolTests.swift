@@ -4,7 +4,7 @@ import GatewayEmulator
 import Testing
 
 /// Traffic off, so each test makes exactly the messages it counts.
-let quiet = #""traffic": {"rate": 0, "groupRate": 0, "c2cRate": 0, "renameShare": 0}"#
+let quiet = #""traffic": {"rate": 0, "groupRate": 0, "c2cRate": 0, "renameShare": 0}, "adminToken": "test-admin-token""#
 
 @Suite("emulator gateway protocol", .timeLimit(.minutes(1)))
 struct GatewayProtocolTests {

@@ -148,7 +148,7 @@ struct OpenAPITests {
             #expect(notFound.header("Content-Type") == "application/json")
             let huge = try await http(.POST, base + "/channels/10000000/messages", token: token, body: "{\"content\":\"" + String(repeating: "x", count: 100_000) + "\"}")
             #expect(huge.status == 413)
-            let badFault = try await http(.POST, base + "/emulator/faults", body: #"{"kind":"explode"}"#)
+            let badFault = try await http(.POST, base + "/emulator/faults", admin: testAdminToken, body: #"{"kind":"explode"}"#)
             #expect(badFault.status == 400)
             #expect(badFault.json?["message"]?.stringValue?.contains("reconnect") == true)
         }
@@ -165,10 +165,57 @@ struct OpenAPITests {
             let user = try #require(message["d"]?["author"]?["id"]?.stringValue)
             let before = try #require(try await http(.GET, base + "/guilds/\(guild)/members/\(user)", token: token).json)
             #expect(before["user"]?["username"] == message["d"]?["author"]?["username"])
-            let renamed = try #require(try await http(.POST, base + "/emulator/rename", body: #"{"user":"\#(user)"}"#).json)
+            let renamed = try #require(try await http(.POST, base + "/emulator/rename", admin: testAdminToken, body: #"{"user":"\#(user)"}"#).json)
             let after = try #require(try await http(.GET, base + "/guilds/\(guild)/members/\(user)", token: token).json)
             #expect(after["user"]?["username"] == renamed["username"])
             #expect(after["user"]?["username"] != before["user"]?["username"])
+            client.drop()
+        }
+    }
+
+    @Test func theAdminAPINeedsItsTokenAndStatsStayOpen() async throws {
+        let fault = #"{"kind":"reconnect"}"#
+        try await withEmulator(#"{"traffic": {"rate": 0}}"#) { _, base in
+            let off = try await http(.POST, base + "/emulator/faults", admin: "anything", body: fault)
+            #expect(off.status == 403)
+            #expect(off.json?["message"]?.stringValue?.contains("emulator.adminToken") == true)
+        }
+        try await withEmulator("{\(quiet)}") { _, base in
+            for attempt in [nil, "wrong", String(testAdminToken.dropLast())] {
+                let refused = try await http(.POST, base + "/emulator/faults", admin: attempt, body: fault)
+                #expect(refused.status == 401, "admin token \(attempt ?? "none")")
+            }
+            #expect(try await http(.POST, base + "/emulator/faults", admin: testAdminToken, body: fault).status == 200)
+            #expect(try await http(.POST, base + "/emulator/traffic", admin: "wrong", body: #"{"rate": 5}"#).status == 401)
+            let s = try await stats(base)
+            #expect(s["adminRefused"]?.intValue == 4)
+        }
+    }
+
+    @Test func tokensSessionsAndMessageIDsAreNeverSharedBetweenInstances() async throws {
+        // Two instances with the same traffic seed, as a restart in the same directory would be.
+        let first = try await withEmulator("{\(quiet)}") { emulator, base in
+            let token = try await accessToken(base)
+            let (client, frames, ready) = try await readySession(base, token: token)
+            var iterator = frames
+            emulator.burst(count: 1)
+            let message = try #require(await iterator.nextDispatch("AT_MESSAGE_CREATE"))
+            client.drop()
+            return (token, ready, message["d"]?["id"]?.stringValue, message["d"]?["channel_id"]?.stringValue)
+        }
+        try await withEmulator("{\(quiet)}") { emulator, base in
+            let token = try await accessToken(base)
+            let (client, frames, ready) = try await readySession(base, token: token)
+            var iterator = frames
+            emulator.burst(count: 1)
+            let message = try #require(await iterator.nextDispatch("AT_MESSAGE_CREATE"))
+            #expect(token != first.0)
+            #expect(ready != first.1)
+            #expect(message["d"]?["id"]?.stringValue != first.2)
+            // A reply naming the first instance's message is refused here: it names no message of this one.
+            let stale = try await http(.POST, base + "/channels/\(first.3 ?? "")/messages", token: token, body: #"{"content":"pong","msg_id":"\#(first.2 ?? "")"}"#)
+            #expect(stale.status == 400)
+            #expect(stale.json?["code"]?.intValue == 40034)
             client.drop()
         }
     }

@@ -13,16 +13,19 @@ struct TestCluster {
     let supervisor: BotclusterProcess
     var socket: String { directory + "/run/botcluster.sock" }
 
-    static let emulatorConfig = #"{"emulator": {"identifyWindow": "100ms", "restRate": 2000, "unrepliedGrace": "1s", "heartbeatInterval": "10s", "heartbeatTimeout": "30s", "traffic": {"rate": 60, "groupRate": 2, "c2cRate": 2}}}"#
+    static let emulatorConfig = #"{"emulator": {"adminToken": "env:TEST_ADMIN_TOKEN", "identifyWindow": "100ms", "restRate": 2000, "unrepliedGrace": "1s", "heartbeatInterval": "10s", "heartbeatTimeout": "30s", "traffic": {"rate": 60, "groupRate": 2, "c2cRate": 2}}}"#
 
     /// Settings short enough for tests: hangs found in 0.5 s, backoff from 100 ms, failed after 3 quick crashes.
-    static func clusterConfig(_ emulator: EmulatorProcess, shards: Int, extra: String = "") -> String {
+    /// `rateBudget` replaces the generous default; `extra` adds keys (each key once: duplicates are errors).
+    static func clusterConfig(
+        _ emulator: EmulatorProcess, shards: Int, extra: String = "", rateBudget: String = #"{"global": {"rate": 2000, "burst": 200}}"#
+    ) -> String {
         emulator.clusterConfig(#"""
             "shards": {"count": \#(shards)},
             "identify": {"window": "100ms", "margin": "10ms"},
             "supervisor": {"heartbeat": {"interval": "100ms", "misses": 5}, "abortGrace": "200ms", "stopGrace": "5s", "helloTimeout": "5s"},
             "restart": {"baseDelay": "100ms", "maxDelay": "1s", "maxCrashes": 3, "crashWindow": "30s"},
-            "rateBudget": {"global": {"rate": 2000, "burst": 200}}\#(extra)
+            "rateBudget": \#(rateBudget)\#(extra)
             """#)
     }
 
@@ -97,10 +100,11 @@ func waitUntilGone(_ pids: [Int32], within limit: Duration) async throws {
     }
 }
 
-func postAdmin(_ url: String, _ body: String) async throws -> String {
+func postAdmin(_ url: String, _ body: String, token: String = EmulatorProcess.adminToken) async throws -> String {
     var request = HTTPClientRequest(url: url)
     request.method = .POST
     request.headers.add(name: "Content-Type", value: "application/json")
+    request.headers.add(name: "Authorization", value: "Bearer \(token)")
     request.body = .bytes(ByteBuffer(string: body))
     let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
     return String(buffer: try await response.body.collect(upTo: 1 << 20))

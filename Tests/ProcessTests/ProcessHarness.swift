@@ -111,7 +111,7 @@ struct EmulatorProcess {
 
     static func start(config: String, directory: String) async throws -> EmulatorProcess {
         try config.write(toFile: directory + "/emulator.json", atomically: true, encoding: .utf8)
-        let process = try BotclusterProcess(["emulator", "--config", "emulator.json", "--port", "0"], directory: directory)
+        let process = try BotclusterProcess(["emulator", "--config", "emulator.json", "--port", "0"], directory: directory, environment: secretEnvironment)
         var lines = process.lines.makeAsyncIterator()
         let line = try #require(await process.waitForLine(containing: "emulator listening on ", iterator: &lines))
         return EmulatorProcess(process: process, url: String(line.split(separator: " ").last!))
@@ -136,7 +136,14 @@ struct EmulatorProcess {
         #"{"gateway": {"embedded": false, "url": "\#(url)", "tokenURL": "\#(url)/app/getAppAccessToken"}, "app": {"id": "102000001", "secret": "env:TEST_APP_SECRET"}\#(extra.isEmpty ? "" : ", " + extra)}"#
     }
 
-    static let secretEnvironment = ["TEST_APP_SECRET": "emulator-development-secret"]
+    /// The app secret (workers read it from `TEST_APP_SECRET`) and the emulator's admin token (`TEST_ADMIN_TOKEN`).
+    static let secretEnvironment = ["TEST_APP_SECRET": "emulator-development-secret", "TEST_ADMIN_TOKEN": adminToken]
+    static let adminToken = "process-test-admin-token"
+
+    /// POSTs to the emulator's admin API with its token.
+    func admin(_ path: String, _ body: String) async throws -> String {
+        try await postAdmin(url + path, body, token: Self.adminToken)
+    }
 }
 
 /// Reads a state every 20 ms until `condition` holds; past `timeout` records an issue showing the last state read

@@ -30,6 +30,42 @@ extension RealProcesses {
             }
         }
 
+        /// A gateway that keeps its sockets open and answers nothing (the process is stopped): the shard has events
+        /// waiting for a slot and replies waiting for an answer. SIGINT still ends it within the drain timeout and a
+        /// little, with a session to resume from that never passes an unhandled event.
+        @Test func aSilentPlatformDoesNotHoldTheStop() async throws {
+            try await withTemporaryDirectory { dir in
+                let emulator = try await EmulatorProcess.start(
+                    config: #"{"emulator": {"identifyWindow": "100ms", "restRate": 100000, "adminToken": "env:TEST_ADMIN_TOKEN", "traffic": {"rate": 0, "groupRate": 0, "c2cRate": 0}}}"#,
+                    directory: dir
+                )
+                try emulator.clusterConfig(#""identify": {"window": "100ms"}, "worker": {"maxInFlight": 4, "drainTimeout": "1s"}, "rateBudget": {"global": {"rate": 100000, "burst": 1000}}"#)
+                    .write(toFile: dir + "/cluster.json", atomically: true, encoding: .utf8)
+                let worker = try BotclusterProcess(["run", "--shard", "0/1"], directory: dir, environment: EmulatorProcess.secretEnvironment)
+                try await emulator.waitFor("the shard's session") { $0["activeSessions"] == 1 }
+                _ = try await emulator.admin("/emulator/burst", #"{"count": 3000}"#)
+                try await emulator.waitFor("some replies") { $0["messagesReplied"] ?? 0 >= 10 }
+                emulator.process.signal(SIGSTOP)
+                defer { emulator.process.signal(SIGCONT) }
+                let start = ContinuousClock.now
+                worker.signal(SIGINT)
+                var lines = worker.lines.makeAsyncIterator()
+                let stopped = await worker.waitForLine(containing: "stopped shard 0/1", iterator: &lines)
+                #expect(await worker.waitForExit() == 0)
+                let took = ContinuousClock.now - start
+                #expect(took < .seconds(3), "run took \(took) to exit after SIGINT (drainTimeout 1s)")
+                let line = try #require(stopped)
+                let words = line.split(separator: " ")
+                let seq = words.firstIndex(of: "seq").flatMap { Int(words[$0 + 1].dropLast()) } ?? -1
+                emulator.process.signal(SIGCONT)
+                let stats = try await emulator.stats()
+                // READY is seq 1; dispatches follow. The committed seq stays below every event not handled.
+                #expect(seq >= 1 && seq < Int(stats["messagesDelivered"] ?? 0) + 1, "\(line)")
+                emulator.process.signal(SIGTERM)
+                _ = await emulator.process.waitForExit()
+            }
+        }
+
         @Test func badArgumentsAndConfigsSayWhatIsWrong() async throws {
             try await withTemporaryDirectory { dir in
                 let shard = try BotclusterProcess(["run", "--shard", "5/2"], directory: dir)

@@ -27,8 +27,7 @@ extension RealProcesses {
                     config: #"{"emulator": {"identifyWindow": "100ms", "restRate": 50, "heartbeatInterval": "10s", "heartbeatTimeout": "30s", "guildsPerShard": 4, "traffic": {"rate": 200, "groupRate": 0, "c2cRate": 0}}}"#,
                     directory: dir
                 )
-                // The later "rateBudget" replaces the harness's generous one.
-                try TestCluster.clusterConfig(emulator, shards: 4, extra: #", "rateBudget": {"global": {"rate": 50, "burst": 10}, "lease": {"size": 4, "ttl": "250ms"}}"#)
+                try TestCluster.clusterConfig(emulator, shards: 4, rateBudget: #"{"global": {"rate": 50, "burst": 10}, "lease": {"size": 4, "ttl": "250ms"}}"#)
                     .write(toFile: dir + "/cluster.json", atomically: true, encoding: .utf8)
                 let supervisor = try BotclusterProcess(["launch"], directory: dir, environment: EmulatorProcess.secretEnvironment)
                 var lines = supervisor.lines.makeAsyncIterator()
@@ -126,7 +125,7 @@ extension RealProcesses {
                 let cluster = try await TestCluster.start(in: dir, shards: 2)
                 let files = try FileManager.default.contentsOfDirectory(atPath: dir + "/run")
                 #expect(files.contains { $0.hasPrefix("users.sqlite.corrupt-") })
-                #expect(cluster.supervisor.output.contains { $0.contains("user cache unusable; moved aside and recreated") })
+                #expect(cluster.supervisor.output.contains { $0.contains("user cache is damaged: moved aside and made anew") })
                 try await cluster.emulator.waitFor("replies") { $0["messagesReplied"] ?? 0 >= 20 }
                 let pids = try await cluster.workers().compactMap { $0["pid"]?.intValue.map(Int32.init) }
                 try await cluster.stop(workerPIDs: pids)

@@ -118,7 +118,7 @@ extension RealProcesses {
                 guard case .refused(let reason) = await inbound.next() else { Issue.record("not refused"); return }
                 #expect(reason.contains("version 99"))
                 #expect(try await cluster.workers().allSatisfy { $0.workerState == "ready" })
-                #expect(cluster.supervisor.output.contains { $0.contains("IPC connection closed on a protocol error") })
+                #expect(cluster.supervisor.output.contains { $0.contains("IPC connection refused") && $0.contains("protocol error") })
                 try await cluster.stop(workerPIDs: try await cluster.workers().compactMap { $0["pid"]?.intValue.map(Int32.init) })
             }
         }

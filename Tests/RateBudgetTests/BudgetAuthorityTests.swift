@@ -69,7 +69,31 @@ struct BudgetAuthorityTests {
         var a = authority(burst: 4)
         _ = a.request(request(1, 1, count: 4), now: t0)
         #expect(a.request(request(2, 2, count: 2), now: t0) == [])
-        #expect(a.giveBack(route: "r", count: 3, now: t0).map(\.count) == [2])
+        #expect(a.giveBack(requester: 1, route: "r", count: 3, now: t0).map(\.count) == [2])
+    }
+
+    @Test func whatAPeerSendsIsBoundedAndCannotTrap() {
+        var a = authority(rate: 100, burst: 10)
+        _ = a.request(request(1, 1, count: 4), now: t0)
+        // Returning more than was granted, or far more than an Int32 holds, gives back what was granted: no trap,
+        // no tokens out of thin air.
+        #expect(a.giveBack(requester: 1, route: "r", count: Int(Int32.max), now: t0) == [])
+        #expect(a.giveBack(requester: 2, route: "r", count: 1 << 40, now: t0) == [])
+        // Tokens granted more than a lease TTL ago cannot be returned.
+        _ = a.request(request(3, 2, count: 4), now: t0)
+        _ = a.request(request(4, 3, count: 8), now: t0)
+        #expect(a.giveBack(requester: 3, route: "r", count: 4, now: t0 + .seconds(1)).isEmpty)
+        // A lease request for 2^31 tokens asks for one lease.
+        var b = authority(rate: 100, burst: 100)
+        #expect(b.request(request(1, 1, count: Int(Int32.max)), now: t0).map(\.count) == [4])
+        #expect(b.request(request(1, 2, count: -5), now: t0).map(\.count) == [1])
+        // A 429 report of 2^31 ms pauses for at most a minute.
+        let until = b.rateLimited(route: "r", retryAfter: .milliseconds(Int64(Int32.max)), now: t0)
+        #expect(until == t0 + BudgetAuthority.maxPause)
+        // Route names from a peer are bounded in length and in number.
+        for i in 0..<1000 { _ = b.request(request(1, UInt64(10 + i), route: "route-\(i)-" + String(repeating: "x", count: 500)), now: t0) }
+        #expect(b.knownRoutes.count <= BudgetAuthority.maxRoutes + 1)
+        #expect(b.knownRoutes.allSatisfy { $0.utf8.count <= BudgetAuthority.maxRouteLength })
     }
 
     @Test func aRateLimitedRoutePausesAndLearnsItsLimit() {

@@ -140,7 +140,10 @@ struct ClusterStateMachineTests {
         }
         c.advance(.milliseconds(10))
         _ = c.feed(.progress(ordinal: 0, generation: c.gen(0), WorkerProgress(state: .ready)))
-        let hung = c.feed(.tick)
+        // Past the limit, the supervisor first reads whatever the worker sent that is still waiting on its side.
+        #expect(c.feed(.tick) == [.confirmHang(ordinal: 1, generation: c.gen(1))])
+        #expect(c.feed(.tick).isEmpty, "one check at a time")
+        let hung = c.feed(.hangConfirmation(ordinal: 1, generation: c.gen(1)))
         #expect(hung.contains(.signal(pid: pid1, signal: 6)))
         #expect(c.machine.nextDeadline == c.now + .milliseconds(300))
         c.advance(.milliseconds(300))
@@ -149,6 +152,29 @@ struct ClusterStateMachineTests {
         let exit = c.feed(.exited(pid: pid1, status: .signaled(9)))
         #expect(exit.contains(.spawn(ordinal: 1, generation: c.gen(1), shard: ShardID(1, of: 2))))
         #expect(!exit.contains(.killGroup(pid: pid1)), "the group was killed already")
+    }
+
+    /// The supervisor's loops fell behind (a flood of connections): the heartbeats were sent, only not read yet.
+    /// Read before the verdict, they clear the worker.
+    @Test func heartbeatsReadLateDuringTheCheckClearAWorker() {
+        var c = Cluster(shards: 1)
+        _ = c.bringUp()
+        c.advance(.milliseconds(410))
+        #expect(c.feed(.tick) == [.confirmHang(ordinal: 0, generation: c.gen(0))])
+        _ = c.feed(.progress(ordinal: 0, generation: c.gen(0), WorkerProgress(state: .ready)))
+        #expect(c.feed(.hangConfirmation(ordinal: 0, generation: c.gen(0))).isEmpty)
+        #expect(c.machine.workers[0].state == .ready)
+    }
+
+    /// The check itself never comes back (the loop is stuck for good): the worker is judged without it.
+    @Test func aCheckThatNeverAnswersStillEndsInAVerdict() {
+        var c = Cluster(shards: 1)
+        _ = c.bringUp()
+        c.advance(.milliseconds(410))
+        #expect(c.feed(.tick) == [.confirmHang(ordinal: 0, generation: c.gen(0))])
+        #expect(c.machine.nextDeadline == c.now + .milliseconds(400))
+        c.advance(.milliseconds(400))
+        #expect(c.feed(.tick).contains(.signal(pid: c.pid(0), signal: 6)))
     }
 
     @Test func aWorkerThatNeverSaysHelloIsAborted() {

@@ -71,7 +71,7 @@ func withShard(
         let base = try await emulator.baseURL()
         let harness = ShardHarness(emulator: emulator, base: base, config: config)
         let budget = LocalRateBudget(rate: config.rateBudget.globalRate, burst: config.rateBudget.globalBurst)
-        let clients = PlatformClients(config: config, endpoints: harness.endpoints, budget: budget, logger: logger)
+        let clients = try PlatformClients(config: config, endpoints: harness.endpoints, budget: budget, logger: logger)
         let info = try await clients.api.gatewayBot()
         let permit = LocalIdentifyPermit(
             configuration: .init(maxConcurrency: info.maxConcurrency, window: config.effectiveIdentifyWindow, margin: config.identify.margin, slotTimeout: config.identify.slotTimeout),

@@ -23,4 +23,8 @@ int cbot_max_socket_path(void);
 /// pipe2(fds, O_CLOEXEC): a pipe whose ends are not inherited by spawned processes unless duplicated.
 int cbot_pipe_cloexec(int fds[2]);
 
+/// A file descriptor that becomes readable when process `pid` (a child of this process) exits (Linux 5.3+
+/// pidfd_open). -1 with errno set otherwise.
+int cbot_pidfd_open(pid_t pid);
+
 #endif

@@ -1,0 +1,98 @@
+import Foundation
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Text for a file descriptor (standard error), written by a thread of its own: `write` never blocks its caller.
+///
+/// The supervisor's event loops carry every worker's IPC; if they wrote to a standard error that nobody reads (a
+/// full pipe, a stopped terminal), one blocked write would stop them all, and hung-worker detection with them. So
+/// log lines and worker output are queued here, up to `capacity` bytes; beyond that, text is dropped and counted,
+/// and the count is written once the descriptor takes text again.
+public final class OutputWriter: Sendable {
+    /// Standard error of this process.
+    public static let standardError = OutputWriter(fd: 2)
+
+    struct State {
+        var queued: [[UInt8]] = []
+        var bytes = 0
+        var dropped = 0
+        var writing = false
+    }
+
+    let fd: Int32
+    let capacity: Int
+    let state = Mutex(State())
+    let available = DispatchSemaphore(value: 0)
+
+    public init(fd: Int32, capacity: Int = 4 << 20) {
+        self.fd = fd
+        self.capacity = capacity
+        let thread = Thread { [self] in self.run() }
+        thread.name = "botcluster-output"
+        thread.start()
+    }
+
+    /// Queues `text`; drops it (counted) when `capacity` bytes are already waiting.
+    public func write(_ text: String) {
+        let bytes = Array(text.utf8)
+        let queued = state.withLock { state -> Bool in
+            guard state.bytes + bytes.count <= capacity else {
+                state.dropped += bytes.count
+                return false
+            }
+            state.queued.append(bytes)
+            state.bytes += bytes.count
+            return true
+        }
+        if queued { available.signal() }
+    }
+
+    /// Waits until everything queued is written, or `limit` passes (before a process exits).
+    public func flush(within limit: Duration) {
+        let deadline = MonotonicInstant.now() + limit
+        while state.withLock({ !$0.queued.isEmpty || $0.writing }), MonotonicInstant.now() < deadline {
+            usleep(1000)
+        }
+    }
+
+    private func run() {
+        while true {
+            available.wait()
+            let (chunks, dropped) = state.withLock { state -> ([[UInt8]], Int) in
+                defer {
+                    state.queued = []
+                    state.dropped = 0
+                    state.writing = true
+                }
+                return (state.queued, state.dropped)
+            }
+            if dropped > 0 {
+                writeAll(Array("[\(dropped) bytes of output dropped: the output was not being read]\n".utf8))
+            }
+            for chunk in chunks { writeAll(chunk) }
+            state.withLock { state in
+                state.bytes -= chunks.reduce(0) { $0 + $1.count }
+                state.writing = false
+            }
+        }
+    }
+
+    private func writeAll(_ bytes: [UInt8]) {
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + offset, $0.count - offset) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return }
+            offset += n
+        }
+    }
+}
+
+/// A `TextOutputStream` into an `OutputWriter` (for swift-log's `StreamLogHandler`).
+public struct OutputWriterStream: TextOutputStream, Sendable {
+    let writer: OutputWriter
+    public init(_ writer: OutputWriter) { self.writer = writer }
+    public mutating func write(_ string: String) { writer.write(string) }
+}
