@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test: the Swift test suites (unit, emulator protocol, multi-process) and the interop check of the
 # official Python SDK (qq-botpy 1.2.1) against the emulator. Creates .venv for the probe when it is missing.
+#
+# The suites that run real clusters of processes run as an unprivileged user, the way operators run botcluster
+# (systemd User=, a container's USER): run as root, this script creates the user botcluster-test and runs them as
+# it, so that nothing only root may do (a privileged socket option, a file another user owns) can pass unseen.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,7 +13,25 @@ swift build --build-tests
 # their own, so that their bounds (a hang found within misses x interval, a rename served within 1 s) hold on a
 # busy two-core machine too.
 swift test --skip-build --skip ProcessTests
-swift test --skip-build --filter ProcessTests
+
+if [[ $(id -u) -eq 0 ]]; then
+  user=botcluster-test
+  if ! id -u "$user" >/dev/null 2>&1; then
+    useradd --system --create-home --home-dir "/var/lib/$user" --shell /bin/sh "$user"
+  fi
+  # The test bundle finds botcluster and botcluster-bench beside itself: all three go where the user can run them.
+  stage=$(mktemp -d /tmp/botcluster-process-tests.XXXXXX)
+  trap 'rm -rf "$stage"' EXIT
+  bin=$(swift build --show-bin-path)
+  cp "$bin/botclusterPackageTests.xctest" "$bin/botcluster" "$bin/botcluster-bench" "$stage/"
+  chown -R "$user" "$stage"
+  chmod 700 "$stage"
+  echo "process tests as $user (uid $(id -u "$user")), not root"
+  runuser -u "$user" -- env -i PATH="$PATH" HOME="/var/lib/$user" LANG=C.UTF-8 \
+    "$stage/botclusterPackageTests.xctest" --testing-library swift-testing --filter ProcessTests
+else
+  swift test --skip-build --filter ProcessTests
+fi
 
 if ! .venv/bin/python -c "import botpy" >/dev/null 2>&1; then
   python3 -m venv .venv

@@ -25,6 +25,15 @@ public enum BotCluster {
         atexit { OutputWriter.standardError.flush(within: .seconds(2)) }
         // Files this process creates (databases, the lock, the socket) are its user's alone.
         umask(0o077)
+        // A file-size limit (a full quota) makes a write fail, which the databases handle, instead of killing us.
+        signal(SIGXFSZ, SIG_IGN)
+        // A supervisor holds three descriptors per worker (its IPC socket, its output pipe, its pidfd): the usual soft
+        // limit of 1024 would stop a large cluster where the hard limit allows it.
+        var files = rlimit()
+        if getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &files) == 0, files.rlim_cur < files.rlim_max {
+            files.rlim_cur = files.rlim_max
+            _ = setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &files)
+        }
         await $handler.withValue(handler) {
             await BotClusterCommand.main(arguments)
         }

@@ -1,5 +1,6 @@
 import CBotSystem
 import ClusterCore
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -25,8 +26,10 @@ public enum RunDirectory {
         }
     }
 
-    /// Creates `path` (and its parents) with mode 0700, or makes an existing directory 0700; fails with a clear
-    /// message when that is impossible or the directory is not writable.
+    /// Creates `path` (and its parents) with mode 0700, or checks an existing directory: it must be this user's
+    /// and writable by no one else (whoever can write there can replace the socket, the lock or the databases), and
+    /// its parent must not be writable by everyone unless it is sticky (as /tmp is). A directory of this user's
+    /// that others may only read is made 0700.
     public static func prepare(_ path: String) throws(SocketPathError) {
         var current = path.hasPrefix("/") ? "" : "."
         for component in path.split(separator: "/") {
@@ -39,7 +42,18 @@ public enum RunDirectory {
         guard stat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR else {
             throw SocketPathError("supervisor.runDirectory: \(path) is not a directory")
         }
-        if info.st_uid == getuid() && (info.st_mode & 0o777) != 0o700 { chmod(path, 0o700) }
+        guard info.st_uid == getuid() else {
+            throw SocketPathError("supervisor.runDirectory: \(path) belongs to uid \(info.st_uid), not to this user (uid \(getuid())): another user could replace what the supervisor keeps there; use a directory of your own")
+        }
+        guard info.st_mode & 0o022 == 0 else {
+            throw SocketPathError("supervisor.runDirectory: \(path) is writable by \(info.st_mode & 0o020 != 0 ? "its group" : "others") (mode \(String(info.st_mode & 0o7777, radix: 8))): another user could replace the socket or the databases; chmod 700 \(path)")
+        }
+        if info.st_mode & 0o777 != 0o700 { chmod(path, 0o700) }
+        let parent = (path as NSString).deletingLastPathComponent
+        var parentInfo = stat()
+        if stat(parent.isEmpty ? "." : parent, &parentInfo) == 0, parentInfo.st_mode & 0o002 != 0, parentInfo.st_mode & S_ISVTX == 0 {
+            throw SocketPathError("supervisor.runDirectory: its parent \(parent.isEmpty ? "." : parent) is writable by others and not sticky (mode \(String(parentInfo.st_mode & 0o7777, radix: 8))): another user could swap the run directory for one of theirs")
+        }
         guard access(path, W_OK | X_OK) == 0 else {
             throw SocketPathError("supervisor.runDirectory: \(path) is not writable by this user (\(lastErrorDescription()))")
         }
@@ -54,8 +68,12 @@ public final class SupervisorLock: Sendable {
 
     /// Takes the lock or says which process holds it.
     public init(path: String) throws(SocketPathError) {
-        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw SocketPathError("cannot open the lock file \(path): \(lastErrorDescription())") }
+        // Not through a symbolic link: one planted there would make the supervisor truncate a file of its choice.
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        guard fd >= 0 else {
+            if errno == ELOOP { throw SocketPathError("the lock file \(path) is a symbolic link; remove it (the supervisor creates its own)") }
+            throw SocketPathError("cannot open the lock file \(path): \(lastErrorDescription())")
+        }
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
             var buffer = [UInt8](repeating: 0, count: 32)
             let n = pread(fd, &buffer, buffer.count, 0)

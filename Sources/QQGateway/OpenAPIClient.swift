@@ -245,10 +245,11 @@ func httpDateMilliseconds(_ text: String) -> Int64? {
     let clock = parts[4].split(separator: ":").compactMap { Int($0) }
     guard clock.count == 3, (0...23).contains(clock[0]), (0...59).contains(clock[1]), (0...60).contains(clock[2]) else { return nil }
     // Days since 1970 by the civil-from-days inverse (Howard Hinnant's algorithm).
-    let y = month < 2 ? year - 1 : year
+    let m = month + 1
+    let y = m <= 2 ? year - 1 : year
     let era = y / 400
     let yoe = y - era * 400
-    let mp = (month + 9) % 12
+    let mp = (m + 9) % 12
     let doy = (153 * mp + 2) / 5 + day - 1
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
     let days = era * 146_097 + doe - 719_468

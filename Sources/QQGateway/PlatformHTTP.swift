@@ -156,7 +156,15 @@ public final class PlatformHTTP: Sendable {
         let client = proxies.route(scheme: target.scheme, host: target.host).flatMap { viaProxy[$0] } ?? direct
         let what = "\(method) \(target.origin)\(target.path)"
         do {
-            let response = try await client.execute(request, deadline: .now() + .nanoseconds(timeout.nanoseconds))
+            let deadline = NIODeadline.now() + .nanoseconds(timeout.nanoseconds)
+            let response: HTTPClientResponse
+            do {
+                response = try await client.execute(request, deadline: deadline)
+            } catch let error as ChannelError where error == .ioOnClosedChannel {
+                // The server closed an idle kept-alive connection as the request was handed to it: nothing was
+                // written, so sending it again cannot send it twice, whatever its method.
+                response = try await client.execute(request, deadline: deadline)
+            }
             let body = try await response.body.collect(upTo: Self.maxBodySize)
             return HTTPAnswer(status: Int(response.status.code), headers: response.headers, body: body)
         } catch is CancellationError {

@@ -49,9 +49,16 @@ public final class ClusterStore: Sendable {
         self.logger = logger
         let pool = try openRecovering(path: path, what: "cluster database", logger: logger) { try Self.open($0, busyTimeout: busyTimeout) }
         state = Mutex(State(pool: pool))
-        // Sessions of other platforms are only refused once they are this old: drop them.
-        try? pool.write { db in
-            try db.execute(sql: "DELETE FROM sessions WHERE platform <> ? AND updated_at < ?", arguments: [platform, Date().timeIntervalSince1970 - 3600])
+        // Sessions of other platforms are only refused once they are this old: drop them. (In WAL mode another
+        // process's write transaction does not stop reads: the file opens, and writes wait for it.)
+        do {
+            try pool.write { db in
+                try db.execute(sql: "DELETE FROM sessions WHERE platform <> ? AND updated_at < ?", arguments: [platform, Date().timeIntervalSince1970 - 3600])
+            }
+        } catch where SQLiteFailure(error) == .busy {
+            logger.warning("\(path) is locked by another process; the cluster runs, and its writes wait until it lets go", metadata: ["error": "\(error)"])
+        } catch {
+            logger.warning("cannot clean \(path)", metadata: ["error": "\(error)"])
         }
     }
 
@@ -165,7 +172,6 @@ public final class ClusterStore: Sendable {
             state.forgottenLayouts.insert(total)
             for shard in state.sessions.keys where shard.total == total { state.sessions[shard] = nil }
         }
-        flush()
     }
 
     /// Queues handled event keys (remembered for `ttl`).
@@ -194,15 +200,17 @@ public final class ClusterStore: Sendable {
         state.withLock { !$0.sessions.isEmpty || !$0.handled.isEmpty || !$0.forgottenLayouts.isEmpty }
     }
 
-    /// Writes what is pending in one transaction. On failure it all stays pending for the next flush.
-    public func flush() {
+    /// Writes what is pending in one transaction (on the database's own queue: a lock held elsewhere makes this
+    /// wait up to the busy timeout, suspended, never blocking a thread the cluster needs). On failure it all stays
+    /// pending for the next flush.
+    public func flush() async {
         let (pool, sessions, handled, layouts, ttl) = state.withLock { state in
             (state.pool, state.sessions, state.handled, state.forgottenLayouts, state.handledTTL)
         }
         guard !sessions.isEmpty || !handled.isEmpty || !layouts.isEmpty else { return }
         let platform = platform
         do {
-            try pool.write { db in
+            try await pool.write { db in
                 let now = Date().timeIntervalSince1970
                 let monotonicNow = MonotonicInstant.now()
                 for total in layouts {

@@ -46,6 +46,8 @@ extension ClusterSupervisor {
                 connection.send(.controlReply(id: id, ok: true, body: body.serialized()))
             }
         case ControlCommand.stop:
+            // `botcluster stop` returns when this connection closes with the supervisor: never idle until then.
+            connection.beginWork()
             connection.send(.controlReply(id: id, ok: true, body: "stopping \(shardCount) workers (supervisor pid \(getpid()))"))
             dispatch(.stop)
         case ControlCommand.scale:

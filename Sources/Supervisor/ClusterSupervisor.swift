@@ -156,7 +156,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             self.logger.info("stopping: draining every worker")
             self.dispatch(.stop)
         }
-        persist()
+        await persist()
         await server.close()
         await platform.shutdown()
         logger.info("supervisor stopped")
@@ -256,15 +256,15 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
     func runStoreFlusher() async {
         while !Task.isCancelled {
             try? await Task.sleep(for: setup.config.worker.reportInterval)
-            persist()
+            await persist()
         }
     }
 
     /// Writes what changed to cluster.sqlite; after the file was damaged and made anew, everything held in memory.
-    func persist() {
+    func persist() async {
         let ttl = setup.config.exactlyOnce.ttl
         store.saveHandled(claims.takeUnpersisted(), ttl: ttl)
-        store.flush()
+        await store.flush()
         if store.takeRecovered() {
             logger.warning("writing every session and handled event again to the new cluster database")
             let sessions = layouts.withLock { layouts in
@@ -272,7 +272,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             }
             for (shard, session) in sessions { store.save(shard: shard, id: session.id, seq: session.seq) }
             store.saveHandled(claims.allRemembered(), ttl: ttl)
-            store.flush()
+            await store.flush()
         }
     }
 

@@ -23,7 +23,7 @@ struct TestCluster {
         emulator.clusterConfig(#"""
             "shards": {"count": \#(shards)},
             "identify": {"window": "100ms", "margin": "10ms"},
-            "supervisor": {"heartbeat": {"interval": "100ms", "misses": 5}, "abortGrace": "200ms", "stopGrace": "5s", "helloTimeout": "5s"},
+            "supervisor": {"heartbeat": {"interval": "100ms", "misses": 5}, "abortGrace": "200ms", "stopGrace": "5s", "helloTimeout": "5s", "controlIdleTimeout": "1s"},
             "restart": {"baseDelay": "100ms", "maxDelay": "1s", "maxCrashes": 3, "crashWindow": "30s"},
             "rateBudget": \#(rateBudget)\#(extra)
             """#)
@@ -63,7 +63,7 @@ struct TestCluster {
 
     /// Stops traffic and waits until every delivered message has its reply.
     func drainTraffic() async throws {
-        _ = try await postAdmin(emulator.url + "/emulator/traffic", #"{"rate": 0, "groupRate": 0, "c2cRate": 0}"#)
+        _ = try await emulator.admin("/emulator/traffic", #"{"rate": 0, "groupRate": 0, "c2cRate": 0}"#)
         try await emulator.waitFor("every delivered message replied") { s in
             s["messagesPending"] == 0 && s["messagesReplied"] == s["messagesDelivered"]
         }
@@ -100,13 +100,13 @@ func waitUntilGone(_ pids: [Int32], within limit: Duration) async throws {
     }
 }
 
-func postAdmin(_ url: String, _ body: String, token: String = EmulatorProcess.adminToken) async throws -> String {
+func postAdmin(_ url: String, _ body: String, token: String = EmulatorProcess.adminToken, client: HTTPClient = .shared) async throws -> String {
     var request = HTTPClientRequest(url: url)
     request.method = .POST
     request.headers.add(name: "Content-Type", value: "application/json")
     request.headers.add(name: "Authorization", value: "Bearer \(token)")
     request.body = .bytes(ByteBuffer(string: body))
-    let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+    let response = try await client.execute(request, timeout: .seconds(10))
     return String(buffer: try await response.body.collect(upTo: 1 << 20))
 }
 

@@ -3,6 +3,8 @@ import AsyncHTTPClient
 import Foundation
 import NIOCore
 import NIOFoundationCompat
+import NIOPosix
+import NIOSSL
 import Synchronization
 import Testing
 
@@ -108,19 +110,22 @@ final class LineCollector: Sendable {
 struct EmulatorProcess {
     let process: BotclusterProcess
     let url: String
+    /// The client the test reaches the emulator's counters and admin API with (trusting its certificate over TLS).
+    let http: HTTPClient
 
-    static func start(config: String, directory: String) async throws -> EmulatorProcess {
+    /// Starts `botcluster emulator`; `trustRoots` is the PEM of the certificate it serves TLS with, if it does.
+    static func start(config: String, directory: String, port: String = "0", trustRoots: String? = nil) async throws -> EmulatorProcess {
         try config.write(toFile: directory + "/emulator.json", atomically: true, encoding: .utf8)
-        let process = try BotclusterProcess(["emulator", "--config", "emulator.json", "--port", "0"], directory: directory, environment: secretEnvironment)
+        let process = try BotclusterProcess(["emulator", "--config", "emulator.json", "--port", port], directory: directory, environment: secretEnvironment)
         var lines = process.lines.makeAsyncIterator()
         let line = try #require(await process.waitForLine(containing: "emulator listening on ", iterator: &lines))
-        return EmulatorProcess(process: process, url: String(line.split(separator: " ").last!))
+        return EmulatorProcess(process: process, url: String(line.split(separator: " ").last!), http: trustRoots.map(httpClient(trusting:)) ?? .shared)
     }
 
     /// The emulator's ground-truth counters.
     func stats() async throws -> [String: Double] {
         var request = HTTPClientRequest(url: url + "/emulator/stats")
-        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(10))
+        let response = try await http.execute(request, timeout: .seconds(10))
         let body = try await response.body.collect(upTo: 1 << 20)
         let object = try JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any] ?? [:]
         return object.compactMapValues { ($0 as? NSNumber)?.doubleValue }
@@ -142,7 +147,22 @@ struct EmulatorProcess {
 
     /// POSTs to the emulator's admin API with its token.
     func admin(_ path: String, _ body: String) async throws -> String {
-        try await postAdmin(url + path, body, token: Self.adminToken)
+        try await postAdmin(url + path, body, token: Self.adminToken, client: http)
+    }
+}
+
+/// HTTP clients that trust a test certificate, one per file, kept for the life of the test process (a client must
+/// be shut down before it goes away; these never go away).
+let trustingClients = Mutex<[String: HTTPClient]>([:])
+
+func httpClient(trusting trustRoots: String) -> HTTPClient {
+    trustingClients.withLock { clients in
+        if let client = clients[trustRoots] { return client }
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.additionalTrustRoots = [.file(trustRoots)]
+        let client = HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: .init(tlsConfiguration: tls))
+        clients[trustRoots] = client
+        return client
     }
 }
 

@@ -12,26 +12,26 @@ struct ClusterStoreTests {
         return logger
     }
 
-    func withDirectory<T>(_ body: (String) throws -> T) throws -> T {
+    func withDirectory<T>(_ body: (String) async throws -> T) async throws -> T {
         let directory = NSTemporaryDirectory() + "store-" + UUID().uuidString.prefix(8)
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        return try body(directory)
+        return try await body(directory)
     }
 
     func asideFiles(_ directory: String) -> [String] {
         ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.contains(".corrupt-") }
     }
 
-    @Test func sessionsAndHandledEventsBelongToThePlatformTheyCameFrom() throws {
-        try withDirectory { directory in
+    @Test func sessionsAndHandledEventsBelongToThePlatformTheyCameFrom() async throws {
+        try await withDirectory { directory in
             let path = directory + "/cluster.sqlite"
             let now = MonotonicInstant.now()
             do {
                 let store = try ClusterStore(path: path, platform: "102 wss://a/websocket", logger: logger)
                 store.save(shard: ShardID(0, of: 2), id: "session-a", seq: 41)
                 store.saveHandled([("AT_MESSAGE_CREATE:1", now)])
-                store.flush()
+                await store.flush()
             }
             let other = try ClusterStore(path: path, platform: "102 wss://b/websocket", logger: logger)
             #expect(other.sessions(total: 2).isEmpty)
@@ -47,13 +47,13 @@ struct ClusterStoreTests {
 
     /// Fills `path` with many handled events, then overwrites every page but the first (the schema): the file
     /// still opens, and the first read of a table finds the damage.
-    func makeDamagedLater(_ path: String, platform: String, damage: () throws -> Void) throws {
+    func makeDamagedLater(_ path: String, platform: String, damage: () throws -> Void) async throws {
         let now = MonotonicInstant.now()
         do {
             let store = try ClusterStore(path: path, platform: platform, logger: logger)
             store.save(shard: ShardID(0, of: 1), id: "session", seq: 7)
             store.saveHandled((0..<5000).map { ("AT_MESSAGE_CREATE:message-number-\($0)-with-a-long-id", now) })
-            store.flush()
+            await store.flush()
         }
         try damage()
     }
@@ -67,11 +67,11 @@ struct ClusterStoreTests {
         try handle.close()
     }
 
-    @Test func aPageDamagedWhileOpenIsMovedAsideAndTheRecordIsWrittenAgain() throws {
-        try withDirectory { directory in
+    @Test func aPageDamagedWhileOpenIsMovedAsideAndTheRecordIsWrittenAgain() async throws {
+        try await withDirectory { directory in
             let path = directory + "/cluster.sqlite"
             let platform = "102 wss://a/websocket"
-            try makeDamagedLater(path, platform: platform) {}
+            try await makeDamagedLater(path, platform: platform) {}
             let store = try ClusterStore(path: path, platform: platform, logger: logger)
             try damagePages(path)
             #expect(store.handledEvents(within: .seconds(600)).isEmpty)
@@ -79,16 +79,16 @@ struct ClusterStoreTests {
             #expect(asideFiles(directory).contains { $0.hasPrefix("cluster.sqlite.corrupt-") })
             // The fresh file serves.
             store.save(shard: ShardID(0, of: 1), id: "again", seq: 9)
-            store.flush()
+            await store.flush()
             #expect(store.sessions(total: 1)[0]?.id == "again")
         }
     }
 
-    @Test func aFileDamagedBeforeLaunchIsMovedAsideAtOpen() throws {
-        try withDirectory { directory in
+    @Test func aFileDamagedBeforeLaunchIsMovedAsideAtOpen() async throws {
+        try await withDirectory { directory in
             let path = directory + "/cluster.sqlite"
             let platform = "102 wss://a/websocket"
-            try makeDamagedLater(path, platform: platform) { try damagePages(path) }
+            try await makeDamagedLater(path, platform: platform) { try damagePages(path) }
             let store = try ClusterStore(path: path, platform: platform, logger: logger)
             #expect(store.sessions(total: 1).isEmpty)
             #expect(store.handledEvents(within: .seconds(600)).isEmpty)
@@ -105,7 +105,7 @@ struct ClusterStoreTests {
         do {
             let store = try ClusterStore(path: path, platform: platform, logger: logger)
             store.save(shard: ShardID(0, of: 1), id: "kept", seq: 3)
-            store.flush()
+            await store.flush()
         }
         // Another process takes the write lock and holds it until its standard input closes.
         let holder = Process()
