@@ -163,7 +163,12 @@ let package = Package(
         ),
         .testTarget(
             name: "SupervisorTests",
-            dependencies: ["Supervisor", "ClusterIPC", "ClusterCore"]
+            dependencies: [
+                "Supervisor", "ClusterIPC", "ClusterCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ]
         ),
         .testTarget(
             name: "QQGatewayTests",

@@ -8,8 +8,10 @@ import Synchronization
 extension GatewayEmulator {
     /// Serves one gateway websocket: a writer task drains the connection's outbox while this task reads frames.
     func serveGateway(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, channel: any Channel) async {
-        // Before anything is read: frames must come masked (RFC 6455 §5.1).
+        // Before the Hello goes out: frames must come masked (RFC 6455 §5.1).
         let counted: @Sendable () -> Void = { self.core.withLock { $0.stats.protocolErrors += 1 } }
+        // (Hummingbird gives no hook inside the upgrade itself: a frame a client sends before it has the Hello may
+        // be read before the guard is in place.)
         _ = try? await channel.eventLoop.submit {
             let sync = channel.pipeline.syncOperations
             let decoder = try sync.context(handlerType: ByteToMessageHandler<WebSocketFrameDecoder>.self)

@@ -66,6 +66,25 @@ extension RealProcesses {
             }
         }
 
+        @Test func whatNeedsNoFileOrNoSecretRunsWithout() async throws {
+            try await withTemporaryDirectory { dir in
+                let defaults = try BotclusterProcess(["config", "check", "--print-defaults"], directory: dir)
+                #expect(await defaults.waitForExit() == 0)
+                #expect(defaults.output.contains { $0.contains("\"shards\"") })
+                // No cluster.json: the emulator runs on its defaults.
+                let emulator = try BotclusterProcess(["emulator", "--port", "0"], directory: dir)
+                var lines = emulator.lines.makeAsyncIterator()
+                #expect(await emulator.waitForLine(containing: "emulator listening on http://127.0.0.1:", iterator: &lines) != nil)
+                emulator.signal(SIGTERM)
+                #expect(await emulator.waitForExit() == 0)
+                // status needs the socket's path, not the secret.
+                try #"{"gateway": {"embedded": false}, "app": {"id": "1", "secret": "env:SURELY_UNSET_SECRET"}}"#.write(toFile: dir + "/cluster.json", atomically: true, encoding: .utf8)
+                let status = try BotclusterProcess(["status"], directory: dir)
+                #expect(await status.waitForExit() == 1)
+                #expect(status.output.contains { $0.hasPrefix("no supervisor is running") }, "\(status.output)")
+            }
+        }
+
         @Test func badArgumentsAndConfigsSayWhatIsWrong() async throws {
             try await withTemporaryDirectory { dir in
                 let shard = try BotclusterProcess(["run", "--shard", "5/2"], directory: dir)
