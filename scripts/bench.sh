@@ -87,10 +87,13 @@ if want worker; then
 if ! .venv/bin/python -c "import botpy" >/dev/null 2>&1; then
   python3 -m venv .venv && .venv/bin/pip install --quiet qq-botpy==1.2.1
 fi
-# worker_config: a cluster.json pointing one worker at the emulator on EMU_URL, budget out of the way.
+# worker_config [TRUST]: a cluster.json pointing one worker at the emulator on EMU_URL, budget out of the way;
+# TRUST is a PEM file of roots to trust (an emulator serving TLS).
 worker_config() {
+  local trust=""
+  [[ -n ${1:-} ]] && trust=", \"trustRoots\": \"$1\""
   cat >"$OUT/worker.json" <<JSON
-{"gateway": {"embedded": false, "url": "$EMU_URL", "tokenURL": "$EMU_URL/app/getAppAccessToken"},
+{"gateway": {"embedded": false, "url": "$EMU_URL", "tokenURL": "$EMU_URL/app/getAppAccessToken"$trust},
  "app": {"id": "102000001", "secret": "env:BOTCLUSTER_BENCH_SECRET"},
  "identify": {"window": "0s"},
  "rateBudget": {"global": {"rate": 1000000, "burst": 100000}},
@@ -113,6 +116,19 @@ bc_rss=$(peak_rss_mib "$WORKER")
 kill -INT "$WORKER"; wait "$WORKER" || true
 latency=$(sed -n 's/.*dispatch latency p50 \([^ ]*\) p99 \([^ ]*\)$/\1 \/ \2/p' "$OUT/worker.out")
 stop_emulator
+
+# The same burst over TLS, as the platform is reached (https + wss; HTTP/2 by ALPN for the OpenAPI).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj "/CN=bench" \
+  -addext "subjectAltName=IP:127.0.0.1" -keyout "$OUT/tls.key" -out "$OUT/tls.pem" 2>/dev/null
+sed "s#\"emulator\": {#\"emulator\": {\"tls\": {\"certificate\": \"$OUT/tls.pem\", \"key\": \"$OUT/tls.key\"},#" scripts/bench/e2e-emulator.json >"$OUT/e2e-tls.json"
+export BOTCLUSTER_BENCH_TRUST_ROOTS="$OUT/tls.pem"
+start_emulator "$OUT/e2e-tls.json"; worker_config "$OUT/tls.pem"
+"$BIN" run --shard 0/1 --config "$OUT/worker.json" >"$OUT/tls.out" 2>"$OUT/tls.err" &
+TLSWORKER=$!; PIDS+=($TLSWORKER)
+tls_rate=$(burst_rounds botcluster-tls 20000)
+kill -INT "$TLSWORKER"; wait "$TLSWORKER" || true
+stop_emulator
+unset BOTCLUSTER_BENCH_TRUST_ROOTS
 
 # Dispatch latency without a burst: steady traffic well under capacity.
 start_emulator scripts/bench/e2e-emulator.json; worker_config
@@ -143,6 +159,7 @@ stop_emulator
 
 ratio=$(awk -v a="$bc_rate" -v b="$py_rate" 'BEGIN { printf "%.1fx", a / b }')
 row "worker: burst of 20000, replied events/s" "$bc_rate ($ratio botpy)" ">= 10x botpy ($py_rate)" "$(verdict "$bc_rate" "$(awk -v b="$py_rate" 'BEGIN { print 10 * b }')")"
+row "worker: the same burst over TLS (https+wss)" "$tls_rate" "(botpy: plain http)" ""
 row "worker: peak RSS under the burst (MiB)" "$bc_rss" "<= 64 (botpy: $py_rss)" "$(awk -v a="$bc_rss" 'BEGIN { print (a <= 64) ? "ok" : "MISS" }')"
 row "worker: receive-only events/s" "$rx_rate" "(counting handler)" ""
 row "worker: dispatch latency p50 / p99, burst" "$latency" "(received -> handler)" ""

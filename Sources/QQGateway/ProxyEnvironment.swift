@@ -9,6 +9,13 @@ public struct ProxyRoute: Sendable, Hashable, CustomStringConvertible {
     /// `user:password` from the proxy URL, for `Proxy-Authorization: Basic`.
     public var credentials: String?
 
+    public init(kind: Kind, host: String, port: Int, credentials: String?) {
+        self.kind = kind
+        self.host = host
+        self.port = port
+        self.credentials = credentials
+    }
+
     public var description: String { "\(kind == .http ? "http" : "socks5")://\(host):\(port)" }
 }
 

@@ -33,6 +33,11 @@ struct TestCluster {
     static func start(in directory: String, shards: Int = 4, extra: String = "") async throws -> TestCluster {
         let emulator = try await EmulatorProcess.start(config: emulatorConfig, directory: directory)
         try clusterConfig(emulator, shards: shards, extra: extra).write(toFile: directory + "/cluster.json", atomically: true, encoding: .utf8)
+        return try await launch(in: directory, emulator: emulator, shards: shards)
+    }
+
+    /// `botcluster launch` with the cluster.json already in `directory`, waited for until "cluster ready".
+    static func launch(in directory: String, emulator: EmulatorProcess, shards: Int) async throws -> TestCluster {
         let supervisor = try BotclusterProcess(["launch"], directory: directory, environment: EmulatorProcess.secretEnvironment)
         var lines = supervisor.lines.makeAsyncIterator()
         try #require(await supervisor.waitForLine(containing: "cluster ready: \(shards) shards", iterator: &lines) != nil)

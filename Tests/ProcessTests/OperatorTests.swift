@@ -35,10 +35,7 @@ extension RealProcesses {
                 try TestCluster.clusterConfig(emulator, shards: 2, extra: "").replacingOccurrences(
                     of: #""embedded": false"#, with: #""embedded": false, "trustRoots": "\#(server.certificate)""#
                 ).write(toFile: dir + "/cluster.json", atomically: true, encoding: .utf8)
-                let supervisor = try BotclusterProcess(["launch"], directory: dir, environment: EmulatorProcess.secretEnvironment)
-                var lines = supervisor.lines.makeAsyncIterator()
-                try #require(await supervisor.waitForLine(containing: "cluster ready: 2 shards", iterator: &lines) != nil)
-                let cluster = TestCluster(directory: dir, emulator: emulator, supervisor: supervisor)
+                let cluster = try await TestCluster.launch(in: dir, emulator: emulator, shards: 2)
                 try await emulator.waitFor("100 replies over TLS") { $0["messagesReplied"] ?? 0 >= 100 }
                 try await cluster.drainTraffic()
                 let stats = try await emulator.stats()
@@ -62,10 +59,7 @@ extension RealProcesses {
 
                 let emulator = try await EmulatorProcess.start(config: TestCluster.emulatorConfig, directory: dir, port: port)
                 #expect(emulator.url == first.emulator.url)
-                let supervisor = try BotclusterProcess(["launch"], directory: dir, environment: EmulatorProcess.secretEnvironment)
-                var lines = supervisor.lines.makeAsyncIterator()
-                try #require(await supervisor.waitForLine(containing: "cluster ready: 2 shards", iterator: &lines) != nil)
-                let second = TestCluster(directory: dir, emulator: emulator, supervisor: supervisor)
+                let second = try await TestCluster.launch(in: dir, emulator: emulator, shards: 2)
                 try await emulator.waitFor("150 replies from the second cluster") { $0["messagesReplied"] ?? 0 >= 150 }
                 try await second.drainTraffic()
                 let stats = try await emulator.stats()

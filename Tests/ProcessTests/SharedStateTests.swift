@@ -29,10 +29,7 @@ extension RealProcesses {
                 )
                 try TestCluster.clusterConfig(emulator, shards: 4, rateBudget: #"{"global": {"rate": 50, "burst": 10}, "lease": {"size": 4, "ttl": "250ms"}}"#)
                     .write(toFile: dir + "/cluster.json", atomically: true, encoding: .utf8)
-                let supervisor = try BotclusterProcess(["launch"], directory: dir, environment: EmulatorProcess.secretEnvironment)
-                var lines = supervisor.lines.makeAsyncIterator()
-                try #require(await supervisor.waitForLine(containing: "cluster ready: 4 shards", iterator: &lines) != nil)
-                let cluster = TestCluster(directory: dir, emulator: emulator, supervisor: supervisor)
+                let cluster = try await TestCluster.launch(in: dir, emulator: emulator, shards: 4)
                 // Saturated for a second first, then measured over ten.
                 try await emulator.waitFor("saturation") { $0["restRequests"] ?? 0 >= 50 }
                 let before = try await emulator.stats()
