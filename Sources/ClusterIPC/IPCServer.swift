@@ -175,8 +175,10 @@ final class IPCServerHandler: ChannelInboundHandler, @unchecked Sendable {
             context.close(promise: nil)
             return
         }
+        // Completed on this channel's event loop, where the context may be used.
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
         PeerCredentials.of(context.channel).whenComplete { result in
-            self.activate(context, credentials: (try? result.get()) ?? nil)
+            self.activate(bound.value, credentials: (try? result.get()) ?? nil)
         }
     }
 
@@ -247,14 +249,15 @@ final class IPCServerHandler: ChannelInboundHandler, @unchecked Sendable {
     func armIdleTimer(_ context: ChannelHandlerContext) {
         idleTimer?.cancel()
         let timeout = server.configuration.controlIdleTimeout
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
         idleTimer = context.eventLoop.scheduleTask(in: .nanoseconds(timeout.nanoseconds)) { [weak self] in
             guard let self, self.phase == .control, let connection = self.connection else { return }
             if connection.busy.load(ordering: .relaxed) > 0 {
-                self.armIdleTimer(context)
+                self.armIdleTimer(bound.value)
                 return
             }
             self.closeReason = "idle for \(DurationFormat.format(timeout))"
-            context.close(promise: nil)
+            bound.value.close(promise: nil)
         }
     }
 
@@ -262,7 +265,8 @@ final class IPCServerHandler: ChannelInboundHandler, @unchecked Sendable {
         closeReason = reason
         phase = .closed
         server.refused(reason, peer: connection?.peerPID ?? -1)
-        context.writeAndFlush(wrapOutboundOut(.refused(reason: reason))).whenComplete { _ in context.close(promise: nil) }
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(.refused(reason: reason))).whenComplete { _ in channel.close(promise: nil) }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

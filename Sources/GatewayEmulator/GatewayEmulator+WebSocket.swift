@@ -191,8 +191,9 @@ final class UnmaskedFrameGuard: ChannelInboundHandler, Sendable {
             onViolation()
             var code = context.channel.allocator.buffer(capacity: 2)
             code.write(webSocketErrorCode: .protocolError)
+            let channel = context.channel
             context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: code))).whenComplete { _ in
-                context.close(promise: nil)
+                channel.close(promise: nil)
             }
             return
         }

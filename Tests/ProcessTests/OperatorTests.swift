@@ -134,7 +134,7 @@ extension RealProcesses {
                 try await cluster.stop(workerPIDs: workers.compactMap { $0["pid"]?.intValue.map(Int32.init) })
                 // Every shard's session reached the file, at the seq the supervisor last knew.
                 let queue = try DatabaseQueue(path: dir + "/run/cluster.sqlite")
-                let stored = try await queue.read { db in try Row.fetchAll(db, sql: "SELECT shard, seq FROM sessions WHERE total = 2") }
+                let stored = try queue.read { db in try Row.fetchAll(db, sql: "SELECT shard, seq FROM sessions WHERE total = 2") }
                 #expect(stored.count == 2)
                 #expect(stored.allSatisfy { ($0["seq"] as Int) > 1 })
                 let modes = try FileManager.default.contentsOfDirectory(atPath: dir + "/run").filter { $0.hasSuffix(".sqlite") }.map {

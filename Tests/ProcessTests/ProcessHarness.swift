@@ -124,7 +124,7 @@ struct EmulatorProcess {
 
     /// The emulator's ground-truth counters.
     func stats() async throws -> [String: Double] {
-        var request = HTTPClientRequest(url: url + "/emulator/stats")
+        let request = HTTPClientRequest(url: url + "/emulator/stats")
         let response = try await http.execute(request, timeout: .seconds(10))
         let body = try await response.body.collect(upTo: 1 << 20)
         let object = try JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any] ?? [:]

@@ -96,7 +96,7 @@ extension RealProcesses {
             try await withTemporaryDirectory { dir in
                 // A socket file left by a supervisor that died: the next one takes the lock and removes it.
                 try FileManager.default.createDirectory(atPath: dir + "/run", withIntermediateDirectories: true)
-                FileManager.default.createFile(atPath: dir + "/run/botcluster.sock", contents: Data("stale".utf8))
+                _ = FileManager.default.createFile(atPath: dir + "/run/botcluster.sock", contents: Data("stale".utf8))
                 let cluster = try await TestCluster.start(in: dir, shards: 2)
                 let second = try BotclusterProcess(["launch"], directory: dir, environment: EmulatorProcess.secretEnvironment)
                 #expect(await second.waitForExit() == 1)

@@ -25,12 +25,14 @@ struct ProcessSpawnerTests {
         let argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/sh"), strdup("-c"), strdup("exit 7"), nil]
         defer { for pointer in argv { free(pointer) } }
         #expect(posix_spawn(&own, "/bin/sh", nil, nil, argv, environ) == 0)
-        let (worker, output) = try await spawner.spawn(arguments: ["-c", "sleep 0.3; exit 3"], environment: [:], tag: 42)
+        // The worker lives until this test ends it: its tag can be read while it does.
+        let (worker, output) = try await spawner.spawn(arguments: ["-c", "exec sleep 60"], environment: [:], tag: 42)
         close(output)
         #expect(spawner.tag(of: worker) == 42)
+        kill(worker, SIGTERM)
         try await reported.wait()
         #expect(exits.withLock { $0.map(\.0) } == [worker])
-        #expect(exits.withLock { $0.first?.1 } == .exited(3))
+        #expect(exits.withLock { $0.first?.1 } == .signaled(SIGTERM))
         #expect(spawner.tag(of: worker) == nil)
         // Its exit status is still there for the code that started it.
         var status: Int32 = 0

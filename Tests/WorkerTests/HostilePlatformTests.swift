@@ -28,7 +28,8 @@ final class RawHTTPServer: Sendable {
                 .flatMap { Int($0.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) } ?? 0
             guard text.utf8.count - (text.distance(from: text.startIndex, to: end.upperBound)) >= length else { return }
             let bytes = answer(head)
-            context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: bytes))).whenComplete { _ in context.close(promise: nil) }
+            let channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: bytes))).whenComplete { _ in channel.close(promise: nil) }
         }
     }
 
