@@ -75,9 +75,10 @@ enum RawWebSocket {
                         upgradeRequestHead: head, upgraders: [upgrader],
                         notUpgradingCompletionHandler: { $0.eventLoop.makeCompletedFuture { false } }
                     )
-                    let result = try channel.pipeline.syncOperations.configureUpgradableHTTPClientPipeline(
-                        configuration: .init(upgradeConfiguration: configuration)
-                    )
+                    var pipeline = NIOUpgradableHTTPClientPipelineConfiguration(upgradeConfiguration: configuration)
+                    // The Hello can come in the same read as the 101; NIO's default would drop it.
+                    pipeline.leftOverBytesStrategy = .forwardBytes
+                    let result = try channel.pipeline.syncOperations.configureUpgradableHTTPClientPipeline(configuration: pipeline)
                     return result.map { ($0, channel) }
                 }
             }

@@ -5,10 +5,10 @@ import GatewayEmulator
 import Logging
 import NIOCore
 import NIOHTTP1
+import NIOPosix
 import NIOWebSocket
 import Synchronization
 import Testing
-import WSClient
 
 /// Runs an emulator on a free port for the duration of `body`.
 func withEmulator<T: Sendable>(
@@ -112,26 +112,68 @@ final class RawGatewayClient: Sendable {
         logger.logLevel = .critical
         let task = Task {
             do {
-                let frame = try await WebSocketClient.connect(url: url, logger: logger) { inbound, outbound, _ in
+                let socket = try await Self.connect(url: url)
+                let code = Mutex<UInt16?>(nil)
+                try await socket.executeThenClose { inbound, outbound in
                     try await withThrowingTaskGroup(of: Void.self) { group in
                         group.addTask {
-                            for await text in outgoingStream { try await outbound.write(.text(text)) }
+                            for await text in outgoingStream {
+                                try await outbound.write(WebSocketFrame(fin: true, opcode: .text, maskKey: .random(), data: ByteBuffer(string: text)))
+                            }
                         }
-                        for try await message in inbound.messages(maxSize: 1 << 22) {
-                            if case .text(let text) = message, let value = try? JSONValue.parse(text) {
-                                framesContinuation.yield(value)
+                        reading: for try await frame in inbound {
+                            switch frame.opcode {
+                            case .text:
+                                if let value = try? JSONValue.parse(String(buffer: frame.unmaskedData)) { framesContinuation.yield(value) }
+                            case .connectionClose:
+                                var data = frame.unmaskedData
+                                code.withLock { $0 = data.readInteger(as: UInt16.self) }
+                                break reading
+                            default:
+                                break
                             }
                         }
                         group.cancelAll()
                     }
                 }
-                closed.set(frame.map { UInt16(webSocketErrorCode: $0.closeCode) })
+                closed.set(code.withLock { $0 })
             } catch {
                 closed.set(nil)
             }
             framesContinuation.finish()
         }
         self.task.withLock { $0 = task }
+    }
+
+    /// A websocket on NIO's own pieces (not the gateway client's: the two must stay independent). Bytes that come
+    /// in the same read as the 101 — the Hello, often — are kept (NIO's default drops them).
+    static func connect(url: String) async throws -> NIOAsyncChannel<WebSocketFrame, WebSocketFrame> {
+        let rest = url.dropFirst("ws://".count)
+        let authority = rest.prefix { $0 != "/" }
+        let path = String(rest.dropFirst(authority.count))
+        let host = String(authority.split(separator: ":")[0])
+        let port = Int(authority.split(separator: ":")[1])!
+        let upgraded = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(host: host, port: port) { channel in
+            channel.eventLoop.makeCompletedFuture {
+                let upgrader = NIOTypedWebSocketClientUpgrader<NIOAsyncChannel<WebSocketFrame, WebSocketFrame>>(maxFrameSize: 1 << 22) { channel, _ in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(NIOWebSocketFrameAggregator(minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 1024, maxAccumulatedFrameSize: 1 << 22))
+                        return try NIOAsyncChannel<WebSocketFrame, WebSocketFrame>(wrappingChannelSynchronously: channel)
+                    }
+                }
+                var headers = HTTPHeaders()
+                headers.add(name: "Host", value: String(authority))
+                headers.add(name: "Content-Length", value: "0")
+                let upgrade = NIOTypedHTTPClientUpgradeConfiguration(
+                    upgradeRequestHead: HTTPRequestHead(version: .http1_1, method: .GET, uri: path, headers: headers), upgraders: [upgrader],
+                    notUpgradingCompletionHandler: { $0.eventLoop.makeFailedFuture(ChannelError.inappropriateOperationForState) }
+                )
+                var configuration = NIOUpgradableHTTPClientPipelineConfiguration(upgradeConfiguration: upgrade)
+                configuration.leftOverBytesStrategy = .forwardBytes
+                return try channel.pipeline.syncOperations.configureUpgradableHTTPClientPipeline(configuration: configuration)
+            }
+        }
+        return try await upgraded.get()
     }
 
     func send(_ text: String) { outgoing.yield(text) }
