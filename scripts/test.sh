@@ -27,7 +27,8 @@ if [[ $(id -u) -eq 0 ]]; then
   chown -R "$user" "$stage"
   chmod 700 "$stage"
   echo "process tests as $user (uid $(id -u "$user")), not root"
-  runuser -u "$user" -- env -i PATH="$PATH" HOME="/var/lib/$user" LANG=C.UTF-8 \
+  # In a directory of its own, with the system's PATH: this checkout and root's tools may be closed to it.
+  runuser -u "$user" -- env -i -C "$stage" PATH=/usr/local/bin:/usr/bin:/bin HOME="/var/lib/$user" LANG=C.UTF-8 \
     "$stage/botclusterPackageTests.xctest" --testing-library swift-testing --filter ProcessTests
 else
   swift test --skip-build --filter ProcessTests
