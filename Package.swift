@@ -34,12 +34,13 @@ let package = Package(
             dependencies: [.product(name: "Logging", package: "swift-log")]
         ),
         .target(name: "CBotSystem"),
+        .target(name: "ClusterProtocol"),
         .systemLibrary(name: "CSQLite3", path: "Sources/CSQLite3"),
         .target(name: "CSQLiteBench", linkerSettings: [.linkedLibrary("sqlite3")]),
         .target(
             name: "ClusterIPC",
             dependencies: [
-                "ClusterCore", "CBotSystem",
+                "ClusterCore", "ClusterProtocol", "CBotSystem",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -67,7 +68,7 @@ let package = Package(
         .target(
             name: "Worker",
             dependencies: [
-                "ClusterCore", "ClusterIPC", "QQGateway", "RateBudget", "UserCache",
+                "ClusterCore", "ClusterIPC", "ClusterProtocol", "QQGateway", "RateBudget", "UserCache",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -76,7 +77,7 @@ let package = Package(
         .target(
             name: "Supervisor",
             dependencies: [
-                "ClusterCore", "ClusterIPC", "QQGateway", "RateBudget", "SQLiteSupport", "CBotSystem",
+                "ClusterCore", "ClusterIPC", "ClusterProtocol", "QQGateway", "RateBudget", "SQLiteSupport", "CBotSystem",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -119,7 +120,7 @@ let package = Package(
         .target(
             name: "BotCluster",
             dependencies: [
-                "ClusterCore", "ClusterIPC", "QQGateway", "RateBudget", "UserCache", "Worker", "Supervisor", "GatewayEmulator", "CBotSystem",
+                "ClusterCore", "ClusterIPC", "ClusterProtocol", "QQGateway", "RateBudget", "UserCache", "Worker", "Supervisor", "GatewayEmulator", "CBotSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -135,7 +136,7 @@ let package = Package(
         .executableTarget(
             name: "BotClusterBench",
             dependencies: [
-                "ClusterCore", "ClusterIPC", "BotCluster", "Worker", "QQGateway", "UserCache", "Supervisor", "RateBudget", "CSQLiteBench",
+                "ClusterCore", "ClusterIPC", "ClusterProtocol", "BotCluster", "Worker", "QQGateway", "UserCache", "Supervisor", "RateBudget", "CSQLiteBench",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -154,7 +155,7 @@ let package = Package(
         .testTarget(
             name: "ClusterIPCTests",
             dependencies: [
-                "ClusterIPC", "ClusterCore",
+                "ClusterIPC", "ClusterProtocol", "ClusterCore",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -163,7 +164,7 @@ let package = Package(
         .testTarget(
             name: "SupervisorTests",
             dependencies: [
-                "Supervisor", "ClusterIPC", "ClusterCore",
+                "Supervisor", "ClusterIPC", "ClusterProtocol", "ClusterCore",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
@@ -193,7 +194,7 @@ let package = Package(
         .testTarget(
             name: "ProcessTests",
             dependencies: [
-                "ClusterCore", "ClusterIPC", "TestSupport",
+                "ClusterCore", "ClusterIPC", "ClusterProtocol", "TestSupport",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),

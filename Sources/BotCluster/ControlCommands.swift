@@ -1,6 +1,7 @@
 import ArgumentParser
 import ClusterCore
 import ClusterIPC
+import ClusterProtocol
 import Foundation
 import Supervisor
 
@@ -34,14 +35,14 @@ func connectToSupervisor(_ options: CommonOptions) async throws -> IPCClient {
 
 /// Sends one control request and returns the reply body, or exits 1 with the supervisor's reason. Progress
 /// lines the supervisor sends meanwhile are printed as they come.
-func control(_ options: CommonOptions, _ command: String, _ argument: String = "", timeout: Duration = .seconds(10)) async throws -> String {
+func control(_ options: CommonOptions, _ command: ControlCommand, timeout: Duration = .seconds(10)) async throws -> String {
     let client = try await connectToSupervisor(options)
     defer { client.close() }
     let ok: Bool, body: String
     do {
-        (ok, body) = try await client.control(command, argument, timeout: timeout, progress: { printLine($0) })
+        (ok, body) = try await client.control(command, timeout: timeout, progress: { printLine($0) })
     } catch {
-        printError("\(command): \(error)")
+        printError("\(command.name): \(error)")
         throw ExitCode(1)
     }
     guard ok else {
@@ -58,37 +59,31 @@ struct StatusCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Print JSON.") var json = false
 
     func run() async throws {
-        let body = try await control(options, ControlCommand.status)
+        let body = try await control(options, .status)
         if json {
             printLine(body)
             return
         }
-        guard let status = try? JSONValue.parse(body), case .array(let workers) = status["workers"] ?? .null else {
+        guard let status = try? JSONDecoder().decode(ClusterStatus.self, from: Data(body.utf8)) else {
             printLine(body)
             return
         }
-        func text(_ value: JSONValue?) -> String {
-            switch value {
-            case .string(let s): return s
-            case .number(let n): return n.rounded() == n ? String(Int64(n)) : String(n)
-            default: return "-"
-            }
-        }
+        func text(_ value: (any CustomStringConvertible)?) -> String { value.map { "\($0)" } ?? "-" }
         var rows = [["ORD", "SHARD", "PID", "STATE", "UPTIME", "RESTARTS", "LAST EXIT", "GW MS", "EVENTS/S"]]
-        for worker in workers {
-            let shard: String
-            if case .array(let parts) = worker["shard"] ?? .null, parts.count == 2 { shard = "\(text(parts[0]))/\(text(parts[1]))" } else { shard = "-" }
-            let uptime = worker["uptimeSeconds"].flatMap { if case .number(let n) = $0 { return DurationFormat.human(.milliseconds(Int64(n * 1000))) } else { return nil } } ?? "-"
-            var state = text(worker["state"])
-            if let failure = worker["failure"]?.stringValue { state += " (\(failure))" }
-            rows.append([text(worker["ordinal"]), shard, text(worker["pid"]), state, uptime, text(worker["restarts"]), text(worker["lastExit"]), text(worker["gatewayLatencyMs"]), text(worker["eventsPerSecond"])])
+        for worker in status.workers {
+            let uptime = worker.uptimeSeconds.map { DurationFormat.human(.milliseconds(Int64($0 * 1000))) } ?? "-"
+            let state = worker.failure.map { "\(worker.state) (\($0))" } ?? worker.state
+            rows.append([
+                String(worker.ordinal), worker.shard.map(String.init).joined(separator: "/"), text(worker.pid), state, uptime,
+                String(worker.restarts), text(worker.lastExit), text(worker.gatewayLatencyMs), text(worker.eventsPerSecond),
+            ])
         }
         let widths = rows[0].indices.map { column in rows.map { $0[column].count }.max() ?? 0 }
         for row in rows {
             printLine(row.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }.joined(separator: "  "))
         }
-        if case .array(let missing) = status["unresponsive"] ?? .null, !missing.isEmpty {
-            printLine("not answering IPC: workers \(missing.map(text).joined(separator: ", "))")
+        if !status.unresponsive.isEmpty {
+            printLine("not answering IPC: workers \(status.unresponsive.map(String.init).joined(separator: ", "))")
         }
     }
 }
@@ -116,11 +111,11 @@ struct RestartCommand: AsyncParsableCommand {
 
     func run() async throws {
         if rolling {
-            printLine(try await control(options, ControlCommand.rolling, String(maxUnavailable), timeout: .seconds(3600)))
+            printLine(try await control(options, .rollingRestart(maxUnavailable: maxUnavailable), timeout: .seconds(3600)))
             return
         }
-        let argument = shard.map { "shard:\($0)" } ?? String(ordinal!)
-        printLine(try await control(options, ControlCommand.restart, argument))
+        let target: ControlCommand.RestartTarget = shard.map { .shard($0) } ?? .ordinal(ordinal!)
+        printLine(try await control(options, .restart(target)))
     }
 }
 
@@ -141,7 +136,8 @@ struct ScaleCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        printLine(try await control(options, ControlCommand.scale, plan ? "\(shards) plan" : shards, timeout: .seconds(3600)))
+        let target: ControlCommand.ScaleTarget = shards == "auto" ? .recommended : .count(Int(shards)!)
+        printLine(try await control(options, .scale(target, planOnly: plan), timeout: .seconds(3600)))
     }
 }
 
@@ -152,7 +148,7 @@ struct StopCommand: AsyncParsableCommand {
 
     func run() async throws {
         let client = try await connectToSupervisor(options)
-        let reply = try await client.request(timeout: .seconds(10)) { .controlRequest(id: $0, command: ControlCommand.stop, argument: "") }
+        let reply = try await client.request(timeout: .seconds(10)) { .controlRequest(id: $0, command: .stop) }
         if case .controlReply(_, _, let body) = reply { printLine(body) }
         // The supervisor closes its socket as it exits.
         let reason = try await client.closed.wait()
@@ -169,7 +165,7 @@ struct UserCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Print JSON.") var json = false
 
     func run() async throws {
-        let body = try await control(options, ControlCommand.user, id)
+        let body = try await control(options, .user(id: id))
         guard !json, let reply = try? JSONValue.parse(body), case .object(let workers) = reply["workers"] ?? .null else {
             printLine(body)
             return

@@ -1,6 +1,7 @@
 import ArgumentParser
 import ClusterCore
 import ClusterIPC
+import ClusterProtocol
 import Foundation
 import Logging
 import QQGateway

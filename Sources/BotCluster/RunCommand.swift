@@ -4,6 +4,7 @@ import Logging
 import QQGateway
 import RateBudget
 import ClusterIPC
+import ClusterProtocol
 import ServiceLifecycle
 import UserCache
 import UnixSignals

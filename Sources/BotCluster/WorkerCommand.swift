@@ -2,6 +2,7 @@ import ArgumentParser
 import CBotSystem
 import ClusterCore
 import ClusterIPC
+import ClusterProtocol
 import Logging
 import QQGateway
 import RateBudget

@@ -3,6 +3,7 @@ import AsyncHTTPClient
 import BotCluster
 import ClusterCore
 import ClusterIPC
+import ClusterProtocol
 import CSQLiteBench
 import Logging
 import NIOCore
@@ -490,7 +491,7 @@ struct KillResumeBench: AsyncParsableCommand {
 }
 
 func controlStatus(_ socket: String) async throws -> JSONValue {
-    let (ok, body) = try await IPCClient.control(path: socket, "status")
+    let (ok, body) = try await IPCClient.control(path: socket, .status)
     guard ok else { throw BenchError("status failed: \(body)") }
     return try JSONValue.parse(body)
 }

@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import ArgumentParser
 import ClusterCore
 import ClusterIPC
+import ClusterProtocol
 import Foundation
 import NIOCore
 import NIOHTTP1
@@ -79,11 +80,11 @@ struct Chaos: AsyncParsableCommand {
             case .scaleUp, .scaleDown:
                 let next = action == .scaleUp ? min(8, current + 1 + Int(rng.next() % 2)) : max(2, current - 1 - Int(rng.next() % 2))
                 guard next != current else { continue }
-                let (ok, text) = await controlCommand(socket, "scale", String(next), timeout: .seconds(120))
+                let (ok, text) = await controlCommand(socket, .scale(.count(next), planOnly: false), timeout: .seconds(120))
                 log("scale \(current) -> \(next): \(text)")
                 if ok { current = next }
             case .rolling:
-                let (_, text) = await controlCommand(socket, "rolling", "1", timeout: .seconds(120))
+                let (_, text) = await controlCommand(socket, .rollingRestart(maxUnavailable: 1), timeout: .seconds(120))
                 log("rolling restart: \(text)")
             }
         }
@@ -144,9 +145,9 @@ struct Chaos: AsyncParsableCommand {
         return workers
     }
 
-    func controlCommand(_ socket: String, _ command: String, _ argument: String, timeout: Duration) async -> (Bool, String) {
+    func controlCommand(_ socket: String, _ command: ControlCommand, timeout: Duration) async -> (Bool, String) {
         do {
-            return try await IPCClient.control(path: socket, command, argument, timeout: timeout)
+            return try await IPCClient.control(path: socket, command, timeout: timeout)
         } catch {
             return (false, "\(error)")
         }

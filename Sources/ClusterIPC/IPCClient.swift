@@ -1,3 +1,4 @@
+import ClusterProtocol
 import ClusterCore
 import Logging
 import NIOCore
@@ -193,23 +194,21 @@ extension IPCClient {
     /// One control request (`status`, `scale`, ...): whether the supervisor did it, and its answer. Progress lines
     /// the supervisor sends meanwhile go to `progress`.
     public func control(
-        _ command: String, _ argument: String = "", timeout: Duration, progress: (@Sendable (String) -> Void)? = nil
+        _ command: ControlCommand, timeout: Duration, progress: (@Sendable (String) -> Void)? = nil
     ) async throws -> (ok: Bool, body: String) {
         let reply = try await request(timeout: timeout, progress: { message in
             if case .controlProgress(_, let line) = message { progress?(line) }
-        }) { .controlRequest(id: $0, command: command, argument: argument) }
+        }) { .controlRequest(id: $0, command: command) }
         guard case .controlReply(_, let ok, let body) = reply else {
-            throw IPCRequestError("\(command): unexpected reply \(reply.name)")
+            throw IPCRequestError("\(command.name): unexpected reply \(reply.name)")
         }
         return (ok, body)
     }
 
     /// Connects to the supervisor at `path` as a control client, makes one control request, and disconnects.
-    public static func control(
-        path: String, _ command: String, _ argument: String = "", timeout: Duration = .seconds(10)
-    ) async throws -> (ok: Bool, body: String) {
+    public static func control(path: String, _ command: ControlCommand, timeout: Duration = .seconds(10)) async throws -> (ok: Bool, body: String) {
         let client = try await IPCClient.connect(path: path, hello: Hello(role: .control, pid: getpid()))
         defer { client.close() }
-        return try await client.control(command, argument, timeout: timeout)
+        return try await client.control(command, timeout: timeout)
     }
 }

@@ -1,3 +1,4 @@
+import ClusterProtocol
 import NIOCore
 
 /// Splits the stream into length-prefixed frames and decodes each into an `IPCMessage`. A frame over the size

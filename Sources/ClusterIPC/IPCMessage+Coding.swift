@@ -1,3 +1,4 @@
+import ClusterProtocol
 import NIOCore
 
 // The wire form: [UInt32 length][UInt8 type][fields]. Integers are big-endian and fixed-width; strings are a
@@ -155,9 +156,9 @@ extension IPCMessage {
             case .disconnected(let code):
                 buffer.writeInteger(UInt8(2))
                 buffer.writeInteger(code)
-            case .failed(let kind, let code):
+            case .failed(let failure, let code):
                 buffer.writeInteger(UInt8(3))
-                buffer.writeInteger(kind)
+                buffer.writeInteger(failure.rawValue)
                 buffer.writeInteger(code)
             }
         case .drained(let sessionID, let seq):
@@ -199,11 +200,11 @@ extension IPCMessage {
             buffer.writeInteger(MessageType.claimResults.rawValue)
             buffer.writeInteger(id)
             buffer.writeInteger(UInt32(decisions.count))
-            buffer.writeBytes(decisions)
+            buffer.writeBytes(decisions.map(\.rawValue))
         case .claimResolved(let key, let decision):
             buffer.writeInteger(MessageType.claimResolved.rawValue)
             buffer.writeIPCString(key)
-            buffer.writeInteger(decision)
+            buffer.writeInteger(decision.rawValue)
         case .claimsDone(let keys):
             buffer.writeInteger(MessageType.claimsDone.rawValue)
             buffer.writeIPCStrings(keys)
@@ -230,11 +231,10 @@ extension IPCMessage {
             buffer.writeInteger(MessageType.userAnswer.rawValue)
             buffer.writeInteger(id)
             buffer.writeIPCOptionalString(username)
-        case .controlRequest(let id, let command, let argument):
+        case .controlRequest(let id, let command):
             buffer.writeInteger(MessageType.controlRequest.rawValue)
             buffer.writeInteger(id)
-            buffer.writeIPCString(command)
-            buffer.writeIPCString(argument)
+            buffer.writeControlCommand(command)
         case .controlProgress(let id, let line):
             buffer.writeInteger(MessageType.controlProgress.rawValue)
             buffer.writeInteger(id)
@@ -305,7 +305,10 @@ extension IPCMessage {
             case 0: message = .gatewayState(.ready(sessionID: try frame.readIPCString("sessionID")))
             case 1: message = .gatewayState(.resumed(sessionID: try frame.readIPCString("sessionID")))
             case 2: message = .gatewayState(.disconnected(code: try frame.readIPC(Int32.self, "code")))
-            case 3: message = .gatewayState(.failed(kind: try frame.readIPC(UInt8.self, "kind"), code: try frame.readIPC(Int32.self, "code")))
+            case 3:
+                let raw = try frame.readIPC(UInt8.self, "failure")
+                guard let failure = GatewayFailure(rawValue: raw) else { throw IPCProtocolError("unknown gateway failure \(raw)") }
+                message = .gatewayState(.failed(failure, code: try frame.readIPC(Int32.self, "code")))
             case let other: throw IPCProtocolError("unknown gateway state \(other)")
             }
         case .drained:
@@ -332,9 +335,9 @@ extension IPCMessage {
             guard Int(count) <= frame.readableBytes, let bytes = frame.readBytes(length: Int(count)) else {
                 throw IPCProtocolError("truncated frame: \(count) decisions")
             }
-            message = .claimResults(id: id, decisions: bytes)
+            message = .claimResults(id: id, decisions: try bytes.map { raw throws(IPCProtocolError) in try ClaimDecision.decode(raw) })
         case .claimResolved:
-            message = .claimResolved(key: try frame.readIPCString("key"), decision: try frame.readIPC(UInt8.self, "decision"))
+            message = .claimResolved(key: try frame.readIPCString("key"), decision: try ClaimDecision.decode(try frame.readIPC(UInt8.self, "decision")))
         case .claimsDone:
             message = .claimsDone(keys: try frame.readIPCStrings("keys"))
         case .claimsReleased:
@@ -354,7 +357,7 @@ extension IPCMessage {
         case .userAnswer:
             message = .userAnswer(id: try frame.readIPC(UInt64.self, "id"), username: try frame.readIPCOptionalString("username"))
         case .controlRequest:
-            message = .controlRequest(id: try frame.readIPC(UInt64.self, "id"), command: try frame.readIPCString("command"), argument: try frame.readIPCString("argument"))
+            message = .controlRequest(id: try frame.readIPC(UInt64.self, "id"), command: try frame.readControlCommand())
         case .controlProgress:
             message = .controlProgress(id: try frame.readIPC(UInt64.self, "id"), line: try frame.readIPCString("line"))
         case .controlReply:
@@ -362,5 +365,60 @@ extension IPCMessage {
         }
         if frame.readableBytes > 0 { throw IPCProtocolError("\(frame.readableBytes) unexpected bytes after a \(message.name) message") }
         return message
+    }
+}
+
+extension ClaimDecision {
+    static func decode(_ raw: UInt8) throws(IPCProtocolError) -> ClaimDecision {
+        guard let decision = ClaimDecision(rawValue: raw) else { throw IPCProtocolError("unknown claim decision \(raw)") }
+        return decision
+    }
+}
+
+/// A control command on the wire: a kind byte, then its arguments.
+enum ControlKind: UInt8 {
+    case status = 1, restartOrdinal = 2, restartShard = 3, rolling = 4, scaleCount = 5, scaleRecommended = 6, stop = 7, user = 8
+}
+
+extension ByteBuffer {
+    mutating func writeControlCommand(_ command: ControlCommand) {
+        switch command {
+        case .status: writeInteger(ControlKind.status.rawValue)
+        case .restart(.ordinal(let n)):
+            writeInteger(ControlKind.restartOrdinal.rawValue)
+            writeInteger(Int32(clamping: n))
+        case .restart(.shard(let n)):
+            writeInteger(ControlKind.restartShard.rawValue)
+            writeInteger(Int32(clamping: n))
+        case .rollingRestart(let maxUnavailable):
+            writeInteger(ControlKind.rolling.rawValue)
+            writeInteger(Int32(clamping: maxUnavailable))
+        case .scale(.count(let n), let planOnly):
+            writeInteger(ControlKind.scaleCount.rawValue)
+            writeInteger(Int32(clamping: n))
+            writeInteger(UInt8(planOnly ? 1 : 0))
+        case .scale(.recommended, let planOnly):
+            writeInteger(ControlKind.scaleRecommended.rawValue)
+            writeInteger(UInt8(planOnly ? 1 : 0))
+        case .stop: writeInteger(ControlKind.stop.rawValue)
+        case .user(let id):
+            writeInteger(ControlKind.user.rawValue)
+            writeIPCString(id)
+        }
+    }
+
+    mutating func readControlCommand() throws(IPCProtocolError) -> ControlCommand {
+        let raw = try readIPC(UInt8.self, "command")
+        guard let kind = ControlKind(rawValue: raw) else { throw IPCProtocolError("unknown control command \(raw)") }
+        switch kind {
+        case .status: return .status
+        case .restartOrdinal: return .restart(.ordinal(Int(try readIPC(Int32.self, "ordinal"))))
+        case .restartShard: return .restart(.shard(Int(try readIPC(Int32.self, "shard"))))
+        case .rolling: return .rollingRestart(maxUnavailable: Int(try readIPC(Int32.self, "maxUnavailable")))
+        case .scaleCount: return .scale(.count(Int(try readIPC(Int32.self, "shards"))), planOnly: try readIPCBool("planOnly"))
+        case .scaleRecommended: return .scale(.recommended, planOnly: try readIPCBool("planOnly"))
+        case .stop: return .stop
+        case .user: return .user(id: try readIPCString("user"))
+        }
     }
 }

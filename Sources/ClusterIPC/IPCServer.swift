@@ -1,3 +1,4 @@
+import ClusterProtocol
 import ClusterCore
 import Logging
 import NIOCore

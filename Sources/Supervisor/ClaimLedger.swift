@@ -1,4 +1,5 @@
 import ClusterCore
+import ClusterProtocol
 
 /// The cluster's record of handled events, which makes at-least-once delivery (resume replays, duplicate pushes,
 /// two layouts overlapping during a rescale) into handling each event once. Pure: the time is a parameter.
@@ -7,13 +8,7 @@ import ClusterCore
 /// a live worker makes others wait; a claim of a worker that died is released, so its replacement, which gets the
 /// event again by resuming, handles it. Completed events are remembered for `ttl`.
 public struct ClaimLedger: Sendable {
-    public enum Decision: UInt8, Sendable, Equatable {
-        /// Someone handled it, or this worker may no longer handle events: skip.
-        case skip = 0
-        case handle = 1
-        /// Another live worker is handling it: the answer comes when that one completes or releases it.
-        case wait = 2
-    }
+    public typealias Decision = ClaimDecision
 
     /// A decision made later for a key that had to wait.
     public struct Resolution: Sendable, Equatable {

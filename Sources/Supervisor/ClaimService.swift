@@ -1,5 +1,6 @@
 import ClusterCore
 import ClusterIPC
+import ClusterProtocol
 import Synchronization
 
 /// The claim ledger served over IPC, answered on the event loop: a batch of claims gets its decisions in one
@@ -14,9 +15,9 @@ final class ClaimService: Sendable {
 
     var remembered: Int { ledger.withLock { $0.remembered } }
 
-    func claim(_ keys: [String], by connection: IPCConnection) -> [UInt8] {
+    func claim(_ keys: [String], by connection: IPCConnection) -> [ClaimDecision] {
         connections.withLock { $0[connection.id] = connection }
-        return ledger.withLock { $0.claim(keys, by: connection.id, now: .now()) }.map(\.rawValue)
+        return ledger.withLock { $0.claim(keys, by: connection.id, now: .now()) }
     }
 
     func complete(_ keys: [String], by connection: IPCConnection) {
@@ -49,7 +50,7 @@ final class ClaimService: Sendable {
         guard !resolutions.isEmpty else { return }
         let targets = connections.withLock { $0 }
         for resolution in resolutions {
-            targets[resolution.requester]?.send(.claimResolved(key: resolution.key, decision: resolution.decision.rawValue))
+            targets[resolution.requester]?.send(.claimResolved(key: resolution.key, decision: resolution.decision))
         }
     }
 }

@@ -1,5 +1,5 @@
 import ClusterCore
-import ClusterIPC
+import ClusterProtocol
 
 /// How a worker process ended.
 public enum ExitStatus: Sendable, Equatable, CustomStringConvertible {
@@ -12,6 +12,14 @@ public enum ExitStatus: Sendable, Equatable, CustomStringConvertible {
         case .signaled(let signal): return "signal \(signal)\(signal == 9 ? " (SIGKILL)" : signal == 6 ? " (SIGABRT)" : signal == 15 ? " (SIGTERM)" : "")"
         }
     }
+}
+
+/// The signals the supervisor sends a worker, by what they ask.
+public enum WorkerSignal: Sendable, Equatable {
+    /// SIGTERM: drain and exit.
+    case terminate
+    /// SIGABRT: a hung worker, for a dump before the SIGKILL.
+    case abort
 }
 
 /// A worker's lifecycle state, as `botcluster status` shows it.
@@ -97,7 +105,7 @@ public struct ClusterStateMachine: Sendable {
 
     public enum Action: Sendable, Equatable {
         case spawn(ordinal: Int, generation: UInt64, shard: ShardID)
-        case signal(pid: Int32, signal: Int32)
+        case signal(pid: Int32, signal: WorkerSignal)
         /// SIGKILL to the worker's whole process group (it and anything it started).
         case killGroup(pid: Int32)
         /// The worker looks hung: read whatever it has sent that is still waiting on this side (a supervisor whose
@@ -243,7 +251,7 @@ public struct ClusterStateMachine: Sendable {
                 workers[ordinal].respawnWhenExited = true
                 workers[ordinal].state = .draining
                 workers[ordinal].stopRequestedAt = now
-                return [.log(.info, "worker \(ordinal): restarting on request (draining pid \(pid))"), .signal(pid: pid, signal: 15)]
+                return [.log(.info, "worker \(ordinal): restarting on request (draining pid \(pid))"), .signal(pid: pid, signal: .terminate)]
             }
         case .stop:
             guard !stopping else { return [] }
@@ -257,7 +265,7 @@ public struct ClusterStateMachine: Sendable {
                 default:
                     workers[i].state = .draining
                     workers[i].stopRequestedAt = now
-                    if let pid = workers[i].pid { actions.append(.signal(pid: pid, signal: 15)) }
+                    if let pid = workers[i].pid { actions.append(.signal(pid: pid, signal: .terminate)) }
                 }
             }
             if workers.allSatisfy({ !$0.state.isLive }) { actions.append(.allStopped) }
@@ -397,7 +405,7 @@ public struct ClusterStateMachine: Sendable {
         let what = worker.lastHeard == nil ? "never said hello" : "sent nothing"
         return [
             .log(.warning, "worker \(worker.ordinal) (pid \(pid)) \(what) for \(DurationFormat.human(now - silentSince)): hung; SIGABRT, then SIGKILL after \(DurationFormat.format(timings.abortGrace))"),
-            .signal(pid: pid, signal: 6),
+            .signal(pid: pid, signal: .abort),
         ]
     }
 

@@ -235,6 +235,9 @@ public final class ClusterStore: Sendable {
                     try db.execute(sql: "DELETE FROM handled_events WHERE handled_at < ?", arguments: [now - ttl.seconds])
                 }
             }
+        } catch is CancellationError {
+            // The flusher stops; what is pending stays for the last flush.
+            return
         } catch {
             switch SQLiteFailure(error) {
             case .damaged:

@@ -1,23 +1,12 @@
 import ClusterCore
 import ClusterIPC
+import ClusterProtocol
 import Foundation
 import Synchronization
 
-/// The control commands the supervisor answers over its socket.
-public enum ControlCommand {
-    public static let status = "status"
-    public static let restart = "restart"
-    public static let stop = "stop"
-    public static let user = "user"
-    /// `scale` with "M", "M plan", "auto" or "auto plan".
-    public static let scale = "scale"
-    /// `rolling` with the most workers to replace at once.
-    public static let rolling = "rolling"
-}
-
 extension ClusterSupervisor {
     func handleControl(_ message: IPCMessage, on connection: IPCConnection) {
-        guard case .controlRequest(let id, let command, let argument) = message else {
+        guard case .controlRequest(let id, let command) = message else {
             if case .ping(let id) = message { connection.send(.pong(id: id)) }
             return
         }
@@ -29,54 +18,58 @@ extension ClusterSupervisor {
                 connection.endWork()
             }
         }
+        let progress: @Sendable (String) -> Void = { line in connection.send(.controlProgress(id: id, line: line)) }
         switch command {
-        case ControlCommand.status:
-            work { await connection.send(.controlReply(id: id, ok: true, body: self.statusJSON().serialized())) }
-        case ControlCommand.restart:
-            let (ok, text) = restart(argument)
+        case .status:
+            work { await connection.send(.controlReply(id: id, ok: true, body: Self.encode(self.status()))) }
+        case .restart(let target):
+            let (ok, text) = restart(target)
             connection.send(.controlReply(id: id, ok: ok, body: text))
-        case ControlCommand.user:
+        case .user(let userID):
             work {
-                let (answers, missing) = await self.askWorkers(about: argument, deadline: .milliseconds(500))
+                let (answers, missing) = await self.askWorkers(about: userID, deadline: .milliseconds(500))
                 let body = JSONValue.object([
-                    ("user", .string(argument)),
+                    ("user", .string(userID)),
                     ("workers", .object(answers.sorted { $0.key < $1.key }.map { (String($0.key), $0.value.map { .string($0) } ?? .null) })),
                     ("unresponsive", .array(missing.map { .number(Double($0)) })),
                 ])
                 connection.send(.controlReply(id: id, ok: true, body: body.serialized()))
             }
-        case ControlCommand.stop:
+        case .stop:
             // `botcluster stop` returns when this connection closes with the supervisor: never idle until then.
             connection.beginWork()
             connection.send(.controlReply(id: id, ok: true, body: "stopping \(shardCount) workers (supervisor pid \(getpid()))"))
             dispatch(.stop)
-        case ControlCommand.scale:
+        case .scale(let target, let planOnly):
             work {
-                let (ok, text) = await self.scale(argument) { connection.send(.controlProgress(id: id, line: $0)) }
+                let (ok, text) = await self.scale(to: target, planOnly: planOnly, progress: progress)
                 connection.send(.controlReply(id: id, ok: ok, body: text))
             }
-        case ControlCommand.rolling:
-            let maxUnavailable = min(max(1, Int(argument) ?? 1), ShardsConfig.maxCount)
+        case .rollingRestart(let requested):
+            let maxUnavailable = min(max(1, requested), ShardsConfig.maxCount)
             work {
-                let (ok, text) = await self.rollingRestart(maxUnavailable: maxUnavailable) { connection.send(.controlProgress(id: id, line: $0)) }
+                let (ok, text) = await self.rollingRestart(maxUnavailable: maxUnavailable, progress: progress)
                 connection.send(.controlReply(id: id, ok: ok, body: text))
             }
-        default:
-            connection.send(.controlReply(id: id, ok: false, body: "unknown command \"\(command)\"; known: status, restart, rolling, scale, stop, user"))
         }
     }
 
-    /// `restart N` (an ordinal) or `restart shard:K`.
-    func restart(_ argument: String) -> (Bool, String) {
+    /// A status as JSON text (the reply body of `status`).
+    static func encode(_ status: ClusterStatus) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return (try? encoder.encode(status)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
+    }
+
+    /// Restarts one worker, named by ordinal or by shard.
+    func restart(_ target: ControlCommand.RestartTarget) -> (Bool, String) {
         let count = shardCount
-        let ordinal: Int?
-        if argument.hasPrefix("shard:") {
-            ordinal = Int(argument.dropFirst(6))
-        } else {
-            ordinal = Int(argument)
+        let ordinal: Int
+        switch target {
+        case .ordinal(let n), .shard(let n): ordinal = n
         }
-        guard let ordinal, (0..<count).contains(ordinal) else {
-            return (false, "no worker \(argument): ordinals and shards are 0...\(count - 1)")
+        guard (0..<count).contains(ordinal) else {
+            return (false, "no worker \(ordinal): ordinals and shards are 0...\(count - 1)")
         }
         dispatch(.restart(ordinal: ordinal))
         return (true, "restarting worker \(ordinal) (shard \(ordinal)/\(count))")
@@ -142,70 +135,45 @@ extension ClusterSupervisor {
     }
 
     /// The cluster as `botcluster status --json` prints it.
-    func statusJSON() async -> JSONValue {
+    func status() async -> ClusterStatus {
         let (rtt, missing) = await pingWorkers(deadline: .milliseconds(500))
         let now = MonotonicInstant.now()
         let (activeID, all) = layouts.withLock { layouts in (layouts.active.id, layouts.layouts.map { ($0.id, $0.role, $0.machine.workers) }) }
         let rates = rates.withLock { $0 }
         let identify = ledger.snapshot
         let tokens = budget.grantedTo
-        func number(_ value: Double) -> JSONValue { .number((value * 10).rounded() / 10) }
-        func entries(_ layout: Int, _ workers: [WorkerRecord], role: ClusterLayouts.Role) -> [JSONValue] {
+        func rounded(_ value: Double) -> Double { (value * 10).rounded() / 10 }
+        func entries(_ layout: Int, _ workers: [WorkerRecord], role: ClusterLayouts.Role) -> [ClusterStatus.Worker] {
             let connectionIDs = workerConnections(of: layout).mapValues(\.id)
-            return workers.map { worker -> JSONValue in
-            var fields: [(key: String, value: JSONValue)] = [
-                ("ordinal", .number(Double(worker.ordinal))),
-                ("shard", .array([.number(Double(worker.shard.id)), .number(Double(worker.shard.total))])),
-                ("pid", worker.pid.map { .number(Double($0)) } ?? .null),
-                ("state", .string(worker.state.rawValue)),
-                ("generation", .number(Double(worker.generation))),
-                ("uptimeSeconds", worker.state.isLive ? worker.startedAt.map { number((now - $0).seconds) } ?? .null : .null),
-                ("restarts", .number(Double(worker.restarts))),
-                ("lastExit", worker.lastExit.map { .string($0.description) } ?? .null),
-                ("gatewayLatencyMs", worker.progress.flatMap { $0.heartbeatLatencyMicros >= 0 ? number(Double($0.heartbeatLatencyMicros) / 1000) : nil } ?? .null),
-                ("lastEventAgeMs", worker.progress.flatMap { $0.lastEventAgeMillis >= 0 ? .number(Double($0.lastEventAgeMillis)) : nil } ?? .null),
-                ("eventsPerSecond", worker.state.isLive ? number(rates[worker.generation]?.perSecond ?? 0) : .null),
-                ("reconnects", worker.progress.map { .number(Double($0.reconnects)) } ?? .null),
-                ("handled", worker.progress.map { .number(Double($0.handled)) } ?? .null),
-                ("ipcLatencyMs", role == .active ? rtt[worker.ordinal].map { number($0.milliseconds) } ?? .null : .null),
-                ("restTokens", connectionIDs[worker.ordinal].map { .number(Double(tokens[$0] ?? 0)) } ?? .null),
-                ("session", worker.session.map { .object([("id", .string($0.id)), ("seq", .number(Double($0.seq)))]) } ?? .null),
-            ]
-            if let failure = worker.failure { fields.append(("failure", .string(failure))) }
-            if role != .active { fields.append(("layout", .string(role.rawValue))) }
-            return .object(fields)
+            return workers.map { worker in
+                var entry = ClusterStatus.Worker(
+                    ordinal: worker.ordinal, shard: [worker.shard.id, worker.shard.total], pid: worker.pid, state: worker.state.rawValue,
+                    generation: worker.generation, restarts: worker.restarts
+                )
+                entry.uptimeSeconds = worker.state.isLive ? worker.startedAt.map { rounded((now - $0).seconds) } : nil
+                entry.lastExit = worker.lastExit?.description
+                entry.gatewayLatencyMs = worker.progress.flatMap { $0.heartbeatLatencyMicros >= 0 ? rounded(Double($0.heartbeatLatencyMicros) / 1000) : nil }
+                entry.lastEventAgeMs = worker.progress.flatMap { $0.lastEventAgeMillis >= 0 ? $0.lastEventAgeMillis : nil }
+                entry.eventsPerSecond = worker.state.isLive ? rounded(rates[worker.generation]?.perSecond ?? 0) : nil
+                entry.reconnects = worker.progress.map { Int($0.reconnects) }
+                entry.handled = worker.progress?.handled
+                entry.ipcLatencyMs = role == .active ? rtt[worker.ordinal].map { rounded($0.milliseconds) } : nil
+                entry.restTokens = connectionIDs[worker.ordinal].map { tokens[$0] ?? 0 }
+                entry.session = worker.session.map { ClusterStatus.Session(id: $0.id, seq: $0.seq) }
+                entry.failure = worker.failure
+                entry.layout = role == .active ? nil : role.rawValue
+                return entry
             }
         }
-        let active = all.filter { $0.0 == activeID }.flatMap { entries($0.0, $0.2, role: .active) }
-        let others = all.filter { $0.0 != activeID }.flatMap { entries($0.0, $0.2, role: $0.1) }
-        let supervisor: JSONValue = .object([
-            ("pid", .number(Double(getpid()))),
-            ("uptimeSeconds", number((now - startedAt).seconds)),
-            ("shards", .number(Double(shardCount))),
-            ("socket", .string(setup.config.supervisor.socket)),
-        ])
-        let identifyJSON: JSONValue = .object([
-            ("maxConcurrency", .number(Double(identify.maxConcurrency))),
-            ("remainingToday", .number(Double(identify.remaining))),
-            ("granted", .number(Double(identify.granted))),
-            ("waiting", .number(Double(identify.waiting))),
-        ])
         let budgetSnapshot = budget.snapshot
-        let budgetJSON: JSONValue = .object([
-            ("rate", .number(setup.config.rateBudget.globalRate)),
-            ("granted", .number(Double(budgetSnapshot.granted))),
-            ("waiting", .number(Double(budgetSnapshot.waiting))),
-        ])
-        let exactlyOnce: JSONValue = .object([("remembered", .number(Double(claims.remembered)))])
-        let unresponsive: JSONValue = .array(missing.map { .number(Double($0)) })
-        return .object([
-            ("supervisor", supervisor),
-            ("identify", identifyJSON),
-            ("rateBudget", budgetJSON),
-            ("exactlyOnce", exactlyOnce),
-            ("workers", .array(active)),
-            ("otherLayouts", .array(others)),
-            ("unresponsive", unresponsive),
-        ])
+        return ClusterStatus(
+            supervisor: .init(pid: getpid(), uptimeSeconds: rounded((now - startedAt).seconds), shards: shardCount, socket: setup.config.supervisor.socket),
+            identify: .init(maxConcurrency: identify.maxConcurrency, remainingToday: identify.remaining, granted: identify.granted, waiting: identify.waiting),
+            rateBudget: .init(rate: setup.config.rateBudget.globalRate, granted: budgetSnapshot.granted, waiting: budgetSnapshot.waiting),
+            exactlyOnce: .init(remembered: claims.remembered),
+            workers: all.filter { $0.0 == activeID }.flatMap { entries($0.0, $0.2, role: .active) },
+            otherLayouts: all.filter { $0.0 != activeID }.flatMap { entries($0.0, $0.2, role: $0.1) },
+            unresponsive: missing
+        )
     }
 }

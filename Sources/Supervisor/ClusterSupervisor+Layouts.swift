@@ -1,21 +1,20 @@
 import ClusterCore
 import ClusterIPC
+import ClusterProtocol
 import Foundation
 import Logging
 import QQGateway
 import Synchronization
 
 extension ClusterSupervisor {
-    /// `botcluster scale`: "M" or "auto", with " plan" to only print the plan.
+    /// `botcluster scale`: to a count or the platform's recommendation; `planOnly` only says what would happen.
     ///
     /// Blue/green by layout: the new layout (M shards, `[i, M]`) connects and gets ready while the current one
     /// serves; its workers hold dispatch. When every new shard is ready, the new workers start handling, and the old
     /// ones handle everything the gateway sent them until then (a fence; the shared claims keep each event that
     /// both layouts received to one handler), then drain and exit. A new
     /// layout that cannot get ready (budget, timeout, a worker that fails) is abandoned and the old one serves on.
-    func scale(_ argument: String, progress: @escaping @Sendable (String) -> Void) async -> (Bool, String) {
-        let words = argument.split(separator: " ").map(String.init)
-        let planOnly = words.contains("plan")
+    func scale(to requested: ControlCommand.ScaleTarget, planOnly: Bool, progress: @escaping @Sendable (String) -> Void) async -> (Bool, String) {
         // The platform's word now: its recommendation, and the session starts left today (the day may have reset
         // since launch, and the ledger only counts down).
         var info: GatewayBotInfo?
@@ -26,13 +25,15 @@ extension ClusterSupervisor {
         }
         if let info { ledger.updateRemaining(info.remaining) }
         let target: Int
-        if words.first == "auto" {
+        switch requested {
+        case .recommended:
             guard let info else { return (false, "cannot ask the platform for its recommendation") }
             target = info.shards
-        } else if let n = words.first.flatMap(Int.init), (1...ShardsConfig.maxCount).contains(n) {
+        case .count(let n):
+            guard (1...ShardsConfig.maxCount).contains(n) else {
+                return (false, "scale: give a shard count 1...\(ShardsConfig.maxCount) or auto, got \(n)")
+            }
             target = n
-        } else {
-            return (false, "scale: give a shard count 1...\(ShardsConfig.maxCount) or auto, got \"\(argument)\"")
         }
         let current = shardCount
         let identify = ledger.snapshot
@@ -172,7 +173,7 @@ extension ClusterSupervisor {
         }
         controlContinuation.yield {
             self.logger.warning("4011: resharding to the platform's recommendation")
-            let (ok, text) = await self.scale("auto") { self.logger.info("reshard: \($0)") }
+            let (ok, text) = await self.scale(to: .recommended, planOnly: false) { self.logger.info("reshard: \($0)") }
             if ok { self.logger.info("reshard done: \(text)") } else { self.logger.error("reshard: \(text)") }
         }
     }

@@ -1,5 +1,6 @@
 import ClusterCore
 import ClusterIPC
+import ClusterProtocol
 import Foundation
 import Logging
 import NIOCore
@@ -27,14 +28,6 @@ public struct SupervisorSetup: Sendable {
         self.gateway = gateway
         self.shards = shards
     }
-}
-
-/// Environment variables a worker process reads.
-public enum WorkerEnvironment {
-    public static let socket = "BOTCLUSTER_SOCKET"
-    public static let ordinal = "BOTCLUSTER_ORDINAL"
-    public static let generation = "BOTCLUSTER_GENERATION"
-    public static let supervisorPID = "BOTCLUSTER_SUPERVISOR_PID"
 }
 
 /// `botcluster launch`: spawns one worker per shard, answers their IPC (identify slots, sessions, health),
@@ -187,7 +180,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             case .spawn(let ordinal, let generation, let shard):
                 spawnContinuation.yield((ordinal, generation, shard))
             case .signal(let pid, let signal):
-                kill(pid, signal)
+                kill(pid, signal == .abort ? SIGABRT : SIGTERM)
             case .killGroup(let pid):
                 kill(-pid, SIGKILL)
             case .confirmHang(let ordinal, let generation):
@@ -355,10 +348,15 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             dispatch(.sessionInvalidated(ordinal: ordinal, generation: generation))
         case .gatewayState(.ready), .gatewayState(.resumed):
             dispatch(.gatewayReady(ordinal: ordinal, generation: generation))
-        case .gatewayState(.failed(let kind, let code)):
-            let what = kind == 2 ? "too many guilds for this shard count (close \(code))" : kind == 3 ? "the bot is delisted or banned (close \(code))" : "the gateway refused the configuration (close \(code))"
+        case .gatewayState(.failed(let failure, let code)):
+            let what: String
+            switch failure {
+            case .configuration: what = "the gateway refused the configuration (close \(code))"
+            case .reshardRequired: what = "too many guilds for this shard count (close \(code))"
+            case .banned: what = "the bot is delisted or banned (close \(code))"
+            }
             dispatch(.gatewayFailed(ordinal: ordinal, generation: generation, reason: what))
-            if kind == 2 { reshardAfter4011() }
+            if failure == .reshardRequired { reshardAfter4011() }
         case .gatewayState(.disconnected):
             break
         case .dispatchFinished:

@@ -1,5 +1,6 @@
 import ClusterCore
 import ClusterIPC
+import ClusterProtocol
 import Synchronization
 
 /// The identify ledger served over IPC: requests are answered on the event loop that received them when a slot

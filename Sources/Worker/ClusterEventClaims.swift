@@ -1,5 +1,6 @@
 import ClusterCore
 import ClusterIPC
+import ClusterProtocol
 import Synchronization
 
 /// A worker's side of the cluster's record of handled events. Claims made while a batch is on its way are sent
@@ -39,17 +40,17 @@ public final class ClusterEventClaims: EventClaims {
         return (id, state.inFlight!.batch.map(\.key))
     }
 
-    /// The supervisor's decisions for the batch in flight (0 skip, 1 handle, 2 wait).
-    public func deliver(id: UInt64, decisions: [UInt8]) {
+    /// The supervisor's decisions for the batch in flight.
+    public func deliver(id: UInt64, decisions: [ClaimDecision]) {
         var resume: [(CheckedContinuation<Bool, Never>, Bool)] = []
         let send = state.withLock { state -> (UInt64, [String])? in
             guard let inFlight = state.inFlight, inFlight.id == id else { return nil }
             state.inFlight = nil
             for (index, entry) in inFlight.batch.enumerated() {
-                switch index < decisions.count ? decisions[index] : 0 {
-                case 1: resume.append((entry.continuation, true))
-                case 2: state.waiting[entry.key] = entry.continuation
-                default: resume.append((entry.continuation, false))
+                switch index < decisions.count ? decisions[index] : .skip {
+                case .handle: resume.append((entry.continuation, true))
+                case .wait: state.waiting[entry.key] = entry.continuation
+                case .skip: resume.append((entry.continuation, false))
                 }
             }
             return nextBatch(&state)
@@ -59,9 +60,9 @@ public final class ClusterEventClaims: EventClaims {
     }
 
     /// A key that waited for another worker was decided.
-    public func resolved(key: String, decision: UInt8) {
+    public func resolved(key: String, decision: ClaimDecision) {
         let continuation = state.withLock { $0.waiting.removeValue(forKey: key) }
-        continuation?.resume(returning: decision == 1)
+        continuation?.resume(returning: decision == .handle)
     }
 
     public func complete(_ key: String) {

@@ -1,5 +1,6 @@
 import ClusterCore
 import ClusterIPC
+import ClusterProtocol
 import Synchronization
 
 /// A worker's view of the cluster-wide REST budget: tokens leased from the supervisor a few at a time, so that a

@@ -1,5 +1,6 @@
 import ClusterCore
 import ClusterIPC
+import ClusterProtocol
 import QQGateway
 import Synchronization
 
@@ -68,9 +69,9 @@ public final class SupervisorLink: RuntimeObserver, IdentifyPermit {
 
     public func failed(_ reason: GatewaySessionStateMachine.FatalReason) {
         switch reason {
-        case .configuration(let code): client.send(.gatewayState(.failed(kind: 1, code: Int32(code))))
-        case .reshardRequired: client.send(.gatewayState(.failed(kind: 2, code: 4011)))
-        case .stopped(let code): client.send(.gatewayState(.failed(kind: 3, code: Int32(code))))
+        case .configuration(let code): client.send(.gatewayState(.failed(.configuration, code: Int32(code))))
+        case .reshardRequired: client.send(.gatewayState(.failed(.reshardRequired, code: 4011)))
+        case .stopped(let code): client.send(.gatewayState(.failed(.banned, code: Int32(code))))
         }
     }
 

@@ -1,5 +1,6 @@
 import ClusterCore
 import ClusterIPC
+import ClusterProtocol
 import Foundation
 import Logging
 import NIOCore
@@ -20,15 +21,18 @@ struct IPCCodecTests {
         .identifyRequest(id: 5, shard: 2), .identifyGrant(id: 5), .identifyDenied(id: 6, reason: "spent"), .identifySent(shard: 2), .identifyCancel(id: 8),
         .sessionCommitted(sessionID: "abc", seq: 12), .sessionInvalidated,
         .gatewayState(.ready(sessionID: "a")), .gatewayState(.resumed(sessionID: "b")), .gatewayState(.disconnected(code: 4009)),
-        .gatewayState(.failed(kind: 2, code: 4011)),
+        .gatewayState(.failed(.reshardRequired, code: 4011)), .gatewayState(.failed(.banned, code: 4914)),
         .drained(sessionID: nil, seq: 0), .drained(sessionID: "z", seq: 7), .stop,
         .budgetRequest(id: 3, route: "POST /channels/{channel_id}/messages", count: 4), .budgetGrant(id: 3, count: 2, ttlMillis: 250),
         .budgetCancel(id: 3), .budgetReturn(route: "r", count: 1), .budgetRateLimited(route: "r", retryAfterMillis: 1000),
         .budgetPause(route: "r", forMillis: 500), .usersChanged(ids: ["1", "2"]), .usersInvalidate(ids: []),
         .userQuery(id: 4, userID: "42"), .userAnswer(id: 4, username: "kari"), .userAnswer(id: 5, username: nil),
-        .claims(id: 6, keys: ["AT:1", "AT:2"]), .claimResults(id: 6, decisions: [0, 1, 2]), .claimResolved(key: "AT:1", decision: 1),
+        .claims(id: 6, keys: ["AT:1", "AT:2"]), .claimResults(id: 6, decisions: [.skip, .handle, .wait]), .claimResolved(key: "AT:1", decision: .handle),
         .claimsDone(keys: ["AT:1"]), .claimsReleased(keys: []), .startDispatch, .finishDispatch, .dispatchFinished,
-        .controlRequest(id: 9, command: "status", argument: ""), .controlProgress(id: 9, line: "1/4 ready"), .controlReply(id: 9, ok: true, body: "{}"),
+        .controlRequest(id: 9, command: .status), .controlRequest(id: 10, command: .restart(.ordinal(3))),
+        .controlRequest(id: 11, command: .restart(.shard(2))), .controlRequest(id: 12, command: .rollingRestart(maxUnavailable: 2)),
+        .controlRequest(id: 13, command: .scale(.count(8), planOnly: true)), .controlRequest(id: 14, command: .scale(.recommended, planOnly: false)),
+        .controlRequest(id: 15, command: .stop), .controlRequest(id: 16, command: .user(id: "42")), .controlProgress(id: 9, line: "1/4 ready"), .controlReply(id: 9, ok: true, body: "{}"),
     ]
 
     @Test(arguments: samples)
@@ -48,6 +52,9 @@ struct IPCCodecTests {
         } catch {
             #expect(error.description == "truncated frame: id missing")
         }
+        // A decision or a failure kind outside the protocol is an error, not a guess.
+        var decision = ByteBuffer(bytes: [82, 0, 0, 0, 1, 65, 9])
+        #expect(throws: IPCProtocolError.self) { try IPCMessage.decode(&decision) }
         var trailing = ByteBuffer()
         IPCMessage.stop.encode(into: &trailing)
         trailing.writeInteger(UInt8(1))
@@ -75,7 +82,7 @@ final class EchoDelegate: IPCServerDelegate {
     func received(_ message: IPCMessage, on connection: IPCConnection) {
         switch message {
         case .ping(let id): connection.sendOnEventLoop(.pong(id: id))
-        case .controlRequest(let id, _, _):
+        case .controlRequest(let id, _):
             connection.send(.controlProgress(id: id, line: "working"))
             connection.send(.controlReply(id: id, ok: true, body: "done"))
         default: received.withLock { $0.append(message) }
@@ -136,7 +143,7 @@ struct IPCConnectionTests {
             let progress = Mutex<[String]>([])
             let reply = try await client.request(timeout: .seconds(5), progress: { message in
                 if case .controlProgress(_, let line) = message { progress.withLock { $0.append(line) } }
-            }) { .controlRequest(id: $0, command: "status", argument: "") }
+            }) { .controlRequest(id: $0, command: .status) }
             guard case .controlReply(_, true, "done") = reply else { Issue.record("\(reply)"); return }
             #expect(progress.withLock { $0 } == ["working"])
             client.send(.sessionCommitted(sessionID: "s", seq: 3))
@@ -162,7 +169,7 @@ struct IPCConnectionTests {
             let old = try await IPCClient.connect(path: path, hello: Hello(version: 0, role: .worker, pid: getpid()))
             var inbound = old.inbound.makeAsyncIterator()
             guard case .refused(let reason) = await inbound.next() else { Issue.record("not refused"); return }
-            #expect(reason.contains("IPC protocol version 0 is not this supervisor's 1"))
+            #expect(reason.contains("IPC protocol version 0 is not this supervisor's \(ipcProtocolVersion)"))
             _ = try await old.closed.wait()
 
             let stranger = try await IPCClient.connect(path: path, hello: Hello(role: .worker, ordinal: 99, pid: getpid()))

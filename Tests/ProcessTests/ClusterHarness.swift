@@ -3,6 +3,7 @@ import ClusterCore
 import NIOCore
 import NIOHTTP1
 import ClusterIPC
+import ClusterProtocol
 import Foundation
 import Testing
 
@@ -46,7 +47,7 @@ struct TestCluster {
 
     /// `botcluster status --json`, over the control socket.
     func status() async throws -> JSONValue {
-        let (ok, body) = try await IPCClient.control(path: socket, "status")
+        let (ok, body) = try await IPCClient.control(path: socket, .status)
         guard ok else { throw IPCRequestError("status failed: \(body)") }
         return try JSONValue.parse(body)
     }

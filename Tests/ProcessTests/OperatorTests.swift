@@ -1,5 +1,6 @@
 import ClusterCore
 import ClusterIPC
+import ClusterProtocol
 import Foundation
 import GRDB
 import TestSupport

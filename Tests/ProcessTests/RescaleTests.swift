@@ -1,5 +1,6 @@
 import ClusterCore
 import ClusterIPC
+import ClusterProtocol
 import Foundation
 import Testing
 
@@ -17,7 +18,7 @@ extension RealProcesses {
                 var workers = try await cluster.workers()
                 #expect(workers.count == 6)
                 #expect(workers.map { $0["shard"] } == (0..<6).map { .array([.number(Double($0)), .number(6)]) })
-                let (ok, text) = try await IPCClient.control(path: cluster.socket, "scale", "3", timeout: .seconds(120))
+                let (ok, text) = try await IPCClient.control(path: cluster.socket, .scale(.count(3), planOnly: false), timeout: .seconds(120))
                 #expect(ok, "\(text)")
                 workers = try await cluster.workers()
                 #expect(workers.count == 3 && workers.allSatisfy { $0.workerState == "ready" })

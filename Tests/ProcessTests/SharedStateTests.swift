@@ -1,5 +1,6 @@
 import ClusterCore
 import ClusterIPC
+import ClusterProtocol
 import Foundation
 import GRDB
 import Testing
@@ -8,7 +9,7 @@ import Testing
 func servedNames(_ cluster: TestCluster, user: String) async throws -> [String: String?] {
     let client = try await IPCClient.connect(path: cluster.socket, hello: Hello(role: .control, pid: getpid()))
     defer { client.close() }
-    let reply = try await client.request(timeout: .seconds(10)) { .controlRequest(id: $0, command: "user", argument: user) }
+    let reply = try await client.request(timeout: .seconds(10)) { .controlRequest(id: $0, command: .user(id: user)) }
     guard case .controlReply(_, true, let body) = reply, case .object(let workers) = try JSONValue.parse(body)["workers"] ?? .null else {
         throw IPCRequestError("user query failed: \(reply)")
     }

@@ -1,5 +1,6 @@
 import ClusterCore
 import ClusterIPC
+import ClusterProtocol
 import Supervisor
 import Testing
 
@@ -144,7 +145,7 @@ struct ClusterStateMachineTests {
         #expect(c.feed(.tick) == [.confirmHang(ordinal: 1, generation: c.gen(1))])
         #expect(c.feed(.tick).isEmpty, "one check at a time")
         let hung = c.feed(.hangConfirmation(ordinal: 1, generation: c.gen(1)))
-        #expect(hung.contains(.signal(pid: pid1, signal: 6)))
+        #expect(hung.contains(.signal(pid: pid1, signal: .abort)))
         #expect(c.machine.nextDeadline == c.now + .milliseconds(300))
         c.advance(.milliseconds(300))
         #expect(c.feed(.tick).contains(.killGroup(pid: pid1)))
@@ -174,14 +175,14 @@ struct ClusterStateMachineTests {
         #expect(c.feed(.tick) == [.confirmHang(ordinal: 0, generation: c.gen(0))])
         #expect(c.machine.nextDeadline == c.now + .milliseconds(400))
         c.advance(.milliseconds(400))
-        #expect(c.feed(.tick).contains(.signal(pid: c.pid(0), signal: 6)))
+        #expect(c.feed(.tick).contains(.signal(pid: c.pid(0), signal: .abort)))
     }
 
     @Test func aWorkerThatNeverSaysHelloIsAborted() {
         var c = Cluster(shards: 1)
         _ = c.spawned(c.feed(.start))
         c.advance(.seconds(2) + .milliseconds(2))
-        #expect(c.feed(.tick).contains(.signal(pid: c.pid(0), signal: 6)))
+        #expect(c.feed(.tick).contains(.signal(pid: c.pid(0), signal: .abort)))
     }
 
     @Test func sessionsAreKeptForTheReplacement() {
@@ -215,7 +216,7 @@ struct ClusterStateMachineTests {
         var c = Cluster(shards: 1)
         _ = c.bringUp()
         let pid = c.pid(0)
-        #expect(c.feed(.restart(ordinal: 0)).contains(.signal(pid: pid, signal: 15)))
+        #expect(c.feed(.restart(ordinal: 0)).contains(.signal(pid: pid, signal: .terminate)))
         #expect(c.state(0) == .draining)
         let actions = c.feed(.exited(pid: pid, status: .exited(0)))
         #expect(actions.contains(.spawn(ordinal: 0, generation: c.gen(0), shard: ShardID(0, of: 1))))
@@ -227,7 +228,7 @@ struct ClusterStateMachineTests {
         _ = c.bringUp()
         let (p0, p1) = (c.pid(0), c.pid(1))
         let stop = c.feed(.stop)
-        #expect(stop == [.signal(pid: p0, signal: 15), .signal(pid: p1, signal: 15)])
+        #expect(stop == [.signal(pid: p0, signal: .terminate), .signal(pid: p1, signal: .terminate)])
         #expect(c.feed(.exited(pid: p0, status: .exited(0))) == [.killGroup(pid: p0)])
         c.advance(.seconds(3))
         #expect(c.feed(.tick).contains(.killGroup(pid: p1)))

@@ -1,8 +1,9 @@
-import ClusterCore
-import NIOCore
+// The wire between the supervisor and its workers and control commands, as values: what each side may say, with
+// no transport in it (the frame codec and the sockets are ClusterIPC's). The supervisor's pure state machines use
+// these types without importing an event-loop library.
 
 /// The IPC protocol version; a peer speaking another is refused with a clear error.
-public let ipcProtocolVersion: UInt16 = 1
+public let ipcProtocolVersion: UInt16 = 2
 
 /// Who is on the other end of an IPC connection.
 public enum IPCRole: UInt8, Sendable {
@@ -90,8 +91,18 @@ public enum GatewayState: Sendable, Equatable {
     case ready(sessionID: String)
     case resumed(sessionID: String)
     case disconnected(code: Int32)
-    /// The gateway ended the session for good: `kind` 1 configuration, 2 reshard, 3 banned.
-    case failed(kind: UInt8, code: Int32)
+    /// The gateway ended the session for good, with its close code.
+    case failed(GatewayFailure, code: Int32)
+}
+
+/// Why the gateway ended a session for good.
+public enum GatewayFailure: UInt8, Sendable, Equatable {
+    /// The configuration was refused (4010, 4012-4014): fix cluster.json.
+    case configuration = 1
+    /// Too many guilds for the shard count (4011): reshard.
+    case reshardRequired = 2
+    /// The bot is delisted or banned (4914, 4915).
+    case banned = 3
 }
 
 /// Every message of the IPC protocol, both ways. Requests carry an `id` their reply repeats.
@@ -127,11 +138,11 @@ public enum IPCMessage: Sendable, Equatable {
     /// What a worker's cache serves for a user (a fan-out of the supervisor), and the answer (nil: not cached).
     case userQuery(id: UInt64, userID: String)
     case userAnswer(id: UInt64, username: String?)
-    /// Claim events before handling them; the reply holds one decision per key (0 skip, 1 handle, 2 wait).
+    /// Claim events before handling them; the reply holds one decision per key.
     case claims(id: UInt64, keys: [String])
-    case claimResults(id: UInt64, decisions: [UInt8])
+    case claimResults(id: UInt64, decisions: [ClaimDecision])
     /// The decision for a key that had to wait.
-    case claimResolved(key: String, decision: UInt8)
+    case claimResolved(key: String, decision: ClaimDecision)
     /// Handlers finished (their replies left), or did not run to the end.
     case claimsDone(keys: [String])
     case claimsReleased(keys: [String])
@@ -148,7 +159,7 @@ public enum IPCMessage: Sendable, Equatable {
     case drained(sessionID: String?, seq: Int64)
     /// Drain and exit (the IPC form of SIGTERM).
     case stop
-    case controlRequest(id: UInt64, command: String, argument: String)
+    case controlRequest(id: UInt64, command: ControlCommand)
     case controlProgress(id: UInt64, line: String)
     case controlReply(id: UInt64, ok: Bool, body: String)
 
@@ -158,7 +169,7 @@ public enum IPCMessage: Sendable, Equatable {
         case .ping(let id), .pong(let id), .identifyRequest(let id, _), .identifyGrant(let id), .identifyDenied(let id, _), .identifyCancel(let id),
             .budgetRequest(let id, _, _), .budgetGrant(let id, _, _), .budgetCancel(let id), .userQuery(let id, _), .userAnswer(let id, _),
             .claims(let id, _), .claimResults(let id, _),
-            .controlRequest(let id, _, _), .controlProgress(let id, _), .controlReply(let id, _, _):
+            .controlRequest(let id, _), .controlProgress(let id, _), .controlReply(let id, _, _):
             return id
         default:
             return nil
@@ -210,9 +221,3 @@ public enum IPCMessage: Sendable, Equatable {
     }
 }
 
-/// A frame that could not be read: the connection that sent it is closed with this reason.
-public struct IPCProtocolError: Error, Sendable, CustomStringConvertible {
-    public var message: String
-    public init(_ message: String) { self.message = message }
-    public var description: String { message }
-}

@@ -1,0 +1,128 @@
+/// The running cluster as `botcluster status --json` prints it (and as the supervisor answers a `status` request):
+/// one Codable type for the supervisor that builds it and every reader.
+public struct ClusterStatus: Codable, Sendable, Equatable {
+    /// The supervisor process.
+    public struct Supervisor: Codable, Sendable, Equatable {
+        public var pid: Int32
+        public var uptimeSeconds: Double
+        public var shards: Int
+        public var socket: String
+
+        public init(pid: Int32, uptimeSeconds: Double, shards: Int, socket: String) {
+            self.pid = pid
+            self.uptimeSeconds = uptimeSeconds
+            self.shards = shards
+            self.socket = socket
+        }
+    }
+
+    /// The identify ledger.
+    public struct Identify: Codable, Sendable, Equatable {
+        public var maxConcurrency: Int
+        public var remainingToday: Int
+        public var granted: Int
+        public var waiting: Int
+
+        public init(maxConcurrency: Int, remainingToday: Int, granted: Int, waiting: Int) {
+            self.maxConcurrency = maxConcurrency
+            self.remainingToday = remainingToday
+            self.granted = granted
+            self.waiting = waiting
+        }
+    }
+
+    /// The cluster-wide REST budget.
+    public struct RateBudget: Codable, Sendable, Equatable {
+        /// Requests per second for the whole bot.
+        public var rate: Double
+        /// Tokens granted so far.
+        public var granted: Int
+        /// Lease requests waiting.
+        public var waiting: Int
+
+        public init(rate: Double, granted: Int, waiting: Int) {
+            self.rate = rate
+            self.granted = granted
+            self.waiting = waiting
+        }
+    }
+
+    /// The record of handled events.
+    public struct ExactlyOnce: Codable, Sendable, Equatable {
+        /// Event ids remembered as handled.
+        public var remembered: Int
+
+        public init(remembered: Int) { self.remembered = remembered }
+    }
+
+    /// A worker's session: what a replacement resumes.
+    public struct Session: Codable, Sendable, Equatable {
+        public var id: String
+        public var seq: Int
+
+        public init(id: String, seq: Int) {
+            self.id = id
+            self.seq = seq
+        }
+    }
+
+    /// One worker slot and the process filling it.
+    public struct Worker: Codable, Sendable, Equatable {
+        public var ordinal: Int
+        /// `[id, total]`.
+        public var shard: [Int]
+        public var pid: Int32?
+        public var state: String
+        public var generation: UInt64
+        public var uptimeSeconds: Double?
+        public var restarts: Int
+        public var lastExit: String?
+        public var gatewayLatencyMs: Double?
+        public var lastEventAgeMs: Int64?
+        public var eventsPerSecond: Double?
+        public var reconnects: Int?
+        public var handled: Int64?
+        /// The IPC ping's round trip (workers of the active layout).
+        public var ipcLatencyMs: Double?
+        /// REST tokens granted to this worker's connection.
+        public var restTokens: Int?
+        public var session: Session?
+        /// Why the worker is failed, when it is.
+        public var failure: String?
+        /// `incoming` or `retiring` for a worker of a layout that is not the active one.
+        public var layout: String?
+
+        public init(ordinal: Int, shard: [Int], pid: Int32?, state: String, generation: UInt64, restarts: Int) {
+            self.ordinal = ordinal
+            self.shard = shard
+            self.pid = pid
+            self.state = state
+            self.generation = generation
+            self.restarts = restarts
+        }
+    }
+
+    public var supervisor: Supervisor
+    public var identify: Identify
+    public var rateBudget: RateBudget
+    public var exactlyOnce: ExactlyOnce
+    /// The active layout's workers, by ordinal.
+    public var workers: [Worker]
+    /// Workers of a layout being switched to or retired (during a rescale).
+    public var otherLayouts: [Worker]
+    /// Ordinals whose worker did not answer an IPC ping in time.
+    public var unresponsive: [Int]
+
+    public init(
+        supervisor: Supervisor, identify: Identify, rateBudget: RateBudget, exactlyOnce: ExactlyOnce,
+        workers: [Worker], otherLayouts: [Worker], unresponsive: [Int]
+    ) {
+        self.supervisor = supervisor
+        self.identify = identify
+        self.rateBudget = rateBudget
+        self.exactlyOnce = exactlyOnce
+        self.workers = workers
+        self.otherLayouts = otherLayouts
+        self.unresponsive = unresponsive
+    }
+}
