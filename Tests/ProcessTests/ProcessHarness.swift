@@ -56,6 +56,7 @@ final class BotclusterProcess: Sendable {
                     continuation.yield(tail)
                 }
                 continuation.finish()
+                collected.ended.leave()
                 return
             }
             let complete = collected.pending.withLock { $0.feed(data) }
@@ -64,6 +65,7 @@ final class BotclusterProcess: Sendable {
                 continuation.yield(line)
             }
         }
+        collected.ended.enter()
         try process.run()
     }
 
@@ -84,11 +86,13 @@ final class BotclusterProcess: Sendable {
 
     func signal(_ signal: Int32) { kill(process.processIdentifier, signal) }
 
-    /// Waits for the process to end and returns its exit status (or 128 + signal).
+    /// Waits for the process to end and returns its exit status (or 128 + signal); by then `output` holds all it
+    /// printed (unless a child it left behind still holds the pipe, which is waited for at most 5 s).
     func waitForExit() async -> Int32 {
         await withCheckedContinuation { continuation in
             DispatchQueue.global().async {
                 self.process.waitUntilExit()
+                _ = self.collected.ended.wait(timeout: .now() + 5)
                 let status = self.process.terminationReason == .uncaughtSignal ? 128 + self.process.terminationStatus : self.process.terminationStatus
                 continuation.resume(returning: status)
             }
@@ -104,6 +108,8 @@ final class BotclusterProcess: Sendable {
 final class LineCollector: Sendable {
     let lines = Mutex<[String]>([])
     let pending = Mutex(LineSplitter())
+    /// Left when the output reaches its end.
+    let ended = DispatchGroup()
 }
 
 /// A `botcluster emulator` process on a free port.

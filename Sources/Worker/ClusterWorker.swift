@@ -1,0 +1,173 @@
+import ClusterCore
+import ClusterIPC
+import ClusterProtocol
+import Logging
+import QQGateway
+import ServiceLifecycle
+import UserCache
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One shard under the supervisor, as a `Service`: identify slots and the session hand-off over IPC, heartbeats
+/// with progress, the supervisor's messages routed to the runtime's parts (claims, budget pauses, cache
+/// invalidations, the rescale switch), a drain on graceful shutdown or a `stop` message, and an exit at once
+/// when the supervisor's socket closes (no orphan answers twice).
+public final class ClusterWorker: Service {
+    /// Why a worker could not join its supervisor.
+    public struct JoinError: Error, Sendable, CustomStringConvertible {
+        public var description: String
+    }
+
+    let config: ClusterConfig
+    let client: IPCClient
+    let assignment: Assignment
+    let handler: any EventHandler
+    let logger: Logger
+    /// The exit status the process ends with (see `WorkerExitStatus`), once `run` has returned.
+    public let exitStatus = AsyncSignal<Int32>()
+
+    /// Connects to the supervisor at `socket` — only when the kernel says it is the process `supervisorPID` of this
+    /// user — says hello as (`ordinal`, `generation`), and returns the connection with the welcome's assignment.
+    public static func join(socket: String, ordinal: Int32, generation: UInt64, supervisorPID: Int32) async throws -> (IPCClient, Assignment) {
+        let client: IPCClient
+        do {
+            client = try await IPCClient.connect(
+                path: socket, hello: Hello(role: .worker, ordinal: ordinal, generation: generation, pid: getpid()), supervisorPID: supervisorPID
+            )
+        } catch {
+            throw JoinError(description: "cannot reach the supervisor at \(socket): \(error)")
+        }
+        var inbound = client.inbound.makeAsyncIterator()
+        switch await inbound.next() {
+        case .welcome(let assignment): return (client, assignment)
+        case .refused(let reason): throw JoinError(description: "the supervisor refused this worker: \(reason)")
+        default: throw JoinError(description: "no welcome from the supervisor")
+        }
+    }
+
+    public init(config: ClusterConfig, client: IPCClient, assignment: Assignment, handler: any EventHandler, logger: Logger) {
+        self.config = config
+        self.client = client
+        self.assignment = assignment
+        self.handler = handler
+        var logger = logger
+        logger[metadataKey: "shard.id"] = "\(assignment.shard)/\(assignment.total)"
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        let shard = ShardID(Int(assignment.shard), of: Int(assignment.total))
+        let link = SupervisorLink(client: client)
+        let budget = ClusterRateBudget(client: client, leaseSize: config.rateBudget.leaseSize)
+        let clients: PlatformClients
+        do {
+            clients = try PlatformClients(config: config, endpoints: GatewayEndpoints(apiBase: assignment.apiBase, tokenURL: assignment.tokenURL), budget: budget, logger: logger)
+        } catch {
+            logger.error("cannot set up the platform client", metadata: ["error": "\(error)"])
+            exitStatus.set(1)
+            return
+        }
+        let users: UserDirectory?
+        do {
+            let store = try UserStore.open(path: config.supervisor.runDirectory + "/users.sqlite")
+            users = UserDirectory.make(store: store, config: config, shard: shard, api: clients.api, logger: logger) { [client] ids in
+                client.send(.usersChanged(ids: ids))
+            }
+        } catch {
+            logger.error("user cache unavailable; running without it", metadata: ["error": "\(error)"])
+            users = nil
+        }
+        let resume = assignment.resumeSessionID.map { (id: $0, seq: Int(assignment.resumeSeq)) }
+        let claims = ClusterEventClaims(client: client)
+        let runtime = ShardRuntime.make(
+            config: config, clients: clients, gatewayURL: assignment.gatewayURL, shard: shard, handler: handler, resume: resume,
+            permit: link, claims: claims, users: users, observer: link, logger: logger, holdDispatch: assignment.holdDispatch
+        )
+        let parts = Parts(link: link, budget: budget, users: users, claims: claims, runtime: runtime)
+        let outcome = await runShard(runtime, drainTimeout: config.worker.drainTimeout, onStop: { link.gatewayState = .draining }, onDeadline: { sessionID, seq in
+            self.logger.warning("handlers still running at the drain deadline were abandoned; exiting", metadata: ["session.seq": "\(seq)"])
+            _ = try? await self.client.sendFlushed(.drained(sessionID: sessionID, seq: Int64(seq)), within: .milliseconds(500))
+            exit(WorkerExitStatus.stopped)
+        }, beside: [
+            { await self.report(parts) },
+            { await users?.run() },
+            { await self.follow(parts) },
+        ])
+        _ = try? await withTimeout(.seconds(1), "the user cache's last write") { await users?.flush() }
+        budget.returnUnused()
+        await clients.shutdown()
+        client.send(.drained(sessionID: outcome.sessionID, seq: Int64(outcome.committedSeq)))
+        logger.info("worker stopped", metadata: ["session.seq": "\(outcome.committedSeq)", "handled": "\(outcome.stats.handled)"])
+        exitStatus.set(WorkerExitStatus.of(outcome.gateway))
+        client.close()
+    }
+
+    /// What the supervisor's messages reach.
+    struct Parts: Sendable {
+        let link: SupervisorLink
+        let budget: ClusterRateBudget
+        let users: UserDirectory?
+        let claims: ClusterEventClaims
+        let runtime: ShardRuntime
+    }
+
+    /// Heartbeats with progress; session reports as the committed seq moves.
+    func report(_ parts: Parts) async {
+        var nextHeartbeat = MonotonicInstant.now()
+        while !Task.isCancelled {
+            let now = MonotonicInstant.now()
+            if now >= nextHeartbeat {
+                parts.link.sendHeartbeat(parts.runtime.stats)
+                nextHeartbeat = now + config.supervisor.heartbeatInterval
+            }
+            parts.runtime.reportSession()
+            try? await Task.sleep(for: min(config.worker.reportInterval, config.supervisor.heartbeatInterval))
+        }
+    }
+
+    /// Routes what the supervisor sends, until its socket closes.
+    func follow(_ parts: Parts) async {
+        await withDiscardingTaskGroup { group in
+            for await message in client.inbound {
+                switch message {
+                case .stop:
+                    parts.link.gatewayState = .draining
+                    parts.runtime.stop()
+                case .budgetPause(let route, let ms):
+                    parts.budget.pause(route: route, for: .milliseconds(Int64(ms)))
+                case .usersInvalidate(let ids):
+                    parts.users?.invalidate(ids)
+                case .userQuery(let id, let userID):
+                    group.addTask {
+                        let user = await parts.users?.get(userID)
+                        self.client.send(.userAnswer(id: id, username: user?.username))
+                    }
+                case .claimResults(let id, let decisions):
+                    parts.claims.deliver(id: id, decisions: decisions)
+                case .claimResolved(let key, let decision):
+                    parts.claims.resolved(key: key, decision: decision)
+                case .startDispatch:
+                    logger.info("switch: handling events")
+                    parts.runtime.startDispatch()
+                case .finishDispatch:
+                    // Beside this loop: the claims' answers it waits for come through it.
+                    group.addTask {
+                        await parts.runtime.finishDispatch()
+                        self.logger.info("retiring: everything received is handled")
+                        self.client.send(.dispatchFinished)
+                    }
+                default:
+                    break
+                }
+            }
+            group.cancelAll()
+        }
+        // The supervisor's socket closed: it is gone, and so is this worker (no orphan answers twice).
+        parts.claims.abandonAll()
+        if !Task.isCancelled && parts.link.gatewayState != .draining {
+            logger.error("the supervisor connection closed; exiting")
+            exit(WorkerExitStatus.orphaned)
+        }
+    }
+}
