@@ -186,7 +186,7 @@ let package = Package(
         .testTarget(
             name: "WorkerTests",
             dependencies: [
-                "Worker", "QQGateway", "TestSupport", "RateBudget", "GatewayEmulator", "ClusterCore",
+                "Worker", "QQGateway", "TestSupport", "RateBudget", "GatewayEmulator", "ClusterCore", "ClusterIPC", "ClusterProtocol",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

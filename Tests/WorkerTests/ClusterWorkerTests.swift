@@ -1,0 +1,144 @@
+import ClusterCore
+import ClusterIPC
+import ClusterProtocol
+import Foundation
+import GatewayEmulator
+import Logging
+import QQGateway
+import Synchronization
+import Testing
+import Worker
+
+/// The supervisor's side of the wire, played by the test: it welcomes one worker with `assignment`, grants every
+/// identify and budget request, answers claims with `decision`, and records everything else the worker says.
+final class StandInSupervisor: IPCServerDelegate {
+    let assignment: Assignment
+    let decision: ClaimDecision
+    let said = Mutex<[IPCMessage]>([])
+    let worker = Mutex<IPCConnection?>(nil)
+
+    init(assignment: Assignment, decision: ClaimDecision) {
+        self.assignment = assignment
+        self.decision = decision
+    }
+
+    func accept(_ hello: Hello, on connection: IPCConnection) -> String? {
+        worker.withLock { $0 = connection }
+        connection.send(.welcome(assignment))
+        return nil
+    }
+
+    func received(_ message: IPCMessage, on connection: IPCConnection) {
+        switch message {
+        case .identifyRequest(let id, _): connection.send(.identifyGrant(id: id))
+        case .budgetRequest(let id, _, let count): connection.send(.budgetGrant(id: id, count: count, ttlMillis: 10_000))
+        case .claims(let id, let keys): connection.send(.claimResults(id: id, decisions: keys.map { _ in decision }))
+        default: break
+        }
+        said.withLock { $0.append(message) }
+    }
+
+    func closed(_ connection: IPCConnection, reason: String?) {}
+
+    func send(_ message: IPCMessage) { worker.withLock { $0 }?.send(message) }
+
+    /// Waits until the worker has said something `matching` (checked as messages arrive, no fixed sleep).
+    func waitFor(_ what: String, _ matching: (IPCMessage) -> Bool) async throws {
+        let start = MonotonicInstant.now()
+        while !said.withLock({ $0.contains(where: matching) }) {
+            if MonotonicInstant.now() - start > .seconds(30) {
+                Issue.record("timed out waiting for the worker's \(what); it said last: \(said.withLock { $0.suffix(5) })")
+                throw CancellationError()
+            }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+    }
+}
+
+/// Runs an emulator, a stand-in supervisor on a real Unix socket and a `ClusterWorker` for shard 0/1 in this
+/// process; `body` drives them and must end the worker (a `stop`), whose exit status is returned.
+func withClusterWorker(
+    holdDispatch: Bool = false, decision: ClaimDecision = .handle,
+    _ body: @Sendable (ShardHarness, StandInSupervisor) async throws -> Void
+) async throws -> Int32 {
+    let dir = NSTemporaryDirectory() + "worker-" + UUID().uuidString.prefix(8)
+    try RunDirectory.prepare(dir)
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let config = try ClusterConfig.parse(#"""
+        {"emulator": \#(testEmulator)}, "supervisor": {"runDirectory": "\#(dir)", "heartbeat": {"interval": "50ms"}},
+         "rateBudget": {"global": {"rate": 100000, "burst": 1000}}}
+        """#)
+    var logger = Logger(label: "cluster-worker-test")
+    logger.logLevel = .critical
+    let emulator = GatewayEmulator(config: config.emulator, app: config.app, logger: logger)
+    let emulatorTask = Task { try await emulator.run() }
+    defer { emulatorTask.cancel() }
+    let base = try await emulator.baseURL()
+    let harness = ShardHarness(emulator: emulator, base: base, config: config)
+    let assignment = Assignment(
+        shard: 0, total: 1, generation: 1, resumeSessionID: nil, resumeSeq: 0, apiBase: base, tokenURL: harness.endpoints.tokenURL,
+        gatewayURL: base.replacingOccurrences(of: "http", with: "ws") + "/websocket", holdDispatch: holdDispatch
+    )
+    let supervisor = StandInSupervisor(assignment: assignment, decision: decision)
+    let server = IPCServer(configuration: .init(path: dir + "/s.sock"), delegate: supervisor, logger: logger)
+    try await server.start()
+    do {
+        let (client, welcome) = try await ClusterWorker.join(socket: dir + "/s.sock", ordinal: 0, generation: 1, supervisorPID: getpid())
+        #expect(welcome == assignment)
+        let worker = ClusterWorker(config: config, client: client, assignment: welcome, handler: ExampleBot(), logger: logger)
+        let run = Task { try await worker.run() }
+        do {
+            try await body(harness, supervisor)
+        } catch {
+            supervisor.send(.stop)
+            _ = try? await run.value
+            throw error
+        }
+        try await run.value
+        await server.close()
+        return try #require(worker.exitStatus.current)
+    } catch {
+        await server.close()
+        throw error
+    }
+}
+
+@Suite("the worker under a supervisor, in process", .timeLimit(.minutes(2)))
+struct ClusterWorkerTests {
+    @Test func answersWhatTheSupervisorClaimsAndDrainsOnStop() async throws {
+        let status = try await withClusterWorker { h, supervisor in
+            try await supervisor.waitFor("READY") { if case .gatewayState(.ready) = $0 { true } else { false } }
+            h.emulator.burst(count: 20)
+            try await h.waitFor("20 replies") { $0.messagesReplied == 20 }
+            #expect(h.stats().messagesRepliedMoreThanOnce == 0)
+            supervisor.send(.stop)
+            try await supervisor.waitFor("drained") { if case .drained(let id, let seq) = $0 { id != nil && seq == 21 } else { false } }
+        }
+        #expect(status == WorkerExitStatus.stopped)
+    }
+
+    @Test func whatAnotherWorkerHandledIsSkipped() async throws {
+        _ = try await withClusterWorker(decision: .skip) { h, supervisor in
+            try await supervisor.waitFor("READY") { if case .gatewayState(.ready) = $0 { true } else { false } }
+            h.emulator.burst(count: 10)
+            // Skipped, they are done with: the committed seq moves past them (READY is seq 1), and none is answered.
+            try await supervisor.waitFor("seq 11 committed") { if case .sessionCommitted(_, let seq) = $0 { seq == 11 } else { false } }
+            #expect(h.stats().messagesReplied == 0)
+            supervisor.send(.stop)
+        }
+    }
+
+    @Test func aHeldWorkerHandlesNothingUntilTheSwitchAndReportsTheRetirement() async throws {
+        _ = try await withClusterWorker(holdDispatch: true) { h, supervisor in
+            try await supervisor.waitFor("READY") { if case .gatewayState(.ready) = $0 { true } else { false } }
+            h.emulator.burst(count: 10)
+            try await h.waitFor("10 delivered") { $0.messagesDelivered == 10 }
+            #expect(h.stats().messagesReplied == 0)
+            supervisor.send(.startDispatch)
+            try await h.waitFor("10 replies") { $0.messagesReplied == 10 }
+            supervisor.send(.finishDispatch)
+            try await supervisor.waitFor("dispatchFinished") { $0 == .dispatchFinished }
+            supervisor.send(.stop)
+        }
+    }
+}
