@@ -1,3 +1,4 @@
+import Foundation
 import ArgumentParser
 import ClusterCore
 import Logging
@@ -64,7 +65,7 @@ struct CommonOptions: ParsableArguments {
             return ClusterConfig.defaults
         }
         do {
-            return try ClusterConfig.load(path: config, environment: processEnvironment(), secrets: secrets)
+            return try ClusterConfig.load(path: config, environment: ProcessInfo.processInfo.environment, secrets: secrets)
         } catch {
             printError(error.description)
             throw ExitCode(1)

@@ -1,3 +1,4 @@
+import Foundation
 import ArgumentParser
 import CBotSystem
 import ClusterCore
@@ -20,7 +21,7 @@ struct WorkerCommand: AsyncParsableCommand {
     @OptionGroup var options: CommonOptions
 
     func run() async throws {
-        let environment = processEnvironment()
+        let environment = ProcessInfo.processInfo.environment
         guard let socket = environment[WorkerEnvironment.socket], let ordinal = environment[WorkerEnvironment.ordinal].flatMap(Int32.init),
             let generation = environment[WorkerEnvironment.generation].flatMap(UInt64.init),
             let supervisorPID = environment[WorkerEnvironment.supervisorPID].flatMap(Int32.init)

@@ -176,7 +176,7 @@ final class ChildProcess: Sendable {
         process.standardError = FileHandle.nullDevice
         let (lines, continuation) = AsyncStream<String>.makeStream()
         self.lines = lines
-        let pending = Mutex(LineSplitter())
+        let pending = Mutex(LineSplitter(maxLine: 1 << 20))
         pipe.fileHandleForReading.readabilityHandler = { handle in
             let data = handle.availableData
             if data.isEmpty {

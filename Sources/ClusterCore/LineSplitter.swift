@@ -1,19 +1,32 @@
 /// Cuts a byte stream (a child's output read in chunks) into lines: whole lines come out, a partial one waits.
+///
+/// The one line splitter of the project: the supervisor's relay of worker output, the chaos check and the tests all
+/// read children through it. A line longer than `maxLine` bytes comes out cut there, marked, so that a child that
+/// writes without newlines costs `maxLine` bytes of memory, not its whole output.
 public struct LineSplitter: Sendable {
+    /// The longest line kept whole, in bytes.
+    public let maxLine: Int
     var pending: [UInt8] = []
 
-    public init() {}
+    public init(maxLine: Int = 16 << 10) {
+        self.maxLine = maxLine
+    }
 
-    /// Adds a chunk; returns the lines it completed, without their newline.
+    /// Adds a chunk; returns the lines it completed, without their newline (a cut line ends in a marker saying so).
     public mutating func feed(_ bytes: some Sequence<UInt8>) -> [String] {
-        pending.append(contentsOf: bytes)
         var lines: [String] = []
-        var start = 0
-        while let newline = pending[start...].firstIndex(of: 0x0A) {
-            lines.append(String(decoding: pending[start..<newline], as: UTF8.self))
-            start = newline + 1
+        for byte in bytes {
+            if byte == 0x0A {
+                lines.append(String(decoding: pending, as: UTF8.self))
+                pending.removeAll(keepingCapacity: true)
+            } else if pending.count == maxLine {
+                lines.append(String(decoding: pending, as: UTF8.self) + " [line cut at \(maxLine) bytes]")
+                pending.removeAll(keepingCapacity: true)
+                pending.append(byte)
+            } else {
+                pending.append(byte)
+            }
         }
-        pending.removeFirst(start)
         return lines
     }
 

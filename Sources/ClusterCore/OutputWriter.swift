@@ -69,25 +69,38 @@ public final class OutputWriter: Sendable {
                 return (state.queued, state.dropped)
             }
             if dropped > 0 {
-                writeAll(Array("[\(dropped) bytes of output dropped: the output was not being read]\n".utf8))
+                writeAll(fd, "[\(dropped) bytes of output dropped: the output was not being read]\n".utf8)
             }
-            for chunk in chunks { writeAll(chunk) }
+            for chunk in chunks { writeAll(fd, chunk) }
             state.withLock { state in
                 state.bytes -= chunks.reduce(0) { $0 + $1.count }
                 state.writing = false
             }
         }
     }
+}
 
-    private func writeAll(_ bytes: [UInt8]) {
-        var offset = 0
-        while offset < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + offset, $0.count - offset) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { return }
-            offset += n
-        }
+/// Writes every byte to a file descriptor, retrying interrupted and short writes; gives up quietly when the
+/// descriptor takes no more (a closed pipe): output is never worth dying for. The one write loop of the project.
+public func writeAll(_ fd: Int32, _ bytes: some Collection<UInt8>) {
+    var bytes = Array(bytes)
+    var offset = 0
+    while offset < bytes.count {
+        let n = bytes.withUnsafeMutableBytes { write(fd, $0.baseAddress! + offset, $0.count - offset) }
+        if n < 0 && errno == EINTR { continue }
+        if n <= 0 { return }
+        offset += n
     }
+}
+
+/// Writes a line to standard output at once (unbuffered), so a parent reading a pipe sees it as it is printed.
+public func printLine(_ text: String) {
+    writeAll(1, (text + "\n").utf8)
+}
+
+/// Writes a line to standard error at once.
+public func printError(_ text: String) {
+    writeAll(2, (text + "\n").utf8)
 }
 
 /// A `TextOutputStream` into an `OutputWriter` (for swift-log's `StreamLogHandler`).

@@ -206,7 +206,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
                 readyLayouts.withLock { _ = $0.insert(layout) }
                 if layout == 0 {
                     let elapsed = MonotonicInstant.now() - startedAt
-                    writeToStandardOutput("cluster ready: \(setup.shards) shards in \(DurationFormat.human(elapsed))\n")
+                    printLine("cluster ready: \(setup.shards) shards in \(DurationFormat.human(elapsed))")
                     ready.set(elapsed)
                 }
             case .allStopped:
@@ -435,17 +435,5 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
                 rates[ordinal] = (progress.handled, now, 0)
             }
         }
-    }
-}
-
-/// Writes to standard output and flushes (lines that tests and scripts wait for).
-func writeToStandardOutput(_ text: String) {
-    var bytes = Array(text.utf8)
-    var offset = 0
-    while offset < bytes.count {
-        let n = bytes.withUnsafeMutableBytes { write(1, $0.baseAddress! + offset, $0.count - offset) }
-        if n < 0 && errno == EINTR { continue }
-        if n <= 0 { return }
-        offset += n
     }
 }

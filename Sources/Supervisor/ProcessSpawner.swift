@@ -197,14 +197,12 @@ struct SpawnError: Error, CustomStringConvertible {
 }
 
 /// Reads a child's output pipe on the event loop and queues each line, with a prefix, to this process's standard
-/// error (never a blocking write on the event loop). A line longer than `maxLine` is cut there: a child that
-/// writes without newlines costs `maxLine` bytes of memory, not its whole output.
+/// error (never a blocking write on the event loop). Lines are cut by `LineSplitter`, long ones at its bound.
 final class PrefixedLineWriter: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
-    static let maxLine = 16 << 10
     let prefix: String
     let output: OutputWriter
-    var partial = ByteBuffer()
+    var lines = LineSplitter()
 
     init(prefix: String, output: OutputWriter = .standardError) {
         self.prefix = prefix
@@ -212,41 +210,12 @@ final class PrefixedLineWriter: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var buffer = unwrapInboundIn(data)
-        var out = ""
-        while buffer.readableBytes > 0 {
-            if let newline = buffer.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) {
-                var line = buffer.readSlice(length: newline - buffer.readerIndex)!
-                buffer.moveReaderIndex(forwardBy: 1)
-                append(&line)
-                out += prefix + String(buffer: partial) + "\n"
-                partial.clear()
-            } else {
-                append(&buffer)
-            }
-        }
-        if !out.isEmpty { output.write(out) }
-    }
-
-    /// Adds to the unfinished line; a line that reaches `maxLine` goes out cut.
-    func append(_ bytes: inout ByteBuffer) {
-        let room = Self.maxLine - partial.readableBytes
-        if bytes.readableBytes <= room {
-            partial.writeBuffer(&bytes)
-            return
-        }
-        var head = bytes.readSlice(length: room)!
-        partial.writeBuffer(&head)
-        output.write(prefix + String(buffer: partial) + " [line cut at \(Self.maxLine) bytes]\n")
-        partial.clear()
-        append(&bytes)
+        let complete = lines.feed(unwrapInboundIn(data).readableBytesView)
+        if !complete.isEmpty { output.write(complete.map { prefix + $0 + "\n" }.joined()) }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        if partial.readableBytes > 0 {
-            output.write(prefix + String(buffer: partial) + "\n")
-            partial.clear()
-        }
+        if let tail = lines.rest() { output.write(prefix + tail + "\n") }
         context.fireChannelInactive()
     }
 }

@@ -1,7 +1,6 @@
 import ClusterCore
 import QQGateway
 import ServiceLifecycle
-import Worker
 
 /// Runs a shard's runtime until it ends by itself or graceful shutdown (SIGTERM/SIGINT) stops it, with `beside`
 /// running alongside (cancelled when the runtime ends); `onStop` runs as shutdown begins.

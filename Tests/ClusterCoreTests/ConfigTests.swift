@@ -218,4 +218,10 @@ struct LineSplitterTests {
         #expect(splitter.rest() == "f")
         #expect(splitter.rest() == nil)
     }
+
+    @Test func aLineLongerThanTheBoundIsCutAndMarked() {
+        var splitter = LineSplitter(maxLine: 4)
+        #expect(splitter.feed(Array("abcd\nabcdefghij".utf8)) == ["abcd", "abcd [line cut at 4 bytes]", "efgh [line cut at 4 bytes]"])
+        #expect(splitter.rest() == "ij")
+    }
 }

@@ -107,7 +107,7 @@ final class BotclusterProcess: Sendable {
 /// What a process printed: whole lines, and the unfinished tail.
 final class LineCollector: Sendable {
     let lines = Mutex<[String]>([])
-    let pending = Mutex(LineSplitter())
+    let pending = Mutex(LineSplitter(maxLine: 1 << 20))
     /// Left when the output reaches its end.
     let ended = DispatchGroup()
 }
