@@ -12,6 +12,7 @@ let package = Package(
     products: [
         .executable(name: "botcluster", targets: ["botcluster"]),
         .executable(name: "botcluster-bench", targets: ["BotClusterBench"]),
+        .executable(name: "botcluster-chaos", targets: ["BotClusterChaos"]),
         .library(name: "BotCluster", targets: ["BotCluster"]),
         .library(name: "GatewayEmulator", targets: ["GatewayEmulator"]),
     ],
@@ -134,17 +135,34 @@ let package = Package(
             name: "botcluster",
             dependencies: ["BotCluster", "Worker"]
         ),
+        // What the bench and the chaos check share: the emulator's admin API, child processes, the cluster's status.
+        .target(
+            name: "BenchSupport",
+            dependencies: [
+                "ClusterCore", "ClusterIPC", "ClusterProtocol", "QQGateway",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
         .executableTarget(
             name: "BotClusterBench",
             dependencies: [
-                "ClusterCore", "ClusterIPC", "ClusterProtocol", "BotCluster", "Worker", "QQGateway", "UserCache", "Supervisor", "RateBudget", "CSQLiteBench",
+                "BenchSupport", "ClusterCore", "ClusterIPC", "ClusterProtocol", "BotCluster", "Worker", "QQGateway", "UserCache", "Supervisor", "RateBudget", "CSQLiteBench",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
-                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            ]
+        ),
+        .executableTarget(
+            name: "BotClusterChaos",
+            dependencies: [
+                "BenchSupport", "ClusterCore", "ClusterIPC", "ClusterProtocol",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         // Helpers several test targets share (test certificates); no product links it.

@@ -23,6 +23,6 @@ while (($#)); do
 done
 
 swift build -c "$CONFIGURATION" --product botcluster >&2
-swift build -c "$CONFIGURATION" --product botcluster-bench >&2
+swift build -c "$CONFIGURATION" --product botcluster-chaos >&2
 BIN=$(swift build -c "$CONFIGURATION" --show-bin-path)
-exec "$BIN/botcluster-bench" chaos --botcluster "$BIN/botcluster" "${ARGS[@]}"
+exec "$BIN/botcluster-chaos" --botcluster "$BIN/botcluster" "${ARGS[@]}"

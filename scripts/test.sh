@@ -19,11 +19,12 @@ if [[ $(id -u) -eq 0 ]]; then
   if ! id -u "$user" >/dev/null 2>&1; then
     useradd --system --create-home --home-dir "/var/lib/$user" --shell /bin/sh "$user"
   fi
-  # The test bundle finds botcluster and botcluster-bench beside itself: all three go where the user can run them.
+  # The test bundle finds botcluster, botcluster-bench and botcluster-chaos beside itself: all go where the user
+  # can run them.
   stage=$(mktemp -d /tmp/botcluster-process-tests.XXXXXX)
   trap 'rm -rf "$stage"' EXIT
   bin=$(swift build --show-bin-path)
-  cp "$bin/botclusterPackageTests.xctest" "$bin/botcluster" "$bin/botcluster-bench" "$stage/"
+  cp "$bin/botclusterPackageTests.xctest" "$bin/botcluster" "$bin/botcluster-bench" "$bin/botcluster-chaos" "$stage/"
   chown -R "$user" "$stage"
   chmod 700 "$stage"
   echo "process tests as $user (uid $(id -u "$user")), not root"

@@ -1,3 +1,4 @@
+import BenchSupport
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -95,9 +96,4 @@ extension RawWebSocket {
         let frame = WebSocketFrame(fin: true, opcode: .text, maskKey: .random(), data: channel.allocator.buffer(string: text))
         try await channel.writeAndFlush(frame)
     }
-}
-
-struct BenchError: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import BenchSupport
 import ClusterCore
 import Foundation
 

@@ -8,6 +8,11 @@ import NIOSSL
 import Synchronization
 import Testing
 
+/// An executable built beside `botcluster` (`botcluster-bench`, `botcluster-chaos`).
+func siblingBinary(_ name: String) -> String {
+    URL(fileURLWithPath: botclusterBinary()).deletingLastPathComponent().appendingPathComponent(name).path
+}
+
 /// The built `botcluster` executable, next to the test bundle.
 func botclusterBinary() -> String {
     let bundleDirectory = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()

@@ -91,8 +91,7 @@ extension RealProcesses {
 
         @Test func sixtySecondsOfChaosKeepEveryPromise() async throws {
             try await withTemporaryDirectory { dir in
-                let bench = URL(fileURLWithPath: botclusterBinary()).deletingLastPathComponent().appendingPathComponent("botcluster-bench").path
-                let chaos = try BotclusterProcess(["chaos", "--duration", "60", "--seed", "11", "--botcluster", botclusterBinary()], directory: dir, executable: bench)
+                let chaos = try BotclusterProcess(["--duration", "60", "--seed", "11", "--botcluster", botclusterBinary()], directory: dir, executable: siblingBinary("botcluster-chaos"))
                 let status = await chaos.waitForExit()
                 #expect(status == 0, "\(chaos.output.suffix(25).joined(separator: "\n"))")
                 #expect(chaos.output.contains("PASS"))

@@ -104,7 +104,7 @@ extension RealProcesses {
 
         @Test func twoProcessesHammeringOneFileSeeNoBusyError() async throws {
             try await withTemporaryDirectory { dir in
-                let bench = URL(fileURLWithPath: botclusterBinary()).deletingLastPathComponent().appendingPathComponent("botcluster-bench").path
+                let bench = siblingBinary("botcluster-bench")
                 var runs: [BotclusterProcess] = []
                 for _ in 0..<2 {
                     runs.append(try BotclusterProcess(["cache-hammer", "--path", dir + "/users.sqlite", "--batches", "150"], directory: dir, executable: bench))

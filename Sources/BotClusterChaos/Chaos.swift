@@ -1,17 +1,15 @@
-import AsyncHTTPClient
 import ArgumentParser
+import BenchSupport
 import ClusterCore
 import ClusterIPC
 import ClusterProtocol
 import Foundation
-import NIOCore
-import NIOHTTP1
-import Synchronization
 
 /// scripts/chaos.sh: a cluster on the emulator with steady traffic, hit at seeded random moments by every fault
 /// it must survive; at the end, the emulator's ground truth decides.
+@main
 struct Chaos: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "chaos", abstract: "Faults at random against a live cluster; the emulator's counters judge.")
+    static let configuration = CommandConfiguration(commandName: "botcluster-chaos", abstract: "Faults at random against a live cluster; the emulator's counters judge.")
     @Option(help: "Seconds of faults.") var duration = 60
     @Option(help: "Seed of the random choices.") var seed = 1
     @Option(help: "The botcluster executable.") var botcluster = "botcluster"
@@ -59,16 +57,16 @@ struct Chaos: AsyncParsableCommand {
         while MonotonicInstant.now() < end {
             try await Task.sleep(for: .milliseconds(500 + Int64(rng.next() % 2500)))
             let workers = (try? await statusWorkers(socket)) ?? []
-            for worker in workers { if let pid = worker["pid"]?.intValue { seenPIDs.insert(Int32(pid)) } }
-            let ready = workers.filter { $0["state"]?.stringValue == "ready" }
+            for worker in workers { if let pid = worker.pid { seenPIDs.insert(pid) } }
+            let ready = workers.filter { $0.state == "ready" }
             let action = Action.allCases[Int(rng.next() % UInt64(Action.allCases.count))]
             counts[action, default: 0] += 1
             let target = ready.isEmpty ? nil : ready[Int(rng.next() % UInt64(ready.count))]
-            let shard = target?["ordinal"]?.intValue ?? 0
+            let shard = target?.ordinal ?? 0
             switch action {
             case .kill9, .sigstop:
-                guard let pid = target?["pid"]?.intValue else { continue }
-                kill(Int32(pid), action == .kill9 ? SIGKILL : SIGSTOP)
+                guard let pid = target?.pid else { continue }
+                kill(pid, action == .kill9 ? SIGKILL : SIGSTOP)
                 hardKills += 1
                 log("\(action.rawValue) worker \(shard) (pid \(pid))")
             case .reconnect, .invalidSession, .drop, .stopAcks:
@@ -94,7 +92,7 @@ struct Chaos: AsyncParsableCommand {
         let drainUntil = MonotonicInstant.now() + .seconds(60)
         var stats = try await get(url + "/emulator/stats")
         while MonotonicInstant.now() < drainUntil {
-            for worker in (try? await statusWorkers(socket)) ?? [] { if let pid = worker["pid"]?.intValue { seenPIDs.insert(Int32(pid)) } }
+            for worker in (try? await statusWorkers(socket)) ?? [] { if let pid = worker.pid { seenPIDs.insert(pid) } }
             stats = try await get(url + "/emulator/stats")
             let delivered = stats["messagesDelivered"]?.intValue ?? 0
             let replied = stats["messagesReplied"]?.intValue ?? 0
@@ -105,8 +103,8 @@ struct Chaos: AsyncParsableCommand {
         try await Task.sleep(for: .seconds(3))
         stats = try await get(url + "/emulator/stats")
         let status = (try? await statusWorkers(socket)) ?? []
-        let restarts = status.compactMap { $0["restarts"]?.intValue }.reduce(0, +)
-        for worker in status { if let pid = worker["pid"]?.intValue { seenPIDs.insert(Int32(pid)) } }
+        let restarts = status.map(\.restarts).reduce(0, +)
+        for worker in status { if let pid = worker.pid { seenPIDs.insert(pid) } }
         supervisor.signal(SIGTERM)
         let supervisorStatus = await supervisor.waitForExit()
         // Anything left alive of what the cluster ever ran?
@@ -140,9 +138,8 @@ struct Chaos: AsyncParsableCommand {
         throw ExitCode(failures.isEmpty ? 0 : 1)
     }
 
-    func statusWorkers(_ socket: String) async throws -> [JSONValue] {
-        guard case .array(let workers) = try await controlStatus(socket)["workers"] ?? .null else { return [] }
-        return workers
+    func statusWorkers(_ socket: String) async throws -> [ClusterStatus.Worker] {
+        try await controlStatus(socket).workers
     }
 
     func controlCommand(_ socket: String, _ command: ControlCommand, timeout: Duration) async -> (Bool, String) {
@@ -150,61 +147,6 @@ struct Chaos: AsyncParsableCommand {
             return try await IPCClient.control(path: socket, command, timeout: timeout)
         } catch {
             return (false, "\(error)")
-        }
-    }
-}
-
-func processAlive(_ pid: Int32) -> Bool {
-    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { return false }
-    let state = stat[stat.index(close, offsetBy: 2)]
-    return state != "Z" && state != "X"
-}
-
-/// A child process whose output is read line by line (for the lines the bench waits for).
-final class ChildProcess: Sendable {
-    let process: Process
-    let lines: AsyncStream<String>
-
-    init(_ executable: String, _ arguments: [String], directory: String, environment: [String: String] = [:]) throws {
-        process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.currentDirectoryURL = URL(fileURLWithPath: directory)
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = FileHandle.nullDevice
-        let (lines, continuation) = AsyncStream<String>.makeStream()
-        self.lines = lines
-        let pending = Mutex(LineSplitter(maxLine: 1 << 20))
-        pipe.fileHandleForReading.readabilityHandler = { handle in
-            let data = handle.availableData
-            if data.isEmpty {
-                handle.readabilityHandler = nil
-                continuation.finish()
-                return
-            }
-            let complete = pending.withLock { $0.feed(data) }
-            for line in complete { continuation.yield(line) }
-        }
-        try process.run()
-    }
-
-    func waitForLine(containing text: String) async -> String? {
-        for await line in lines where line.contains(text) { return line }
-        return nil
-    }
-
-    func signal(_ signal: Int32) { Foundation.kill(process.processIdentifier, signal) }
-    func terminate() { if process.isRunning { signal(SIGTERM) } }
-    func kill() { if process.isRunning { signal(SIGKILL) } }
-
-    func waitForExit() async -> Int32 {
-        await withCheckedContinuation { continuation in
-            DispatchQueue.global().async {
-                self.process.waitUntilExit()
-                continuation.resume(returning: self.process.terminationStatus)
-            }
         }
     }
 }

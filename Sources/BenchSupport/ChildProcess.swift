@@ -1,0 +1,68 @@
+import ClusterCore
+import Foundation
+import Synchronization
+
+/// Whether the process `pid` is alive (a zombie is not).
+public func processAlive(_ pid: Int32) -> Bool {
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { return false }
+    let state = stat[stat.index(close, offsetBy: 2)]
+    return state != "Z" && state != "X"
+}
+
+/// A child process whose output is read line by line (for the lines the bench waits for).
+public final class ChildProcess: Sendable {
+    public let process: Process
+    public let lines: AsyncStream<String>
+
+    /// Starts `executable` in `directory`, this environment plus `environment`; standard error is discarded.
+    public init(_ executable: String, _ arguments: [String], directory: String, environment: [String: String] = [:]) throws {
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        process.currentDirectoryURL = URL(fileURLWithPath: directory)
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        let (lines, continuation) = AsyncStream<String>.makeStream()
+        self.lines = lines
+        let pending = Mutex(LineSplitter(maxLine: 1 << 20))
+        pipe.fileHandleForReading.readabilityHandler = { handle in
+            let data = handle.availableData
+            if data.isEmpty {
+                handle.readabilityHandler = nil
+                continuation.finish()
+                return
+            }
+            let complete = pending.withLock { $0.feed(data) }
+            for line in complete { continuation.yield(line) }
+        }
+        try process.run()
+    }
+
+    /// The first line (from now) containing `text`, or nil once the output ends.
+    public func waitForLine(containing text: String) async -> String? {
+        for await line in lines where line.contains(text) { return line }
+        return nil
+    }
+
+    public func signal(_ signal: Int32) { Foundation.kill(process.processIdentifier, signal) }
+    public func terminate() { if process.isRunning { signal(SIGTERM) } }
+    public func kill() { if process.isRunning { signal(SIGKILL) } }
+
+    /// Waits for the process to end; its exit status.
+    public func waitForExit() async -> Int32 {
+        await withCheckedContinuation { continuation in
+            DispatchQueue.global().async {
+                self.process.waitUntilExit()
+                continuation.resume(returning: self.process.terminationStatus)
+            }
+        }
+    }
+}
+
+/// A bench or check that could not go on, and why.
+public struct BenchError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
