@@ -120,8 +120,8 @@ extension GatewayEmulator {
                 guard let channel, let guild = core.world.guildOfChannel(channel) else {
                     return .failure(PlatformError(status: .notFound, code: 11263, message: "channel not found"))
                 }
-                let reply = msgID.map { core.recordReply(msgID: $0, kind: .guild, target: channel - EmulatorWorld.channelBase, msgSeq: nil) }
-                return .success((core.world.guildID(guild), core.timestamp(), reply))
+                let reply = msgID.map { core.recordReply(msgID: $0, kind: .guild, target: channel - EmulatorWorld.channelBase, msgSeq: nil, now: now) }
+                return .success((core.world.guildID(guild), core.timestamp(now: now), reply))
             }
             let found = try outcome.get()
             if let result = found.reply, let msgID { try Self.check(result, msgID: msgID) }
@@ -167,12 +167,12 @@ extension GatewayEmulator {
         if let msgID {
             try reply(msgID: msgID, kind: kind, target: target, msgSeq: body["msg_seq"]?.intValue)
         }
-        let timestamp = core.withLock { $0.timestamp() }
+        let timestamp = core.withLock { $0.timestamp(now: Self.now()) }
         return jsonResponse("{\"id\":\"\(nextOpaqueID())\",\"timestamp\":\"\(timestamp)\"}")
     }
 
     func reply(msgID: String, kind: MessageRecord.Kind, target: Int, msgSeq: Int?) throws {
-        let result = core.withLock { $0.recordReply(msgID: msgID, kind: kind, target: target, msgSeq: msgSeq) }
+        let result = core.withLock { $0.recordReply(msgID: msgID, kind: kind, target: target, msgSeq: msgSeq, now: Self.now()) }
         try Self.check(result, msgID: msgID)
     }
 

@@ -18,8 +18,9 @@ extension GatewayEmulator {
             try sync.addHandler(UnmaskedFrameGuard(onViolation: counted), position: .after(decoder.handler))
         }.get()
         let connectionID = withCore { core, wake in
-            let id = core.openConnection(now: Self.now())
-            if let w = core.enqueue(DispatchFrame.hello(heartbeatInterval: config.heartbeatInterval), on: id) { wake.append(w) }
+            let now = Self.now()
+            let id = core.openConnection(now: now)
+            if let w = core.enqueue(DispatchFrame.hello(heartbeatInterval: config.heartbeatInterval), on: id, now: now) { wake.append(w) }
             return id
         }
         let log = logger.with("emulator.connection", connectionID)
@@ -89,7 +90,7 @@ extension GatewayEmulator {
         switch op {
         case 1:
             withCore { core, wake in
-                if core.heartbeat(connectionID, now: now), let w = core.enqueue(DispatchFrame.control(op: 11), on: connectionID) {
+                if core.heartbeat(connectionID, now: now), let w = core.enqueue(DispatchFrame.control(op: 11), on: connectionID, now: now) {
                     wake.append(w)
                 }
             }
@@ -119,7 +120,7 @@ extension GatewayEmulator {
             if core.connections[connectionID]?.session != nil { return (4002, "already identified") }
             switch core.identify(connectionID: connectionID, token: token, shard: shard, intents: intents, now: now) {
             case .ready(let sessionID, let seq):
-                if let w = core.enqueue(DispatchFrame.ready(seq: seq, sessionID: sessionID, shard: shard), on: connectionID) { wake.append(w) }
+                if let w = core.enqueue(DispatchFrame.ready(seq: seq, sessionID: sessionID, shard: shard), on: connectionID, now: now) { wake.append(w) }
                 return nil
             case .close(let code, let reason):
                 if let w = core.requestClose(connectionID, .code(code, reason), now: now) { wake.append(w) }
@@ -150,13 +151,13 @@ extension GatewayEmulator {
                 if let w = core.requestClose(connectionID, .code(4004, "authentication failed"), now: now) { wake.append(w) }
             case .invalid(let reason):
                 logger.info("resume refused", metadata: ["reason": "\(reason)"])
-                if let w = core.enqueue(DispatchFrame.control(op: 9, d: "false"), on: connectionID) { wake.append(w) }
+                if let w = core.enqueue(DispatchFrame.control(op: 9, d: "false"), on: connectionID, now: now) { wake.append(w) }
                 if let w = core.requestClose(connectionID, .code(4009, "invalid session"), now: now) { wake.append(w) }
             case .resumed(let replay, let resumedSeq, let displaced):
                 for frame in replay {
-                    if let w = core.enqueue(frame, on: connectionID) { wake.append(w) }
+                    if let w = core.enqueue(frame, on: connectionID, now: now) { wake.append(w) }
                 }
-                if let w = core.enqueue(DispatchFrame.resumed(seq: resumedSeq), on: connectionID) { wake.append(w) }
+                if let w = core.enqueue(DispatchFrame.resumed(seq: resumedSeq), on: connectionID, now: now) { wake.append(w) }
                 if let displaced, let w = core.requestClose(displaced, .code(4009, "session resumed elsewhere"), now: now) {
                     wake.append(w)
                 }

@@ -31,7 +31,7 @@ public final class GatewayEmulator: Service, Sendable {
     public init(config: EmulatorConfig, app: AppConfig, logger: Logger) {
         self.config = config
         self.logger = logger
-        core = Mutex(EmulatorCore(config: config, app: app, now: MonotonicInstant.now().nanoseconds))
+        core = Mutex(EmulatorCore(config: config, app: app, now: MonotonicInstant.now().nanoseconds, wallClockMs: wallClockMilliseconds()))
     }
 
     /// Connections the server holds open (HTTP and websocket).
