@@ -1,4 +1,5 @@
 import ClusterCore
+import ClusterProtocol
 import ClusterIPC
 import Logging
 import QQGateway

@@ -1,4 +1,5 @@
 import ClusterCore
+import ClusterProtocol
 import QQGateway
 import ServiceLifecycle
 

@@ -1,0 +1,51 @@
+/// The whole of cluster.json, typed and validated. Every field has a default; see the README for the reference.
+public struct ClusterConfig: Sendable {
+    public var app: AppConfig
+    public var gateway: GatewayConfig
+    public var shards: ShardsConfig
+    public var supervisor: SupervisorConfig
+    public var restart: RestartConfig
+    public var identify: IdentifyConfig
+    public var worker: WorkerConfig
+    public var cache: CacheConfig
+    public var rateBudget: RateBudgetConfig
+    public var exactlyOnce: ExactlyOnceConfig
+    public var scale: ScaleConfig
+    public var emulator: EmulatorConfig
+    public var log: LogConfig
+
+    /// The normalized document: every key with its effective value, secrets redacted.
+    public var normalized: JSONValue
+}
+
+extension ClusterConfig {
+    /// The identify window the ledger paces by: the embedded emulator's own, or the configured platform window.
+    public var effectiveIdentifyWindow: Duration {
+        gateway.embedded ? emulator.identifyWindow : identify.window
+    }
+}
+
+extension ClusterConfig {
+    /// Reads every section from the document's root, in the order the normalized document lists them.
+    static func read(_ root: ConfigReader) -> ClusterConfig {
+        let gateway = GatewayConfig(reading: root.object("gateway"))
+        let app = AppConfig(reading: root.object("app"), embedded: gateway.embedded)
+        let shards = ShardsConfig(reading: root.object("shards"))
+        let supervisor = SupervisorConfig(reading: root.object("supervisor"))
+        let restart = RestartConfig(reading: root.object("restart"))
+        let identify = IdentifyConfig(reading: root.object("identify"))
+        let worker = WorkerConfig(reading: root.object("worker"))
+        let cache = CacheConfig(reading: root.object("cache"))
+        let rateBudget = RateBudgetConfig(reading: root.object("rateBudget"))
+        let exactlyOnce = ExactlyOnceConfig(reading: root.object("exactlyOnce"))
+        let scale = ScaleConfig(reading: root.object("scale"))
+        let emulator = EmulatorConfig(reading: root.object("emulator"))
+        let log = LogConfig(reading: root.object("log"))
+        root.finish()
+        return ClusterConfig(
+            app: app, gateway: gateway, shards: shards, supervisor: supervisor, restart: restart,
+            identify: identify, worker: worker, cache: cache, rateBudget: rateBudget, exactlyOnce: exactlyOnce,
+            scale: scale, emulator: emulator, log: log, normalized: .object(root.normalized)
+        )
+    }
+}
