@@ -8,7 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-swift build --build-tests
+# The module graph cannot drift: a target imports only what Package.swift declares for it (SwiftPM checks the
+# targets of this package, scripts/check-dependencies.py every module, and that each declared one is used).
+python3 scripts/check-dependencies.py
+swift build --build-tests --explicit-target-dependency-import-check error
 # Unit and in-process suites run in parallel; the suites that run real clusters of processes run afterwards, on
 # their own, so that their bounds (a hang found within misses x interval, a rename served within 1 s) hold on a
 # busy two-core machine too.
