@@ -78,32 +78,45 @@ extension ClusterSupervisor {
     /// Pings every connected worker and waits up to `deadline`: round trips of those that answered, and the
     /// ordinals that did not (a fan-out with partial results).
     func pingWorkers(deadline: Duration) async -> (rtt: [Int: Duration], missing: [Int]) {
-        let targets = workerConnections(of: layouts.withLock { $0.active.id })
+        let targets = workerConnections(of: state.withLock { $0.core.layouts.active.id })
         var signals: [(Int, AsyncSignal<Duration>)] = []
+        var ids: [UInt64] = []
         for (ordinal, connection) in targets {
-            let id = nextPing.add(1, ordering: .relaxed).newValue
             let signal = AsyncSignal<Duration>()
-            pings.withLock { $0[id] = (ordinal, .now(), signal) }
+            let id = state.withLock { state in
+                state.nextRequestID += 1
+                state.pings[state.nextRequestID] = (ordinal, .now(), signal)
+                return state.nextRequestID
+            }
             signals.append((ordinal, signal))
+            ids.append(id)
             connection.send(.ping(id: id))
         }
         let answers = await firstAnswers(signals, within: deadline)
+        // What did not answer in time is forgotten: a worker that never answers grows nothing.
+        state.withLock { state in for id in ids { state.pings[id] = nil } }
         return (answers, (0..<shardCount).filter { answers[$0] == nil })
     }
 
     /// Asks every connected worker what its cache serves for a user, waiting up to `deadline`: the answers (nil =
     /// not cached) and the ordinals that did not answer.
     func askWorkers(about userID: String, deadline: Duration) async -> (answers: [Int: String?], missing: [Int]) {
-        let targets = workerConnections(of: layouts.withLock { $0.active.id })
+        let targets = workerConnections(of: state.withLock { $0.core.layouts.active.id })
         var signals: [(Int, AsyncSignal<String?>)] = []
+        var ids: [UInt64] = []
         for (ordinal, connection) in targets {
-            let id = nextPing.add(1, ordering: .relaxed).newValue
             let signal = AsyncSignal<String?>()
-            userQueries.withLock { $0[id] = signal }
+            let id = state.withLock { state in
+                state.nextRequestID += 1
+                state.userQueries[state.nextRequestID] = signal
+                return state.nextRequestID
+            }
             signals.append((ordinal, signal))
+            ids.append(id)
             connection.send(.userQuery(id: id, userID: userID))
         }
         let answers = await firstAnswers(signals, within: deadline)
+        state.withLock { state in for id in ids { state.userQueries[id] = nil } }
         let missing = (0..<shardCount).filter { answers[$0] == nil }
         return (answers, missing)
     }
@@ -138,8 +151,9 @@ extension ClusterSupervisor {
     func status() async -> ClusterStatus {
         let (rtt, missing) = await pingWorkers(deadline: .milliseconds(500))
         let now = MonotonicInstant.now()
-        let (activeID, all) = layouts.withLock { layouts in (layouts.active.id, layouts.layouts.map { ($0.id, $0.role, $0.machine.workers) }) }
-        let rates = rates.withLock { $0 }
+        let (activeID, all, rates) = state.withLock { state in
+            (state.core.layouts.active.id, state.core.layouts.layouts.map { ($0.id, $0.role, $0.machine.workers) }, state.rates)
+        }
         let identify = ledger.snapshot
         let tokens = budget.grantedTo
         func rounded(_ value: Double) -> Double { (value * 10).rounded() / 10 }

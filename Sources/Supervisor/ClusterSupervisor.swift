@@ -33,20 +33,40 @@ public struct SupervisorSetup: Sendable {
 /// `botcluster launch`: spawns one worker per shard, answers their IPC (identify slots, sessions, health),
 /// restarts them by the policy, serves control commands, and on shutdown drains them all.
 public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
+    /// Everything the supervisor knows that changes, in one place behind one lock: the decisions (`SupervisorCore`:
+    /// layouts, workers, the layout change) and what the I/O around them needs to find (connections, requests in
+    /// flight). No invariant spans two locks.
+    struct State {
+        var core: SupervisorCore
+        /// Worker connections by layout and ordinal.
+        var connections: [Int: [Int: IPCConnection]] = [:]
+        /// Event rates by worker generation.
+        var rates: [UInt64: (handled: Int64, at: MonotonicInstant, perSecond: Double)] = [:]
+        /// Pings and user queries sent to workers, by correlation id.
+        var pings: [UInt64: (ordinal: Int, sentAt: MonotonicInstant, signal: AsyncSignal<Duration>)] = [:]
+        var userQueries: [UInt64: AsyncSignal<String?>] = [:]
+        var nextRequestID: UInt64 = 0
+        var server: IPCServer?
+        var spawner: ProcessSpawner?
+        /// Who asked for the layout change in progress.
+        var changeRequester: ChangeRequester?
+    }
+
+    /// The operator (or the 4011 reshard) waiting on a layout change: its progress lines and its answer.
+    struct ChangeRequester {
+        let progress: @Sendable (String) -> Void
+        let answer: AsyncSignal<(Bool, String)>
+        /// A rolling restart reports the identifies it spent: the ledger's count when it began.
+        let identifiesBefore: Int?
+    }
+
     let setup: SupervisorSetup
     let logger: Logger
-    let layouts: Mutex<ClusterLayouts>
+    let state: Mutex<State>
     let ledger: IdentifyLedgerService
     let claims: ClaimService
     let budget: BudgetService
     let store: ClusterStore
-    /// Worker connections by layout and ordinal.
-    let connections = Mutex<[Int: [Int: IPCConnection]]>([:])
-    /// Event rates by worker generation.
-    let rates = Mutex<[UInt64: (handled: Int64, at: MonotonicInstant, perSecond: Double)]>([:])
-    let pings = Mutex<[UInt64: (ordinal: Int, sentAt: MonotonicInstant, signal: AsyncSignal<Duration>)]>([:])
-    let nextPing = Atomic<UInt64>(0)
-    let userQueries = Mutex<[UInt64: AsyncSignal<String?>]>([:])
     let timer = Wakeup()
     let stopped = AsyncSignal<Void>()
     let spawnRequests: AsyncStream<(ordinal: Int, generation: UInt64, shard: ShardID)>
@@ -55,20 +75,8 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
     /// Control work that awaits (status pings workers): run beside the supervisor, one task each.
     let controlRequests: AsyncStream<@Sendable () async -> Void>
     let controlContinuation: AsyncStream<@Sendable () async -> Void>.Continuation
-    let server = Mutex<IPCServer?>(nil)
-    let spawner = Mutex<ProcessSpawner?>(nil)
     /// Printed once every worker is ready (tests and scripts wait for it).
     public let ready = AsyncSignal<Duration>()
-    /// Poked after every event of the layouts' state machines and every `dispatchFinished`: what rescales and
-    /// rolling restarts wait on.
-    let layoutEvents = Wakeup()
-    /// Layouts that became ready, and layouts whose workers all exited.
-    let readyLayouts = Mutex<Set<Int>>([])
-    let stoppedLayouts = Mutex<Set<Int>>([])
-    /// Connections of a retiring layout that have handled everything they received (`dispatchFinished`).
-    let finishedDispatch = Mutex<Set<UInt64>>([])
-    /// One layout change (rescale, rolling restart) at a time.
-    let changing = Mutex(false)
     /// The supervisor's own calls to the platform (`/gateway/bot` when it plans a rescale): one connection and a
     /// small budget of its own, so that they never compete with the workers' replies.
     let platform: PlatformClients
@@ -78,9 +86,12 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         self.logger = logger
         self.store = store
         let sessions = store.sessions(total: setup.shards)
-        layouts = Mutex(ClusterLayouts(active: ClusterStateMachine(
-            shards: setup.shards, timings: .init(setup.config.supervisor), restart: setup.config.restart,
-            seed: UInt64(truncatingIfNeeded: MonotonicInstant.now().nanoseconds), sessions: sessions
+        state = Mutex(State(core: SupervisorCore(
+            active: ClusterStateMachine(
+                shards: setup.shards, timings: .init(setup.config.supervisor), restart: setup.config.restart,
+                seed: UInt64(truncatingIfNeeded: MonotonicInstant.now().nanoseconds), sessions: sessions
+            ),
+            changeTimings: .init(setup.config)
         )))
         var claimLedger = ClaimLedger(ttl: setup.config.exactlyOnce.ttl)
         claimLedger.remember(store.handledEvents(within: setup.config.exactlyOnce.ttl))
@@ -115,11 +126,13 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         serverConfiguration.maxHandshaking = max(256, 2 * ShardsConfig.maxCount)
         let server = IPCServer(configuration: serverConfiguration, delegate: self, logger: logger)
         try await server.start()
-        self.server.withLock { $0 = server }
         let spawner = ProcessSpawner(executable: ProcessSpawner.currentExecutable(), logger: logger) { pid, status in
             self.dispatch(.exited(pid: pid, status: status))
         }
-        self.spawner.withLock { $0 = spawner }
+        state.withLock { state in
+            state.server = server
+            state.spawner = spawner
+        }
         logger.info("supervisor started", metadata: ["shards": "\(setup.shards)", "socket": "\(setup.config.supervisor.socket)", "max_concurrency": "\(setup.gateway.maxConcurrency)"])
         await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
@@ -162,63 +175,85 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
 
     // MARK: the state machine
 
-    func dispatch(_ event: ClusterStateMachine.Event, in layout: Int? = nil) {
-        let (actions, moved) = layouts.withLock { layouts -> ([(Int, ClusterStateMachine.Action)], Bool) in
-            let before = layouts.nextDeadline
-            let actions = layout.map { layouts.handle(event, in: $0, now: .now()) } ?? layouts.handle(event, now: .now())
-            return (actions, layouts.nextDeadline != before)
+    /// A worker, process or timer event.
+    func dispatch(_ event: ClusterStateMachine.Event) {
+        handle(.cluster(event))
+    }
+
+    /// Feeds the core one event and carries out what it decides.
+    func handle(_ event: SupervisorCore.Event) {
+        let (actions, moved) = state.withLock { state -> ([SupervisorCore.Action], Bool) in
+            let before = state.core.nextDeadline
+            let actions = state.core.handle(event, now: .now())
+            return (actions, state.core.nextDeadline != before)
         }
         if moved { timer.poke() }
         perform(actions)
-        // Whatever changed in a layout (a worker ready, failed, exited) may be what a rescale or a roll waits for.
-        layoutEvents.poke()
     }
 
-    func perform(_ actions: [(Int, ClusterStateMachine.Action)]) {
-        for (layout, action) in actions {
+    func perform(_ actions: [SupervisorCore.Action]) {
+        for action in actions {
             switch action {
-            case .spawn(let ordinal, let generation, let shard):
-                spawnContinuation.yield((ordinal, generation, shard))
-            case .signal(let pid, let signal):
-                kill(pid, signal == .abort ? SIGABRT : SIGTERM)
-            case .killGroup(let pid):
-                kill(-pid, SIGKILL)
-            case .confirmHang(let ordinal, let generation):
-                // A task on the worker connection's event loop runs after that loop has read what was waiting
-                // on the socket: if the worker's heartbeats were only unread, they count before the verdict.
-                let confirm: @Sendable () -> Void = { self.dispatch(.hangConfirmation(ordinal: ordinal, generation: generation), in: layout) }
-                if let connection = workerConnections(of: layout)[ordinal], connection.hello?.generation == generation {
-                    connection.channel.eventLoop.execute(confirm)
-                } else {
-                    confirm()
-                }
-            case .persistSession(let shard, let id, let seq):
-                store.save(shard: shard, id: id, seq: seq)
-            case .forgetSession(let shard):
-                store.forget(shard: shard)
-            case .log(let level, let message):
-                switch level {
-                case .info: logger.info("\(message)")
-                case .warning: logger.warning("\(message)")
-                case .error: logger.error("\(message)")
-                }
-            case .clusterReady:
-                readyLayouts.withLock { _ = $0.insert(layout) }
-                if layout == 0 {
-                    let elapsed = MonotonicInstant.now() - startedAt
-                    printLine("cluster ready: \(setup.shards) shards in \(DurationFormat.human(elapsed))")
-                    ready.set(elapsed)
-                }
-            case .allStopped:
-                stoppedLayouts.withLock { _ = $0.insert(layout) }
-                let active = layouts.withLock { $0.active.id }
-                if layout == active { stopped.set(()) }
+            case .worker(let layout, let action):
+                perform(action, in: layout)
+            case .startDispatch(let layout):
+                for connection in workerConnections(of: layout).values { connection.send(.startDispatch) }
+            case .finishDispatch(let layout):
+                for connection in workerConnections(of: layout).values { connection.send(.finishDispatch) }
+            case .retireClaims(let layout):
+                for connection in workerConnections(of: layout).values { claims.retire(connection) }
+            case .forgetStoredLayout(let total):
+                store.forgetLayout(total: total)
+            case .changeProgress(let line):
+                state.withLock { $0.changeRequester }?.progress(line)
+            case .changeFinished(let ok, var text):
+                guard let requester = state.withLock({ state in defer { state.changeRequester = nil }; return state.changeRequester }) else { break }
+                if ok, let before = requester.identifiesBefore { text += "; identifies spent: \(ledger.snapshot.granted - before)" }
+                requester.answer.set((ok, text))
             }
         }
     }
 
+    func perform(_ action: ClusterStateMachine.Action, in layout: Int) {
+        switch action {
+        case .spawn(let ordinal, let generation, let shard):
+            spawnContinuation.yield((ordinal, generation, shard))
+        case .signal(let pid, let signal):
+            kill(pid, signal == .abort ? SIGABRT : SIGTERM)
+        case .killGroup(let pid):
+            kill(-pid, SIGKILL)
+        case .confirmHang(let ordinal, let generation):
+            // A task on the worker connection's event loop runs after that loop has read what was waiting on the
+            // socket: if the worker's heartbeats were only unread, they count before the verdict.
+            let confirm: @Sendable () -> Void = { self.dispatch(.hangConfirmation(ordinal: ordinal, generation: generation)) }
+            if let connection = workerConnections(of: layout)[ordinal], connection.hello?.generation == generation {
+                connection.channel.eventLoop.execute(confirm)
+            } else {
+                confirm()
+            }
+        case .persistSession(let shard, let id, let seq):
+            store.save(shard: shard, id: id, seq: seq)
+        case .forgetSession(let shard):
+            store.forget(shard: shard)
+        case .log(let level, let message):
+            switch level {
+            case .info: logger.info("\(message)")
+            case .warning: logger.warning("\(message)")
+            case .error: logger.error("\(message)")
+            }
+        case .clusterReady:
+            if layout == 0 {
+                let elapsed = MonotonicInstant.now() - startedAt
+                printLine("cluster ready: \(setup.shards) shards in \(DurationFormat.human(elapsed))")
+                ready.set(elapsed)
+            }
+        case .allStopped:
+            if layout == state.withLock({ $0.core.layouts.active.id }) { stopped.set(()) }
+        }
+    }
+
     /// The active layout's shard count.
-    var shardCount: Int { layouts.withLock { $0.active.machine.workers.count } }
+    var shardCount: Int { state.withLock { $0.core.layouts.active.machine.workers.count } }
 
     func spawn(_ request: (ordinal: Int, generation: UInt64, shard: ShardID), spawner: ProcessSpawner, group: inout DiscardingTaskGroup) async {
         let environment = [
@@ -239,7 +274,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
 
     func runTimer() async {
         while !Task.isCancelled {
-            let deadline = layouts.withLock { $0.nextDeadline }
+            let deadline = state.withLock { $0.core.nextDeadline }
             await timer.wait(until: deadline)
             if Task.isCancelled { return }
             if let deadline, MonotonicInstant.now() >= deadline { dispatch(.tick) }
@@ -260,8 +295,8 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         await store.flush()
         if store.takeRecovered() {
             logger.warning("writing every session and handled event again to the new cluster database")
-            let sessions = layouts.withLock { layouts in
-                layouts.layouts.flatMap { layout in layout.machine.workers.compactMap { worker in worker.session.map { (worker.shard, $0) } } }
+            let sessions = state.withLock { state in
+                state.core.layouts.layouts.flatMap { layout in layout.machine.workers.compactMap { worker in worker.session.map { (worker.shard, $0) } } }
             }
             for (shard, session) in sessions { store.save(shard: shard, id: session.id, seq: session.seq) }
             store.saveHandled(claims.allRemembered(), ttl: ttl)
@@ -281,33 +316,34 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             let layoutID = ClusterLayouts.layoutID(ofGeneration: hello.generation)
             // Only the process this supervisor started for the slot, by the kernel's word: any process of the same
             // user can read an ordinal and a generation from `status --json` and claim them.
-            guard let spawnedAs = spawner.withLock({ $0?.tag(of: connection.peerPID) }), spawnedAs == hello.generation else {
+            guard let spawnedAs = state.withLock({ $0.spawner })?.tag(of: connection.peerPID), spawnedAs == hello.generation else {
                 return "pid \(connection.peerPID) is not the process this supervisor started for worker \(ordinal) generation \(hello.generation)"
             }
-            let assignment = layouts.withLock { layouts -> Assignment? in
-                guard let layout = layouts.layout(layoutID), let worker = layout.machine.worker(ordinal: ordinal),
+            // One critical section: the slot and the connection are checked and taken together.
+            let verdict = state.withLock { state -> Result<Assignment, RefusedHello> in
+                guard let layout = state.core.layouts.layout(layoutID), let worker = layout.machine.worker(ordinal: ordinal),
                     worker.generation == hello.generation, worker.state.isLive
-                else { return nil }
-                return Assignment(
+                else {
+                    return .failure(RefusedHello("worker \(ordinal) generation \(hello.generation) is not a current worker of this cluster"))
+                }
+                // Once: a second hello for a slot that has a connection is refused.
+                if let existing = state.connections[layoutID]?[ordinal], existing.hello?.generation == hello.generation, existing.channel.isActive {
+                    return .failure(RefusedHello("worker \(ordinal) generation \(hello.generation) is already connected"))
+                }
+                state.connections[layoutID, default: [:]][ordinal] = connection
+                return .success(Assignment(
                     shard: Int32(worker.shard.id), total: Int32(worker.shard.total), generation: worker.generation,
                     resumeSessionID: worker.session?.id, resumeSeq: Int64(worker.session?.seq ?? 0),
                     apiBase: setup.apiBase, tokenURL: setup.tokenURL, gatewayURL: setup.gateway.url,
                     // A new layout connects and gets ready, but hands nothing to the handler until the switch.
                     holdDispatch: layout.role == .incoming
-                )
+                ))
             }
-            guard let assignment else {
-                return "worker \(ordinal) generation \(hello.generation) is not a current worker of this cluster"
+            let assignment: Assignment
+            switch verdict {
+            case .success(let granted): assignment = granted
+            case .failure(let refusal): return refusal.reason
             }
-            // Once: a second hello for a slot that has a connection is refused.
-            let taken = connections.withLock { connections -> Bool in
-                if let existing = connections[layoutID]?[ordinal], existing.hello?.generation == hello.generation, existing.channel.isActive {
-                    return true
-                }
-                connections[layoutID, default: [:]][ordinal] = connection
-                return false
-            }
-            if taken { return "worker \(ordinal) generation \(hello.generation) is already connected" }
             connection.send(.welcome(assignment))
             dispatch(.hello(ordinal: ordinal, generation: hello.generation))
             return nil
@@ -329,7 +365,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         case .ping(let id):
             connection.send(.pong(id: id))
         case .pong(let id):
-            if let entry = pings.withLock({ $0.removeValue(forKey: id) }) { entry.signal.set(.now() - entry.sentAt) }
+            if let entry = state.withLock({ $0.pings.removeValue(forKey: id) }) { entry.signal.set(.now() - entry.sentAt) }
         case .identifyRequest(let id, let shard):
             // A worker identifies for its own shard only (the ledger's bucket comes from the shard number).
             guard Int(shard) == assignedShard(ordinal, generation) else {
@@ -360,8 +396,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         case .gatewayState(.disconnected):
             break
         case .dispatchFinished:
-            finishedDispatch.withLock { _ = $0.insert(connection.id) }
-            layoutEvents.poke()
+            handle(.dispatchFinished(generation: generation))
         case .drained(let id, let seq):
             if let id { dispatch(.sessionCommitted(ordinal: ordinal, generation: generation, id: id, seq: Int(max(0, seq)))) }
         case .budgetRequest(let id, let route, let count):
@@ -377,7 +412,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         case .usersChanged(let ids):
             broadcast(.usersInvalidate(ids: ids), except: connection)
         case .userAnswer(let id, let username):
-            if let entry = userQueries.withLock({ $0.removeValue(forKey: id) }) { entry.set(username) }
+            if let entry = state.withLock({ $0.userQueries.removeValue(forKey: id) }) { entry.set(username) }
         case .claims(let id, let keys):
             connection.send(.claimResults(id: id, decisions: claims.claim(keys, by: connection)))
         case .claimsDone(let keys):
@@ -391,8 +426,8 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
 
     /// The shard number of a current worker (nil for a process that is not one).
     func assignedShard(_ ordinal: Int, _ generation: UInt64) -> Int? {
-        layouts.withLock { layouts in
-            guard let worker = layouts.layout(ClusterLayouts.layoutID(ofGeneration: generation))?.machine.worker(ordinal: ordinal),
+        state.withLock { state in
+            guard let worker = state.core.layouts.layout(ClusterLayouts.layoutID(ofGeneration: generation))?.machine.worker(ordinal: ordinal),
                 worker.generation == generation
             else { return nil }
             return worker.shard.id
@@ -401,14 +436,14 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
 
     /// Sends a message to every connected worker (of every layout) but one.
     func broadcast(_ message: IPCMessage, except sender: IPCConnection?) {
-        for connection in connections.withLock({ $0.values.flatMap(\.values) }) where connection != sender {
+        for connection in state.withLock({ $0.connections.values.flatMap(\.values) }) where connection != sender {
             connection.send(message)
         }
     }
 
     /// The connected workers of one layout, by ordinal.
     func workerConnections(of layout: Int) -> [Int: IPCConnection] {
-        connections.withLock { $0[layout] ?? [:] }
+        state.withLock { $0.connections[layout] ?? [:] }
     }
 
     public func closed(_ connection: IPCConnection, reason: String?) {
@@ -417,23 +452,29 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         claims.connectionClosed(connection)
         guard let hello = connection.hello, hello.role == .worker else { return }
         let layout = ClusterLayouts.layoutID(ofGeneration: hello.generation)
-        connections.withLock { connections in
-            if connections[layout]?[Int(hello.ordinal)] == connection { connections[layout]?[Int(hello.ordinal)] = nil }
+        state.withLock { state in
+            if state.connections[layout]?[Int(hello.ordinal)] == connection { state.connections[layout]?[Int(hello.ordinal)] = nil }
         }
         // A retiring worker that is gone owes no `dispatchFinished`.
-        layoutEvents.poke()
+        handle(.disconnected(generation: hello.generation))
     }
 
     func recordRate(_ ordinal: UInt64, _ progress: WorkerProgress) {
         let now = MonotonicInstant.now()
-        rates.withLock { rates in
-            if let previous = rates[ordinal], now > previous.at {
+        state.withLock { state in
+            if let previous = state.rates[ordinal], now > previous.at {
                 let perSecond = Double(max(0, progress.handled.saturatingSubtract(previous.handled))) / (now - previous.at).seconds
                 // Smooth over a few heartbeats.
-                rates[ordinal] = (progress.handled, now, previous.perSecond * 0.5 + perSecond * 0.5)
+                state.rates[ordinal] = (progress.handled, now, previous.perSecond * 0.5 + perSecond * 0.5)
             } else {
-                rates[ordinal] = (progress.handled, now, 0)
+                state.rates[ordinal] = (progress.handled, now, 0)
             }
         }
     }
+}
+
+/// Why a worker's hello is refused.
+struct RefusedHello: Error {
+    let reason: String
+    init(_ reason: String) { self.reason = reason }
 }

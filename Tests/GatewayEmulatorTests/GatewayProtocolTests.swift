@@ -92,7 +92,7 @@ struct GatewayProtocolTests {
     }
 
     @Test func heartbeatTimeoutClosesTheSocketButKeepsTheSession() async throws {
-        try await withEmulator(#"{\#(quiet), "heartbeatInterval": "300ms", "heartbeatTimeout": "1s"}"#) { _, base in
+        try await withEmulator(#"{\#(quiet), "heartbeatInterval": "300ms", "heartbeatTimeout": "3s"}"#) { _, base in
             let token = try await accessToken(base)
             let (client, _, session) = try await readySession(base, token: token)
             let code = try await client.closed.wait()

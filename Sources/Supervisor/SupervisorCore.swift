@@ -1,0 +1,247 @@
+import ClusterCore
+
+/// Everything the supervisor decides, as one pure value: the cluster's layouts (each a `ClusterStateMachine`) and
+/// the layout change in progress (a rescale or a rolling restart). Every event goes through `handle(_:now:)`, and
+/// what to do comes out as actions; the time is a parameter. `ClusterSupervisor` owns one, behind one lock, and
+/// carries out the actions.
+public struct SupervisorCore: Sendable {
+    public enum Event: Sendable {
+        /// A worker, process or timer event (a `.tick` also moves a layout change past its deadlines), routed to its
+        /// layout by generation, by pid, or to the active layout (`ClusterLayouts`).
+        case cluster(ClusterStateMachine.Event)
+        /// A retiring worker has handled everything the gateway sent it (its answer to `finishDispatch`).
+        case dispatchFinished(generation: UInt64)
+        /// A worker's IPC connection closed (a retiring worker that is gone owes no `dispatchFinished`).
+        case disconnected(generation: UInt64)
+        /// Start a rescale to `shards`; `plan` is what the operator is told first.
+        case beginScale(shards: Int, plan: String, seed: UInt64)
+        /// Start replacing every worker of the active layout, `maxUnavailable` at a time.
+        case beginRoll(maxUnavailable: Int)
+    }
+
+    public enum Action: Sendable, Equatable {
+        /// What a layout's state machine decided.
+        case worker(layout: Int, ClusterStateMachine.Action)
+        /// Tell every worker of the layout to hand events to its handler (the switch of a rescale).
+        case startDispatch(layout: Int)
+        /// Ask every worker of the layout to handle what it received and answer `dispatchFinished` (the fence).
+        case finishDispatch(layout: Int)
+        /// Refuse further claims of the layout's workers (after the fence).
+        case retireClaims(layout: Int)
+        /// Forget the stored sessions of a layout of `total` shards that no longer runs.
+        case forgetStoredLayout(total: Int)
+        /// A line for the operator who asked for the change.
+        case changeProgress(String)
+        /// The change is over: whether it did what was asked, and the operator's answer.
+        case changeFinished(ok: Bool, String)
+    }
+
+    /// The deadlines of a layout change.
+    public struct ChangeTimings: Sendable {
+        /// How long a new layout has to become ready before the rescale is abandoned (`scale.readyTimeout`).
+        public var readyTimeout: Duration
+        /// How long retiring workers have to confirm the fence (`worker.drainTimeout` + `supervisor.stopGrace`).
+        public var fenceTimeout: Duration
+        /// How long a stopped layout's workers have to exit (`supervisor.stopGrace` + 5 s).
+        public var stopTimeout: Duration
+        /// How long a rolling restart's batch has to be replaced and ready (`supervisor.stopGrace` + `readyTimeout`).
+        public var replaceTimeout: Duration
+
+        public init(readyTimeout: Duration, fenceTimeout: Duration, stopTimeout: Duration, replaceTimeout: Duration) {
+            self.readyTimeout = readyTimeout
+            self.fenceTimeout = fenceTimeout
+            self.stopTimeout = stopTimeout
+            self.replaceTimeout = replaceTimeout
+        }
+
+        /// The deadlines cluster.json sets.
+        public init(_ config: ClusterConfig) {
+            self.init(
+                readyTimeout: config.scale.readyTimeout,
+                fenceTimeout: config.worker.drainTimeout + config.supervisor.stopGrace,
+                stopTimeout: config.supervisor.stopGrace + .seconds(5),
+                replaceTimeout: config.supervisor.stopGrace + config.supervisor.readyTimeout
+            )
+        }
+    }
+
+    /// A rescale or a rolling restart in progress.
+    public struct LayoutChange: Sendable, Equatable {
+        public enum Phase: Sendable, Equatable {
+            /// A rescale's new layout connects and gets ready while the current one serves.
+            case waitingForIncoming(layout: Int, readyReported: Int)
+            /// After the switch: the retiring layout's workers that still owe `dispatchFinished`.
+            case fencing(retiring: Int, waiting: Set<UInt64>)
+            /// A layout drains and exits: the retired one (`abandoned` nil), or a new one given up.
+            case stopping(layout: Int, abandoned: String?)
+            /// A rolling restart replaces `ordinals`, whose processes had generations `before`.
+            case replacing(ordinals: [Int], before: [UInt64], replaced: Int)
+        }
+
+        /// The shard count before the change, and after it (the same for a rolling restart).
+        public let from: Int
+        public let to: Int
+        /// A rolling restart's batch size (0 for a rescale).
+        public let batch: Int
+        public let started: MonotonicInstant
+        public internal(set) var phase: Phase
+        /// When the current phase gives up.
+        public internal(set) var deadline: MonotonicInstant
+    }
+
+    public private(set) var layouts: ClusterLayouts
+    public private(set) var change: LayoutChange?
+    let changeTimings: ChangeTimings
+
+    public init(active: ClusterStateMachine, changeTimings: ChangeTimings) {
+        layouts = ClusterLayouts(active: active)
+        self.changeTimings = changeTimings
+    }
+
+    /// When the next `.cluster(.tick)` has something to do.
+    public var nextDeadline: MonotonicInstant? {
+        [layouts.nextDeadline, change?.deadline].compactMap { $0 }.min()
+    }
+
+    public mutating func handle(_ event: Event, now: MonotonicInstant) -> [Action] {
+        var actions: [Action]
+        switch event {
+        case .cluster(let event):
+            actions = layouts.handle(event, now: now).map { .worker(layout: $0.0, $0.1) }
+        case .dispatchFinished(let generation), .disconnected(let generation):
+            actions = []
+            if case .fencing(let retiring, var waiting)? = change?.phase, waiting.remove(generation) != nil {
+                change?.phase = .fencing(retiring: retiring, waiting: waiting)
+            }
+        case .beginScale(let shards, let plan, let seed):
+            guard change == nil, !layouts.active.machine.stopping else { return [] }
+            let active = layouts.active.machine
+            let incoming = layouts.beginIncoming(ClusterStateMachine(
+                shards: shards, timings: active.timings, restart: active.restart, seed: seed, generationBase: layouts.nextGenerationBase
+            ))
+            change = LayoutChange(
+                from: active.workers.count, to: shards, batch: 0, started: now,
+                phase: .waitingForIncoming(layout: incoming, readyReported: -1), deadline: now + changeTimings.readyTimeout
+            )
+            actions = [.changeProgress(plan)] + layouts.handle(.start, in: incoming, now: now).map { .worker(layout: $0.0, $0.1) }
+        case .beginRoll(let maxUnavailable):
+            guard change == nil, !layouts.active.machine.stopping else { return [] }
+            let count = layouts.active.machine.workers.count
+            change = LayoutChange(
+                from: count, to: count, batch: max(1, min(maxUnavailable, count)), started: now,
+                phase: .replacing(ordinals: [], before: [], replaced: 0), deadline: now
+            )
+            actions = replaceNextBatch(replaced: 0, now: now)
+        }
+        return actions + advance(now: now)
+    }
+
+    /// Moves the layout change as far as the layouts allow now (several phases at once when nothing is left to
+    /// wait for).
+    mutating func advance(now: MonotonicInstant) -> [Action] {
+        var actions: [Action] = []
+        while let change {
+            if layouts.active.machine.stopping {
+                self.change = nil
+                return actions + [.changeFinished(ok: false, "stopped: the supervisor is shutting down")]
+            }
+            let step = advance(change, now: now)
+            actions += step.actions
+            if !step.moved { break }
+        }
+        return actions
+    }
+
+    /// One step of the change: its actions, and whether its phase moved (so that the next one is looked at too).
+    mutating func advance(_ change: LayoutChange, now: MonotonicInstant) -> (actions: [Action], moved: Bool) {
+        switch change.phase {
+        case .waitingForIncoming(let incoming, let reported):
+            guard let machine = layouts.layout(incoming)?.machine else { return (finish(ok: false, "the new layout is gone"), true) }
+            let ready = machine.workers.filter { $0.state == .ready }.count
+            if machine.announcedReady {
+                guard let retiring = layouts.switchOver() else { return (finish(ok: false, "no layout to switch from"), true) }
+                let waiting = Set(layouts.layout(retiring)?.machine.workers.filter { $0.state.isLive && $0.lastHeard != nil }.map(\.generation) ?? [])
+                self.change?.phase = .fencing(retiring: retiring, waiting: waiting)
+                self.change?.deadline = now + changeTimings.fenceTimeout
+                return ([
+                    .changeProgress("new shards ready \(change.to)/\(change.to)"), .startDispatch(layout: incoming),
+                    .changeProgress("switched: \(change.to) shards serve; the old \(change.from) drain"), .finishDispatch(layout: retiring),
+                ], true)
+            }
+            if let failure = machine.firstFailure {
+                return (abandon(incoming, reason: "worker \(failure.ordinal) of the new layout failed: \(failure.reason)", now: now), true)
+            }
+            if now >= change.deadline {
+                return (abandon(incoming, reason: "the new layout was not ready within scale.readyTimeout (\(ready)/\(change.to) ready)", now: now), true)
+            }
+            guard ready != reported else { return ([], false) }
+            self.change?.phase = .waitingForIncoming(layout: incoming, readyReported: ready)
+            return ([.changeProgress("new shards ready \(ready)/\(change.to)")], false)
+
+        case .fencing(let retiring, let waiting):
+            let workers = layouts.layout(retiring)?.machine.workers ?? []
+            // A worker that exited owes nothing.
+            let pending = workers.filter { waiting.contains($0.generation) && $0.state.isLive }
+            var actions: [Action] = []
+            if !pending.isEmpty {
+                guard now >= change.deadline else { return ([], false) }
+                actions.append(.worker(layout: retiring, .log(.warning, "retiring workers \(pending.map(\.ordinal)) did not confirm they handled everything they received; draining them anyway")))
+            }
+            self.change?.phase = .stopping(layout: retiring, abandoned: nil)
+            self.change?.deadline = now + changeTimings.stopTimeout
+            return (actions + [.retireClaims(layout: retiring)] + layouts.handle(.stop, in: retiring, now: now).map { .worker(layout: $0.0, $0.1) }, true)
+
+        case .stopping(let layout, let abandoned):
+            let stopped = layouts.layout(layout)?.machine.workers.allSatisfy { !$0.state.isLive } ?? true
+            guard stopped || now >= change.deadline else { return ([], false) }
+            layouts.remove(layout)
+            if let abandoned {
+                return (finish(ok: false, "rescale abandoned: \(abandoned); the \(change.from)-shard layout keeps serving"), true)
+            }
+            return ([.forgetStoredLayout(total: change.from)] + finish(ok: true, "scaled \(change.from) -> \(change.to) shards in \(DurationFormat.human(now - change.started))"), true)
+
+        case .replacing(let ordinals, let before, let replaced):
+            let machine = layouts.active.machine
+            let states = ordinals.map { machine.worker(ordinal: $0) }
+            if zip(states, before).allSatisfy({ worker, old in worker.map { $0.generation != old && $0.state == .ready } ?? false }) {
+                let done = replaced + ordinals.count
+                if done >= change.from {
+                    return ([.changeProgress("replaced \(done)/\(change.from)")] + finish(ok: true, "rolled \(change.from) workers in \(DurationFormat.human(now - change.started))"), true)
+                }
+                return ([.changeProgress("replaced \(done)/\(change.from)")] + replaceNextBatch(replaced: done, now: now), true)
+            }
+            if let stuck = zip(states, before).compactMap({ worker, old in worker.flatMap { $0.generation != old && ($0.state == .failed || $0.state == .backoff) ? $0 : nil } }).first {
+                let why = stuck.failure ?? stuck.lastExit?.description ?? "crashed"
+                return (finish(ok: false, "worker \(stuck.ordinal) did not come back (\(stuck.state.rawValue): \(why)); roll paused after \(replaced) of \(change.from)"), true)
+            }
+            if now >= change.deadline {
+                return (finish(ok: false, "workers \(ordinals) were not ready in time; roll paused after \(replaced) of \(change.from)"), true)
+            }
+            return ([], false)
+        }
+    }
+
+    /// Restarts the next batch of a rolling restart, which has replaced `replaced` workers so far.
+    mutating func replaceNextBatch(replaced: Int, now: MonotonicInstant) -> [Action] {
+        guard let change else { return [] }
+        let ordinals = Array(replaced..<min(replaced + change.batch, change.from))
+        let before = ordinals.map { layouts.active.machine.worker(ordinal: $0)?.generation ?? 0 }
+        self.change?.phase = .replacing(ordinals: ordinals, before: before, replaced: replaced)
+        self.change?.deadline = now + changeTimings.replaceTimeout
+        let active = layouts.active.id
+        return ordinals.flatMap { layouts.handle(.restart(ordinal: $0), in: active, now: now).map { .worker(layout: $0.0, $0.1) } }
+    }
+
+    /// Gives up a rescale's new layout: it drains and exits while the current one keeps serving.
+    mutating func abandon(_ incoming: Int, reason: String, now: MonotonicInstant) -> [Action] {
+        _ = layouts.abandonIncoming()
+        change?.phase = .stopping(layout: incoming, abandoned: reason)
+        change?.deadline = now + changeTimings.stopTimeout
+        return layouts.handle(.stop, in: incoming, now: now).map { .worker(layout: $0.0, $0.1) }
+    }
+
+    mutating func finish(ok: Bool, _ text: String) -> [Action] {
+        change = nil
+        return [.changeFinished(ok: ok, text)]
+    }
+}

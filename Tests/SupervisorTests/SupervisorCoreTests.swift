@@ -1,0 +1,227 @@
+import ClusterCore
+import ClusterProtocol
+import Supervisor
+import Testing
+
+/// A `SupervisorCore` and the world around it, played by hand: a clock, a spawner handing out pids, workers that
+/// say hello and get ready when told.
+struct Supervised {
+    var core: SupervisorCore
+    var now = MonotonicInstant(nanoseconds: 1_000_000_000)
+    var nextPID: Int32 = 1000
+    static let timings = SupervisorCore.ChangeTimings(
+        readyTimeout: .seconds(10), fenceTimeout: .seconds(3), stopTimeout: .seconds(5), replaceTimeout: .seconds(8)
+    )
+
+    init(shards: Int = 2) {
+        var supervisor = ClusterConfig.defaults.supervisor
+        supervisor.heartbeatInterval = .milliseconds(100)
+        supervisor.stopGrace = .seconds(3)
+        core = SupervisorCore(
+            active: ClusterStateMachine(shards: shards, timings: .init(supervisor), restart: restartConfig, seed: 3),
+            changeTimings: Self.timings
+        )
+    }
+
+    /// Feeds an event; every spawn it causes is answered with a pid (what the spawner does).
+    @discardableResult
+    mutating func feed(_ event: SupervisorCore.Event) -> [SupervisorCore.Action] {
+        let actions = core.handle(event, now: now)
+        var more: [SupervisorCore.Action] = []
+        for case .worker(_, .spawn(let ordinal, let generation, _)) in actions {
+            nextPID += 1
+            more += feed(.cluster(.spawned(ordinal: ordinal, generation: generation, pid: nextPID)))
+        }
+        return actions + more
+    }
+
+    mutating func advance(_ d: Duration) { now = now + d }
+
+    func layout(_ id: Int) -> ClusterLayouts.Layout? { core.layouts.layout(id) }
+    func workers(_ id: Int) -> [WorkerRecord] { layout(id)?.machine.workers ?? [] }
+
+    /// Hello and READY from every live worker of a layout (or only `ordinals`).
+    @discardableResult
+    mutating func ready(_ id: Int, ordinals: [Int]? = nil) -> [SupervisorCore.Action] {
+        var actions: [SupervisorCore.Action] = []
+        for worker in workers(id) where ordinals?.contains(worker.ordinal) ?? true {
+            actions += feed(.cluster(.hello(ordinal: worker.ordinal, generation: worker.generation)))
+            actions += feed(.cluster(.gatewayReady(ordinal: worker.ordinal, generation: worker.generation)))
+        }
+        return actions
+    }
+
+    /// The process of every worker told to terminate exits (status 0).
+    @discardableResult
+    mutating func exitTerminated(_ actions: [SupervisorCore.Action]) -> [SupervisorCore.Action] {
+        var more: [SupervisorCore.Action] = []
+        for case .worker(_, .signal(let pid, .terminate)) in actions {
+            more += feed(.cluster(.exited(pid: pid, status: .exited(0))))
+        }
+        return more
+    }
+}
+
+func finished(_ actions: [SupervisorCore.Action]) -> (ok: Bool, text: String)? {
+    for case .changeFinished(let ok, let text) in actions { return (ok, text) }
+    return nil
+}
+
+func progress(_ actions: [SupervisorCore.Action]) -> [String] {
+    actions.compactMap { if case .changeProgress(let line) = $0 { line } else { nil } }
+}
+
+func terminated(_ actions: [SupervisorCore.Action], in layout: Int) -> Int {
+    actions.filter { if case .worker(layout, .signal(_, .terminate)) = $0 { true } else { false } }.count
+}
+
+@Suite("layout changes (rescale, rolling restart) without processes")
+struct SupervisorCoreTests {
+    /// The whole rescale: the new layout gets ready while the old one serves, the switch, the fence, the retirement.
+    @Test func aRescaleSwitchesOnceEveryNewShardIsReadyAndRetiresTheOldAfterTheFence() {
+        var s = Supervised(shards: 2)
+        s.feed(.cluster(.start))
+        s.ready(0)
+        let begin = s.feed(.beginScale(shards: 3, plan: "the plan", seed: 1))
+        #expect(progress(begin) == ["the plan", "new shards ready 0/3"])
+        let spawned = begin.compactMap { if case .worker(1, .spawn(_, let generation, let shard)) = $0 { (generation, shard) } else { nil } }
+        #expect(spawned.map(\.1) == [ShardID(0, of: 3), ShardID(1, of: 3), ShardID(2, of: 3)])
+        #expect(spawned.allSatisfy { ClusterLayouts.layoutID(ofGeneration: $0.0) == 1 })
+        #expect(s.layout(1)?.role == .incoming && s.core.layouts.active.id == 0)
+
+        // Two of three ready: reported, no switch.
+        let partly = s.ready(1, ordinals: [0, 1])
+        #expect(progress(partly).last == "new shards ready 2/3")
+        #expect(!partly.contains(.startDispatch(layout: 1)))
+
+        let switched = s.ready(1, ordinals: [2])
+        #expect(switched.contains(.startDispatch(layout: 1)) && switched.contains(.finishDispatch(layout: 0)))
+        #expect(s.core.layouts.active.id == 1 && s.layout(0)?.role == .retiring)
+        // Nothing of the old layout stops before each of its workers has handled what it received.
+        #expect(terminated(switched, in: 0) == 0)
+        let old = s.workers(0).map(\.generation)
+        #expect(s.feed(.dispatchFinished(generation: old[0])).isEmpty)
+        let fenced = s.feed(.dispatchFinished(generation: old[1]))
+        #expect(fenced.contains(.retireClaims(layout: 0)))
+        #expect(terminated(fenced, in: 0) == 2)
+
+        let done = s.exitTerminated(fenced)
+        #expect(done.contains(.forgetStoredLayout(total: 2)))
+        #expect(finished(done)?.ok == true && finished(done)?.text.hasPrefix("scaled 2 -> 3 shards in ") == true)
+        #expect(s.core.change == nil && s.core.layouts.layouts.map(\.id) == [1])
+    }
+
+    @Test func aNewWorkerThatFailsForGoodAbandonsTheRescaleAndTheOldLayoutServesOn() {
+        var s = Supervised(shards: 2)
+        s.feed(.cluster(.start))
+        s.ready(0)
+        s.feed(.beginScale(shards: 4, plan: "plan", seed: 1))
+        let doomed = s.workers(1)[2]
+        let failed = s.feed(.cluster(.exited(pid: doomed.pid!, status: .exited(WorkerExitStatus.banned))))
+        #expect(terminated(failed, in: 1) == 3)
+        #expect(s.core.layouts.active.id == 0 && s.layout(1)?.role == .retiring)
+        let done = s.exitTerminated(failed)
+        #expect(finished(done)?.ok == false)
+        #expect(finished(done)?.text == "rescale abandoned: worker 2 of the new layout failed: the bot is delisted or banned; the 2-shard layout keeps serving")
+        #expect(!done.contains(.forgetStoredLayout(total: 2)))
+        #expect(s.core.layouts.layouts.map(\.id) == [0] && s.workers(0).allSatisfy { $0.state == .ready })
+    }
+
+    @Test func aNewLayoutNotReadyInTimeIsAbandonedAtTheDeadline() {
+        var s = Supervised(shards: 1)
+        s.feed(.cluster(.start))
+        s.ready(0)
+        s.feed(.beginScale(shards: 2, plan: "plan", seed: 1))
+        s.ready(1, ordinals: [0])
+        s.advance(.seconds(9))
+        #expect(finished(s.feed(.cluster(.tick))) == nil)
+        s.advance(.seconds(2))
+        let abandoned = s.feed(.cluster(.tick))
+        #expect(terminated(abandoned, in: 1) == 2)
+        let done = s.exitTerminated(abandoned)
+        #expect(finished(done)?.text == "rescale abandoned: the new layout was not ready within scale.readyTimeout (1/2 ready); the 1-shard layout keeps serving")
+    }
+
+    /// A retiring worker whose socket closed owes no answer; one that says nothing is drained at the deadline.
+    @Test func theFenceWaitsForLiveWorkersOnlyAndNotPastItsDeadline() {
+        var s = Supervised(shards: 3)
+        s.feed(.cluster(.start))
+        s.ready(0)
+        s.feed(.beginScale(shards: 2, plan: "plan", seed: 1))
+        s.ready(1)
+        let old = s.workers(0).map(\.generation)
+        #expect(s.feed(.disconnected(generation: old[0])).isEmpty)
+        #expect(s.feed(.dispatchFinished(generation: old[1])).isEmpty)
+        s.advance(.seconds(4))
+        let drained = s.feed(.cluster(.tick))
+        #expect(drained.contains(.retireClaims(layout: 0)))
+        #expect(drained.contains { if case .worker(0, .log(.warning, let text)) = $0 { text.contains("[2]") } else { false } })
+        #expect(terminated(drained, in: 0) == 3)
+    }
+
+    /// A layout whose workers do not exit in time is dropped anyway: the change always ends.
+    @Test func aRetiredLayoutThatDoesNotExitIsDroppedAtTheStopDeadline() {
+        var s = Supervised(shards: 1)
+        s.feed(.cluster(.start))
+        s.ready(0)
+        s.feed(.beginScale(shards: 2, plan: "plan", seed: 1))
+        s.ready(1)
+        s.feed(.dispatchFinished(generation: s.workers(0)[0].generation))
+        s.advance(.seconds(6))
+        let done = s.feed(.cluster(.tick))
+        #expect(finished(done)?.ok == true)
+        #expect(s.core.layouts.layouts.map(\.id) == [1])
+    }
+
+    @Test func aRollingRestartReplacesBatchByBatchEachResumingItsSession() {
+        var s = Supervised(shards: 3)
+        s.feed(.cluster(.start))
+        s.ready(0)
+        for worker in s.workers(0) {
+            s.feed(.cluster(.sessionCommitted(ordinal: worker.ordinal, generation: worker.generation, id: "s\(worker.ordinal)", seq: 10)))
+        }
+        let first = s.feed(.beginRoll(maxUnavailable: 2))
+        #expect(terminated(first, in: 0) == 2)
+        let respawned = s.exitTerminated(first)
+        #expect(respawned.filter { if case .worker(0, .spawn) = $0 { true } else { false } }.count == 2)
+        #expect(s.workers(0)[0].session?.id == "s0")
+        let second = s.ready(0, ordinals: [0, 1])
+        #expect(progress(second) == ["replaced 2/3"])
+        #expect(terminated(second, in: 0) == 1)
+        s.exitTerminated(second)
+        let done = s.ready(0, ordinals: [2])
+        #expect(progress(done) == ["replaced 3/3"])
+        #expect(finished(done)?.ok == true && finished(done)?.text.hasPrefix("rolled 3 workers in ") == true)
+        #expect(s.workers(0).allSatisfy { $0.restarts == 1 && $0.state == .ready })
+    }
+
+    @Test func aReplacementThatCrashesPausesTheRoll() {
+        var s = Supervised(shards: 2)
+        s.feed(.cluster(.start))
+        s.ready(0)
+        let first = s.feed(.beginRoll(maxUnavailable: 1))
+        s.exitTerminated(first)
+        // A first crash is restarted at once (the roll waits on); the next ones back off, and the roll pauses.
+        var paused: [SupervisorCore.Action] = []
+        for _ in 0..<5 where s.core.change != nil {
+            paused = s.feed(.cluster(.exited(pid: s.workers(0)[0].pid!, status: .signaled(11))))
+        }
+        #expect(finished(paused)?.ok == false)
+        #expect(finished(paused)?.text.hasPrefix("worker 0 did not come back (backoff: signal 11); roll paused after 0 of 2") == true)
+        #expect(s.core.change == nil)
+    }
+
+    @Test func oneChangeAtATimeAndAStopEndsIt() {
+        var s = Supervised(shards: 2)
+        s.feed(.cluster(.start))
+        s.ready(0)
+        s.feed(.beginScale(shards: 3, plan: "plan", seed: 1))
+        let during = s.core.change
+        #expect(s.feed(.beginRoll(maxUnavailable: 1)).isEmpty && s.core.change == during)
+        #expect(s.feed(.beginScale(shards: 5, plan: "other", seed: 2)).isEmpty && s.core.layouts.layouts.count == 2)
+        let stopped = s.feed(.cluster(.stop))
+        #expect(finished(stopped)?.text == "stopped: the supervisor is shutting down")
+        #expect(terminated(stopped, in: 0) == 2 && terminated(stopped, in: 1) == 3)
+        #expect(s.feed(.beginRoll(maxUnavailable: 1)).isEmpty && s.core.change == nil)
+    }
+}
