@@ -113,8 +113,7 @@ public final class GatewayClient: Sendable {
 
     /// Closes the socket resumably and ends `run`.
     public func stop() {
-        let actions = feed(.stop)
-        perform(actionsWithoutAwaiting: actions)
+        performWithoutWaiting(feed(.stop))
         connectWakeup.poke()
     }
 
@@ -133,7 +132,7 @@ public final class GatewayClient: Sendable {
                 continuation.resume(returning: (session.id, session.seq))
                 return
             }
-            perform(actionsWithoutAwaiting: feed(.fence))
+            performWithoutWaiting(feed(.fence))
         }
     }
 
@@ -182,8 +181,8 @@ public final class GatewayClient: Sendable {
 
     // MARK: state machine plumbing
 
-    func feed(_ input: GatewaySessionStateMachine.Input) -> [GatewaySessionStateMachine.Action] {
-        let (actions, deadlineMoved) = machine.withLock { machine -> ([GatewaySessionStateMachine.Action], Bool) in
+    func feed(_ input: GatewaySessionStateMachine.Input) -> [Action] {
+        let (actions, deadlineMoved) = machine.withLock { machine -> ([Action], Bool) in
             let before = machine.nextDeadline
             let actions = machine.handle(input, now: .now())
             return (actions, machine.nextDeadline != before)
@@ -247,34 +246,49 @@ public final class GatewayClient: Sendable {
         logger.info("identify sent")
     }
 
-    /// Performs what cannot wait (socket writes, connect requests) without suspending.
-    func perform(actionsWithoutAwaiting actions: [GatewaySessionStateMachine.Action]) {
-        for action in actions {
-            switch action {
-            case .closeSocket(let code): send(.close(code))
-            case .sendHeartbeat(let seq): send(.text(GatewayFrame.heartbeat(lastSeq: seq).encoded()))
-            case .fenceReached(let seq): fenceReached(seq: seq)
-            case .connect:
-                connection.withLock { $0.connectRequested = true }
-                connectWakeup.poke()
-            case .stopped:
-                // Stopped while a connection was being made: that attempt ends now.
-                close(code: GatewaySessionStateMachine.resumableCloseCode)
-            default: break
-            }
+    typealias Action = GatewaySessionStateMachine.Action
+
+    /// Performs an action that needs no waiting (a socket write, a connect request, waking fence waiters) and
+    /// returns true; returns false for one that must be awaited, which only `perform(_:onEvent:spawn:)` can do.
+    func performAtOnce(_ action: Action) -> Bool {
+        switch action {
+        case .connect:
+            connection.withLock { $0.connectRequested = true }
+            connectWakeup.poke()
+        case .sendHeartbeat(let seq):
+            send(.text(GatewayFrame.heartbeat(lastSeq: seq).encoded()))
+        case .closeSocket(let code):
+            send(.close(code))
+        case .stopped:
+            // Stopped while a connection was being made: that attempt ends now.
+            close(code: GatewaySessionStateMachine.resumableCloseCode)
+        case .fenceReached(let seq):
+            fenceReached(seq: seq)
+        default:
+            return false
+        }
+        return true
+    }
+
+    /// For `stop()` and `fence()`, which do not suspend: the inputs they feed only ever give actions that need no
+    /// waiting.
+    func performWithoutWaiting(_ actions: [Action]) {
+        for action in actions where !performAtOnce(action) {
+            assertionFailure("\(action) cannot be performed without waiting")
         }
     }
 
+    /// Performs the state machine's actions in order: those that need no waiting at once, the others (the bot's
+    /// `onEvent`, token and permit requests) awaited here or, with `spawn`, beside the reader.
     func perform(
-        _ actions: [GatewaySessionStateMachine.Action],
+        _ actions: [Action],
         onEvent: @escaping @Sendable (GatewayClientEvent) async -> Void,
         spawn: ((@escaping @Sendable () async -> Void) -> Void)?
     ) async {
-        for action in actions {
+        for action in actions where !performAtOnce(action) {
             switch action {
-            case .connect:
-                connection.withLock { $0.connectRequested = true }
-                connectWakeup.poke()
+            case .connect, .sendHeartbeat, .closeSocket, .stopped, .fenceReached:
+                break  // performed at once above
             case .requestIdentifyPermit:
                 let task: @Sendable () async -> Void = {
                     do {
@@ -314,10 +328,6 @@ public final class GatewayClient: Sendable {
                     }
                 }
                 if let spawn { spawn(task) } else { await task() }
-            case .sendHeartbeat(let seq):
-                send(.text(GatewayFrame.heartbeat(lastSeq: seq).encoded()))
-            case .closeSocket(let code):
-                send(.close(code))
             case .ready(let sessionID, let shard):
                 if let shard, shard != configuration.shard {
                     logger.warning("READY names another shard", metadata: ["ready.shard": "\(shard)"])
@@ -343,10 +353,6 @@ public final class GatewayClient: Sendable {
             case .disconnected(let code, let delay):
                 logger.info("disconnected", metadata: ["close.code": "\(code.map(String.init) ?? "none")", "reconnectIn": "\(delay.map(DurationFormat.format) ?? "never")"])
                 await onEvent(.disconnected(code: code, reconnectIn: delay))
-            case .stopped:
-                close(code: GatewaySessionStateMachine.resumableCloseCode)
-            case .fenceReached(let seq):
-                fenceReached(seq: seq)
             case .failed(let reason):
                 logger.error("gateway session failed for good", metadata: ["reason": "\(reason)"])
                 await onEvent(.failed(reason))

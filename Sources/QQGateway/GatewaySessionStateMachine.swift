@@ -19,19 +19,71 @@ public struct GatewaySessionStateMachine: Sendable {
         public init() {}
     }
 
+    /// Where the session stands; each state carries exactly the data that has a meaning in it.
     public enum State: Sendable, Equatable {
         case idle
-        case connecting
-        case awaitingHello
-        case waitingForPermit
-        case identifying
-        case resuming
-        case ready
-        /// We asked the socket to close; `reconnect` says what follows.
-        case closing(reconnect: Bool)
+        /// A socket is being opened; past `helloBy` the attempt is given up.
+        case connecting(helloBy: MonotonicInstant)
+        /// The socket is open and the server's Hello has not come yet.
+        case awaitingHello(by: MonotonicInstant)
+        /// Hello came and no session is stored: heartbeats run while the identify permit is awaited.
+        case waitingForPermit(Heartbeat)
+        /// Identify is out; READY must come by `readyBy`.
+        case identifying(Heartbeat, readyBy: MonotonicInstant)
+        /// Resume is out; RESUMED must come by `resumedBy`.
+        case resuming(Heartbeat, resumedBy: MonotonicInstant)
+        case ready(Heartbeat)
+        /// We asked the socket to close; what follows is `then` (nil: we are stopping).
+        case closing(then: CloseCodePolicy?)
         case backoff(until: MonotonicInstant)
         case stopped
         case failed(FatalReason)
+
+        /// The state's name for log lines and protocol violations.
+        public var name: String {
+            switch self {
+            case .idle: "idle"
+            case .connecting: "connecting"
+            case .awaitingHello: "awaiting Hello"
+            case .waitingForPermit: "waiting for an identify permit"
+            case .identifying: "identifying"
+            case .resuming: "resuming"
+            case .ready: "ready"
+            case .closing: "closing"
+            case .backoff: "backing off"
+            case .stopped: "stopped"
+            case .failed: "failed"
+            }
+        }
+
+        /// The heartbeat of the connection, from Hello until it closes.
+        public var heartbeat: Heartbeat? {
+            switch self {
+            case .waitingForPermit(let heartbeat), .identifying(let heartbeat, _), .resuming(let heartbeat, _), .ready(let heartbeat):
+                heartbeat
+            default: nil
+            }
+        }
+
+        /// The same state with its heartbeat replaced (states without one are unchanged).
+        func with(_ heartbeat: Heartbeat) -> State {
+            switch self {
+            case .waitingForPermit: .waitingForPermit(heartbeat)
+            case .identifying(_, let readyBy): .identifying(heartbeat, readyBy: readyBy)
+            case .resuming(_, let resumedBy): .resuming(heartbeat, resumedBy: resumedBy)
+            case .ready: .ready(heartbeat)
+            default: self
+            }
+        }
+    }
+
+    /// The heartbeat of one connection, at the interval its Hello named.
+    public struct Heartbeat: Sendable, Equatable {
+        public let interval: Duration
+        /// When the next heartbeat is due.
+        public var nextAt: MonotonicInstant
+        /// When the heartbeat still waiting for its ACK went out; nil when every heartbeat has been answered.
+        public var unacknowledgedSince: MonotonicInstant?
     }
 
     public enum FatalReason: Sendable, Equatable {
@@ -96,22 +148,18 @@ public struct GatewaySessionStateMachine: Sendable {
     public static let resumableCloseCode: UInt16 = 4000
 
     public private(set) var state: State = .idle
+    /// The session to resume; it outlives connections.
     public private(set) var sessionID: String?
     /// The last `s` received.
     public private(set) var lastSeq: Int?
-    public private(set) var heartbeatInterval: Duration?
     public private(set) var reconnects = 0
-    var nextHeartbeatAt: MonotonicInstant?
-    var heartbeatSentAt: MonotonicInstant?
-    var awaitingAck = false
+    /// The reader waits on the bot's backpressure, so ACKs cannot be read: a missing ACK is no zombie then.
     var readerBlocked = false
-    var handshakeDeadline: MonotonicInstant?
     /// Consecutive connection attempts that did not reach READY/RESUMED.
     var failedAttempts = 0
+    /// An identify permit granted while no connection was waiting for it, kept for the next Hello.
     var permitHeld = false
     var stopRequested = false
-    /// Why we are closing, when we close on our own.
-    var closeReason: CloseCodePolicy?
     var fence = Fence.none
     let configuration: Configuration
     var rng: SplitMix64
@@ -128,20 +176,28 @@ public struct GatewaySessionStateMachine: Sendable {
     /// The earliest moment a `.tick` has something to do.
     public var nextDeadline: MonotonicInstant? {
         switch state {
-        case .backoff(let until): return until
-        case .connecting, .awaitingHello: return handshakeDeadline
-        case .waitingForPermit, .identifying, .resuming, .ready:
-            return [nextHeartbeatAt, state == .waitingForPermit ? nil : handshakeDeadline].compactMap { $0 }.min()
-        default: return nil
+        case .backoff(let until): until
+        case .connecting(let deadline), .awaitingHello(let deadline): deadline
+        case .waitingForPermit(let heartbeat), .ready(let heartbeat): heartbeat.nextAt
+        case .identifying(let heartbeat, let deadline), .resuming(let heartbeat, let deadline): min(heartbeat.nextAt, deadline)
+        case .idle, .closing, .stopped, .failed: nil
         }
     }
 
-    public var isReady: Bool { state == .ready }
+    /// Whether the session is READY (or RESUMED) on an open connection.
+    public var isReady: Bool {
+        if case .ready = state { return true }
+        return false
+    }
 
+    /// The heartbeat interval of the current connection, once its Hello came.
+    public var heartbeatInterval: Duration? { state.heartbeat?.interval }
+
+    /// Feeds one input at `now` and returns what the driver must do, in order.
     public mutating func handle(_ input: Input, now: MonotonicInstant) -> [Action] {
         switch input {
         case .start:
-            guard state == .idle else { return [] }
+            guard case .idle = state else { return [] }
             return connect(now)
         case .stop:
             stopRequested = true
@@ -151,21 +207,19 @@ public struct GatewaySessionStateMachine: Sendable {
                 return [.stopped] + fenceEnded()
             case .stopped, .failed, .closing:
                 return []
-            default:
-                state = .closing(reconnect: false)
+            case .awaitingHello, .waitingForPermit, .identifying, .resuming, .ready:
+                state = .closing(then: nil)
                 return [.closeSocket(code: Self.resumableCloseCode)]
             }
         case .connected:
-            guard state == .connecting else { return [] }
-            state = .awaitingHello
-            handshakeDeadline = now + configuration.helloTimeout
+            guard case .connecting = state else { return [] }
+            state = .awaitingHello(by: now + configuration.helloTimeout)
             return []
         case .permitGranted:
             permitHeld = true
-            guard state == .waitingForPermit else { return [] }
+            guard case .waitingForPermit(let heartbeat) = state else { return [] }
             permitHeld = false
-            state = .identifying
-            handshakeDeadline = now + configuration.handshakeTimeout
+            state = .identifying(heartbeat, readyBy: now + configuration.handshakeTimeout)
             return [.sendIdentify]
         case .readerBlocked(let blocked):
             readerBlocked = blocked
@@ -190,7 +244,7 @@ public struct GatewaySessionStateMachine: Sendable {
     }
 
     mutating func sendFence(_ now: MonotonicInstant) -> [Action] {
-        fence = .sent(acks: awaitingAck ? 2 : 1)
+        fence = .sent(acks: state.heartbeat?.unacknowledgedSince != nil ? 2 : 1)
         return sendHeartbeat(now)
     }
 
@@ -207,46 +261,37 @@ public struct GatewaySessionStateMachine: Sendable {
     }
 
     mutating func connect(_ now: MonotonicInstant) -> [Action] {
-        state = .connecting
-        handshakeDeadline = now + configuration.helloTimeout
-        awaitingAck = false
-        nextHeartbeatAt = nil
-        heartbeatSentAt = nil
-        closeReason = nil
+        state = .connecting(helloBy: now + configuration.helloTimeout)
         return [.connect]
     }
 
     mutating func handleFrame(_ frame: GatewayFrame, now: MonotonicInstant) -> [Action] {
         switch frame.opcode {
         case .hello:
-            guard state == .awaitingHello else { return [.protocolViolation("Hello while \(state)")] }
+            guard case .awaitingHello = state else { return [.protocolViolation("Hello while \(state.name)")] }
             guard let ms = frame.d["heartbeat_interval"]?.intValue, ms > 0 else {
                 return closeOwn(.resume, violation: "Hello without a positive heartbeat_interval")
             }
             let interval = Duration.milliseconds(ms)
-            heartbeatInterval = interval
             // The first heartbeat is jittered so that shards started together do not beat in step.
             let fraction = Double(rng.next() % 1_000_000) / 1_000_000
-            nextHeartbeatAt = now + .nanoseconds(Int64(Double(interval.nanoseconds) * fraction))
+            let heartbeat = Heartbeat(interval: interval, nextAt: now + .nanoseconds(Int64(Double(interval.nanoseconds) * fraction)))
             if let sessionID {
-                state = .resuming
-                handshakeDeadline = now + configuration.handshakeTimeout
+                state = .resuming(heartbeat, resumedBy: now + configuration.handshakeTimeout)
                 return [.sendResume(sessionID: sessionID, seq: lastSeq ?? 0)]
             }
             if permitHeld {
                 permitHeld = false
-                state = .identifying
-                handshakeDeadline = now + configuration.handshakeTimeout
+                state = .identifying(heartbeat, readyBy: now + configuration.handshakeTimeout)
                 return [.sendIdentify]
             }
-            state = .waitingForPermit
-            handshakeDeadline = nil
+            state = .waitingForPermit(heartbeat)
             return [.requestIdentifyPermit]
         case .heartbeatAck:
-            awaitingAck = false
             var actions: [Action] = []
-            if let sent = heartbeatSentAt {
-                heartbeatSentAt = nil
+            if var heartbeat = state.heartbeat, let sent = heartbeat.unacknowledgedSince {
+                heartbeat.unacknowledgedSince = nil
+                state = state.with(heartbeat)
                 actions.append(.heartbeatAcknowledged(latency: now - sent))
             }
             if case .sent(let acks) = fence {
@@ -269,24 +314,22 @@ public struct GatewaySessionStateMachine: Sendable {
             if let last = lastSeq { lastSeq = max(last, seq) } else { lastSeq = seq }
             switch name {
             case "READY":
-                guard state == .identifying else { return [.protocolViolation("READY while \(state)")] }
+                guard case .identifying(let heartbeat, _) = state else { return [.protocolViolation("READY while \(state.name)")] }
                 guard let id = frame.d["session_id"]?.stringValue else {
                     return closeOwn(.identify, violation: "READY without session_id")
                 }
                 sessionID = id
-                state = .ready
+                state = .ready(heartbeat)
                 failedAttempts = 0
-                handshakeDeadline = nil
                 var shard: ShardID?
                 if case .array(let parts) = frame.d["shard"], parts.count == 2, let a = parts[0].intValue, let b = parts[1].intValue {
                     shard = ShardID(a, of: b)
                 }
                 return [.ready(sessionID: id, shard: shard)] + fenceAfterReady(now)
             case "RESUMED":
-                guard state == .resuming else { return [.protocolViolation("RESUMED while \(state)")] }
-                state = .ready
+                guard case .resuming(let heartbeat, _) = state else { return [.protocolViolation("RESUMED while \(state.name)")] }
+                state = .ready(heartbeat)
                 failedAttempts = 0
-                handshakeDeadline = nil
                 return [.resumed] + fenceAfterReady(now)
             default:
                 return [.dispatch(frame)]
@@ -299,20 +342,20 @@ public struct GatewaySessionStateMachine: Sendable {
         }
     }
 
+    /// Sends a heartbeat; on a connection past Hello it is the one whose ACK is awaited, and the next is due an
+    /// interval from now.
     mutating func sendHeartbeat(_ now: MonotonicInstant) -> [Action] {
-        awaitingAck = true
-        heartbeatSentAt = now
-        if let interval = heartbeatInterval {
-            nextHeartbeatAt = now + interval
+        if var heartbeat = state.heartbeat {
+            heartbeat.unacknowledgedSince = now
+            heartbeat.nextAt = now + heartbeat.interval
+            state = state.with(heartbeat)
         }
         return [.sendHeartbeat(seq: lastSeq)]
     }
 
     /// We close the socket ourselves; `then` says what to do once it is closed.
     mutating func closeOwn(_ then: CloseCodePolicy, violation: String?) -> [Action] {
-        closeReason = then
-        state = .closing(reconnect: true)
-        nextHeartbeatAt = nil
+        state = .closing(then: then)
         var actions: [Action] = []
         if let violation { actions.append(.protocolViolation(violation)) }
         actions.append(.closeSocket(code: Self.resumableCloseCode))
@@ -324,30 +367,27 @@ public struct GatewaySessionStateMachine: Sendable {
         case .backoff(let until):
             guard now >= until else { return [] }
             return connect(now)
-        case .connecting, .awaitingHello:
-            if let deadline = handshakeDeadline, now >= deadline {
-                return closeOwn(.resume, violation: state == .connecting ? nil : "no Hello within \(DurationFormat.format(configuration.helloTimeout))")
-            }
-            return []
-        case .waitingForPermit, .identifying, .resuming, .ready:
-            if state != .waitingForPermit, let deadline = handshakeDeadline, now >= deadline {
-                return closeOwn(state == .identifying ? .identify : .resume, violation: "no \(state == .identifying ? "READY" : "RESUMED") within \(DurationFormat.format(configuration.handshakeTimeout))")
-            }
-            guard let due = nextHeartbeatAt, now >= due else { return [] }
-            if awaitingAck && !readerBlocked {
+        case .connecting(let helloBy):
+            return now >= helloBy ? closeOwn(.resume, violation: nil) : []
+        case .awaitingHello(let deadline):
+            return now >= deadline ? closeOwn(.resume, violation: "no Hello within \(DurationFormat.format(configuration.helloTimeout))") : []
+        case .identifying(_, let readyBy) where now >= readyBy:
+            return closeOwn(.identify, violation: "no READY within \(DurationFormat.format(configuration.handshakeTimeout))")
+        case .resuming(_, let resumedBy) where now >= resumedBy:
+            return closeOwn(.resume, violation: "no RESUMED within \(DurationFormat.format(configuration.handshakeTimeout))")
+        case .waitingForPermit(let heartbeat), .identifying(let heartbeat, _), .resuming(let heartbeat, _), .ready(let heartbeat):
+            guard now >= heartbeat.nextAt else { return [] }
+            if heartbeat.unacknowledgedSince != nil && !readerBlocked {
                 // No ACK for the last heartbeat before the next one is due: the connection is a zombie.
-                return closeOwn(.resume, violation: "no heartbeat ACK within \(DurationFormat.format(heartbeatInterval ?? .zero)): zombie connection")
+                return closeOwn(.resume, violation: "no heartbeat ACK within \(DurationFormat.format(heartbeat.interval)): zombie connection")
             }
             return sendHeartbeat(now)
-        default:
+        case .idle, .closing, .stopped, .failed:
             return []
         }
     }
 
     mutating func handleClosed(_ code: UInt16?, now: MonotonicInstant) -> [Action] {
-        nextHeartbeatAt = nil
-        awaitingAck = false
-        handshakeDeadline = nil
         // A fence whose ACK can no longer come goes out again on the next connection.
         if case .sent = fence { fence = .pending }
         if case .stopped = state { return [] }
@@ -358,8 +398,8 @@ public struct GatewaySessionStateMachine: Sendable {
         }
         // Our own close decides; otherwise the server's code does.
         let policy: CloseCodePolicy
-        if case .closing = state, let reason = closeReason {
-            policy = reason
+        if case .closing(let then?) = state {
+            policy = then
         } else {
             policy = CloseCodePolicy.forCode(code)
         }

@@ -65,8 +65,36 @@ struct SessionStateMachineTests {
         #expect(h.feed(Harness.hello()) == [.requestIdentifyPermit])
         // Heartbeats go on while the permit is pending.
         #expect(h.tickAtDeadline() == [.sendHeartbeat(seq: nil)])
-        #expect(h.machine.state == .waitingForPermit)
+        #expect(h.machine.state.name == "waiting for an identify permit")
         #expect(h.feed(.permitGranted) == [.sendIdentify])
+    }
+
+    @Test func eachStateCarriesItsOwnDeadlinesAndHeartbeat() {
+        var h = Harness()
+        _ = h.feed(.start)
+        #expect(h.machine.state == .connecting(helloBy: h.now + .seconds(10)))
+        h.advance(.milliseconds(3))
+        _ = h.feed(.connected)
+        #expect(h.machine.state == .awaitingHello(by: h.now + .seconds(10)))
+        #expect(h.machine.heartbeatInterval == nil)
+        _ = h.feed(Harness.hello(500))
+        guard case .waitingForPermit(let heartbeat) = h.machine.state else { Issue.record("\(h.machine.state)"); return }
+        #expect(heartbeat.interval == .milliseconds(500))
+        #expect(heartbeat.unacknowledgedSince == nil)
+        _ = h.feed(.permitGranted)
+        #expect(h.machine.state == .identifying(heartbeat, readyBy: h.now + .seconds(30)))
+        #expect(h.machine.nextDeadline == heartbeat.nextAt)
+        let sentAt = heartbeat.nextAt
+        #expect(h.tickAtDeadline() == [.sendHeartbeat(seq: nil)])
+        #expect(h.machine.state.heartbeat?.unacknowledgedSince == sentAt)
+        #expect(h.machine.state.heartbeat?.nextAt == sentAt + .milliseconds(500))
+        _ = h.feed(Harness.ready)
+        #expect(h.machine.state.name == "ready")
+        #expect(h.machine.state.heartbeat?.unacknowledgedSince == sentAt, "the heartbeat outlives the handshake")
+        _ = h.feed(.frame(GatewayFrame(op: 7)))
+        #expect(h.machine.state == .closing(then: .resume))
+        #expect(h.machine.nextDeadline == nil)
+        #expect(h.machine.heartbeatInterval == nil)
     }
 
     @Test func firstHeartbeatIsJitteredThenRegular() {
