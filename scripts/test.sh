@@ -9,7 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The module graph cannot drift: a target imports only what Package.swift declares for it (SwiftPM checks the
-# targets of this package, scripts/check-dependencies.py every module, and that each declared one is used).
+# targets of this package, scripts/check-dependencies.py every module, and that each declared one is used), and
+# docs/ARCHITECTURE.md's targets table and module graph say what Package.swift says.
 python3 scripts/check-dependencies.py
 swift build --build-tests --explicit-target-dependency-import-check error
 # Unit and in-process suites run in parallel; the suites that run real clusters of processes run afterwards, on
