@@ -10,8 +10,10 @@ cd "$(dirname "$0")/.."
 
 # The module graph cannot drift: a target imports only what Package.swift declares for it (SwiftPM checks the
 # targets of this package, scripts/check-dependencies.py every module, and that each declared one is used), and
-# docs/ARCHITECTURE.md's targets table and module graph say what Package.swift says.
+# docs/ARCHITECTURE.md's targets table and module graph say what Package.swift says. Every public type and function
+# keeps its doc comment.
 python3 scripts/check-dependencies.py
+python3 scripts/check-doc-comments.py
 swift build --build-tests --explicit-target-dependency-import-check error
 # Unit and in-process suites run in parallel; the suites that run real clusters of processes run afterwards, on
 # their own, so that their bounds (a hang found within misses x interval, a rename served within 1 s) hold on a

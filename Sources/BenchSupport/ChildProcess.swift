@@ -46,8 +46,11 @@ public final class ChildProcess: Sendable {
         return nil
     }
 
+    /// Sends the process a signal.
     public func signal(_ signal: Int32) { Foundation.kill(process.processIdentifier, signal) }
+    /// Sends SIGTERM if the process still runs.
     public func terminate() { if process.isRunning { signal(SIGTERM) } }
+    /// Sends SIGKILL if the process still runs.
     public func kill() { if process.isRunning { signal(SIGKILL) } }
 
     /// Waits for the process to end; its exit status.
@@ -64,5 +67,6 @@ public final class ChildProcess: Sendable {
 /// A bench or check that could not go on, and why.
 public struct BenchError: Error, CustomStringConvertible {
     public var description: String
+    /// An error that says what went wrong.
     public init(_ description: String) { self.description = description }
 }

@@ -23,7 +23,7 @@ public enum BotCluster {
         // Log lines go through a queue with a thread of its own: a standard error nobody reads does not stop the
         // event loops (see OutputWriter); whatever is queued is written before the process exits.
         LoggingSystem.bootstrap { label in StreamLogHandler(label: label, stream: OutputWriterStream(.standardError)) }
-        atexit { OutputWriter.standardError.flush(within: .seconds(2)) }
+        atexit { OutputWriter.flushAll(within: .seconds(2)) }
         // Files this process creates (databases, the lock, the socket) are its user's alone.
         umask(0o077)
         // A file-size limit (a full quota) makes a write fail, which the databases handle, instead of killing us.

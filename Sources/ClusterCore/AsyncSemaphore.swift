@@ -19,6 +19,7 @@ public final class AsyncSemaphore: Sendable {
 
     private let state: Mutex<State>
 
+    /// A semaphore with `permits` permits free and nobody waiting.
     public init(permits: Int) {
         state = Mutex(State(available: permits))
     }
@@ -26,6 +27,7 @@ public final class AsyncSemaphore: Sendable {
     /// Permits free right now.
     public var available: Int { state.withLock { $0.available } }
 
+    /// Takes a permit, waiting in line while none is free; throws `Closed` once closed, or `CancellationError`.
     public func acquire() async throws {
         // The fast path: a permit is free and nobody queues before us.
         let taken = try state.withLock { state throws(Closed) -> Bool in
@@ -80,6 +82,7 @@ public final class AsyncSemaphore: Sendable {
         for waiter in waiters { waiter.resume(throwing: Closed()) }
     }
 
+    /// Returns a permit: the first waiter in line takes it, or else it becomes free.
     public func release() {
         let waiter = state.withLock { state -> CheckedContinuation<Void, any Error>? in
             if state.waiters.isEmpty {

@@ -10,6 +10,7 @@ public final class AsyncSignal<Value: Sendable>: Sendable {
 
     private let state = Mutex(State())
 
+    /// A signal with no value yet.
     public init() {}
 
     /// Sets the value (the first call wins) and wakes every waiter.

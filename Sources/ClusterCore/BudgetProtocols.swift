@@ -18,6 +18,7 @@ public protocol RequestBudget: Sendable {
 public struct BudgetTimeout: Error, Sendable, CustomStringConvertible {
     public var route: String
     public var wait: Duration
+    /// The error for a request on `route` that would have had to wait `wait`.
     public init(route: String, wait: Duration) {
         self.route = route
         self.wait = wait

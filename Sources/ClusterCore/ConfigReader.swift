@@ -9,6 +9,7 @@ public struct ConfigIssue: Sendable, Equatable, CustomStringConvertible {
     public var path: String
     public var message: String
 
+    /// An issue at the dotted key path `path` (empty for the whole document), saying `message`.
     public init(path: String, message: String) {
         self.path = path
         self.message = message
@@ -22,6 +23,7 @@ public struct ConfigError: Error, Sendable, CustomStringConvertible {
     public var source: String
     public var issues: [ConfigIssue]
 
+    /// The error for `source` (the file's path, or a name for a document given as text) and its issues.
     public init(source: String, issues: [ConfigIssue]) {
         self.source = source
         self.issues = issues
@@ -126,6 +128,7 @@ public final class ConfigReader {
 
     // MARK: typed values
 
+    /// A boolean; `defaultValue` when the key is missing or not true or false (which is reported).
     public func bool(_ key: String, default defaultValue: Bool) -> Bool {
         var result = defaultValue
         if let value = raw(key) {
@@ -135,6 +138,7 @@ public final class ConfigReader {
         return result
     }
 
+    /// A whole number within `range`; `defaultValue` when the key is missing or invalid (which is reported).
     public func int(_ key: String, default defaultValue: Int, range: ClosedRange<Int>) -> Int {
         var result = defaultValue
         if let value = raw(key) {
@@ -150,6 +154,7 @@ public final class ConfigReader {
         return result
     }
 
+    /// A number within `range`; `defaultValue` when the key is missing or invalid (which is reported).
     public func double(_ key: String, default defaultValue: Double, range: ClosedRange<Double>) -> Double {
         var result = defaultValue
         if let value = raw(key) {
@@ -163,6 +168,7 @@ public final class ConfigReader {
         return result
     }
 
+    /// A string; `defaultValue` when the key is missing or not a string (which is reported).
     public func string(_ key: String, default defaultValue: String) -> String {
         var result = defaultValue
         if let value = raw(key) {
@@ -172,6 +178,7 @@ public final class ConfigReader {
         return result
     }
 
+    /// A string, or nil when the key is missing or not a string (which is reported).
     public func optionalString(_ key: String) -> String? {
         guard let value = raw(key) else { return nil }
         guard case .string(let s) = value else {

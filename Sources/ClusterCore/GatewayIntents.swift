@@ -1,6 +1,7 @@
 /// The gateway intents: which event groups a session subscribes to (bit values and names of the QQ protocol).
 public struct GatewayIntents: OptionSet, Sendable, Hashable, CustomStringConvertible {
     public let rawValue: Int
+    /// The intents whose bits are set in `rawValue`.
     public init(rawValue: Int) { self.rawValue = rawValue }
 
     public static let guilds = GatewayIntents(rawValue: 1 << 0)

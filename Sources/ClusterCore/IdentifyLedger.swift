@@ -6,12 +6,14 @@
 /// closer than `window + margin`. Buckets are independent: a slow or stuck shard holds only its own bucket, and
 /// only until `slotTimeout`.
 public struct IdentifyLedger: Sendable {
+    /// Limits: `maxConcurrency` buckets, one Identify each per `window + margin`, a grant held `slotTimeout` at most.
     public struct Configuration: Sendable, Equatable {
         public var maxConcurrency: Int
         public var window: Duration
         public var margin: Duration
         public var slotTimeout: Duration
 
+        /// Pacing with the platform's 5 s window by default; a `maxConcurrency` below 1 counts as 1.
         public init(maxConcurrency: Int, window: Duration = .seconds(5), margin: Duration = .milliseconds(50), slotTimeout: Duration = .seconds(10)) {
             self.maxConcurrency = max(1, maxConcurrency)
             self.window = window
@@ -23,6 +25,7 @@ public struct IdentifyLedger: Sendable {
     /// A request's identity, chosen by the caller (a worker's ordinal and generation, a correlation id).
     public typealias RequestID = UInt64
 
+    /// The answer to a request: a slot granted now, or denied because the daily budget is spent.
     public enum Decision: Sendable, Equatable {
         case granted(RequestID)
         /// The daily budget is spent: no Identify is possible until the reset.
@@ -45,6 +48,7 @@ public struct IdentifyLedger: Sendable {
     /// Grants handed out so far.
     public private(set) var granted = 0
 
+    /// An empty ledger with `remaining` identifies left today.
     public init(configuration: Configuration, remaining: Int) {
         self.configuration = configuration
         self.remaining = remaining

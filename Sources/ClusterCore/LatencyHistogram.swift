@@ -13,6 +13,7 @@ public struct LatencyHistogram: Sendable, Equatable {
     public private(set) var count: UInt64 = 0
     public private(set) var max: Duration = .zero
 
+    /// An empty histogram.
     public init() {}
 
     static func bucket(of duration: Duration) -> Int {
@@ -24,12 +25,14 @@ public struct LatencyHistogram: Sendable, Equatable {
         .nanoseconds(Int64(exp2(Double(bucket + 1) / subBuckets) * 1000))
     }
 
+    /// Adds one sample of `duration`.
     public mutating func record(_ duration: Duration) {
         counts[Self.bucket(of: duration)] += 1
         count += 1
         if duration > max { max = duration }
     }
 
+    /// Adds every sample of `other` (its counts and its maximum).
     public mutating func merge(_ other: LatencyHistogram) {
         for i in counts.indices { counts[i] += other.counts[i] }
         count += other.count

@@ -8,6 +8,7 @@ public struct LineSplitter: Sendable {
     public let maxLine: Int
     var pending: [UInt8] = []
 
+    /// A splitter with nothing pending that cuts lines at `maxLine` bytes (16 KiB by default).
     public init(maxLine: Int = 16 << 10) {
         self.maxLine = maxLine
     }

@@ -9,6 +9,7 @@ import Darwin
 public struct MonotonicInstant: Comparable, Hashable, Sendable, CustomStringConvertible {
     public var nanoseconds: Int64
 
+    /// The instant `nanoseconds` on the monotonic clock.
     public init(nanoseconds: Int64) { self.nanoseconds = nanoseconds }
 
     /// The current time of CLOCK_MONOTONIC.
@@ -20,19 +21,23 @@ public struct MonotonicInstant: Comparable, Hashable, Sendable, CustomStringConv
 
     public static let zero = MonotonicInstant(nanoseconds: 0)
 
+    /// Whether `lhs` is earlier than `rhs`.
     public static func < (lhs: MonotonicInstant, rhs: MonotonicInstant) -> Bool { lhs.nanoseconds < rhs.nanoseconds }
 
     // Saturating, not wrapping: a duration far past the end of the clock (a hostile `Retry-After`) means "never",
     // and must not wrap around into "long ago", which reads as "now".
 
+    /// The instant `rhs` later (earlier for a negative duration), clamped at the ends of the clock.
     public static func + (lhs: MonotonicInstant, rhs: Duration) -> MonotonicInstant {
         MonotonicInstant(nanoseconds: lhs.nanoseconds.saturatingAdd(rhs.nanoseconds))
     }
 
+    /// The instant `rhs` earlier, clamped at the ends of the clock.
     public static func - (lhs: MonotonicInstant, rhs: Duration) -> MonotonicInstant {
         MonotonicInstant(nanoseconds: lhs.nanoseconds.saturatingSubtract(rhs.nanoseconds))
     }
 
+    /// The time from `rhs` to `lhs` (negative when `lhs` is earlier), clamped instead of overflowing.
     public static func - (lhs: MonotonicInstant, rhs: MonotonicInstant) -> Duration {
         .nanoseconds(lhs.nanoseconds.saturatingSubtract(rhs.nanoseconds))
     }
@@ -52,8 +57,10 @@ public func wallClockMilliseconds() -> Int64 {
 public struct SplitMix64: RandomNumberGenerator, Sendable {
     private var state: UInt64
 
+    /// A generator whose whole sequence is fixed by `seed`.
     public init(seed: UInt64) { state = seed }
 
+    /// The next 64 random bits.
     public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state

@@ -4,7 +4,8 @@ import Synchronization
 import Glibc
 #endif
 
-/// Text for a file descriptor (standard error), written by a thread of its own: `write` never blocks its caller.
+/// Text for a file descriptor (standard error or output), written by a thread of its own: `write` never blocks its
+/// caller.
 ///
 /// The supervisor's event loops carry every worker's IPC; if they wrote to a standard error that nobody reads (a
 /// full pipe, a stopped terminal), one blocked write would stop them all, and hung-worker detection with them. So
@@ -13,6 +14,10 @@ import Glibc
 public final class OutputWriter: Sendable {
     /// Standard error of this process.
     public static let standardError = OutputWriter(fd: 2)
+    /// Standard output of this process, for lines printed where a blocking write must not happen (an event loop).
+    public static let standardOutput = OutputWriter(fd: 1)
+    /// Every writer made so far (each lives as long as the process: its thread holds it).
+    static let all = Mutex<[OutputWriter]>([])
 
     struct State {
         var queued: [[UInt8]] = []
@@ -26,12 +31,22 @@ public final class OutputWriter: Sendable {
     let state = Mutex(State())
     let available = DispatchSemaphore(value: 0)
 
+    /// A writer for `fd` holding up to `capacity` bytes (4 MiB by default); its thread runs as long as the process.
     public init(fd: Int32, capacity: Int = 4 << 20) {
         self.fd = fd
         self.capacity = capacity
         let thread = Thread { [self] in self.run() }
         thread.name = "botcluster-output"
         thread.start()
+        Self.all.withLock { $0.append(self) }
+    }
+
+    /// Waits until every writer made so far has written what it holds, or `limit` passes (at exit).
+    public static func flushAll(within limit: Duration) {
+        let deadline = MonotonicInstant.now() + limit
+        for writer in all.withLock({ $0 }) {
+            writer.flush(within: deadline - MonotonicInstant.now())
+        }
     }
 
     /// Queues `text`; drops it (counted) when `capacity` bytes are already waiting.
@@ -93,7 +108,8 @@ public func writeAll(_ fd: Int32, _ bytes: some Collection<UInt8>) {
     }
 }
 
-/// Writes a line to standard output at once (unbuffered), so a parent reading a pipe sees it as it is printed.
+/// Writes a line to standard output at once (unbuffered), so a parent reading a pipe sees it as it is printed. It
+/// may block: an event loop uses `OutputWriter.standardOutput` instead.
 public func printLine(_ text: String) {
     writeAll(1, (text + "\n").utf8)
 }
@@ -106,6 +122,8 @@ public func printError(_ text: String) {
 /// A `TextOutputStream` into an `OutputWriter` (for swift-log's `StreamLogHandler`).
 public struct OutputWriterStream: TextOutputStream, Sendable {
     let writer: OutputWriter
+    /// A stream into `writer`.
     public init(_ writer: OutputWriter) { self.writer = writer }
+    /// Queues `string` on the writer (dropped, and counted, when the writer is full).
     public mutating func write(_ string: String) { writer.write(string) }
 }

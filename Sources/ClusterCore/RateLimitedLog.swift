@@ -12,6 +12,7 @@ public final class RateLimitedLog: Sendable {
     let interval: Duration
     let state = Mutex(State())
 
+    /// A log that lets one line through per `interval` (10 s by default).
     public init(interval: Duration = .seconds(10)) {
         self.interval = interval
     }

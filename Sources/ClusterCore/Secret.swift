@@ -7,6 +7,7 @@ public struct Secret: Sendable, Equatable, CustomStringConvertible, CustomDebugS
     public let environmentVariable: String?
     private let value: String
 
+    /// A secret of `value`, read from `environmentVariable` (nil for a literal in the file).
     public init(_ value: String, environmentVariable: String? = nil) {
         self.value = value
         self.environmentVariable = environmentVariable

@@ -3,6 +3,7 @@ public struct ShardID: Hashable, Sendable, Codable, CustomStringConvertible {
     public var id: Int
     public var total: Int
 
+    /// Shard `id` of a layout of `total` shards; the values are not checked.
     public init(_ id: Int, of total: Int) {
         self.id = id
         self.total = total
@@ -24,12 +25,14 @@ public struct ShardID: Hashable, Sendable, Codable, CustomStringConvertible {
         ShardMath.shard(forGuild: guildID, total: total) == id
     }
 
+    /// Encodes the shard as `[id, total]`.
     public func encode(to encoder: any Encoder) throws {
         var container = encoder.unkeyedContainer()
         try container.encode(id)
         try container.encode(total)
     }
 
+    /// Decodes a shard from `[id, total]`; the values are not checked.
     public init(from decoder: any Decoder) throws {
         var container = try decoder.unkeyedContainer()
         let id = try container.decode(Int.self)

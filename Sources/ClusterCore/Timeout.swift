@@ -4,6 +4,7 @@ public struct TimeoutError: Error, Sendable, CustomStringConvertible {
     public var what: String
     public var limit: Duration
 
+    /// The error for a wait for `what` that got no answer within `limit`.
     public init(what: String, limit: Duration) {
         self.what = what
         self.limit = limit

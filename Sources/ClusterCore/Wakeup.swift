@@ -12,6 +12,7 @@ public final class Wakeup: Sendable {
 
     private let state = Mutex(State())
 
+    /// A wakeup with nobody asleep and no poke pending.
     public init() {}
 
     /// Wakes every sleeper (or makes the next wait return at once).

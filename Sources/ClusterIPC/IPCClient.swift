@@ -11,6 +11,7 @@ import Glibc
 /// A request that got no reply in time, or a connection that ended first.
 public struct IPCRequestError: Error, Sendable, CustomStringConvertible {
     public var description: String
+    /// An error that says which request failed and why.
     public init(_ description: String) { self.description = description }
 }
 
@@ -68,6 +69,7 @@ public final class IPCClient: Sendable {
         return client
     }
 
+    /// Sends a message without waiting for an answer (from any thread).
     public func send(_ message: IPCMessage) {
         channel.writeAndFlush(message, promise: nil)
     }
@@ -163,6 +165,7 @@ public final class IPCClient: Sendable {
         closed.set(reason)
     }
 
+    /// Closes the connection; requests still waiting fail with `IPCRequestError`.
     public func close() {
         channel.close(promise: nil)
     }

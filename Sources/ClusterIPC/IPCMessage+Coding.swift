@@ -9,7 +9,7 @@ enum MessageType: UInt8 {
     case heartbeat = 10, ping = 11, pong = 12
     case identifyRequest = 20, identifyGrant = 21, identifyDenied = 22, identifySent = 23, identifyCancel = 24
     case sessionCommitted = 30, sessionInvalidated = 31, gatewayState = 32, drained = 33
-    case stop = 40
+    // 40 was `stop`, never sent: a worker is stopped with SIGTERM, like any service.
     case budgetRequest = 60, budgetGrant = 61, budgetCancel = 62, budgetReturn = 63, budgetRateLimited = 64, budgetPause = 65
     case usersChanged = 70, usersInvalidate = 71, userQuery = 72, userAnswer = 73
     case claims = 80, claimResults = 81, claimResolved = 82, claimsDone = 83, claimsReleased = 84, startDispatch = 85, finishDispatch = 86, dispatchFinished = 87
@@ -165,8 +165,6 @@ extension IPCMessage {
             buffer.writeInteger(MessageType.drained.rawValue)
             buffer.writeIPCOptionalString(sessionID)
             buffer.writeInteger(seq)
-        case .stop:
-            buffer.writeInteger(MessageType.stop.rawValue)
         case .budgetRequest(let id, let route, let count):
             buffer.writeInteger(MessageType.budgetRequest.rawValue)
             buffer.writeInteger(id)
@@ -313,8 +311,6 @@ extension IPCMessage {
             }
         case .drained:
             message = .drained(sessionID: try frame.readIPCOptionalString("sessionID"), seq: try frame.readIPC(Int64.self, "seq"))
-        case .stop:
-            message = .stop
         case .budgetRequest:
             message = .budgetRequest(id: try frame.readIPC(UInt64.self, "id"), route: try frame.readIPCString("route"), count: try frame.readIPC(Int32.self, "count"))
         case .budgetGrant:

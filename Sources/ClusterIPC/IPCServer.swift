@@ -42,15 +42,12 @@ public final class IPCConnection: Sendable, Hashable, CustomStringConvertible {
         channel.writeAndFlush(message, promise: nil)
     }
 
-    /// Sends a message from the connection's event loop, batching the flush with others of the same turn.
-    public func sendOnEventLoop(_ message: IPCMessage) {
-        channel.writeAndFlush(message, promise: nil)
-    }
-
     /// Marks a control request as being worked on (the connection is not idle) until `end()` of the result.
     public func beginWork() { busy.add(1, ordering: .relaxed) }
+    /// Ends what `beginWork()` began: the connection may become idle again.
     public func endWork() { busy.subtract(1, ordering: .relaxed) }
 
+    /// Closes the connection.
     public func close() {
         channel.close(promise: nil)
     }
@@ -68,6 +65,7 @@ public final class IPCConnection: Sendable, Hashable, CustomStringConvertible {
 /// most a hello-sized frame; at most `maxControl` control connections at once, each closed after
 /// `controlIdleTimeout` without a request; refusals are logged at most every ten seconds.
 public final class IPCServer: Sendable {
+    /// The server's socket path and the bounds on what a peer can cost.
     public struct Configuration: Sendable {
         public var path: String
         /// The largest frame a worker may send (claims batches, user lists).
@@ -85,6 +83,7 @@ public final class IPCServer: Sendable {
         /// A control connection with no request in flight and nothing received for this long is closed.
         public var controlIdleTimeout: Duration = .seconds(60)
 
+        /// The default bounds, on the socket at `path`.
         public init(path: String) { self.path = path }
     }
 
@@ -99,6 +98,7 @@ public final class IPCServer: Sendable {
     let controls = Atomic<Int>(0)
     let refusals = RateLimitedLog()
 
+    /// A server that hands accepted hellos and messages to `delegate`; nothing listens before `start()`.
     public init(configuration: Configuration, delegate: any IPCServerDelegate, logger: Logger) {
         self.configuration = configuration
         self.delegate = delegate

@@ -8,6 +8,7 @@ import Glibc
 /// Why the supervisor cannot take its socket path.
 public struct SocketPathError: Error, Sendable, CustomStringConvertible {
     public var description: String
+    /// An error that names the path and what is wrong with it.
     public init(_ description: String) { self.description = description }
 }
 

@@ -8,6 +8,7 @@ public struct ClusterStatus: Codable, Sendable, Equatable {
         public var shards: Int
         public var socket: String
 
+        /// The supervisor process as it stands.
         public init(pid: Int32, uptimeSeconds: Double, shards: Int, socket: String) {
             self.pid = pid
             self.uptimeSeconds = uptimeSeconds
@@ -23,6 +24,7 @@ public struct ClusterStatus: Codable, Sendable, Equatable {
         public var granted: Int
         public var waiting: Int
 
+        /// The identify ledger as it stands.
         public init(maxConcurrency: Int, remainingToday: Int, granted: Int, waiting: Int) {
             self.maxConcurrency = maxConcurrency
             self.remainingToday = remainingToday
@@ -40,6 +42,7 @@ public struct ClusterStatus: Codable, Sendable, Equatable {
         /// Lease requests waiting.
         public var waiting: Int
 
+        /// The REST budget as it stands.
         public init(rate: Double, granted: Int, waiting: Int) {
             self.rate = rate
             self.granted = granted
@@ -52,6 +55,7 @@ public struct ClusterStatus: Codable, Sendable, Equatable {
         /// Event ids remembered as handled.
         public var remembered: Int
 
+        /// The record of handled events as it stands.
         public init(remembered: Int) { self.remembered = remembered }
     }
 
@@ -60,6 +64,7 @@ public struct ClusterStatus: Codable, Sendable, Equatable {
         public var id: String
         public var seq: Int
 
+        /// A session id and its last committed seq.
         public init(id: String, seq: Int) {
             self.id = id
             self.seq = seq
@@ -92,6 +97,7 @@ public struct ClusterStatus: Codable, Sendable, Equatable {
         /// `incoming` or `retiring` for a worker of a layout that is not the active one.
         public var layout: String?
 
+        /// A worker with what every worker has; the optional figures are filled in as they are known.
         public init(ordinal: Int, shard: [Int], pid: Int32?, state: String, generation: UInt64, restarts: Int) {
             self.ordinal = ordinal
             self.shard = shard
@@ -113,6 +119,7 @@ public struct ClusterStatus: Codable, Sendable, Equatable {
     /// Ordinals whose worker did not answer an IPC ping in time.
     public var unresponsive: [Int]
 
+    /// The cluster as it stands.
     public init(
         supervisor: Supervisor, identify: Identify, rateBudget: RateBudget, exactlyOnce: ExactlyOnce,
         workers: [Worker], otherLayouts: [Worker], unresponsive: [Int]

@@ -20,6 +20,7 @@ public struct Hello: Sendable, Equatable {
     public var generation: UInt64
     public var pid: Int32
 
+    /// A hello of this protocol version; a control client leaves ordinal and generation unset.
     public init(version: UInt16 = ipcProtocolVersion, role: IPCRole, ordinal: Int32 = -1, generation: UInt64 = 0, pid: Int32) {
         self.version = version
         self.role = role
@@ -43,6 +44,7 @@ public struct Assignment: Sendable, Equatable {
     /// Connect and get ready, but hand no event to the handler until told (a new generation during a rescale).
     public var holdDispatch: Bool
 
+    /// An assignment of shard `shard` of `total` to the worker of `generation`.
     public init(shard: Int32, total: Int32, generation: UInt64, resumeSessionID: String?, resumeSeq: Int64, apiBase: String, tokenURL: String, gatewayURL: String, holdDispatch: Bool) {
         self.shard = shard
         self.total = total
@@ -74,6 +76,7 @@ public struct WorkerProgress: Sendable, Equatable {
     public var dispatchP50Micros: Int64
     public var dispatchP99Micros: Int64
 
+    /// A report in `state`; the figures default to none yet (-1) or zero.
     public init(state: State, heartbeatLatencyMicros: Int64 = -1, lastEventAgeMillis: Int64 = -1, reconnects: Int32 = 0, received: Int64 = 0, handled: Int64 = 0, dispatchP50Micros: Int64 = -1, dispatchP99Micros: Int64 = -1) {
         self.state = state
         self.heartbeatLatencyMicros = heartbeatLatencyMicros
@@ -157,8 +160,6 @@ public enum IPCMessage: Sendable, Equatable {
     case gatewayState(GatewayState)
     /// The worker drained and is about to exit; where its session stands.
     case drained(sessionID: String?, seq: Int64)
-    /// Drain and exit (the IPC form of SIGTERM).
-    case stop
     case controlRequest(id: UInt64, command: ControlCommand)
     case controlProgress(id: UInt64, line: String)
     case controlReply(id: UInt64, ok: Bool, body: String)
@@ -213,7 +214,6 @@ public enum IPCMessage: Sendable, Equatable {
         case .sessionInvalidated: return "sessionInvalidated"
         case .gatewayState: return "gatewayState"
         case .drained: return "drained"
-        case .stop: return "stop"
         case .controlRequest: return "controlRequest"
         case .controlProgress: return "controlProgress"
         case .controlReply: return "controlReply"

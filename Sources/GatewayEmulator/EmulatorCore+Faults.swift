@@ -3,6 +3,7 @@ import NIOCore
 
 /// A fault the admin API asked for.
 public struct EmulatorFault: Sendable, Equatable {
+    /// What the fault does to the sessions it hits (the admin API names them by these raw values).
     public enum Kind: String, Sendable, CaseIterable {
         case reconnect, invalidSession, drop, stopAcks, close, refuseIdentify, allowIdentify
         /// Sends malformed frames (bad JSON, an unknown op, a dispatch without s, a wrong-typed field) to test clients.
@@ -16,6 +17,7 @@ public struct EmulatorFault: Sendable, Equatable {
     /// Close code for `close` and `refuseIdentify`.
     public var code: UInt16?
 
+    /// A fault of `kind` for one shard or all (`shard` nil), one layout or all (`total` nil).
     public init(kind: Kind, shard: Int? = nil, total: Int? = nil, code: UInt16? = nil) {
         self.kind = kind
         self.shard = shard

@@ -58,6 +58,7 @@ public struct EmulatorStats: Codable, Sendable, Equatable {
     /// When the last Resume was answered with RESUMED, in that clock (0 = never).
     public var lastResumeAtMs: Double = 0
 
+    /// All counters at zero.
     public init() {}
 }
 

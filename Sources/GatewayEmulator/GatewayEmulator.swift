@@ -28,6 +28,7 @@ public final class GatewayEmulator: Service, Sendable {
     let listening = AsyncSignal<Int>()
     let connections = ConnectionRegistry()
 
+    /// An emulator for the bot `app`, configured by cluster.json's `emulator` section; nothing listens before `run()`.
     public init(config: EmulatorConfig, app: AppConfig, logger: Logger) {
         self.config = config
         self.logger = logger
@@ -66,6 +67,7 @@ public final class GatewayEmulator: Service, Sendable {
         return TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
     }
 
+    /// Serves the gateway, the OpenAPI and the admin API until cancelled (graceful shutdown), then closes every connection.
     public func run() async throws {
         let router = Router(context: BasicRequestContext.self)
         router.middlewares.add(PlatformErrorMiddleware())

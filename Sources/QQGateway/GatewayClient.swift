@@ -39,6 +39,7 @@ public enum GatewayClientOutcome: Sendable, Equatable {
 /// One gateway shard's connection: the session state machine driven over a real websocket (ws or wss) on the
 /// NIO event loop, with heartbeats, zombie detection, resume, identify permits and backoff.
 public final class GatewayClient: Sendable {
+    /// What a client connects to and how: URL, shard, intents, the session's timing, TLS and proxies.
     public struct Configuration: Sendable {
         /// The gateway's websocket URL (from `/gateway/bot`).
         public var url: String
@@ -55,6 +56,7 @@ public final class GatewayClient: Sendable {
         /// How long our close frame may wait for the server's before the socket is closed anyway.
         public var closeTimeout: Duration = .milliseconds(500)
 
+        /// A configuration with defaults for the rest; `resume` names a session to resume instead of identifying.
         public init(url: String, shard: ShardID, intents: GatewayIntents, resume: (id: String, seq: Int)? = nil) {
             self.url = url
             self.shard = shard
@@ -96,6 +98,7 @@ public final class GatewayClient: Sendable {
     /// Callers of `fence()` waiting for the fence to be reached; nil once `run` has ended.
     let fenceWaiters = Mutex<[CheckedContinuation<(sessionID: String?, seq: Int?), Never>]?>([])
 
+    /// Creates the client of one shard; nothing connects until `run`.
     public init(configuration: Configuration, tokens: TokenProvider, permit: any IdentifyPermit, logger: Logger) {
         self.configuration = configuration
         self.tokens = tokens

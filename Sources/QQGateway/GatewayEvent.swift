@@ -78,6 +78,7 @@ public struct User: Sendable, Equatable, Hashable {
     public var memberOpenID: String?
     public var userOpenID: String?
 
+    /// A user from its fields; only `id` is required (`bot` defaults to false).
     public init(id: String, username: String? = nil, avatar: String? = nil, bot: Bool = false, memberOpenID: String? = nil, userOpenID: String? = nil) {
         self.id = id
         self.username = username

@@ -22,6 +22,7 @@ public struct GatewayFrame: Sendable, Equatable {
     public var t: String?
     public var id: String?
 
+    /// A frame from its envelope's fields; `d` defaults to null, the others to absent.
     public init(op: Int, d: JSONValue = .null, s: Int? = nil, t: String? = nil, id: String? = nil) {
         self.op = op
         self.d = d
@@ -52,6 +53,7 @@ extension GatewayFrame {
         return try decode(value)
     }
 
+    /// Decodes a frame from UTF-8 bytes, by the same rules as `decode(_:)`.
     public static func decode(bytes: [UInt8]) throws(GatewayFrameError) -> GatewayFrame {
         let value: JSONValue
         do {

@@ -4,6 +4,7 @@ import ClusterCore
 /// The clock is a parameter, so every path — heartbeats, zombie detection, backoff, close codes — is tested
 /// without sockets or sleeping.
 public struct GatewaySessionStateMachine: Sendable {
+    /// The session's timing: reconnect backoff and jitter, the Hello and handshake timeouts, and the random seed.
     public struct Configuration: Sendable {
         /// Delay before the second consecutive reconnect attempt; doubles per attempt up to `maxBackoff`.
         public var baseBackoff: Duration = .milliseconds(250)
@@ -16,6 +17,7 @@ public struct GatewaySessionStateMachine: Sendable {
         public var handshakeTimeout: Duration = .seconds(30)
         public var seed: UInt64 = 1
 
+        /// The default timing.
         public init() {}
     }
 
@@ -86,12 +88,14 @@ public struct GatewaySessionStateMachine: Sendable {
         public var unacknowledgedSince: MonotonicInstant?
     }
 
+    /// Why a session ended for good: a configuration error or a delisting or ban (with its close code), or a reshard.
     public enum FatalReason: Sendable, Equatable {
         case configuration(code: UInt16)
         case reshardRequired
         case stopped(code: UInt16)
     }
 
+    /// What the machine is fed: connection events, frames, timer ticks and the owner's requests.
     public enum Input: Sendable, Equatable {
         case start
         case connected
@@ -109,6 +113,7 @@ public struct GatewaySessionStateMachine: Sendable {
         case fence
     }
 
+    /// What the machine asks its driver to do, in the order given.
     public enum Action: Sendable, Equatable {
         case connect
         case requestIdentifyPermit
@@ -164,6 +169,7 @@ public struct GatewaySessionStateMachine: Sendable {
     let configuration: Configuration
     var rng: SplitMix64
 
+    /// A machine in `.idle`; with `session`, it resumes that session instead of identifying.
     public init(configuration: Configuration = .init(), resuming session: (id: String, seq: Int)? = nil) {
         self.configuration = configuration
         rng = SplitMix64(seed: configuration.seed)

@@ -17,6 +17,7 @@ import NIOWebSocket
 /// caller gets the channel the moment it exists (`register`) and can close it at any time, which fails whatever
 /// stage is waiting.
 public enum GatewaySocket {
+    /// The upgraded websocket, as an async channel of frames.
     public typealias Frames = NIOAsyncChannel<WebSocketFrame, WebSocketFrame>
 
     /// Connects to a `ws://` or `wss://` URL (through `proxy` when given) and returns the upgraded websocket.

@@ -30,6 +30,7 @@ public struct OutgoingMessage: Sendable {
     /// Group and C2C: 0 text, 2 markdown, 3 ark, 4 embed, 7 media.
     public var msgType: Int
 
+    /// A message with `content`; text (`msgType` 0) unless told otherwise.
     public init(content: String, msgID: String? = nil, eventID: String? = nil, msgSeq: Int? = nil, msgType: Int = 0) {
         self.content = content
         self.msgID = msgID
@@ -72,6 +73,7 @@ public struct OpenAPIClient: Sendable {
     /// How long one request may take, answer body included.
     let timeout: Duration
 
+    /// A client of the OpenAPI at `baseURL` (a trailing slash is dropped); one request may take `timeout`, body included.
     public init(baseURL: String, appID: String, tokens: TokenProvider, budget: any RequestBudget, http: PlatformHTTP, logger: Logger, timeout: Duration = .seconds(30)) {
         self.baseURL = baseURL.hasSuffix("/") ? String(baseURL.dropLast()) : baseURL
         self.appID = appID

@@ -7,6 +7,7 @@ public struct GatewayEndpoints: Sendable {
     public var apiBase: String
     public var tokenURL: String
 
+    /// Endpoints from the OpenAPI base URL and the token URL.
     public init(apiBase: String, tokenURL: String) {
         self.apiBase = apiBase
         self.tokenURL = tokenURL
@@ -35,6 +36,7 @@ public struct PlatformClients: Sendable {
         api = OpenAPIClient(baseURL: endpoints.apiBase, appID: config.app.id, tokens: tokens, budget: budget, http: http, logger: logger)
     }
 
+    /// Closes the HTTP client's connections; requests in flight fail.
     public func shutdown() async {
         await http.shutdown()
     }

@@ -12,6 +12,7 @@ public struct HTTPAnswer: Sendable {
     public var headers: HTTPHeaders
     public var body: ByteBuffer
 
+    /// An answer from its status, headers and body.
     public init(status: Int, headers: HTTPHeaders, body: ByteBuffer) {
         self.status = status
         self.headers = headers
@@ -22,6 +23,7 @@ public struct HTTPAnswer: Sendable {
 /// Why an HTTP exchange failed before an answer came, in words a person can act on.
 public struct HTTPTransportError: Error, Sendable, CustomStringConvertible {
     public var message: String
+    /// An error with its message.
     public init(_ message: String) { self.message = message }
     public var description: String { message }
 }
@@ -76,6 +78,7 @@ public enum PlatformTLS {
 /// multiplexed as streams. Redirects are not followed: a redirect would carry the access token to wherever it
 /// points, so it is reported as an error naming the target.
 public final class PlatformHTTP: Sendable {
+    /// How the client is set up: extra trust roots, connections per host, and where proxy variables are read.
     public struct Configuration: Sendable {
         /// A PEM file of extra certificate authorities (`gateway.trustRoots`).
         public var trustRoots: String?
@@ -87,6 +90,7 @@ public final class PlatformHTTP: Sendable {
         /// Where `HTTPS_PROXY`, `HTTP_PROXY` and `NO_PROXY` are read.
         public var environment: [String: String]
 
+        /// A configuration; by default the system's roots only, 64 connections per host, and no proxy variables.
         public init(trustRoots: String? = nil, maxConnectionsPerHost: Int = 64, environment: [String: String] = [:]) {
             self.trustRoots = trustRoots
             self.maxConnectionsPerHost = maxConnectionsPerHost
@@ -103,6 +107,7 @@ public final class PlatformHTTP: Sendable {
     /// The largest answer body read.
     public static let maxBodySize = 1 << 20
 
+    /// Creates the HTTP clients; throws when the trust roots cannot be read or a proxy variable is unusable.
     public init(_ configuration: Configuration) throws(PlatformSetupError) {
         tls = try PlatformTLS.clientConfiguration(trustRoots: configuration.trustRoots)
         do {
@@ -206,6 +211,7 @@ public struct URLTarget: Sendable, Equatable {
     public var port: Int
     public var path: String
 
+    /// Parses an absolute http(s) or ws(s) URL; nil when it is not one or its host or port is unusable.
     public init?(_ url: String) {
         guard let range = url.range(of: "://") else { return nil }
         scheme = url[..<range.lowerBound].lowercased()

@@ -2,6 +2,7 @@ import Foundation
 
 /// An HTTP or SOCKS proxy a connection goes through.
 public struct ProxyRoute: Sendable, Hashable, CustomStringConvertible {
+    /// The proxy's protocol: HTTP or SOCKS5.
     public enum Kind: Sendable, Hashable { case http, socks }
     public var kind: Kind
     public var host: String
@@ -9,6 +10,7 @@ public struct ProxyRoute: Sendable, Hashable, CustomStringConvertible {
     /// `user:password` from the proxy URL, for `Proxy-Authorization: Basic`.
     public var credentials: String?
 
+    /// A route from its fields; `credentials` is `user:password`, nil for none.
     public init(kind: Kind, host: String, port: Int, credentials: String?) {
         self.kind = kind
         self.host = host
@@ -33,6 +35,7 @@ public struct ProxyEnvironment: Sendable, Equatable {
     /// Hosts and domain suffixes reached directly; `["*"]` means every host.
     public var noProxy: [String]
 
+    /// Proxies as given, not read from the environment; none by default.
     public init(https: ProxyRoute? = nil, http: ProxyRoute? = nil, noProxy: [String] = []) {
         self.https = https
         self.http = http

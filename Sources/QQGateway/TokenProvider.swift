@@ -29,6 +29,7 @@ public actor TokenProvider {
     /// Tokens fetched so far (for tests and progress reports).
     public private(set) var fetches = 0
 
+    /// Creates a provider; no token is fetched before the first `token()`.
     public init(appID: String, secret: Secret, tokenURL: String, http: PlatformHTTP, logger: Logger) {
         self.appID = appID
         self.secret = secret

@@ -7,12 +7,14 @@ import ClusterCore
 /// queue is first come, first served and a request gets what is there (at least one token): a worker that wants
 /// more asks again and joins the back of the queue, so workers with equal demand get equal shares.
 public struct BudgetAuthority: Sendable {
+    /// The budget cluster.json sets: requests per second, the burst, the tokens of one lease and how long it lasts.
     public struct Configuration: Sendable {
         public var rate: Double
         public var burst: Int
         public var leaseSize: Int
         public var leaseTTL: Duration
 
+        /// A budget of `rate` requests per second with a burst of `burst`, leased `leaseSize` tokens for `leaseTTL`.
         public init(rate: Double, burst: Int, leaseSize: Int, leaseTTL: Duration) {
             self.rate = rate
             self.burst = burst
@@ -28,6 +30,7 @@ public struct BudgetAuthority: Sendable {
         public var route: String
         public var count: Int
 
+        /// A request of `count` tokens for `route` by connection `requester`, answered under correlation id `id`.
         public init(requester: UInt64, id: UInt64, route: String, count: Int) {
             self.requester = requester
             self.id = id
@@ -36,6 +39,7 @@ public struct BudgetAuthority: Sendable {
         }
     }
 
+    /// Tokens for one request: the requester and correlation id it answers, how many, and how long they are valid.
     public struct Grant: Sendable, Equatable {
         public var requester: UInt64
         public var id: UInt64
@@ -69,6 +73,7 @@ public struct BudgetAuthority: Sendable {
     public private(set) var granted = 0
     public private(set) var grantedTo: [UInt64: Int] = [:]
 
+    /// An authority with a full global bucket, no learned routes and an empty queue.
     public init(configuration: Configuration) {
         self.configuration = configuration
         global = GCRA(rate: configuration.rate, burst: configuration.burst)
@@ -144,6 +149,7 @@ public struct BudgetAuthority: Sendable {
         return serve(now: now)
     }
 
+    /// Serves the queue with the tokens that came in by `now` (called when `nextDeadline` passes).
     public mutating func tick(now: MonotonicInstant) -> [Grant] {
         serve(now: now)
     }

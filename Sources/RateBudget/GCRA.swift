@@ -11,6 +11,7 @@ public struct GCRA: Sendable, Equatable {
     /// Theoretical arrival time, nanoseconds of the monotonic clock (0: the bucket starts full).
     var tat: Int64 = 0
 
+    /// A full bucket of `burst` tokens refilled at `rate` per second (both must be positive).
     public init(rate: Double, burst: Int) {
         precondition(rate > 0 && burst >= 1)
         interval = max(1, Int64((1e9 / rate).rounded()))

@@ -14,11 +14,13 @@ public final class LocalRateBudget: RequestBudget {
     /// Longest a request may wait for the budget before it fails with `BudgetTimeout`.
     let maxWait: Duration
 
+    /// A budget of `rate` requests per second with a burst of `burst`; a request never waits longer than `maxWait`.
     public init(rate: Double, burst: Int, maxWait: Duration = .seconds(60)) {
         state = Mutex(State(global: GCRA(rate: rate, burst: burst)))
         self.maxWait = maxWait
     }
 
+    /// Waits for a token for `route` (and for any pause of it); throws `BudgetTimeout` rather than wait past `maxWait`.
     public func acquire(route: String) async throws {
         while true {
             let now = MonotonicInstant.now()
@@ -39,6 +41,7 @@ public final class LocalRateBudget: RequestBudget {
         }
     }
 
+    /// A 429 on `route`: pauses it for `retryAfter` (a longer pause already set stays).
     public func rateLimited(route: String, retryAfter: Duration) {
         let until = MonotonicInstant.now() + retryAfter
         state.withLock { state in

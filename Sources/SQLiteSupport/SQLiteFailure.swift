@@ -13,6 +13,7 @@ public enum SQLiteFailure: Sendable, Equatable {
     /// Anything else (an I/O error, a read-only file, a permission): keep what is pending and try again.
     case other
 
+    /// The kind of failure an error from GRDB is (`other` for an error that is not a database error).
     public init(_ error: any Error) {
         if error is SchemaSuperseded {
             self = .damaged
@@ -40,5 +41,6 @@ public struct SchemaSuperseded: Error, CustomStringConvertible {
 /// Why a database could not be opened, naming the file and what to do.
 public struct StoreError: Error, Sendable, CustomStringConvertible {
     public var description: String
+    /// An error with its message, which names the file and what to do.
     public init(_ description: String) { self.description = description }
 }

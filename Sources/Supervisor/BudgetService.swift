@@ -11,6 +11,7 @@ public final class BudgetService: Sendable {
     let connections = Mutex<[UInt64: IPCConnection]>([:])
     let wakeup = Wakeup()
 
+    /// A service for a budget of `configuration`, with a full bucket and no requests.
     public init(configuration: BudgetAuthority.Configuration) {
         authority = Mutex(BudgetAuthority(configuration: configuration))
     }
@@ -22,15 +23,18 @@ public final class BudgetService: Sendable {
     /// Tokens granted per worker connection so far.
     public var grantedTo: [UInt64: Int] { authority.withLock { $0.grantedTo } }
 
+    /// A worker's request `id` for `count` tokens on `route`; grants that can be made now are sent at once.
     public func request(from connection: IPCConnection, id: UInt64, route: String, count: Int) {
         connections.withLock { $0[connection.id] = connection }
         deliver(authority.withLock { $0.request(.init(requester: connection.id, id: id, route: route, count: count), now: .now()) })
     }
 
+    /// A worker withdrew its request `id`; whatever can be granted now is sent.
     public func cancel(from connection: IPCConnection, id: UInt64) {
         deliver(authority.withLock { $0.cancel(requester: connection.id, id: id, now: .now()) })
     }
 
+    /// A worker gives back `count` unused tokens of `route` (at most what it was granted within the lease TTL).
     public func giveBack(from connection: IPCConnection, route: String, count: Int) {
         deliver(authority.withLock { $0.giveBack(requester: connection.id, route: route, count: count, now: .now()) })
     }
@@ -43,6 +47,7 @@ public final class BudgetService: Sendable {
         return until - now
     }
 
+    /// A worker's connection closed: its queued requests leave, and whatever can be granted now is sent.
     public func connectionClosed(_ connection: IPCConnection) {
         connections.withLock { _ = $0.removeValue(forKey: connection.id) }
         deliver(authority.withLock { $0.requesterGone(connection.id, now: .now()) })

@@ -8,6 +8,7 @@ import ClusterProtocol
 /// a live worker makes others wait; a claim of a worker that died is released, so its replacement, which gets the
 /// event again by resuming, handles it. Completed events are remembered for `ttl`.
 public struct ClaimLedger: Sendable {
+    /// What a claim gets: handle the event, skip it, or wait for the worker that holds it.
     public typealias Decision = ClaimDecision
 
     /// A decision made later for a key that had to wait.
@@ -16,6 +17,7 @@ public struct ClaimLedger: Sendable {
         public var key: String
         public var decision: Decision
 
+        /// The decision `decision` for `requester`'s claim of `key`.
         public init(requester: UInt64, key: String, decision: Decision) {
             self.requester = requester
             self.key = key
@@ -40,6 +42,7 @@ public struct ClaimLedger: Sendable {
     /// Completed keys not yet written to the database.
     public private(set) var unpersisted: [(key: String, at: MonotonicInstant)] = []
 
+    /// An empty ledger that remembers completed events for `ttl`.
     public init(ttl: Duration) {
         self.ttl = ttl
     }
@@ -47,6 +50,7 @@ public struct ClaimLedger: Sendable {
     /// Keys remembered as done (for status).
     public var remembered: Int { doneOrder.count - doneHead }
 
+    /// Claims `keys` for `requester`: one decision per key, in order; a retired requester skips them all.
     public mutating func claim(_ keys: [String], by requester: UInt64, now: MonotonicInstant) -> [Decision] {
         expire(now: now)
         guard !retired.contains(requester) else { return keys.map { _ in .skip } }

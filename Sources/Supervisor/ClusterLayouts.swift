@@ -4,10 +4,12 @@ import ClusterCore
 /// the old one draining after the switch. Each is a `ClusterStateMachine`; this routes events to the right one by
 /// generation (each layout numbers its generations from its own base) or by process id. Pure.
 public struct ClusterLayouts: Sendable {
+    /// A layout's part: serving, getting ready to take over, or draining after it was replaced or given up.
     public enum Role: String, Sendable, Equatable {
         case active, incoming, retiring
     }
 
+    /// One layout: its id, its role and its workers' state machine.
     public struct Layout: Sendable {
         public let id: Int
         public var role: Role
@@ -20,6 +22,7 @@ public struct ClusterLayouts: Sendable {
     public private(set) var layouts: [Layout]
     var nextID: Int
 
+    /// The layouts with `active` as the only one (id 0).
     public init(active: ClusterStateMachine) {
         layouts = [Layout(id: 0, role: .active, machine: active)]
         nextID = 1
@@ -28,6 +31,7 @@ public struct ClusterLayouts: Sendable {
     /// Where the generations of the next layout start.
     public var nextGenerationBase: UInt64 { UInt64(nextID) * Self.generationsPerLayout }
 
+    /// The id of the layout a worker generation belongs to.
     public static func layoutID(ofGeneration generation: UInt64) -> Int {
         Int(generation / generationsPerLayout)
     }
@@ -35,6 +39,7 @@ public struct ClusterLayouts: Sendable {
     public var active: Layout { layouts.first { $0.role == .active }! }
     public var incoming: Layout? { layouts.first { $0.role == .incoming } }
 
+    /// The layout with `id`, or nil when there is none (never added, or removed).
     public func layout(_ id: Int) -> Layout? { layouts.first { $0.id == id } }
 
     /// Adds a layout that will take over at the switch; returns its id.

@@ -63,6 +63,7 @@ public struct WorkerRecord: Sendable {
 /// The supervisor's decisions about its workers, as a pure state machine: spawns, exits, IPC events and timer
 /// ticks in; actions (spawn, signal, kill a process group, persist a session) out. The time is a parameter.
 public struct ClusterStateMachine: Sendable {
+    /// The time limits for workers: heartbeats and misses, the hello timeout, and the graces before SIGKILL.
     public struct Timings: Sendable {
         public var heartbeatInterval: Duration
         public var heartbeatMisses: Int
@@ -70,6 +71,7 @@ public struct ClusterStateMachine: Sendable {
         public var abortGrace: Duration
         public var stopGrace: Duration
 
+        /// The timings cluster.json's `supervisor` section sets.
         public init(_ config: SupervisorConfig) {
             heartbeatInterval = config.heartbeatInterval
             heartbeatMisses = config.heartbeatMisses
@@ -82,6 +84,7 @@ public struct ClusterStateMachine: Sendable {
         var hangAfter: Duration { heartbeatInterval * heartbeatMisses }
     }
 
+    /// What the machine hears: worker messages (ignored from a stale generation), exits, ticks and commands.
     public enum Event: Sendable {
         case start
         case spawned(ordinal: Int, generation: UInt64, pid: Int32)
@@ -103,6 +106,7 @@ public struct ClusterStateMachine: Sendable {
         case stop
     }
 
+    /// What the supervisor is to do: spawn, signal or kill processes, store or forget sessions, log, report.
     public enum Action: Sendable, Equatable {
         case spawn(ordinal: Int, generation: UInt64, shard: ShardID)
         case signal(pid: Int32, signal: WorkerSignal)
@@ -119,6 +123,7 @@ public struct ClusterStateMachine: Sendable {
         /// Every worker has exited after a stop.
         case allStopped
 
+        /// The severity of a log line.
         public enum Level: Sendable, Equatable { case info, warning, error }
     }
 
@@ -156,6 +161,7 @@ public struct ClusterStateMachine: Sendable {
         workers.contains { $0.pid == pid && $0.state.isLive }
     }
 
+    /// The worker slot `ordinal`, or nil when the layout has no such slot.
     public func worker(ordinal: Int) -> WorkerRecord? {
         workers.indices.contains(ordinal) ? workers[ordinal] : nil
     }
@@ -172,6 +178,7 @@ public struct ClusterStateMachine: Sendable {
         workers[i].hangSuspectedAt = nil
     }
 
+    /// Applies one event at `now`; returns the actions to carry out.
     public mutating func handle(_ event: Event, now: MonotonicInstant) -> [Action] {
         switch event {
         case .start:

@@ -158,10 +158,12 @@ public final class ClusterStore: Sendable {
 
     // MARK: writes (batched)
 
+    /// Queues `shard`'s session (its id and committed seq) for the next flush; the latest per shard wins.
     public func save(shard: ShardID, id: String, seq: Int) {
         state.withLock { $0.sessions[shard] = (id, seq) }
     }
 
+    /// Queues the deletion of `shard`'s stored session for the next flush.
     public func forget(shard: ShardID) {
         state.withLock { $0.sessions[shard] = .some(nil) }
     }

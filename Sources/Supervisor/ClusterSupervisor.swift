@@ -20,6 +20,7 @@ public struct SupervisorSetup: Sendable {
     public var gateway: GatewayBotInfo
     public var shards: Int
 
+    /// A setup from its parts; `configPath` must be absolute, as workers load the file from it.
     public init(config: ClusterConfig, configPath: String, apiBase: String, tokenURL: String, gateway: GatewayBotInfo, shards: Int) {
         self.config = config
         self.configPath = configPath
@@ -81,6 +82,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
     /// small budget of its own, so that they never compete with the workers' replies.
     let platform: PlatformClients
 
+    /// A supervisor for `setup` resuming what `store` holds; throws if the platform clients cannot be set up.
     public init(setup: SupervisorSetup, store: ClusterStore, logger: Logger) throws {
         self.setup = setup
         self.logger = logger
@@ -118,6 +120,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         }
     }
 
+    /// Runs the cluster until it stops, draining every worker on shutdown; throws if the IPC socket cannot be bound.
     public func run() async throws {
         var serverConfiguration = IPCServer.Configuration(path: setup.config.supervisor.socket)
         serverConfiguration.helloTimeout = setup.config.supervisor.helloTimeout
@@ -244,7 +247,8 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         case .clusterReady:
             if layout == 0 {
                 let elapsed = MonotonicInstant.now() - startedAt
-                printLine("cluster ready: \(setup.shards) shards in \(DurationFormat.human(elapsed))")
+                // On an IPC event loop: queued, never a write that could block on a stdout nobody reads.
+                OutputWriter.standardOutput.write("cluster ready: \(setup.shards) shards in \(DurationFormat.human(elapsed))\n")
                 ready.set(elapsed)
             }
         case .allStopped:
@@ -306,6 +310,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
 
     // MARK: IPC
 
+    /// Welcomes a control client, or a worker that is the current process this supervisor started; else says why not.
     public func accept(_ hello: Hello, on connection: IPCConnection) -> String? {
         switch hello.role {
         case .control:
@@ -350,6 +355,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         }
     }
 
+    /// Handles one message from a worker or a control client, on the connection's event loop.
     public func received(_ message: IPCMessage, on connection: IPCConnection) {
         guard let hello = connection.hello else { return }
         if hello.role == .control {
@@ -446,6 +452,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         state.withLock { $0.connections[layout] ?? [:] }
     }
 
+    /// A connection closed: its identify, budget and claim requests are dropped; its worker counts as disconnected.
     public func closed(_ connection: IPCConnection, reason: String?) {
         ledger.connectionClosed(connection)
         budget.connectionClosed(connection)

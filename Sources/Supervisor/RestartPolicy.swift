@@ -4,6 +4,7 @@ import ClusterCore
 /// the backoff resets only after the worker has stayed ready for `resetAfter`; more than `maxCrashes` crashes in
 /// `crashWindow` mark the worker failed (retried at the cap). Pure: the time is a parameter.
 public struct RestartPolicy: Sendable {
+    /// When to respawn a crashed worker: now, after a backoff delay, or (marked failed) after `retryAfter`.
     public enum Decision: Sendable, Equatable {
         case now
         case after(Duration)
@@ -17,6 +18,7 @@ public struct RestartPolicy: Sendable {
     public private(set) var consecutive = 0
     var readySince: MonotonicInstant?
 
+    /// A policy for `config`, with no crashes yet.
     public init(config: RestartConfig) {
         self.config = config
     }

@@ -5,6 +5,7 @@ import ClusterCore
 /// what to do comes out as actions; the time is a parameter. `ClusterSupervisor` owns one, behind one lock, and
 /// carries out the actions.
 public struct SupervisorCore: Sendable {
+    /// What the core hears: the layouts' events, the fence answers of a layout change, the operator's change commands.
     public enum Event: Sendable {
         /// A worker, process or timer event (a `.tick` also moves a layout change past its deadlines), routed to its
         /// layout by generation, by pid, or to the active layout (`ClusterLayouts`).
@@ -19,6 +20,7 @@ public struct SupervisorCore: Sendable {
         case beginRoll(maxUnavailable: Int)
     }
 
+    /// What the supervisor carries out: the layouts' worker actions, a layout change's steps, the operator's lines.
     public enum Action: Sendable, Equatable {
         /// What a layout's state machine decided.
         case worker(layout: Int, ClusterStateMachine.Action)
@@ -47,6 +49,7 @@ public struct SupervisorCore: Sendable {
         /// How long a rolling restart's batch has to be replaced and ready (`supervisor.stopGrace` + `readyTimeout`).
         public var replaceTimeout: Duration
 
+        /// Deadlines given one by one; `init(_:)` derives them from a configuration.
         public init(readyTimeout: Duration, fenceTimeout: Duration, stopTimeout: Duration, replaceTimeout: Duration) {
             self.readyTimeout = readyTimeout
             self.fenceTimeout = fenceTimeout
@@ -67,6 +70,7 @@ public struct SupervisorCore: Sendable {
 
     /// A rescale or a rolling restart in progress.
     public struct LayoutChange: Sendable, Equatable {
+        /// Where a layout change stands.
         public enum Phase: Sendable, Equatable {
             /// A rescale's new layout connects and gets ready while the current one serves.
             case waitingForIncoming(layout: Int, readyReported: Int)
@@ -93,6 +97,7 @@ public struct SupervisorCore: Sendable {
     public private(set) var change: LayoutChange?
     let changeTimings: ChangeTimings
 
+    /// A core with `active` as its only layout and no change in progress.
     public init(active: ClusterStateMachine, changeTimings: ChangeTimings) {
         layouts = ClusterLayouts(active: active)
         self.changeTimings = changeTimings
@@ -103,6 +108,7 @@ public struct SupervisorCore: Sendable {
         [layouts.nextDeadline, change?.deadline].compactMap { $0 }.min()
     }
 
+    /// Applies one event at `now`; returns the actions to carry out (a change may pass several phases at once).
     public mutating func handle(_ event: Event, now: MonotonicInstant) -> [Action] {
         var actions: [Action]
         switch event {

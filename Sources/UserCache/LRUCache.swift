@@ -20,6 +20,7 @@ public struct LRUCache<Key: Hashable & Sendable, Value: Sendable>: Sendable {
     var head = -1
     var tail = -1
 
+    /// An empty cache of at most `capacity` entries (at least one), each valid for `ttl` after it was set.
     public init(capacity: Int, ttl: Duration) {
         self.capacity = max(1, capacity)
         self.ttl = ttl
@@ -43,6 +44,7 @@ public struct LRUCache<Key: Hashable & Sendable, Value: Sendable>: Sendable {
         index[key].map { nodes[$0].value }
     }
 
+    /// Stores `value` as the most recently used, evicting the least recently used entry when full.
     public mutating func set(_ key: Key, _ value: Value, now: MonotonicInstant) {
         if let i = index[key] {
             nodes[i].value = value
@@ -66,6 +68,7 @@ public struct LRUCache<Key: Hashable & Sendable, Value: Sendable>: Sendable {
         index[key] = i
     }
 
+    /// Removes the entry for `key`; its value, or nil when there was none.
     @discardableResult
     public mutating func remove(_ key: Key) -> Value? {
         guard let i = index.removeValue(forKey: key) else { return nil }

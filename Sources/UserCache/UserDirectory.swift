@@ -10,12 +10,14 @@ import Synchronization
 /// handed to `onChanged`, which tells the other workers to drop them: a name change seen on one shard is what the
 /// others serve next.
 public final class UserDirectory: Sendable {
+    /// The cache's sizes and timings, from cluster.json's `cache` section.
     public struct Configuration: Sendable {
         public var lruSize: Int
         public var ttl: Duration
         public var flushSize: Int
         public var flushInterval: Duration
 
+        /// The configuration cluster.json's `cache` section gives.
         public init(_ config: CacheConfig) {
             lruSize = config.lruSize
             ttl = config.ttl

@@ -15,6 +15,7 @@ public struct CachedUser: Sendable, Equatable {
     /// The shard that saw it last.
     public var shard: Int
 
+    /// A user as a worker saw it at `updatedAt` on `shard`.
     public init(id: String, username: String, avatar: String?, bot: Bool, updatedAt: Double, shard: Int) {
         self.id = id
         self.username = username

@@ -17,10 +17,12 @@ public final class ClusterEventClaims: EventClaims {
     let client: IPCClient
     let state = Mutex(State())
 
+    /// Creates the claims of a worker, over its connection to the supervisor.
     public init(client: IPCClient) {
         self.client = client
     }
 
+    /// Whether to handle `key`, as the supervisor decides (batched; may wait for another worker); false once it is gone.
     public func claim(_ key: String) async -> Bool {
         await withCheckedContinuation { continuation in
             let send = state.withLock { state -> (UInt64, [String])? in
@@ -65,10 +67,12 @@ public final class ClusterEventClaims: EventClaims {
         continuation?.resume(returning: decision == .handle)
     }
 
+    /// Tells the supervisor at once that `key` is handled.
     public func complete(_ key: String) {
         client.send(.claimsDone(keys: [key]))
     }
 
+    /// Tells the supervisor at once that `key` was not handled to the end, so another worker may take it.
     public func release(_ key: String) {
         client.send(.claimsReleased(keys: [key]))
     }

@@ -32,6 +32,7 @@ public final class ClusterRateBudget: RequestBudget {
     let maxWait: Duration
     let state = Mutex(State())
 
+    /// Creates a budget that leases `leaseSize` tokens at a time (at least 1); `acquire` waits at most `maxWait`.
     public init(client: IPCClient, leaseSize: Int, maxWait: Duration = .seconds(60)) {
         self.client = client
         self.leaseSize = max(1, leaseSize)
@@ -41,6 +42,7 @@ public final class ClusterRateBudget: RequestBudget {
     /// Tokens spent so far by this worker.
     public var spent: Int { state.withLock { $0.spent } }
 
+    /// Takes a token for `route`, leasing more when none is left; throws `BudgetTimeout` if it would wait past `maxWait`.
     public func acquire(route: String) async throws {
         let deadline = MonotonicInstant.now() + maxWait
         while true {
@@ -99,6 +101,7 @@ public final class ClusterRateBudget: RequestBudget {
         return true
     }
 
+    /// Pauses `route` here and reports the 429 to the supervisor, which pauses it on every other worker.
     public func rateLimited(route: String, retryAfter: Duration) {
         pause(route: route, for: retryAfter)
         client.send(.budgetRateLimited(route: route, retryAfterMillis: Int32(clamping: retryAfter.nanoseconds / 1_000_000)))

@@ -11,7 +11,7 @@ import Glibc
 
 /// One shard under the supervisor, as a `Service`: identify slots and the session hand-off over IPC, heartbeats
 /// with progress, the supervisor's messages routed to the runtime's parts (claims, budget pauses, cache
-/// invalidations, the rescale switch), a drain on graceful shutdown or a `stop` message, and an exit at once
+/// invalidations, the rescale switch), a drain on graceful shutdown (SIGTERM), and an exit at once
 /// when the supervisor's socket closes (no orphan answers twice).
 public final class ClusterWorker: Service {
     /// Why a worker could not join its supervisor.
@@ -46,6 +46,7 @@ public final class ClusterWorker: Service {
         }
     }
 
+    /// Creates the worker for the assignment `join` returned; its log lines name the shard.
     public init(config: ClusterConfig, client: IPCClient, assignment: Assignment, handler: any EventHandler, logger: Logger) {
         self.config = config
         self.client = client
@@ -56,6 +57,7 @@ public final class ClusterWorker: Service {
         self.logger = logger
     }
 
+    /// Runs the shard until stopped or failed for good, drains, tells the supervisor where it stopped, sets `exitStatus`.
     public func run() async throws {
         let shard = ShardID(Int(assignment.shard), of: Int(assignment.total))
         let link = SupervisorLink(client: client)
@@ -131,9 +133,6 @@ public final class ClusterWorker: Service {
         await withDiscardingTaskGroup { group in
             for await message in client.inbound {
                 switch message {
-                case .stop:
-                    parts.link.gatewayState = .draining
-                    parts.runtime.stop()
                 case .budgetPause(let route, let ms):
                     parts.budget.pause(route: route, for: .milliseconds(Int64(ms)))
                 case .usersInvalidate(let ids):

@@ -15,6 +15,7 @@ public struct Context: Sendable {
     /// The cluster's users (memory, then the shared file, then the platform when configured).
     public let users: UserDirectory?
 
+    /// The context of one event; `users` is nil when the process has no user cache.
     public init(api: OpenAPIClient, shard: ShardID, logger: Logger, eventID: String?, seq: Int, users: UserDirectory? = nil) {
         self.api = api
         self.shard = shard

@@ -23,10 +23,12 @@ public final class LocalEventClaims: EventClaims {
     let ttl: Duration
     let state = Mutex(State())
 
+    /// Creates an empty set that forgets a key `ttl` after its claim.
     public init(ttl: Duration) {
         self.ttl = ttl
     }
 
+    /// True the first time `key` is claimed within the time to live, false for a repeat.
     public func claim(_ key: String) async -> Bool {
         let now = MonotonicInstant.now()
         return state.withLock { state in
@@ -38,8 +40,10 @@ public final class LocalEventClaims: EventClaims {
         }
     }
 
+    /// Does nothing: a handled key stays claimed until its time to live ends.
     public func complete(_ key: String) {}
 
+    /// Forgets `key`, so that its next claim succeeds.
     public func release(_ key: String) {
         _ = state.withLock { $0.seen.removeValue(forKey: key) }
     }

@@ -24,19 +24,33 @@ public protocol EventHandler: Sendable {
 }
 
 extension EventHandler {
+    /// Ignores READY by default.
     public func ready(_ ctx: Context, sessionID: String) async throws {}
+    /// Ignores AT_MESSAGE_CREATE by default.
     public func atMessageCreate(_ ctx: Context, _ message: Message) async throws {}
+    /// Ignores MESSAGE_CREATE by default.
     public func messageCreate(_ ctx: Context, _ message: Message) async throws {}
+    /// Ignores DIRECT_MESSAGE_CREATE by default.
     public func directMessageCreate(_ ctx: Context, _ message: Message) async throws {}
+    /// Ignores GROUP_AT_MESSAGE_CREATE by default.
     public func groupAtMessageCreate(_ ctx: Context, _ message: GroupMessage) async throws {}
+    /// Ignores C2C_MESSAGE_CREATE by default.
     public func c2cMessageCreate(_ ctx: Context, _ message: C2CMessage) async throws {}
+    /// Ignores GUILD_MEMBER_ADD by default.
     public func guildMemberAdd(_ ctx: Context, _ member: Member) async throws {}
+    /// Ignores GUILD_MEMBER_UPDATE by default.
     public func guildMemberUpdate(_ ctx: Context, _ member: Member) async throws {}
+    /// Ignores GUILD_MEMBER_REMOVE by default.
     public func guildMemberRemove(_ ctx: Context, _ member: Member) async throws {}
+    /// Ignores GUILD_CREATE by default.
     public func guildCreate(_ ctx: Context, _ guild: Guild) async throws {}
+    /// Ignores GUILD_UPDATE by default.
     public func guildUpdate(_ ctx: Context, _ guild: Guild) async throws {}
+    /// Ignores GUILD_DELETE by default.
     public func guildDelete(_ ctx: Context, _ guild: Guild) async throws {}
+    /// Ignores INTERACTION_CREATE by default.
     public func interactionCreate(_ ctx: Context, _ interaction: Interaction) async throws {}
+    /// Ignores events this version does not model, by default.
     public func unknown(_ ctx: Context, name: String, payload: JSONValue) async throws {}
 }
 
@@ -64,16 +78,20 @@ extension EventHandler {
 /// The example bot the shipped `botcluster` runs: one passive reply to every message that mentions it —
 /// "pong" for "ping", an echo otherwise — in guild channels, groups and direct messages.
 public struct ExampleBot: EventHandler {
+    /// Creates the example bot (it keeps no state).
     public init() {}
 
+    /// Answers a guild channel message that mentions the bot, with a passive reply.
     public func atMessageCreate(_ ctx: Context, _ message: Message) async throws {
         try await ctx.reply(to: message, content: Self.answer(message.content))
     }
 
+    /// Answers a group message that mentions the bot, with a passive reply.
     public func groupAtMessageCreate(_ ctx: Context, _ message: GroupMessage) async throws {
         try await ctx.reply(to: message, content: Self.answer(message.content))
     }
 
+    /// Answers a direct message, with a passive reply.
     public func c2cMessageCreate(_ ctx: Context, _ message: C2CMessage) async throws {
         try await ctx.reply(to: message, content: Self.answer(message.content))
     }

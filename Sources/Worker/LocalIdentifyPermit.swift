@@ -14,10 +14,12 @@ public final class LocalIdentifyPermit: IdentifyPermit {
     let state: Mutex<State>
     let wakeup = Wakeup()
 
+    /// Creates a pacer from the ledger's configuration and the identifies left today (`remaining`, from `/gateway/bot`).
     public init(configuration: IdentifyLedger.Configuration, remaining: Int) {
         state = Mutex(State(ledger: IdentifyLedger(configuration: configuration, remaining: remaining)))
     }
 
+    /// Waits for the ledger's grant for `shard`; throws `IdentifyDenied` once today's identifies are spent.
     public func acquire(shard: ShardID) async throws {
         let id = state.withLock { state -> UInt64 in
             state.nextID += 1
@@ -42,6 +44,7 @@ public final class LocalIdentifyPermit: IdentifyPermit {
         }
     }
 
+    /// Tells the ledger that `shard`'s granted Identify left now (its window counts from here).
     public func identifySent(shard: ShardID) {
         let decisions = state.withLock { state -> [IdentifyLedger.Decision] in
             guard let id = state.outstanding.removeValue(forKey: shard) else { return [] }
@@ -85,6 +88,7 @@ public final class LocalIdentifyPermit: IdentifyPermit {
 /// No identify is possible (the daily budget is spent).
 public struct IdentifyDenied: Error, Sendable, CustomStringConvertible {
     public var reason: String
+    /// A denial with its reason, as the ledger or the supervisor gave it.
     public init(reason: String) { self.reason = reason }
     public var description: String { "identify denied: \(reason)" }
 }

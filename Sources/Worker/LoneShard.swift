@@ -39,6 +39,7 @@ public final class LoneShard: Service {
         self.complain = complain
     }
 
+    /// Runs the shard until shutdown or a fatal close, tells the operator where it stopped, and sets `exitStatus`.
     public func run() async throws {
         let endpoints = try await endpoints()
         let budget = LocalRateBudget(rate: config.rateBudget.globalRate, burst: config.rateBudget.globalBurst)

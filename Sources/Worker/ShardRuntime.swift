@@ -17,11 +17,17 @@ public protocol RuntimeObserver: Sendable {
 }
 
 extension RuntimeObserver {
+    /// Ignores the committed session by default.
     public func sessionCommitted(sessionID: String, seq: Int) {}
+    /// Ignores the invalidation by default.
     public func sessionInvalidated() {}
+    /// Ignores READY and RESUMED by default.
     public func ready(sessionID: String, resumed: Bool) {}
+    /// Ignores heartbeat ACKs by default.
     public func heartbeatAcknowledged(latency: Duration) {}
+    /// Ignores disconnects by default.
     public func disconnected(code: UInt16?) {}
+    /// Ignores the gateway's failure by default.
     public func failed(_ reason: GatewaySessionStateMachine.FatalReason) {}
 }
 
@@ -54,11 +60,13 @@ public struct RuntimeOutcome: Sendable {
 /// handler with at most `maxInFlight` running (the reader waits beyond that: backpressure, not memory), and
 /// tracked so that the committed seq — what a successor resumes from — never passes an unfinished event.
 public final class ShardRuntime: Sendable {
+    /// What a runtime runs: its shard, how many handlers run at once, and how long a stop waits for them.
     public struct Configuration: Sendable {
         public var shard: ShardID
         public var maxInFlight: Int
         public var drainTimeout: Duration
 
+        /// A runtime configuration from the shard, the handler limit and the drain timeout.
         public init(shard: ShardID, maxInFlight: Int, drainTimeout: Duration) {
             self.shard = shard
             self.maxInFlight = maxInFlight
@@ -100,6 +108,7 @@ public final class ShardRuntime: Sendable {
     let jobs: AsyncStream<@Sendable () async -> Void>
     let jobsContinuation: AsyncStream<@Sendable () async -> Void>.Continuation
 
+    /// Creates the runtime; with `holdDispatch`, events wait for `startDispatch()` (a rescale's new layout).
     public init(
         configuration: Configuration, handler: any EventHandler, client: GatewayClient, api: OpenAPIClient,
         claims: any EventClaims, users: UserDirectory? = nil, observer: (any RuntimeObserver)?, logger: Logger,

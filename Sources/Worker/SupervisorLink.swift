@@ -10,6 +10,7 @@ public final class SupervisorLink: RuntimeObserver, IdentifyPermit {
     let client: IPCClient
     let state = Mutex<WorkerProgress.State>(.connecting)
 
+    /// Creates the link over the worker's connection to the supervisor.
     public init(client: IPCClient) {
         self.client = client
     }
@@ -22,6 +23,7 @@ public final class SupervisorLink: RuntimeObserver, IdentifyPermit {
 
     // MARK: IdentifyPermit
 
+    /// Waits (up to an hour) for the supervisor's ledger to grant `shard` an Identify; throws `IdentifyDenied` if refused.
     public func acquire(shard: ShardID) async throws {
         gatewayState = .identifying
         var requestID: UInt64 = 0
@@ -43,30 +45,36 @@ public final class SupervisorLink: RuntimeObserver, IdentifyPermit {
         }
     }
 
+    /// Tells the supervisor's ledger that `shard`'s Identify left now.
     public func identifySent(shard: ShardID) {
         client.send(.identifySent(shard: Int32(shard.id)))
     }
 
     // MARK: RuntimeObserver
 
+    /// Reports to the supervisor the session a successor would resume from.
     public func sessionCommitted(sessionID: String, seq: Int) {
         client.send(.sessionCommitted(sessionID: sessionID, seq: Int64(seq)))
     }
 
+    /// Tells the supervisor the session is gone: a successor must identify.
     public func sessionInvalidated() {
         client.send(.sessionInvalidated)
     }
 
+    /// Reports the gateway ready, or resumed, to the supervisor; heartbeats say ready from now on.
     public func ready(sessionID: String, resumed: Bool) {
         gatewayState = .ready
         client.send(.gatewayState(resumed ? .resumed(sessionID: sessionID) : .ready(sessionID: sessionID)))
     }
 
+    /// Reports the disconnect; heartbeats say connecting again, unless the worker is draining.
     public func disconnected(code: UInt16?) {
         if gatewayState != .draining { gatewayState = .connecting }
         client.send(.gatewayState(.disconnected(code: Int32(code ?? 0))))
     }
 
+    /// Reports to the supervisor that the gateway failed for good, and why.
     public func failed(_ reason: GatewaySessionStateMachine.FatalReason) {
         switch reason {
         case .configuration(let code): client.send(.gatewayState(.failed(.configuration, code: Int32(code))))

@@ -22,7 +22,7 @@ struct IPCCodecTests {
         .sessionCommitted(sessionID: "abc", seq: 12), .sessionInvalidated,
         .gatewayState(.ready(sessionID: "a")), .gatewayState(.resumed(sessionID: "b")), .gatewayState(.disconnected(code: 4009)),
         .gatewayState(.failed(.reshardRequired, code: 4011)), .gatewayState(.failed(.banned, code: 4914)),
-        .drained(sessionID: nil, seq: 0), .drained(sessionID: "z", seq: 7), .stop,
+        .drained(sessionID: nil, seq: 0), .drained(sessionID: "z", seq: 7),
         .budgetRequest(id: 3, route: "POST /channels/{channel_id}/messages", count: 4), .budgetGrant(id: 3, count: 2, ttlMillis: 250),
         .budgetCancel(id: 3), .budgetReturn(route: "r", count: 1), .budgetRateLimited(route: "r", retryAfterMillis: 1000),
         .budgetPause(route: "r", forMillis: 500), .usersChanged(ids: ["1", "2"]), .usersInvalidate(ids: []),
@@ -56,7 +56,7 @@ struct IPCCodecTests {
         var decision = ByteBuffer(bytes: [82, 0, 0, 0, 1, 65, 9])
         #expect(throws: IPCProtocolError.self) { try IPCMessage.decode(&decision) }
         var trailing = ByteBuffer()
-        IPCMessage.stop.encode(into: &trailing)
+        IPCMessage.sessionInvalidated.encode(into: &trailing)
         trailing.writeInteger(UInt8(1))
         #expect(throws: IPCProtocolError.self) { try IPCMessage.decode(&trailing) }
     }
@@ -81,7 +81,7 @@ final class EchoDelegate: IPCServerDelegate {
 
     func received(_ message: IPCMessage, on connection: IPCConnection) {
         switch message {
-        case .ping(let id): connection.sendOnEventLoop(.pong(id: id))
+        case .ping(let id): connection.send(.pong(id: id))
         case .controlRequest(let id, _):
             connection.send(.controlProgress(id: id, line: "working"))
             connection.send(.controlReply(id: id, ok: true, body: "done"))

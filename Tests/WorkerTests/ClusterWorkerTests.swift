@@ -6,6 +6,7 @@ import GatewayEmulator
 import Logging
 import QQGateway
 import Synchronization
+import ServiceLifecycle
 import Testing
 import Worker
 
@@ -56,10 +57,12 @@ final class StandInSupervisor: IPCServerDelegate {
 }
 
 /// Runs an emulator, a stand-in supervisor on a real Unix socket and a `ClusterWorker` for shard 0/1 in this
-/// process; `body` drives them and must end the worker (a `stop`), whose exit status is returned.
+/// process, in a `ServiceGroup` as the `worker` command runs it; `body` drives them and may stop the worker the way
+/// the supervisor does (graceful shutdown, which SIGTERM triggers in the process), else it is stopped after `body`.
+/// Returns the worker's exit status.
 func withClusterWorker(
     holdDispatch: Bool = false, decision: ClaimDecision = .handle,
-    _ body: @Sendable (ShardHarness, StandInSupervisor) async throws -> Void
+    _ body: @Sendable (ShardHarness, StandInSupervisor, _ stop: @Sendable () async -> Void) async throws -> Void
 ) async throws -> Int32 {
     let dir = NSTemporaryDirectory() + "worker-" + UUID().uuidString.prefix(8)
     try RunDirectory.prepare(dir)
@@ -86,14 +89,20 @@ func withClusterWorker(
         let (client, welcome) = try await ClusterWorker.join(socket: dir + "/s.sock", ordinal: 0, generation: 1, supervisorPID: getpid())
         #expect(welcome == assignment)
         let worker = ClusterWorker(config: config, client: client, assignment: welcome, handler: ExampleBot(), logger: logger)
-        let run = Task { try await worker.run() }
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: worker, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup)],
+            logger: logger
+        ))
+        let run = Task { try await group.run() }
+        let stop: @Sendable () async -> Void = { await group.triggerGracefulShutdown() }
         do {
-            try await body(harness, supervisor)
+            try await body(harness, supervisor, stop)
         } catch {
-            supervisor.send(.stop)
+            await stop()
             _ = try? await run.value
             throw error
         }
+        await stop()
         try await run.value
         await server.close()
         return try #require(worker.exitStatus.current)
@@ -105,31 +114,30 @@ func withClusterWorker(
 
 @Suite("the worker under a supervisor, in process", .timeLimit(.minutes(2)))
 struct ClusterWorkerTests {
-    @Test func answersWhatTheSupervisorClaimsAndDrainsOnStop() async throws {
-        let status = try await withClusterWorker { h, supervisor in
+    @Test func answersWhatTheSupervisorClaimsAndDrainsOnGracefulShutdown() async throws {
+        let status = try await withClusterWorker { h, supervisor, stop in
             try await supervisor.waitFor("READY") { if case .gatewayState(.ready) = $0 { true } else { false } }
             h.emulator.burst(count: 20)
             try await h.waitFor("20 replies") { $0.messagesReplied == 20 }
             #expect(h.stats().messagesRepliedMoreThanOnce == 0)
-            supervisor.send(.stop)
+            await stop()
             try await supervisor.waitFor("drained") { if case .drained(let id, let seq) = $0 { id != nil && seq == 21 } else { false } }
         }
         #expect(status == WorkerExitStatus.stopped)
     }
 
     @Test func whatAnotherWorkerHandledIsSkipped() async throws {
-        _ = try await withClusterWorker(decision: .skip) { h, supervisor in
+        _ = try await withClusterWorker(decision: .skip) { h, supervisor, _ in
             try await supervisor.waitFor("READY") { if case .gatewayState(.ready) = $0 { true } else { false } }
             h.emulator.burst(count: 10)
             // Skipped, they are done with: the committed seq moves past them (READY is seq 1), and none is answered.
             try await supervisor.waitFor("seq 11 committed") { if case .sessionCommitted(_, let seq) = $0 { seq == 11 } else { false } }
             #expect(h.stats().messagesReplied == 0)
-            supervisor.send(.stop)
         }
     }
 
     @Test func aHeldWorkerHandlesNothingUntilTheSwitchAndReportsTheRetirement() async throws {
-        _ = try await withClusterWorker(holdDispatch: true) { h, supervisor in
+        _ = try await withClusterWorker(holdDispatch: true) { h, supervisor, _ in
             try await supervisor.waitFor("READY") { if case .gatewayState(.ready) = $0 { true } else { false } }
             h.emulator.burst(count: 10)
             try await h.waitFor("10 delivered") { $0.messagesDelivered == 10 }
@@ -138,7 +146,6 @@ struct ClusterWorkerTests {
             try await h.waitFor("10 replies") { $0.messagesReplied == 10 }
             supervisor.send(.finishDispatch)
             try await supervisor.waitFor("dispatchFinished") { $0 == .dispatchFinished }
-            supervisor.send(.stop)
         }
     }
 }

@@ -34,6 +34,7 @@ public struct TLSFiles: Sendable, Equatable {
     public var certificate: String
     public var key: String
 
+    /// The PEM files at the paths `certificate` and `key`.
     public init(certificate: String, key: String) {
         self.certificate = certificate
         self.key = key

@@ -1,5 +1,6 @@
 /// How many shards, and how they map to workers.
 public struct ShardsConfig: Sendable {
+    /// How the shard count is given: a fixed number, or `auto`.
     public enum Count: Sendable, Equatable {
         case fixed(Int)
         /// The platform's recommendation from `/gateway/bot`.
