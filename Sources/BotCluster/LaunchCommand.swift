@@ -73,22 +73,14 @@ final class LaunchService: Service {
     func run() async throws {
         let endpoints = try await gateway.ready()
         let clients: PlatformClients
+        let info: GatewayBotInfo
         do {
-            clients = try PlatformClients(
+            (clients, info) = try await PlatformClients.discover(
                 config: config, endpoints: endpoints,
                 budget: LocalRateBudget(rate: config.rateBudget.globalRate, burst: config.rateBudget.globalBurst), logger: logger, maxConnections: 1
             )
         } catch {
             printError(error.description)
-            exitStatus.set(1)
-            return
-        }
-        let info: GatewayBotInfo
-        do {
-            info = try await clients.api.gatewayBot()
-        } catch {
-            await clients.shutdown()
-            printError("cannot ask the gateway how to shard (GET \(endpoints.apiBase)/gateway/bot): \(error)")
             exitStatus.set(1)
             return
         }

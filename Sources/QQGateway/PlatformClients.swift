@@ -40,4 +40,29 @@ public struct PlatformClients: Sendable {
     public func shutdown() async {
         await http.shutdown()
     }
+
+    /// What every process that starts shards does first: builds the clients and asks the gateway how to shard
+    /// (`GET /gateway/bot`). The error names the step that failed; on failure nothing is left open.
+    public static func discover(
+        config: ClusterConfig, endpoints: GatewayEndpoints, budget: any RequestBudget, logger: Logger, maxConnections: Int = 64
+    ) async throws(GatewayDiscoveryError) -> (PlatformClients, GatewayBotInfo) {
+        let clients: PlatformClients
+        do {
+            clients = try PlatformClients(config: config, endpoints: endpoints, budget: budget, logger: logger, maxConnections: maxConnections)
+        } catch {
+            throw GatewayDiscoveryError(description: error.description)
+        }
+        do {
+            return (clients, try await clients.api.gatewayBot())
+        } catch {
+            await clients.shutdown()
+            throw GatewayDiscoveryError(description: "cannot ask the gateway how to shard (GET \(endpoints.apiBase)/gateway/bot): \(error)")
+        }
+    }
+}
+
+/// Why a process could not learn from the platform how to shard: its clients could not be set up, or
+/// `GET /gateway/bot` failed.
+public struct GatewayDiscoveryError: Error, Sendable, CustomStringConvertible {
+    public var description: String
 }

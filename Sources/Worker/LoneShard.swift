@@ -44,20 +44,12 @@ public final class LoneShard: Service {
         let endpoints = try await endpoints()
         let budget = LocalRateBudget(rate: config.rateBudget.globalRate, burst: config.rateBudget.globalBurst)
         let clients: PlatformClients
+        let info: GatewayBotInfo
         do {
-            clients = try PlatformClients(config: config, endpoints: endpoints, budget: budget, logger: logger)
+            (clients, info) = try await PlatformClients.discover(config: config, endpoints: endpoints, budget: budget, logger: logger)
         } catch {
             complain(error.description)
             exitStatus.set(1)
-            return
-        }
-        let info: GatewayBotInfo
-        do {
-            info = try await clients.api.gatewayBot()
-        } catch {
-            complain("cannot reach the gateway (GET \(endpoints.apiBase)/gateway/bot): \(error)")
-            exitStatus.set(1)
-            await clients.shutdown()
             return
         }
         let permit = LocalIdentifyPermit(
