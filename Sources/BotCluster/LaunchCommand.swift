@@ -99,6 +99,14 @@ final class LaunchService: Service {
             exitStatus.set(1)
             return
         }
+        // No limit of the system may stop the launch half way.
+        let (limitErrors, limitWarnings) = SystemLimits.observe(embeddedGateway: config.gateway.embedded).problems(workers: shards)
+        for warning in limitWarnings { logger.warning("\(warning)") }
+        guard limitErrors.isEmpty else {
+            printError("cannot start \(shards) shards: " + limitErrors.joined(separator: " "))
+            exitStatus.set(1)
+            return
+        }
         let stored = store.sessions(total: shards).count
         let needed = max(0, shards - stored)
         guard needed <= info.remaining else {

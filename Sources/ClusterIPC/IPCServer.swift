@@ -82,6 +82,9 @@ public final class IPCServer: Sendable {
         public var maxControl = 64
         /// A control connection with no request in flight and nothing received for this long is closed.
         public var controlIdleTimeout: Duration = .seconds(60)
+        /// Connections the kernel may queue before they are accepted: room for every worker of two layouts of the
+        /// largest cluster (a rescale of 1024 shards runs both). The kernel caps it at `net.core.somaxconn`.
+        public var listenBacklog: Int32 = 4096
 
         /// The default bounds, on the socket at `path`.
         public init(path: String) { self.path = path }
@@ -111,7 +114,7 @@ public final class IPCServer: Sendable {
         unlink(configuration.path)
         let configuration = configuration
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.backlog, value: configuration.listenBacklog)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let decoder = try channel.pipeline.syncOperations.addIPCCodecReturningDecoder(maxFrameSize: configuration.maxHandshakeFrameSize)

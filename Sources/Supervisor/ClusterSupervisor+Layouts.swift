@@ -47,6 +47,12 @@ extension ClusterSupervisor {
         guard identify.remaining >= target else {
             return (false, "cannot scale to \(target) shards: the platform allows \(identify.remaining) more session starts today")
         }
+        // The new layout's workers start beside the current ones, which the observed usage already counts.
+        let (limitErrors, limitWarnings) = SystemLimits.observe(embeddedGateway: setup.config.gateway.embedded).problems(workers: target)
+        for warning in limitWarnings { logger.warning("\(warning)") }
+        guard limitErrors.isEmpty else {
+            return (false, "cannot scale to \(target) shards: " + limitErrors.joined(separator: " "))
+        }
         return await change(.beginScale(shards: target, plan: plan, seed: UInt64(truncatingIfNeeded: MonotonicInstant.now().nanoseconds)), progress: progress)
     }
 

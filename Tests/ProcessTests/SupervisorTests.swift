@@ -164,6 +164,18 @@ extension RealProcesses {
                 #expect(unwritable.output.contains { $0.contains("supervisor.runDirectory: cannot create /proc/botcluster-run") })
             }
         }
+
+        /// A cluster the open-file limit cannot hold is refused before a worker starts, naming the limit and the fix.
+        @Test func aLaunchTheOpenFileLimitCannotHoldIsRefusedUpFront() async throws {
+            try await withTemporaryDirectory { dir in
+                try #"{"shards": {"count": 64}, "supervisor": {"runDirectory": "run"}}"#.write(toFile: dir + "/cluster.json", atomically: true, encoding: .utf8)
+                let launch = try BotclusterProcess(["--nofile=200:200", "--", botclusterBinary(), "launch"], directory: dir, executable: "/usr/bin/prlimit")
+                #expect(await launch.waitForExit() == 1)
+                let refusal = launch.output.first { $0.contains("cannot start 64 shards: open files: 64 workers need about") }
+                #expect(refusal?.contains("its limit is 200") == true, "\(launch.output)")
+                #expect(!launch.output.contains { $0.contains("cluster ready") })
+            }
+        }
     }
 }
 
