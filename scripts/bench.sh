@@ -2,17 +2,19 @@
 # Measures botcluster's figures in release builds and prints them as a table, each beside its goal or its peer
 # measured in the same run (the machines are shared and noisy: compare within one run, not across runs).
 #
-# usage: scripts/bench.sh [--rounds N] [--only emulator|worker|supervisor|rescale|shared]...
+# usage: scripts/bench.sh [--rounds N] [--only emulator|worker|supervisor|rescale|shared|scale]... [--scale "16 256 1024"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=3
 ONLY=()
+SCALE_SHARDS="16 256 1024"
 while (($#)); do
   case "$1" in
     --rounds) ROUNDS="$2"; shift 2 ;;
     --only) ONLY+=("$2"); shift 2 ;;
-    *) echo "usage: scripts/bench.sh [--rounds N] [--only emulator|worker|supervisor|rescale|shared]..." >&2; exit 2 ;;
+    --scale) SCALE_SHARDS="$2"; shift 2 ;;
+    *) echo "usage: scripts/bench.sh [--rounds N] [--only emulator|worker|supervisor|rescale|shared|scale]... [--scale \"16 256 1024\"]" >&2; exit 2 ;;
   esac
 done
 # want SECTION: whether to run a section (all of them unless --only names some).
@@ -179,11 +181,12 @@ cluster_dir() {
 JSON
   echo "$dir"
 }
-# start_cluster DIR: botcluster launch in DIR; waits for "cluster ready"; sets CLUSTER (pid) and READY (seconds).
+# start_cluster DIR [SECONDS]: botcluster launch in DIR; waits (60 s unless told) for "cluster ready"; sets CLUSTER
+# (pid) and READY (seconds).
 start_cluster() {
   (cd "$1" && exec "$ROOT/$BIN" launch >launch.out 2>launch.err) &
   CLUSTER=$!; PIDS+=($CLUSTER)
-  for _ in $(seq 1 1200); do
+  for _ in $(seq 1 $((${2:-60} * 20))); do
     local ready
     ready=$(sed -n 's/^cluster ready: [0-9]* shards in //p' "$1/launch.out")
     if [[ -n $ready ]]; then
@@ -257,6 +260,41 @@ row "rescale 4 -> 8 shards, max_concurrency 4 (s)" "$took (${ratio}x)" "the limi
 row "  reply p99 during the rescale (ms)" "$(value rescale.during.p99 "$OUT/rescale.txt")" "before it: $(value rescale.before.p99 "$OUT/rescale.txt")" ""
 row "  reply p50 during the rescale (ms)" "$(value rescale.during.p50 "$OUT/rescale.txt")" "before it: $(value rescale.before.p50 "$OUT/rescale.txt")" ""
 row "  messages unreplied, all rounds" "$(value rescale.unreplied "$OUT/rescale.txt")" "0" "$(awk -v a="$(value rescale.unreplied "$OUT/rescale.txt")" 'BEGIN { print (a == 0) ? "ok" : "MISS" }')"
+fi
+
+# --- scale: N idle shards on one machine (max_concurrency 16, identify window 1 s, no traffic, the platform's 45 s
+# heartbeat). Launch time beside the least the limits allow, then CPU over 20 s of idle (all processes, and the
+# supervisor alone, in % of one core) and PSS (all processes) per shard. The goals are those of 1024 shards.
+if want scale; then
+# cpu_ticks PID...: user + system time of the processes so far, in clock ticks.
+cpu_ticks() { for pid in "$@"; do awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null; done | awk '{ s += $1 } END { print s + 0 }'; }
+# pss_kib PID...: the processes' proportional set sizes, summed, in KiB.
+pss_kib() { for pid in "$@"; do awk '/^Pss:/ { print $2 }' "/proc/$pid/smaps_rollup" 2>/dev/null; done | awk '{ s += $1 } END { print s + 0 }'; }
+HZ=$(getconf CLK_TCK)
+for n in $SCALE_SHARDS; do
+  start_emulator scripts/bench/scale-emulator.json
+  dir=$(cluster_dir "$n"); start_cluster "$dir" $((n / 8 + 60))
+  least=$(awk -v n="$n" 'BEGIN { r = int((n + 15) / 16); printf "%.2f", (r > 1) ? (r - 1) * 1.0 : 1.0 }')
+  sleep 5
+  mapfile -t workers < <(pgrep -P "$CLUSTER")
+  all0=$(cpu_ticks "$CLUSTER" "${workers[@]}"); sup0=$(cpu_ticks "$CLUSTER")
+  sleep 20
+  all1=$(cpu_ticks "$CLUSTER" "${workers[@]}"); sup1=$(cpu_ticks "$CLUSTER")
+  pss=$(pss_kib "$CLUSTER" "${workers[@]}")
+  echo "scale.$n.launch $READY s (least $least), workers ${#workers[@]}" >&2
+  echo "scale.$n.cpu.all $(( all1 - all0 )) ticks, supervisor $(( sup1 - sup0 )) ticks in 20 s at $HZ/s; pss $pss KiB" >&2
+  stop_cluster
+  stop_emulator
+  cpu_all=$(awk -v t=$(( all1 - all0 )) -v hz="$HZ" 'BEGIN { printf "%.1f", t / hz / 20 * 100 }')
+  cpu_sup=$(awk -v t=$(( sup1 - sup0 )) -v hz="$HZ" 'BEGIN { printf "%.1f", t / hz / 20 * 100 }')
+  pss_shard=$(awk -v k="$pss" -v n="$n" 'BEGIN { printf "%.1f", k / 1024 / n }')
+  ratio=$(awk -v a="$READY" -v b="$least" 'BEGIN { printf "%.2f", a / b }')
+  judge() { if ((n == 1024)); then awk -v a="$1" -v b="$2" 'BEGIN { print (a <= b) ? "ok" : "MISS" }'; fi; }
+  row "$n shards: launch at max_concurrency 16 (s)" "$READY (${ratio}x)" "<= 1.10x the limits ($least)" "$(judge "$ratio" 1.10)"
+  row "$n shards idle: CPU, all processes (% core)" "$cpu_all" "<= 30 at 1024" "$(judge "$cpu_all" 30)"
+  row "$n shards idle: CPU, supervisor (% core)" "$cpu_sup" "<= 5 at 1024" "$(judge "$cpu_sup" 5)"
+  row "$n shards idle: PSS per shard (MiB)" "$pss_shard" "<= 5 at 1024" "$(judge "$pss_shard" 5)"
+done
 fi
 
 # --- shared state: the user cache and the REST budget ---
