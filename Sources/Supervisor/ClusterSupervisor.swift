@@ -185,12 +185,16 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
 
     /// Feeds the core one event and carries out what it decides.
     func handle(_ event: SupervisorCore.Event) {
-        let (actions, moved) = state.withLock { state -> ([SupervisorCore.Action], Bool) in
+        let (actions, earlier) = state.withLock { state -> ([SupervisorCore.Action], Bool) in
             let before = state.core.nextDeadline
             let actions = state.core.handle(event, now: .now())
-            return (actions, state.core.nextDeadline != before)
+            guard let after = state.core.nextDeadline else { return (actions, false) }
+            return (actions, before.map { after < $0 } ?? true)
         }
-        if moved { timer.poke() }
+        // Only a deadline that moved earlier wakes the timer. One that moved later (every heartbeat moves the
+        // silence deadline) lets the timer wake at the old one, tick for nothing and sleep again: one wake-up per
+        // deadline instead of one per message.
+        if earlier { timer.poke() }
         perform(actions)
     }
 

@@ -123,8 +123,13 @@ public final class ClusterWorker: Service {
                 parts.link.sendHeartbeat(parts.runtime.stats)
                 nextHeartbeat = now + config.supervisor.heartbeatInterval
             }
-            parts.runtime.reportSession()
-            try? await Task.sleep(for: min(config.worker.reportInterval, config.supervisor.heartbeatInterval))
+            if parts.runtime.reportSession() {
+                // Under load: at most one session report per reportInterval.
+                try? await Task.sleep(for: min(config.worker.reportInterval, nextHeartbeat - .now()))
+            } else {
+                // Idle: asleep until the next heartbeat, unless a dispatch is done with first.
+                await parts.runtime.sessionMoved.wait(until: nextHeartbeat)
+            }
         }
     }
 

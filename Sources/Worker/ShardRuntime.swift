@@ -105,6 +105,9 @@ public final class ShardRuntime: Sendable {
     let idle = Wakeup()
     /// Poked when the committed seq reaches `State.fence` (what `finishDispatch` waits on).
     let fenceReached = Wakeup()
+    /// Poked when a dispatch is done with (the committed seq may have moved): a reporter waits on it instead of
+    /// polling, so an idle shard's reporter sleeps.
+    public let sessionMoved = Wakeup()
     let jobs: AsyncStream<@Sendable () async -> Void>
     let jobsContinuation: AsyncStream<@Sendable () async -> Void>.Continuation
 
@@ -210,8 +213,9 @@ public final class ShardRuntime: Sendable {
         }
     }
 
-    /// Reports the committed session when it moved.
-    public func reportSession() {
+    /// Reports the committed session to the observer when it moved since the last report; whether it did.
+    @discardableResult
+    public func reportSession() -> Bool {
         let report = state.withLock { state -> (String, Int)? in
             guard let id = state.sessionID else { return nil }
             let current = (id, state.tracker.committed)
@@ -219,7 +223,9 @@ public final class ShardRuntime: Sendable {
             state.lastReported = current
             return current
         }
-        if let (id, seq) = report { observer?.sessionCommitted(sessionID: id, seq: seq) }
+        guard let (id, seq) = report else { return false }
+        observer?.sessionCommitted(sessionID: id, seq: seq)
+        return true
     }
 
     func handle(_ event: GatewayClientEvent) async {
@@ -286,6 +292,7 @@ public final class ShardRuntime: Sendable {
                 state.stats.undecodable += 1
                 state.tracker.end(ticket)
             }
+            sessionMoved.poke()
             return
         }
         if let users {
@@ -320,6 +327,7 @@ public final class ShardRuntime: Sendable {
                 }
                 if idle { self.idle.poke() }
                 if fencePassed { self.fenceReached.poke() }
+                if ticket != nil { self.sessionMoved.poke() }
             }
             if let claimKey {
                 guard await self.claims.claim(claimKey) else {
