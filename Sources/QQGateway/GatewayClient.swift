@@ -185,12 +185,12 @@ public final class GatewayClient: Sendable {
     // MARK: state machine plumbing
 
     func feed(_ input: GatewaySessionStateMachine.Input) -> [Action] {
-        let (actions, deadlineMoved) = machine.withLock { machine -> ([Action], Bool) in
+        let (actions, before, after) = machine.withLock { machine -> ([Action], MonotonicInstant?, MonotonicInstant?) in
             let before = machine.nextDeadline
             let actions = machine.handle(input, now: .now())
-            return (actions, machine.nextDeadline != before)
+            return (actions, before, machine.nextDeadline)
         }
-        if deadlineMoved { timerWakeup.poke() }
+        timerWakeup.poke(ifEarlier: after, than: before)
         return actions
     }
 

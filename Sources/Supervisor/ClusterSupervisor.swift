@@ -47,10 +47,11 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         var pings: [UInt64: (ordinal: Int, sentAt: MonotonicInstant, signal: AsyncSignal<Duration>)] = [:]
         var userQueries: [UInt64: AsyncSignal<String?>] = [:]
         var nextRequestID: UInt64 = 0
-        var server: IPCServer?
         var spawner: ProcessSpawner?
         /// Who asked for the layout change in progress.
         var changeRequester: ChangeRequester?
+        /// The deadline the timer task sleeps until (an event that makes an earlier one pokes it).
+        var timerDeadline: MonotonicInstant?
     }
 
     /// The operator (or the 4011 reshard) waiting on a layout change: its progress lines and its answer.
@@ -132,10 +133,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         let spawner = ProcessSpawner(executable: ProcessSpawner.currentExecutable(), logger: logger) { pid, status in
             self.dispatch(.exited(pid: pid, status: status))
         }
-        state.withLock { state in
-            state.server = server
-            state.spawner = spawner
-        }
+        state.withLock { $0.spawner = spawner }
         logger.info("supervisor started", metadata: ["shards": "\(setup.shards)", "socket": "\(setup.config.supervisor.socket)", "max_concurrency": "\(setup.gateway.maxConcurrency)"])
         await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
@@ -165,7 +163,9 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             self.logger.info("stopping: draining every worker")
             self.dispatch(.stop)
         }
-        await persist()
+        // The last flush runs in a task of its own: cancelled by a shutdown that ran out of time, this task's writes
+        // would end at once, and what was pending would be lost.
+        await Task { await self.persist() }.value
         await server.close()
         await platform.shutdown()
         logger.info("supervisor stopped")
@@ -185,16 +185,12 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
 
     /// Feeds the core one event and carries out what it decides.
     func handle(_ event: SupervisorCore.Event) {
-        let (actions, earlier) = state.withLock { state -> ([SupervisorCore.Action], Bool) in
-            let before = state.core.nextDeadline
+        let (actions, armed, next) = state.withLock { state -> ([SupervisorCore.Action], MonotonicInstant?, MonotonicInstant?) in
             let actions = state.core.handle(event, now: .now())
-            guard let after = state.core.nextDeadline else { return (actions, false) }
-            return (actions, before.map { after < $0 } ?? true)
+            return (actions, state.timerDeadline, state.core.nextDeadline)
         }
-        // Only a deadline that moved earlier wakes the timer. One that moved later (every heartbeat moves the
-        // silence deadline) lets the timer wake at the old one, tick for nothing and sleep again: one wake-up per
-        // deadline instead of one per message.
-        if earlier { timer.poke() }
+        // Every heartbeat moves a silence deadline later; only one earlier than the timer's wakes it.
+        timer.poke(ifEarlier: next, than: armed)
         perform(actions)
     }
 
@@ -206,7 +202,16 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             case .startDispatch(let layout):
                 for connection in workerConnections(of: layout).values { connection.send(.startDispatch) }
             case .finishDispatch(let layout):
-                for connection in workerConnections(of: layout).values { connection.send(.finishDispatch) }
+                let connections = workerConnections(of: layout).values
+                for connection in connections { connection.send(.finishDispatch) }
+                // A retiring worker whose connection closed before the switch cannot answer: the fence does not
+                // wait for it (its `.disconnected` came while no fence was running).
+                let connected = Set(connections.compactMap { $0.hello?.generation })
+                let unreachable = state.withLock { state -> Set<UInt64> in
+                    guard case .fencing(_, let waiting)? = state.core.change?.phase else { return [] }
+                    return waiting.subtracting(connected)
+                }
+                for generation in unreachable { handle(.disconnected(generation: generation)) }
             case .retireClaims(let layout):
                 for connection in workerConnections(of: layout).values { claims.retire(connection) }
             case .forgetStoredLayout(let total):
@@ -282,7 +287,10 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
 
     func runTimer() async {
         while !Task.isCancelled {
-            let deadline = state.withLock { $0.core.nextDeadline }
+            let deadline = state.withLock { state in
+                state.timerDeadline = state.core.nextDeadline
+                return state.timerDeadline
+            }
             await timer.wait(until: deadline)
             if Task.isCancelled { return }
             if let deadline, MonotonicInstant.now() >= deadline { dispatch(.tick) }

@@ -39,11 +39,11 @@ public final class ClusterWorker: Service {
             throw JoinError(description: "cannot reach the supervisor at \(socket): \(error)")
         }
         var inbound = client.inbound.makeAsyncIterator()
-        switch await inbound.next() {
-        case .welcome(let assignment): return (client, assignment)
-        case .refused(let reason): throw JoinError(description: "the supervisor refused this worker: \(reason)")
-        default: throw JoinError(description: "no welcome from the supervisor")
-        }
+        let answer = await inbound.next()
+        if case .welcome(let assignment) = answer { return (client, assignment) }
+        client.close()
+        if case .refused(let reason) = answer { throw JoinError(description: "the supervisor refused this worker: \(reason)") }
+        throw JoinError(description: "no welcome from the supervisor")
     }
 
     /// Creates the worker for the assignment `join` returned; its log lines name the shard.
@@ -125,7 +125,7 @@ public final class ClusterWorker: Service {
             }
             if parts.runtime.reportSession() {
                 // Under load: at most one session report per reportInterval.
-                try? await Task.sleep(for: min(config.worker.reportInterval, nextHeartbeat - .now()))
+                try? await Task.sleep(for: max(.zero, min(config.worker.reportInterval, nextHeartbeat - .now())))
             } else {
                 // Idle: asleep until the next heartbeat, unless a dispatch is done with first.
                 await parts.runtime.sessionMoved.wait(until: nextHeartbeat)

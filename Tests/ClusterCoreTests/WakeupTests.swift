@@ -1,4 +1,4 @@
-import ClusterCore
+@testable import ClusterCore
 import Testing
 
 @Suite("wakeup", .timeLimit(.minutes(1)))
@@ -19,20 +19,16 @@ struct WakeupTests {
 
     @Test func aPokeWakesEverySleeperBeforeItsDeadline() async {
         let wakeup = Wakeup()
-        let woken = AsyncSignal<Void>()
         let sleepers = Task {
             await withTaskGroup(of: Void.self) { group in
                 for _ in 0..<3 { group.addTask { await wakeup.wait(until: .now() + .seconds(3600)) } }
                 group.addTask { await wakeup.wait(until: nil) }
                 await group.waitForAll()
             }
-            woken.set(())
         }
-        // Poke until every sleeper is woken (a poke before one is asleep only wakes those asleep, plus the next wait).
-        while woken.current == nil {
-            wakeup.poke()
-            await Task.yield()
-        }
+        // One poke, once all four are asleep: every one wakes (the hour-long deadlines are far away).
+        while wakeup.sleepers < 4 { await Task.yield() }
+        wakeup.poke()
         await sleepers.value
     }
 
@@ -41,6 +37,20 @@ struct WakeupTests {
         let sleeper = Task { await wakeup.wait(until: .now() + .seconds(3600)) }
         sleeper.cancel()
         await sleeper.value
+    }
+
+    /// A poke racing a deadline that is about to fire resumes the waiter once (a second resume would trap).
+    @Test func pokesRacingDeadlinesResumeEachWaitOnce() async {
+        let wakeup = Wakeup()
+        let poker = Task {
+            while !Task.isCancelled {
+                wakeup.poke()
+                await Task.yield()
+            }
+        }
+        for _ in 0..<5000 { await wakeup.wait(until: .now() + .microseconds(1)) }
+        poker.cancel()
+        await poker.value
     }
 
     @Test func manyShortWaitsEachEndAtTheirDeadline() async {
