@@ -93,10 +93,7 @@ def main():
             continue
         name = target["name"]
         path = target.get("path") or os.path.join("Tests" if target["type"] == "test" else "Sources", name)
-        declared = set()
-        for dependency in target["dependencies"]:
-            kind, value = next(iter(dependency.items()))
-            declared.add(value[0])
+        declared = dependencies(target)
         imported = set()
         for root, _, files in os.walk(path):
             for file in files:

@@ -114,8 +114,8 @@ struct RestartCommand: AsyncParsableCommand {
             printLine(try await control(options, .rollingRestart(maxUnavailable: maxUnavailable), timeout: .seconds(3600)))
             return
         }
-        let target: ControlCommand.RestartTarget = shard.map { .shard($0) } ?? .ordinal(ordinal!)
-        printLine(try await control(options, .restart(target)))
+        // Worker K runs shard K: both name the same process.
+        printLine(try await control(options, .restart(ordinal: shard ?? ordinal!)))
     }
 }
 

@@ -14,19 +14,30 @@ public struct LineSplitter: Sendable {
     }
 
     /// Adds a chunk; returns the lines it completed, without their newline (a cut line ends in a marker saying so).
+    /// The supervisor relays every worker's output through this: it searches each chunk for newlines and copies
+    /// runs, not byte by byte.
     public mutating func feed(_ bytes: some Sequence<UInt8>) -> [String] {
+        let chunk = Array(bytes)
         var lines: [String] = []
-        for byte in bytes {
-            if byte == 0x0A {
-                lines.append(String(decoding: pending, as: UTF8.self))
-                pending.removeAll(keepingCapacity: true)
-            } else if pending.count == maxLine {
+        var start = 0
+        while start < chunk.count {
+            let newline = chunk[start...].firstIndex(of: 0x0A)
+            let end = newline ?? chunk.count
+            var from = start
+            // More than fits: the line comes out cut at `maxLine`, and what follows starts the next one.
+            while end - from > maxLine - pending.count {
+                let take = maxLine - pending.count
+                pending += chunk[from..<(from + take)]
                 lines.append(String(decoding: pending, as: UTF8.self) + " [line cut at \(maxLine) bytes]")
                 pending.removeAll(keepingCapacity: true)
-                pending.append(byte)
-            } else {
-                pending.append(byte)
+                from += take
             }
+            pending += chunk[from..<end]
+            if newline != nil {
+                lines.append(String(decoding: pending, as: UTF8.self))
+                pending.removeAll(keepingCapacity: true)
+            }
+            start = end + 1
         }
         return lines
     }

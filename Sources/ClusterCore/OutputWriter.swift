@@ -98,13 +98,15 @@ public final class OutputWriter: Sendable {
 /// Writes every byte to a file descriptor, retrying interrupted and short writes; gives up quietly when the
 /// descriptor takes no more (a closed pipe): output is never worth dying for. The one write loop of the project.
 public func writeAll(_ fd: Int32, _ bytes: some Collection<UInt8>) {
-    var bytes = Array(bytes)
-    var offset = 0
-    while offset < bytes.count {
-        let n = bytes.withUnsafeMutableBytes { write(fd, $0.baseAddress! + offset, $0.count - offset) }
-        if n < 0 && errno == EINTR { continue }
-        if n <= 0 { return }
-        offset += n
+    let bytes = Array(bytes)
+    bytes.withUnsafeBytes { buffer in
+        var offset = 0
+        while offset < buffer.count {
+            let n = write(fd, buffer.baseAddress! + offset, buffer.count - offset)
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return }
+            offset += n
+        }
     }
 }
 

@@ -373,19 +373,17 @@ extension ClaimDecision {
 
 /// A control command on the wire: a kind byte, then its arguments.
 enum ControlKind: UInt8 {
-    case status = 1, restartOrdinal = 2, restartShard = 3, rolling = 4, scaleCount = 5, scaleRecommended = 6, stop = 7, user = 8
+    // 3 was a restart by shard: the same as by ordinal, since worker K runs shard K.
+    case status = 1, restartOrdinal = 2, rolling = 4, scaleCount = 5, scaleRecommended = 6, stop = 7, user = 8
 }
 
 extension ByteBuffer {
     mutating func writeControlCommand(_ command: ControlCommand) {
         switch command {
         case .status: writeInteger(ControlKind.status.rawValue)
-        case .restart(.ordinal(let n)):
+        case .restart(let ordinal):
             writeInteger(ControlKind.restartOrdinal.rawValue)
-            writeInteger(Int32(clamping: n))
-        case .restart(.shard(let n)):
-            writeInteger(ControlKind.restartShard.rawValue)
-            writeInteger(Int32(clamping: n))
+            writeInteger(Int32(clamping: ordinal))
         case .rollingRestart(let maxUnavailable):
             writeInteger(ControlKind.rolling.rawValue)
             writeInteger(Int32(clamping: maxUnavailable))
@@ -408,8 +406,7 @@ extension ByteBuffer {
         guard let kind = ControlKind(rawValue: raw) else { throw IPCProtocolError("unknown control command \(raw)") }
         switch kind {
         case .status: return .status
-        case .restartOrdinal: return .restart(.ordinal(Int(try readIPC(Int32.self, "ordinal"))))
-        case .restartShard: return .restart(.shard(Int(try readIPC(Int32.self, "shard"))))
+        case .restartOrdinal: return .restart(ordinal: Int(try readIPC(Int32.self, "ordinal")))
         case .rolling: return .rollingRestart(maxUnavailable: Int(try readIPC(Int32.self, "maxUnavailable")))
         case .scaleCount: return .scale(.count(Int(try readIPC(Int32.self, "shards"))), planOnly: try readIPCBool("planOnly"))
         case .scaleRecommended: return .scale(.recommended, planOnly: try readIPCBool("planOnly"))

@@ -2,8 +2,9 @@
 public enum ControlCommand: Sendable, Equatable {
     /// Every worker of the running cluster (answered with a `ClusterStatus`).
     case status
-    /// Replace one worker's process; its successor resumes.
-    case restart(RestartTarget)
+    /// Replace one worker's process; its successor resumes. Worker `ordinal` runs shard `ordinal` in every layout,
+    /// so `restart --shard K` is this command too.
+    case restart(ordinal: Int)
     /// Replace every worker's process, at most `maxUnavailable` at a time.
     case rollingRestart(maxUnavailable: Int)
     /// Change the shard count live (`planOnly`: say what would happen).
@@ -12,12 +13,6 @@ public enum ControlCommand: Sendable, Equatable {
     case stop
     /// What each worker's cache serves for a user.
     case user(id: String)
-
-    /// The worker a restart names.
-    public enum RestartTarget: Sendable, Equatable {
-        case ordinal(Int)
-        case shard(Int)
-    }
 
     /// The shard count a scale asks for.
     public enum ScaleTarget: Sendable, Equatable {

@@ -164,16 +164,14 @@ extension GatewayEmulator {
     func directReply(_ body: JSONValue, kind: MessageRecord.Kind, target: Int) throws -> Response {
         _ = try Self.content(of: body)
         let msgID = body["msg_id"]?.stringValue ?? body["event_id"]?.stringValue.flatMap(Self.messageID(fromEventID:))
-        if let msgID {
-            try reply(msgID: msgID, kind: kind, target: target, msgSeq: body["msg_seq"]?.intValue)
+        let msgSeq = body["msg_seq"]?.intValue
+        // One critical section and one clock reading: record the reply and stamp the answer.
+        let (result, timestamp) = core.withLock { core in
+            let now = Self.now()
+            return (msgID.map { core.recordReply(msgID: $0, kind: kind, target: target, msgSeq: msgSeq, now: now) }, core.timestamp(now: now))
         }
-        let timestamp = core.withLock { $0.timestamp(now: Self.now()) }
+        if let result, let msgID { try Self.check(result, msgID: msgID) }
         return jsonResponse("{\"id\":\"\(nextOpaqueID())\",\"timestamp\":\"\(timestamp)\"}")
-    }
-
-    func reply(msgID: String, kind: MessageRecord.Kind, target: Int, msgSeq: Int?) throws {
-        let result = core.withLock { $0.recordReply(msgID: msgID, kind: kind, target: target, msgSeq: msgSeq, now: Self.now()) }
-        try Self.check(result, msgID: msgID)
     }
 
     static func check(_ result: EmulatorCore.ReplyResult, msgID: String) throws {

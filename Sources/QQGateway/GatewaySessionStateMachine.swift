@@ -196,9 +196,6 @@ public struct GatewaySessionStateMachine: Sendable {
         return false
     }
 
-    /// The heartbeat interval of the current connection, once its Hello came.
-    public var heartbeatInterval: Duration? { state.heartbeat?.interval }
-
     /// Feeds one input at `now` and returns what the driver must do, in order.
     public mutating func handle(_ input: Input, now: MonotonicInstant) -> [Action] {
         switch input {

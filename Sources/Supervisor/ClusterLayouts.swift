@@ -37,7 +37,6 @@ public struct ClusterLayouts: Sendable {
     }
 
     public var active: Layout { layouts.first { $0.role == .active }! }
-    public var incoming: Layout? { layouts.first { $0.role == .incoming } }
 
     /// The layout with `id`, or nil when there is none (never added, or removed).
     public func layout(_ id: Int) -> Layout? { layouts.first { $0.id == id } }

@@ -22,8 +22,8 @@ extension ClusterSupervisor {
         switch command {
         case .status:
             work { await connection.send(.controlReply(id: id, ok: true, body: Self.encode(self.status()))) }
-        case .restart(let target):
-            let (ok, text) = restart(target)
+        case .restart(let ordinal):
+            let (ok, text) = restart(ordinal: ordinal)
             connection.send(.controlReply(id: id, ok: ok, body: text))
         case .user(let userID):
             work {
@@ -45,8 +45,8 @@ extension ClusterSupervisor {
                 let (ok, text) = await self.scale(to: target, planOnly: planOnly, progress: progress)
                 connection.send(.controlReply(id: id, ok: ok, body: text))
             }
-        case .rollingRestart(let requested):
-            let maxUnavailable = min(max(1, requested), ShardsConfig.maxCount)
+        case .rollingRestart(let maxUnavailable):
+            // The core clamps it to 1...the worker count.
             work {
                 let (ok, text) = await self.rollingRestart(maxUnavailable: maxUnavailable, progress: progress)
                 connection.send(.controlReply(id: id, ok: ok, body: text))
@@ -61,13 +61,9 @@ extension ClusterSupervisor {
         return (try? encoder.encode(status)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
     }
 
-    /// Restarts one worker, named by ordinal or by shard.
-    func restart(_ target: ControlCommand.RestartTarget) -> (Bool, String) {
+    /// Restarts one worker (worker `ordinal` runs shard `ordinal`).
+    func restart(ordinal: Int) -> (Bool, String) {
         let count = shardCount
-        let ordinal: Int
-        switch target {
-        case .ordinal(let n), .shard(let n): ordinal = n
-        }
         guard (0..<count).contains(ordinal) else {
             return (false, "no worker \(ordinal): ordinals and shards are 0...\(count - 1)")
         }

@@ -96,29 +96,17 @@ public struct SystemLimits: Sendable, Equatable {
     }
 
     static func countEntries(_ directory: String) -> Int {
-        guard let dir = opendir(directory) else { return 0 }
-        defer { closedir(dir) }
-        var count = 0
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            if name != "." && name != ".." { count += 1 }
-        }
-        return count
+        (try? FileManager.default.contentsOfDirectory(atPath: directory).count) ?? 0
     }
 
     /// Every thread of every process of this user (what RLIMIT_NPROC counts), from /proc.
     static func tasksOfThisUser() -> Int {
-        guard let proc = opendir("/proc") else { return 0 }
-        defer { closedir(proc) }
         let uid = getuid()
-        var total = 0
-        while let entry = readdir(proc) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            guard name.first?.isNumber == true else { continue }
+        let processes = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return processes.reduce(0) { total, name in
             var info = stat()
-            guard stat("/proc/" + name, &info) == 0, info.st_uid == uid else { continue }
-            total += countEntries("/proc/" + name + "/task")
+            guard name.first?.isNumber == true, stat("/proc/" + name, &info) == 0, info.st_uid == uid else { return total }
+            return total + countEntries("/proc/" + name + "/task")
         }
-        return total
     }
 }

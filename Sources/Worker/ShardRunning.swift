@@ -10,7 +10,7 @@ import ServiceLifecycle
 /// cancellation, or anything else that holds the runtime past it, does not hold the process: `onDeadline` gets
 /// where the session stands (its committed seq never passes an unfinished event, so a successor's Resume gets
 /// those events again) and ends the process.
-public func runShard(
+func runShard(
     _ runtime: ShardRuntime, drainTimeout: Duration, closeGrace: Duration = .seconds(1),
     onStop: @escaping @Sendable () -> Void = {},
     onDeadline: @escaping @Sendable (_ sessionID: String?, _ committedSeq: Int) async -> Never,
@@ -51,7 +51,7 @@ public func runShard(
 
 extension WorkerExitStatus {
     /// The exit status a shard process ends with, after how its gateway session ended.
-    public static func of(_ outcome: GatewayClientOutcome) -> Int32 {
+    static func of(_ outcome: GatewayClientOutcome) -> Int32 {
         switch outcome {
         case .stopped: return stopped
         case .failed(.configuration): return configurationError

@@ -224,4 +224,40 @@ struct LineSplitterTests {
         #expect(splitter.feed(Array("abcd\nabcdefghij".utf8)) == ["abcd", "abcd [line cut at 4 bytes]", "efgh [line cut at 4 bytes]"])
         #expect(splitter.rest() == "ij")
     }
+
+    /// However the stream is chunked, the lines are those a byte-at-a-time reading gives.
+    @Test func chunksOfAnySizeGiveTheLinesOfAByteAtATimeReading() {
+        func reference(_ bytes: [UInt8], maxLine: Int) -> [String] {
+            var lines: [String] = []
+            var pending: [UInt8] = []
+            for byte in bytes {
+                if byte == 0x0A {
+                    lines.append(String(decoding: pending, as: UTF8.self))
+                    pending = []
+                } else if pending.count == maxLine {
+                    lines.append(String(decoding: pending, as: UTF8.self) + " [line cut at \(maxLine) bytes]")
+                    pending = [byte]
+                } else {
+                    pending.append(byte)
+                }
+            }
+            if !pending.isEmpty { lines.append(String(decoding: pending, as: UTF8.self)) }
+            return lines
+        }
+        var rng = SplitMix64(seed: 9)
+        for round in 0..<300 {
+            let maxLine = 1 + Int(rng.next() % 12)
+            let stream = (0..<Int(rng.next() % 200)).map { _ in rng.next() % 5 == 0 ? UInt8(0x0A) : UInt8(0x61 + rng.next() % 26) }
+            var splitter = LineSplitter(maxLine: maxLine)
+            var lines: [String] = []
+            var offset = 0
+            while offset < stream.count {
+                let size = 1 + Int(rng.next() % 40)
+                lines += splitter.feed(stream[offset..<min(offset + size, stream.count)])
+                offset += size
+            }
+            if let rest = splitter.rest() { lines.append(rest) }
+            #expect(lines == reference(stream, maxLine: maxLine), "round \(round), maxLine \(maxLine)")
+        }
+    }
 }

@@ -29,8 +29,7 @@ struct IPCCodecTests {
         .userQuery(id: 4, userID: "42"), .userAnswer(id: 4, username: "kari"), .userAnswer(id: 5, username: nil),
         .claims(id: 6, keys: ["AT:1", "AT:2"]), .claimResults(id: 6, decisions: [.skip, .handle, .wait]), .claimResolved(key: "AT:1", decision: .handle),
         .claimsDone(keys: ["AT:1"]), .claimsReleased(keys: []), .startDispatch, .finishDispatch, .dispatchFinished,
-        .controlRequest(id: 9, command: .status), .controlRequest(id: 10, command: .restart(.ordinal(3))),
-        .controlRequest(id: 11, command: .restart(.shard(2))), .controlRequest(id: 12, command: .rollingRestart(maxUnavailable: 2)),
+        .controlRequest(id: 9, command: .status), .controlRequest(id: 10, command: .restart(ordinal: 3)), .controlRequest(id: 12, command: .rollingRestart(maxUnavailable: 2)),
         .controlRequest(id: 13, command: .scale(.count(8), planOnly: true)), .controlRequest(id: 14, command: .scale(.recommended, planOnly: false)),
         .controlRequest(id: 15, command: .stop), .controlRequest(id: 16, command: .user(id: "42")), .controlProgress(id: 9, line: "1/4 ready"), .controlReply(id: 9, ok: true, body: "{}"),
     ]
@@ -55,6 +54,10 @@ struct IPCCodecTests {
         // A decision or a failure kind outside the protocol is an error, not a guess.
         var decision = ByteBuffer(bytes: [82, 0, 0, 0, 1, 65, 9])
         #expect(throws: IPCProtocolError.self) { try IPCMessage.decode(&decision) }
+        var failure = ByteBuffer(bytes: [32, 3, 9, 0, 0, 0, 0])
+        #expect(throws: IPCProtocolError.self) { try IPCMessage.decode(&failure) }
+        var wellFormed = ByteBuffer(bytes: [32, 3, 1, 0, 0, 0, 0])
+        #expect(try IPCMessage.decode(&wellFormed) == .gatewayState(.failed(GatewayFailure(rawValue: 1)!, code: 0)), "the same frame with a known kind decodes")
         var trailing = ByteBuffer()
         IPCMessage.sessionInvalidated.encode(into: &trailing)
         trailing.writeInteger(UInt8(1))
@@ -70,6 +73,8 @@ enum MessageTypeForTests {
 final class EchoDelegate: IPCServerDelegate {
     let received = Mutex<[IPCMessage]>([])
     let closedReasons = Mutex<[String?]>([])
+    /// Poked as each connection closes.
+    let closedSignal = Wakeup()
     let accepted = Mutex<[Hello]>([])
 
     func accept(_ hello: Hello, on connection: IPCConnection) -> String? {
@@ -91,6 +96,7 @@ final class EchoDelegate: IPCServerDelegate {
 
     func closed(_ connection: IPCConnection, reason: String?) {
         closedReasons.withLock { $0.append(reason) }
+        closedSignal.poke()
     }
 }
 
@@ -149,7 +155,9 @@ struct IPCConnectionTests {
             client.send(.sessionCommitted(sessionID: "s", seq: 3))
             client.close()
             _ = try await client.closed.wait()
-            while delegate.closedReasons.withLock({ $0.isEmpty }) { try await Task.sleep(for: .milliseconds(2)) }
+            let deadline = MonotonicInstant.now() + .seconds(10)
+            while delegate.closedReasons.withLock({ $0.isEmpty }), MonotonicInstant.now() < deadline { await delegate.closedSignal.wait(until: deadline) }
+            #expect(!delegate.closedReasons.withLock { $0.isEmpty }, "the server saw the close")
             #expect(delegate.received.withLock { $0 } == [.sessionCommitted(sessionID: "s", seq: 3)])
         }
     }
