@@ -26,9 +26,9 @@ ROOT=$(pwd)
 BIN=.build/release/botcluster
 BENCH=.build/release/botcluster-bench
 OUT=$(mktemp -d)
-PIDS=()
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # Only the jobs still running: a pid noted earlier may belong to another process by now.
+  for pid in $(jobs -p); do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$OUT"
 }
@@ -38,7 +38,6 @@ trap cleanup EXIT
 start_emulator() {
   local log="$OUT/emulator.$RANDOM.log"
   "$BIN" emulator --config "$1" --port 0 >"$log" 2>&1 &
-  PIDS+=($!)
   EMU_PID=$!
   for _ in $(seq 1 200); do
     EMU_URL=$(sed -n 's/^emulator listening on //p' "$log")
@@ -71,6 +70,8 @@ row() { ROWS+=("$(printf '| %-44s | %-22s | %-26s | %-4s |' "$1" "$2" "$3" "$4")
 # value NAME FILE: the number on the line of NAME
 value() { awk -v n="$1" '$1 == n { print $2 }' "$2"; }
 verdict() { awk -v a="$1" -v b="$2" 'BEGIN { print (a + 0 >= b + 0) ? "ok" : "MISS" }'; }
+# at_most VALUE LIMIT: ok when VALUE <= LIMIT.
+at_most() { awk -v a="$1" -v b="$2" 'BEGIN { print (a + 0 <= b + 0) ? "ok" : "MISS" }'; }
 
 # --- the emulator's own capacity ---
 if want emulator; then
@@ -112,7 +113,7 @@ burst_rounds() {
 
 start_emulator scripts/bench/e2e-emulator.json; worker_config
 "$BIN" run --shard 0/1 --config "$OUT/worker.json" >"$OUT/worker.out" 2>"$OUT/worker.err" &
-WORKER=$!; PIDS+=($WORKER)
+WORKER=$!
 bc_rate=$(burst_rounds botcluster 20000)
 bc_rss=$(peak_rss_mib "$WORKER")
 kill -INT "$WORKER"; wait "$WORKER" || true
@@ -126,7 +127,7 @@ sed "s#\"emulator\": {#\"emulator\": {\"tls\": {\"certificate\": \"$OUT/tls.pem\
 export BOTCLUSTER_BENCH_TRUST_ROOTS="$OUT/tls.pem"
 start_emulator "$OUT/e2e-tls.json"; worker_config "$OUT/tls.pem"
 "$BIN" run --shard 0/1 --config "$OUT/worker.json" >"$OUT/tls.out" 2>"$OUT/tls.err" &
-TLSWORKER=$!; PIDS+=($TLSWORKER)
+TLSWORKER=$!
 tls_rate=$(burst_rounds botcluster-tls 20000)
 kill -INT "$TLSWORKER"; wait "$TLSWORKER" || true
 stop_emulator
@@ -135,7 +136,7 @@ unset BOTCLUSTER_BENCH_TRUST_ROOTS
 # Dispatch latency without a burst: steady traffic well under capacity.
 start_emulator scripts/bench/e2e-emulator.json; worker_config
 "$BIN" run --shard 0/1 --config "$OUT/worker.json" >"$OUT/steady.out" 2>"$OUT/steady.err" &
-STEADY=$!; PIDS+=($STEADY)
+STEADY=$!
 "$BENCH" e2e --url "$EMU_URL" --count 1 --label warm-up >/dev/null
 "$BENCH" admin --url "$EMU_URL" --path /emulator/traffic --body '{"rate": 2000}' >/dev/null
 sleep 5
@@ -146,7 +147,7 @@ stop_emulator
 
 start_emulator scripts/bench/e2e-emulator.json
 .venv/bin/python scripts/bench/botpy_bench.py --url "$EMU_URL" >"$OUT/botpy.out" 2>&1 &
-BOTPY=$!; PIDS+=($BOTPY)
+BOTPY=$!
 py_rate=$(burst_rounds botpy 20000)
 py_rss=$(peak_rss_mib "$BOTPY")
 kill "$BOTPY"; wait "$BOTPY" 2>/dev/null || true
@@ -154,7 +155,7 @@ stop_emulator
 
 start_emulator scripts/bench/e2e-emulator.json; worker_config
 BENCH_HANDLER=count BENCH_EXPECT=20000 "$BENCH" bot run --shard 0/1 --config "$OUT/worker.json" >"$OUT/counter.out" 2>&1 &
-COUNTER=$!; PIDS+=($COUNTER)
+COUNTER=$!
 rx_rate=$(burst_rounds receive-only 1)
 kill -INT "$COUNTER"; wait "$COUNTER" || true
 stop_emulator
@@ -185,7 +186,7 @@ JSON
 # (pid) and READY (seconds).
 start_cluster() {
   (cd "$1" && exec "$ROOT/$BIN" launch >launch.out 2>launch.err) &
-  CLUSTER=$!; PIDS+=($CLUSTER)
+  CLUSTER=$!
   for _ in $(seq 1 $((${2:-60} * 20))); do
     local ready
     ready=$(sed -n 's/^cluster ready: [0-9]* shards in //p' "$1/launch.out")
@@ -266,10 +267,12 @@ fi
 # heartbeat). Launch time beside the least the limits allow, then CPU over 20 s of idle (all processes, and the
 # supervisor alone, in % of one core) and PSS (all processes) per shard. The goals are those of 1024 shards.
 if want scale; then
-# cpu_ticks PID...: user + system time of the processes so far, in clock ticks.
-cpu_ticks() { for pid in "$@"; do awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null; done | awk '{ s += $1 } END { print s + 0 }'; }
+# cpu_ticks PID...: user + system time of the processes so far, in clock ticks (one read of all of them).
+cpu_ticks() { printf '/proc/%s/stat\n' "$@" | xargs cat 2>/dev/null | awk '{ s += $14 + $15 } END { print s + 0 }'; }
 # pss_kib PID...: the processes' proportional set sizes, summed, in KiB.
-pss_kib() { for pid in "$@"; do awk '/^Pss:/ { print $2 }' "/proc/$pid/smaps_rollup" 2>/dev/null; done | awk '{ s += $1 } END { print s + 0 }'; }
+pss_kib() { printf '/proc/%s/smaps_rollup\n' "$@" | xargs cat 2>/dev/null | awk '/^Pss:/ { s += $2 } END { print s + 0 }'; }
+# now_ns: the clock in nanoseconds, to divide by the time a sample really took.
+now_ns() { date +%s%N; }
 HZ=$(getconf CLK_TCK)
 for n in $SCALE_SHARDS; do
   start_emulator scripts/bench/scale-emulator.json
@@ -277,19 +280,21 @@ for n in $SCALE_SHARDS; do
   least=$(awk -v n="$n" 'BEGIN { r = int((n + 15) / 16); printf "%.2f", (r > 1) ? (r - 1) * 1.0 : 1.0 }')
   sleep 5
   mapfile -t workers < <(pgrep -P "$CLUSTER")
-  all0=$(cpu_ticks "$CLUSTER" "${workers[@]}"); sup0=$(cpu_ticks "$CLUSTER")
+  ((${#workers[@]} == n)) || { echo "scale: $n shards ready but ${#workers[@]} worker processes" >&2; exit 1; }
+  t0=$(now_ns); sup0=$(cpu_ticks "$CLUSTER"); all0=$(cpu_ticks "$CLUSTER" "${workers[@]}")
   sleep 20
-  all1=$(cpu_ticks "$CLUSTER" "${workers[@]}"); sup1=$(cpu_ticks "$CLUSTER")
+  sup1=$(cpu_ticks "$CLUSTER"); all1=$(cpu_ticks "$CLUSTER" "${workers[@]}"); t1=$(now_ns)
+  seconds=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
   pss=$(pss_kib "$CLUSTER" "${workers[@]}")
   echo "scale.$n.launch $READY s (least $least), workers ${#workers[@]}" >&2
-  echo "scale.$n.cpu.all $(( all1 - all0 )) ticks, supervisor $(( sup1 - sup0 )) ticks in 20 s at $HZ/s; pss $pss KiB" >&2
+  echo "scale.$n.cpu.all $(( all1 - all0 )) ticks, supervisor $(( sup1 - sup0 )) ticks in $seconds s at $HZ/s; pss $pss KiB" >&2
   stop_cluster
   stop_emulator
-  cpu_all=$(awk -v t=$(( all1 - all0 )) -v hz="$HZ" 'BEGIN { printf "%.1f", t / hz / 20 * 100 }')
-  cpu_sup=$(awk -v t=$(( sup1 - sup0 )) -v hz="$HZ" 'BEGIN { printf "%.1f", t / hz / 20 * 100 }')
+  cpu_all=$(awk -v t=$(( all1 - all0 )) -v hz="$HZ" -v s="$seconds" 'BEGIN { printf "%.1f", t / hz / s * 100 }')
+  cpu_sup=$(awk -v t=$(( sup1 - sup0 )) -v hz="$HZ" -v s="$seconds" 'BEGIN { printf "%.1f", t / hz / s * 100 }')
   pss_shard=$(awk -v k="$pss" -v n="$n" 'BEGIN { printf "%.1f", k / 1024 / n }')
   ratio=$(awk -v a="$READY" -v b="$least" 'BEGIN { printf "%.2f", a / b }')
-  judge() { if ((n == 1024)); then awk -v a="$1" -v b="$2" 'BEGIN { print (a <= b) ? "ok" : "MISS" }'; fi; }
+  judge() { if ((n == 1024)); then at_most "$1" "$2"; fi; }
   row "$n shards: launch at max_concurrency 16 (s)" "$READY (${ratio}x)" "<= 1.10x the limits ($least)" "$(judge "$ratio" 1.10)"
   row "$n shards idle: CPU, all processes (% core)" "$cpu_all" "<= 30 at 1024" "$(judge "$cpu_all" 30)"
   row "$n shards idle: CPU, supervisor (% core)" "$cpu_sup" "<= 5 at 1024" "$(judge "$cpu_sup" 5)"

@@ -92,9 +92,23 @@ final class BotclusterProcess: Sendable {
     func signal(_ signal: Int32) { kill(process.processIdentifier, signal) }
 
     /// Waits for the process to end and returns its exit status (or 128 + signal); by then `output` holds all it
-    /// printed (unless a child it left behind still holds the pipe, which is waited for at most 5 s).
-    func waitForExit() async -> Int32 {
-        await withCheckedContinuation { continuation in
+    /// printed (unless a child it left behind still holds the pipe, which is waited for at most 5 s). A process
+    /// still running after `limit` is killed (its workers follow it: PDEATHSIG) and the test fails: an exit that
+    /// never comes ends the test, not the suite, and leaves nothing behind.
+    func waitForExit(within limit: Duration = .seconds(120)) async -> Int32 {
+        let pid = process.processIdentifier
+        let killed = AsyncSignal<Void>()
+        let overdue = DispatchWorkItem { [process] in
+            guard process.isRunning else { return }
+            killed.set(())
+            kill(pid, SIGKILL)
+        }
+        DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(limit.components.seconds) * 1_000_000_000), execute: overdue)
+        defer {
+            overdue.cancel()
+            if killed.current != nil { Issue.record("pid \(pid) did not exit within \(limit); killed") }
+        }
+        return await withCheckedContinuation { continuation in
             DispatchQueue.global().async {
                 self.process.waitUntilExit()
                 _ = self.collected.ended.wait(timeout: .now() + 5)

@@ -35,10 +35,7 @@ struct ProxyEnvironmentTests {
         #expect(throws: ProxyEnvironmentError.self) { try ProxyEnvironment(environment: ["HTTPS_PROXY": "https://proxy:443"]) }
         #expect(throws: ProxyEnvironmentError.self) { try ProxyEnvironment(environment: ["HTTPS_PROXY": "http://proxy:notaport"]) }
         #expect(throws: ProxyEnvironmentError.self) { try ProxyEnvironment(environment: ["HTTP_PROXY": "socks5://u:p@proxy"]) }
-        do {
-            _ = try ProxyEnvironment(environment: ["HTTPS_PROXY": "ftp://proxy"])
-        } catch {
-            #expect(error.description == "HTTPS_PROXY: a ftp:// proxy is not supported; use http:// or socks5://")
-        }
+        let error = #expect(throws: ProxyEnvironmentError.self) { try ProxyEnvironment(environment: ["HTTPS_PROXY": "ftp://proxy"]) }
+        #expect(error?.description == "HTTPS_PROXY: a ftp:// proxy is not supported; use http:// or socks5://")
     }
 }

@@ -30,7 +30,7 @@ struct ProcessSpawnerTests {
         close(output)
         #expect(spawner.tag(of: worker) == 42)
         kill(worker, SIGTERM)
-        try await reported.wait()
+        try await withTimeout(.seconds(30), "the reaper's report of the worker's exit") { try await reported.wait() }
         #expect(exits.withLock { $0.map(\.0) } == [worker])
         #expect(exits.withLock { $0.first?.1 } == .signaled(SIGTERM))
         #expect(spawner.tag(of: worker) == nil)

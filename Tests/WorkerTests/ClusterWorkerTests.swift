@@ -16,6 +16,8 @@ final class StandInSupervisor: IPCServerDelegate {
     let assignment: Assignment
     let decision: ClaimDecision
     let said = Mutex<[IPCMessage]>([])
+    /// Poked as each message arrives (what `waitFor` waits on).
+    let arrived = Wakeup()
     let worker = Mutex<IPCConnection?>(nil)
 
     init(assignment: Assignment, decision: ClaimDecision) {
@@ -37,21 +39,22 @@ final class StandInSupervisor: IPCServerDelegate {
         default: break
         }
         said.withLock { $0.append(message) }
+        arrived.poke()
     }
 
     func closed(_ connection: IPCConnection, reason: String?) {}
 
     func send(_ message: IPCMessage) { worker.withLock { $0 }?.send(message) }
 
-    /// Waits until the worker has said something `matching` (checked as messages arrive, no fixed sleep).
+    /// Waits until the worker has said something `matching` (checked as each message arrives), for 30 s at most.
     func waitFor(_ what: String, _ matching: (IPCMessage) -> Bool) async throws {
-        let start = MonotonicInstant.now()
+        let deadline = MonotonicInstant.now() + .seconds(30)
         while !said.withLock({ $0.contains(where: matching) }) {
-            if MonotonicInstant.now() - start > .seconds(30) {
+            if MonotonicInstant.now() >= deadline {
                 Issue.record("timed out waiting for the worker's \(what); it said last: \(said.withLock { $0.suffix(5) })")
                 throw CancellationError()
             }
-            try await Task.sleep(for: .milliseconds(5))
+            await arrived.wait(until: deadline)
         }
     }
 }

@@ -71,8 +71,15 @@ struct HostilePlatformTests {
         let server = try await RawHTTPServer { head in head.contains("getAppAccessToken") ? HostilePlatformTests.tokenAnswer : answer(head) }
         var logger = Logger(label: "hostile")
         logger.logLevel = .critical
-        let config = try ClusterConfig.parse(#"{"gateway": {"embedded": false, "url": "\#(server.url)", "tokenURL": "\#(server.url)/app/getAppAccessToken"}, "app": {"id": "1", "secret": "s"}}"#)
-        let clients = try PlatformClients(config: config, endpoints: GatewayEndpoints(apiBase: server.url, tokenURL: server.url + "/app/getAppAccessToken"), budget: budget, logger: logger, maxConnections: 2)
+        let config: ClusterConfig
+        let clients: PlatformClients
+        do {
+            config = try ClusterConfig.parse(#"{"gateway": {"embedded": false, "url": "\#(server.url)", "tokenURL": "\#(server.url)/app/getAppAccessToken"}, "app": {"id": "1", "secret": "s"}}"#)
+            clients = try PlatformClients(config: config, endpoints: GatewayEndpoints(apiBase: server.url, tokenURL: server.url + "/app/getAppAccessToken"), budget: budget, logger: logger, maxConnections: 2)
+        } catch {
+            await server.close()
+            throw error
+        }
         var caught: (any Error)?
         do {
             try await body(clients.api)
