@@ -2,6 +2,7 @@ import Foundation
 import ArgumentParser
 import CBotSystem
 import ClusterCore
+import ClusterIPC
 import ClusterProtocol
 import Logging
 import ServiceLifecycle
@@ -42,7 +43,8 @@ struct WorkerCommand: AsyncParsableCommand {
         let worker: ClusterWorker
         do {
             let (client, assignment) = try await ClusterWorker.join(socket: socket, ordinal: ordinal, generation: generation, supervisorPID: supervisorPID)
-            worker = ClusterWorker(config: config, client: client, assignment: assignment, handler: BotCluster.handler, logger: logger)
+            let liveness = try Self.liveness(environment)
+            worker = ClusterWorker(config: config, client: client, assignment: assignment, handler: BotCluster.handler, liveness: liveness, logger: logger)
         } catch {
             printError("\(error)")
             throw ExitCode(WorkerExitStatus.orphaned)
@@ -53,5 +55,13 @@ struct WorkerCommand: AsyncParsableCommand {
         ))
         try await group.run()
         throw ExitCode(worker.exitStatus.current ?? 0)
+    }
+
+    /// The liveness table the supervisor passed (at descriptor 3) and this worker's slot in it.
+    static func liveness(_ environment: [String: String]) throws -> (table: LivenessTable, slot: Int) {
+        guard let slot = environment[WorkerEnvironment.livenessSlot].flatMap(Int.init), (0..<LivenessTable.slotCount).contains(slot) else {
+            throw LivenessError("no valid \(WorkerEnvironment.livenessSlot) in the environment")
+        }
+        return (try LivenessTable.attach(descriptor: LivenessTable.inheritedDescriptor), slot)
     }
 }

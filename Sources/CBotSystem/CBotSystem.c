@@ -48,3 +48,17 @@ int cbot_pidfd_open(pid_t pid) {
     return -1;
 #endif
 }
+
+int cbot_memfd_cloexec(const char *name) {
+#ifdef __linux__
+    return (int)syscall(SYS_memfd_create, name, 1U /* MFD_CLOEXEC */);
+#else
+    (void)name;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+void cbot_store_u64(uint64_t *address, uint64_t value) { __atomic_store_n(address, value, __ATOMIC_RELEASE); }
+
+uint64_t cbot_load_u64(const uint64_t *address) { return __atomic_load_n(address, __ATOMIC_ACQUIRE); }

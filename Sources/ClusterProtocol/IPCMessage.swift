@@ -58,7 +58,7 @@ public struct Assignment: Sendable, Equatable {
     }
 }
 
-/// A worker's gateway progress, sent with every heartbeat.
+/// A worker's gateway progress, reported when it changed (the `heartbeat` message, by its historical name).
 public struct WorkerProgress: Sendable, Equatable {
     /// The gateway connection's state as the worker sees it.
     public enum State: UInt8, Sendable {
@@ -75,6 +75,14 @@ public struct WorkerProgress: Sendable, Equatable {
     public var handled: Int64
     public var dispatchP50Micros: Int64
     public var dispatchP99Micros: Int64
+
+    /// Whether `other` says the same, but for the age of the last event (which grows on its own, and which the
+    /// supervisor ages from the time the report came).
+    public func sameFigures(as other: WorkerProgress?) -> Bool {
+        guard var other else { return false }
+        other.lastEventAgeMillis = lastEventAgeMillis
+        return other == self
+    }
 
     /// A report in `state`; the figures default to none yet (-1) or zero.
     public init(state: State, heartbeatLatencyMicros: Int64 = -1, lastEventAgeMillis: Int64 = -1, reconnects: Int32 = 0, received: Int64 = 0, handled: Int64 = 0, dispatchP50Micros: Int64 = -1, dispatchP99Micros: Int64 = -1) {

@@ -8,4 +8,6 @@ public enum WorkerEnvironment {
     public static let generation = "BOTCLUSTER_GENERATION"
     /// The supervisor's pid: the worker checks its parent and its socket's peer against it.
     public static let supervisorPID = "BOTCLUSTER_SUPERVISOR_PID"
+    /// The worker's slot in the liveness table it inherits at descriptor 3 (see `LivenessTable`).
+    public static let livenessSlot = "BOTCLUSTER_LIVENESS_SLOT"
 }

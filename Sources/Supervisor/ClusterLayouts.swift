@@ -81,9 +81,8 @@ public struct ClusterLayouts: Sendable {
     public mutating func handle(_ event: ClusterStateMachine.Event, now: MonotonicInstant) -> [(Int, ClusterStateMachine.Action)] {
         switch event {
         case .spawned(_, let generation, _), .spawnFailed(_, let generation, _), .hello(_, let generation),
-            .progress(_, let generation, _), .identifying(_, let generation), .gatewayReady(_, let generation),
-            .sessionCommitted(_, let generation, _, _), .sessionInvalidated(_, let generation), .gatewayFailed(_, let generation, _),
-            .hangConfirmation(_, let generation):
+            .progress(_, let generation, _), .beat(_, let generation, _), .identifying(_, let generation), .gatewayReady(_, let generation),
+            .sessionCommitted(_, let generation, _, _), .sessionInvalidated(_, let generation), .gatewayFailed(_, let generation, _):
             return handle(event, in: Self.layoutID(ofGeneration: generation), now: now)
         case .exited(let pid, _):
             guard let layout = layouts.first(where: { $0.machine.owns(pid: pid) }) else { return [] }

@@ -24,7 +24,8 @@ public enum WorkerSignal: Sendable, Equatable {
 
 /// A worker's lifecycle state, as `botcluster status` shows it.
 public enum WorkerState: String, Sendable, Equatable {
-    case spawning, connected, identifying, ready, draining, stopped, backoff, failed
+    /// `queued`: waiting for its turn to start (a launch starts at most `startLimit` workers at a time).
+    case queued, spawning, connected, identifying, ready, draining, stopped, backoff, failed
 
     var isLive: Bool { self == .spawning || self == .connected || self == .identifying || self == .ready || self == .draining }
 }
@@ -43,13 +44,13 @@ public struct WorkerRecord: Sendable {
     public var restarts = 0
     public var lastExit: ExitStatus?
     public var progress: WorkerProgress?
+    /// When `progress` came.
+    public var progressAt: MonotonicInstant?
     /// The session a replacement resumes: its id and the committed seq.
     public var session: (id: String, seq: Int)?
     /// Why the worker is not restarted, when it is failed for good.
     public var failure: String?
     var policy: RestartPolicy
-    /// Silent past the hang limit, waiting for the check that the supervisor itself was not what fell behind.
-    var hangSuspectedAt: MonotonicInstant?
     var abortedAt: MonotonicInstant?
     var killedAt: MonotonicInstant?
     var stopRequestedAt: MonotonicInstant?
@@ -58,6 +59,9 @@ public struct WorkerRecord: Sendable {
     var fatal: String?
     /// Respawn at once when the process exits (a requested restart, not a crash).
     var respawnWhenExited = false
+
+    /// Spawned and not yet ready for the first time: taking a start slot.
+    var isStarting: Bool { state.isLive && state != .draining && readyAt == nil }
 }
 
 /// The supervisor's decisions about its workers, as a pure state machine: spawns, exits, IPC events and timer
@@ -91,13 +95,13 @@ public struct ClusterStateMachine: Sendable {
         case spawnFailed(ordinal: Int, generation: UInt64, reason: String)
         case hello(ordinal: Int, generation: UInt64)
         case progress(ordinal: Int, generation: UInt64, WorkerProgress)
+        /// The worker's latest beat in the liveness table: the time it last ran.
+        case beat(ordinal: Int, generation: UInt64, at: MonotonicInstant)
         case identifying(ordinal: Int, generation: UInt64)
         case gatewayReady(ordinal: Int, generation: UInt64)
         case sessionCommitted(ordinal: Int, generation: UInt64, id: String, seq: Int)
         case sessionInvalidated(ordinal: Int, generation: UInt64)
         case gatewayFailed(ordinal: Int, generation: UInt64, reason: String)
-        /// The answer to `confirmHang`: every message the worker had sent by then has been read.
-        case hangConfirmation(ordinal: Int, generation: UInt64)
         case exited(pid: Int32, status: ExitStatus)
         case tick
         /// Replace a worker's process (drain, then respawn at once).
@@ -112,9 +116,6 @@ public struct ClusterStateMachine: Sendable {
         case signal(pid: Int32, signal: WorkerSignal)
         /// SIGKILL to the worker's whole process group (it and anything it started).
         case killGroup(pid: Int32)
-        /// The worker looks hung: read whatever it has sent that is still waiting on this side (a supervisor whose
-        /// event loops were busy reads late, and a worker must not pay for that), then send `hangConfirmation`.
-        case confirmHang(ordinal: Int, generation: UInt64)
         case persistSession(shard: ShardID, id: String, seq: Int)
         case forgetSession(shard: ShardID)
         case log(Level, String)
@@ -129,6 +130,12 @@ public struct ClusterStateMachine: Sendable {
 
     public let timings: Timings
     let restart: RestartConfig
+    /// At most this many workers start at once (spawned, not yet ready for the first time); the others wait
+    /// `queued`. Hundreds of processes starting together on a few cores starve one another past the hello and
+    /// hang limits; started in turn, each is ready in moments and the identify ledger still always has a queue.
+    public let startLimit: Int
+    /// Workers `queued` now.
+    var queuedCount = 0
     public private(set) var workers: [WorkerRecord]
     var nextGeneration: UInt64 = 0
     public private(set) var stopping = false
@@ -136,9 +143,11 @@ public struct ClusterStateMachine: Sendable {
     var rng: SplitMix64
 
     /// - Parameter generationBase: where this layout's generation numbers start (layouts never share one).
-    public init(shards: Int, timings: Timings, restart: RestartConfig, seed: UInt64 = 1, sessions: [Int: (id: String, seq: Int)] = [:], generationBase: UInt64 = 0) {
+    /// - Parameter startLimit: how many workers may be starting at once (see `startLimit`).
+    public init(shards: Int, timings: Timings, restart: RestartConfig, seed: UInt64 = 1, sessions: [Int: (id: String, seq: Int)] = [:], generationBase: UInt64 = 0, startLimit: Int = .max) {
         self.timings = timings
         self.restart = restart
+        self.startLimit = max(1, startLimit)
         nextGeneration = generationBase
         rng = SplitMix64(seed: seed)
         workers = (0..<shards).map { ordinal in
@@ -172,17 +181,48 @@ public struct ClusterStateMachine: Sendable {
         return ordinal
     }
 
-    /// The worker spoke: it is not hung.
+    /// The worker spoke after its hello: it is not hung (silence is measured from here on, never back in time).
     mutating func heard(_ i: Int, now: MonotonicInstant) {
-        workers[i].lastHeard = now
-        workers[i].hangSuspectedAt = nil
+        if let last = workers[i].lastHeard { workers[i].lastHeard = max(last, now) }
     }
 
-    /// Applies one event at `now`; returns the actions to carry out.
+    /// Workers spawned and not ready yet for the first time (those a start slot is taken by).
+    var starting: Int {
+        workers.reduce(0) { $0 + ($1.isStarting ? 1 : 0) }
+    }
+
+    /// Applies one event at `now`; returns the actions to carry out (starting queued workers as slots free up).
     public mutating func handle(_ event: Event, now: MonotonicInstant) -> [Action] {
+        let actions = apply(event, now: now)
+        guard queuedCount > 0, !stopping else { return actions }
+        return actions + startQueued(now: now)
+    }
+
+    /// Starts queued workers while start slots are free: those with a session to resume first (a crashed worker
+    /// is back before new shards join), then by ordinal.
+    mutating func startQueued(now: MonotonicInstant) -> [Action] {
+        var free = startLimit - starting
+        guard free > 0 else { return [] }
+        var actions: [Action] = []
+        let queued = workers.indices.filter { workers[$0].state == .queued }
+        for i in queued.filter({ workers[$0].session != nil }) + queued.filter({ workers[$0].session == nil }) {
+            guard free > 0 else { break }
+            queuedCount -= 1
+            actions += launch(i, now: now)
+            free -= 1
+        }
+        return actions
+    }
+
+    mutating func apply(_ event: Event, now: MonotonicInstant) -> [Action] {
         switch event {
         case .start:
-            return workers.indices.flatMap { spawn($0, now: now) }
+            var free = startLimit - starting
+            return workers.indices.flatMap { i -> [Action] in
+                guard free > 0 else { return enqueue(i) }
+                free -= 1
+                return launch(i, now: now)
+            }
         case .spawned(let ordinal, let generation, let pid):
             guard let i = index(ordinal, generation) else { return [] }
             workers[i].pid = pid
@@ -192,13 +232,19 @@ public struct ClusterStateMachine: Sendable {
             return [.log(.error, "worker \(ordinal): cannot spawn: \(reason)")] + exited(i, status: .exited(127), now: now)
         case .hello(let ordinal, let generation):
             guard let i = index(ordinal, generation) else { return [] }
-            heard(i, now: now)
+            workers[i].lastHeard = now
             if workers[i].state == .spawning { workers[i].state = .connected }
+            return []
+        case .beat(let ordinal, let generation, let at):
+            // Only after the hello (before it, the hello timeout applies): see `heard`.
+            guard let i = index(ordinal, generation) else { return [] }
+            heard(i, now: min(at, now))
             return []
         case .progress(let ordinal, let generation, let progress):
             guard let i = index(ordinal, generation) else { return [] }
             heard(i, now: now)
             workers[i].progress = progress
+            workers[i].progressAt = now
             if workers[i].state != .draining {
                 switch progress.state {
                 case .connecting: if workers[i].state != .ready { workers[i].state = .connected }
@@ -230,11 +276,6 @@ public struct ClusterStateMachine: Sendable {
             guard let i = index(ordinal, generation) else { return [] }
             workers[i].fatal = reason
             return [.log(.error, "worker \(ordinal) (shard \(workers[i].shard)): \(reason)")]
-        case .hangConfirmation(let ordinal, let generation):
-            guard let i = index(ordinal, generation), workers[i].hangSuspectedAt != nil, workers[i].abortedAt == nil,
-                workers[i].stopRequestedAt == nil
-            else { return [] }
-            return abortIfSilent(i, now: now)
         case .exited(let pid, let status):
             guard let i = workers.firstIndex(where: { $0.pid == pid && $0.state.isLive }) else { return [] }
             return exited(i, status: status, now: now)
@@ -243,6 +284,8 @@ public struct ClusterStateMachine: Sendable {
         case .restart(let ordinal):
             guard workers.indices.contains(ordinal), !stopping else { return [] }
             switch workers[ordinal].state {
+            case .queued:
+                return []
             case .backoff, .failed, .stopped:
                 workers[ordinal].failure = nil
                 workers[ordinal].policy = RestartPolicy(config: restart)
@@ -266,7 +309,7 @@ public struct ClusterStateMachine: Sendable {
             var actions: [Action] = []
             for i in workers.indices {
                 switch workers[i].state {
-                case .backoff, .failed, .stopped:
+                case .queued, .backoff, .failed, .stopped:
                     workers[i].state = .stopped
                     workers[i].respawnAt = nil
                 default:
@@ -275,12 +318,26 @@ public struct ClusterStateMachine: Sendable {
                     if let pid = workers[i].pid { actions.append(.signal(pid: pid, signal: .terminate)) }
                 }
             }
+            queuedCount = 0
             if workers.allSatisfy({ !$0.state.isLive }) { actions.append(.allStopped) }
             return actions
         }
     }
 
+    /// Starts worker `i` now, or queues it when `startLimit` workers are starting already.
     mutating func spawn(_ i: Int, now: MonotonicInstant) -> [Action] {
+        starting < startLimit ? launch(i, now: now) : enqueue(i)
+    }
+
+    mutating func enqueue(_ i: Int) -> [Action] {
+        if workers[i].state != .queued { queuedCount += 1 }
+        workers[i].state = .queued
+        workers[i].pid = nil
+        workers[i].respawnAt = nil
+        return []
+    }
+
+    mutating func launch(_ i: Int, now: MonotonicInstant) -> [Action] {
         nextGeneration += 1
         workers[i].generation = nextGeneration
         workers[i].state = .spawning
@@ -289,7 +346,6 @@ public struct ClusterStateMachine: Sendable {
         workers[i].readyAt = nil
         workers[i].lastHeard = nil
         workers[i].progress = nil
-        workers[i].hangSuspectedAt = nil
         workers[i].abortedAt = nil
         workers[i].killedAt = nil
         workers[i].stopRequestedAt = nil
@@ -378,20 +434,7 @@ public struct ClusterStateMachine: Sendable {
                     actions.append(.log(.warning, "worker \(worker.ordinal) did not drain within \(DurationFormat.format(timings.stopGrace)); killing it"))
                     actions.append(.killGroup(pid: pid))
                 } else if worker.abortedAt == nil && worker.stopRequestedAt == nil {
-                    let silentSince = worker.lastHeard ?? worker.startedAt ?? now
-                    let limit = worker.lastHeard == nil ? timings.helloTimeout : timings.hangAfter
-                    if let suspected = worker.hangSuspectedAt {
-                        // The check never answered (the supervisor's own loop is stuck): decide without it.
-                        if now - suspected >= timings.hangAfter { actions += abortIfSilent(i, now: now) }
-                    } else if now - silentSince > limit {
-                        if worker.lastHeard == nil {
-                            // Never said hello: nothing of it can be waiting to be read.
-                            actions += abortIfSilent(i, now: now)
-                        } else {
-                            workers[i].hangSuspectedAt = now
-                            actions.append(.confirmHang(ordinal: worker.ordinal, generation: worker.generation))
-                        }
-                    }
+                    actions += abortIfSilent(i, now: now)
                 }
             } else if !stopping, worker.state == .backoff || worker.state == .failed, let at = worker.respawnAt, now >= at {
                 actions += spawn(i, now: now)
@@ -403,7 +446,6 @@ public struct ClusterStateMachine: Sendable {
     /// SIGABRT (then SIGKILL after the abort grace) for a worker still silent past its limit.
     mutating func abortIfSilent(_ i: Int, now: MonotonicInstant) -> [Action] {
         let worker = workers[i]
-        workers[i].hangSuspectedAt = nil
         guard let pid = worker.pid else { return [] }
         let silentSince = worker.lastHeard ?? worker.startedAt ?? now
         let limit = worker.lastHeard == nil ? timings.helloTimeout : timings.hangAfter
@@ -426,8 +468,6 @@ public struct ClusterStateMachine: Sendable {
             if worker.state.isLive, worker.pid != nil, worker.killedAt == nil {
                 if let aborted = worker.abortedAt {
                     consider(aborted + timings.abortGrace)
-                } else if let suspected = worker.hangSuspectedAt {
-                    consider(suspected + timings.hangAfter)
                 } else if let stop = worker.stopRequestedAt {
                     consider(stop + timings.stopGrace)
                 } else {

@@ -143,6 +143,13 @@ extension ClusterSupervisor {
         }
     }
 
+    /// A worker's event rate now: a worker reports only when its counters move, so a rate whose last report is
+    /// older than a few report intervals is the rate of a worker that stopped handling: zero.
+    func currentRate(_ rate: (handled: Int64, at: MonotonicInstant, perSecond: Double)?, now: MonotonicInstant) -> Double {
+        guard let rate, now - rate.at <= max(.seconds(1), setup.config.worker.reportInterval * 3) else { return 0 }
+        return rate.perSecond
+    }
+
     /// The cluster as `botcluster status --json` prints it.
     func status() async -> ClusterStatus {
         let (rtt, missing) = await pingWorkers(deadline: .milliseconds(500))
@@ -163,8 +170,11 @@ extension ClusterSupervisor {
                 entry.uptimeSeconds = worker.state.isLive ? worker.startedAt.map { rounded((now - $0).seconds) } : nil
                 entry.lastExit = worker.lastExit?.description
                 entry.gatewayLatencyMs = worker.progress.flatMap { $0.heartbeatLatencyMicros >= 0 ? rounded(Double($0.heartbeatLatencyMicros) / 1000) : nil }
-                entry.lastEventAgeMs = worker.progress.flatMap { $0.lastEventAgeMillis >= 0 ? $0.lastEventAgeMillis : nil }
-                entry.eventsPerSecond = worker.state.isLive ? rounded(rates[worker.generation]?.perSecond ?? 0) : nil
+                // Reports come when something changed: the age grows from when the last one came.
+                entry.lastEventAgeMs = worker.progress.flatMap { progress in
+                    progress.lastEventAgeMillis >= 0 ? progress.lastEventAgeMillis + (worker.progressAt.map { (now - $0).nanoseconds / 1_000_000 } ?? 0) : nil
+                }
+                entry.eventsPerSecond = worker.state.isLive ? rounded(currentRate(rates[worker.generation], now: now)) : nil
                 entry.reconnects = worker.progress.map { Int($0.reconnects) }
                 entry.handled = worker.progress?.handled
                 entry.ipcLatencyMs = role == .active ? rtt[worker.ordinal].map { rounded($0.milliseconds) } : nil

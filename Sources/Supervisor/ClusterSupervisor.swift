@@ -82,6 +82,8 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
     /// The supervisor's own calls to the platform (`/gateway/bot` when it plans a rescale): one connection and a
     /// small budget of its own, so that they never compete with the workers' replies.
     let platform: PlatformClients
+    /// Where workers store their beats (see `LivenessTable`); read when a silence deadline is due.
+    let liveness: LivenessTable
 
     /// A supervisor for `setup` resuming what `store` holds; throws if the platform clients cannot be set up.
     public init(setup: SupervisorSetup, store: ClusterStore, logger: Logger) throws {
@@ -89,10 +91,12 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         self.logger = logger
         self.store = store
         let sessions = store.sessions(total: setup.shards)
+        liveness = try LivenessTable.create()
         state = Mutex(State(core: SupervisorCore(
             active: ClusterStateMachine(
                 shards: setup.shards, timings: .init(setup.config.supervisor), restart: setup.config.restart,
-                seed: UInt64(truncatingIfNeeded: MonotonicInstant.now().nanoseconds), sessions: sessions
+                seed: UInt64(truncatingIfNeeded: MonotonicInstant.now().nanoseconds), sessions: sessions,
+                startLimit: Self.startLimit(setup)
             ),
             changeTimings: .init(setup.config)
         )))
@@ -121,6 +125,12 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         }
     }
 
+    /// How many workers start at once: `supervisor.maxStarting`, and at least twice `max_concurrency` so that
+    /// every identify window finds workers waiting for it.
+    static func startLimit(_ setup: SupervisorSetup) -> Int {
+        max(setup.config.supervisor.maxStarting, 2 * setup.gateway.maxConcurrency)
+    }
+
     /// Runs the cluster until it stops, draining every worker on shutdown; throws if the IPC socket cannot be bound.
     public func run() async throws {
         var serverConfiguration = IPCServer.Configuration(path: setup.config.supervisor.socket)
@@ -130,7 +140,9 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         serverConfiguration.maxHandshaking = max(256, 2 * ShardsConfig.maxCount)
         let server = IPCServer(configuration: serverConfiguration, delegate: self, logger: logger)
         try await server.start()
-        let spawner = ProcessSpawner(executable: ProcessSpawner.currentExecutable(), logger: logger) { pid, status in
+        let spawner = ProcessSpawner(
+            executable: ProcessSpawner.currentExecutable(), inherited: [(liveness.descriptor, LivenessTable.inheritedDescriptor)], logger: logger
+        ) { pid, status in
             self.dispatch(.exited(pid: pid, status: status))
         }
         state.withLock { $0.spawner = spawner }
@@ -183,10 +195,12 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         handle(.cluster(event))
     }
 
-    /// Feeds the core one event and carries out what it decides.
-    func handle(_ event: SupervisorCore.Event) {
+    /// Feeds the core one event and carries out what it decides; `also` runs in the same critical section.
+    func handle(_ event: SupervisorCore.Event, also: (inout State, MonotonicInstant) -> Void = { _, _ in }) {
         let (actions, armed, next) = state.withLock { state -> ([SupervisorCore.Action], MonotonicInstant?, MonotonicInstant?) in
-            let actions = state.core.handle(event, now: .now())
+            let now = MonotonicInstant.now()
+            also(&state, now)
+            let actions = state.core.handle(event, now: now)
             return (actions, state.timerDeadline, state.core.nextDeadline)
         }
         // Every heartbeat moves a silence deadline later; only one earlier than the timer's wakes it.
@@ -234,15 +248,6 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             kill(pid, signal == .abort ? SIGABRT : SIGTERM)
         case .killGroup(let pid):
             kill(-pid, SIGKILL)
-        case .confirmHang(let ordinal, let generation):
-            // A task on the worker connection's event loop runs after that loop has read what was waiting on the
-            // socket: if the worker's heartbeats were only unread, they count before the verdict.
-            let confirm: @Sendable () -> Void = { self.dispatch(.hangConfirmation(ordinal: ordinal, generation: generation)) }
-            if let connection = workerConnections(of: layout)[ordinal], connection.hello?.generation == generation {
-                connection.channel.eventLoop.execute(confirm)
-            } else {
-                confirm()
-            }
         case .persistSession(let shard, let id, let seq):
             store.save(shard: shard, id: id, seq: seq)
         case .forgetSession(let shard):
@@ -269,7 +274,11 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
     var shardCount: Int { state.withLock { $0.core.layouts.active.machine.workers.count } }
 
     func spawn(_ request: (ordinal: Int, generation: UInt64, shard: ShardID), spawner: ProcessSpawner, group: inout DiscardingTaskGroup) async {
+        // The slot's last process has been reaped: nothing else writes it now.
+        let slot = LivenessTable.slot(layout: ClusterLayouts.layoutID(ofGeneration: request.generation), ordinal: request.ordinal)
+        liveness.clear(slot: slot)
         let environment = [
+            WorkerEnvironment.livenessSlot: String(slot),
             WorkerEnvironment.socket: setup.config.supervisor.socket,
             WorkerEnvironment.ordinal: String(request.ordinal),
             WorkerEnvironment.generation: String(request.generation),
@@ -293,7 +302,20 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             }
             await timer.wait(until: deadline)
             if Task.isCancelled { return }
-            if let deadline, MonotonicInstant.now() >= deadline { dispatch(.tick) }
+            if let deadline, MonotonicInstant.now() >= deadline { handle(.cluster(.tick), also: readBeats) }
+        }
+    }
+
+    /// Feeds the core every worker's latest beat from the liveness table (before a tick judges silences): the time
+    /// each last ran, exactly, however late this supervisor got to look.
+    func readBeats(_ state: inout State, now: MonotonicInstant) {
+        for layout in state.core.layouts.layouts {
+            for worker in layout.machine.workers where worker.state.isLive {
+                guard let heard = worker.lastHeard,
+                    let beat = liveness.lastBeat(slot: LivenessTable.slot(layout: layout.id, ordinal: worker.ordinal)), beat > heard
+                else { continue }
+                _ = state.core.handle(.cluster(.beat(ordinal: worker.ordinal, generation: worker.generation, at: beat)), now: now)
+            }
         }
     }
 
@@ -378,8 +400,9 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         let generation = hello.generation
         switch message {
         case .heartbeat(let progress):
-            recordRate(generation, progress)
-            dispatch(.progress(ordinal: ordinal, generation: generation, progress))
+            handle(.cluster(.progress(ordinal: ordinal, generation: generation, progress))) { state, now in
+                Self.recordRate(&state, generation, progress, now: now)
+            }
         case .ping(let id):
             connection.send(.pong(id: id))
         case .pong(let id):
@@ -473,21 +496,19 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         let layout = ClusterLayouts.layoutID(ofGeneration: hello.generation)
         state.withLock { state in
             if state.connections[layout]?[Int(hello.ordinal)] == connection { state.connections[layout]?[Int(hello.ordinal)] = nil }
+            state.rates[hello.generation] = nil
         }
         // A retiring worker that is gone owes no `dispatchFinished`.
         handle(.disconnected(generation: hello.generation))
     }
 
-    func recordRate(_ ordinal: UInt64, _ progress: WorkerProgress) {
-        let now = MonotonicInstant.now()
-        state.withLock { state in
-            if let previous = state.rates[ordinal], now > previous.at {
-                let perSecond = Double(max(0, progress.handled.saturatingSubtract(previous.handled))) / (now - previous.at).seconds
-                // Smooth over a few heartbeats.
-                state.rates[ordinal] = (progress.handled, now, previous.perSecond * 0.5 + perSecond * 0.5)
-            } else {
-                state.rates[ordinal] = (progress.handled, now, 0)
-            }
+    static func recordRate(_ state: inout State, _ generation: UInt64, _ progress: WorkerProgress, now: MonotonicInstant) {
+        if let previous = state.rates[generation], now > previous.at {
+            let perSecond = Double(max(0, progress.handled.saturatingSubtract(previous.handled))) / (now - previous.at).seconds
+            // Smooth over a few reports.
+            state.rates[generation] = (progress.handled, now, previous.perSecond * 0.5 + perSecond * 0.5)
+        } else {
+            state.rates[generation] = (progress.handled, now, 0)
         }
     }
 }

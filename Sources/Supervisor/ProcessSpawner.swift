@@ -37,9 +37,12 @@ final class ProcessSpawner: @unchecked Sendable {
     let newChildren = Mutex<[Int32]>([])
     let reaperWake: (read: Int32, write: Int32)
     let logger: Logger
+    /// Descriptors every child gets: this process's `parent` as the child's `child`.
+    let inherited: [(parent: Int32, child: Int32)]
 
-    init(executable: String, logger: Logger, onExit: @escaping @Sendable (Int32, ExitStatus) -> Void) {
+    init(executable: String, inherited: [(parent: Int32, child: Int32)] = [], logger: Logger, onExit: @escaping @Sendable (Int32, ExitStatus) -> Void) {
         self.executable = executable
+        self.inherited = inherited
         self.onExit = onExit
         self.logger = logger
         var fds: [Int32] = [-1, -1]
@@ -105,6 +108,7 @@ final class ProcessSpawner: @unchecked Sendable {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_adddup2(&actions, fds[1], 1)
         posix_spawn_file_actions_adddup2(&actions, fds[1], 2)
+        for descriptor in inherited { posix_spawn_file_actions_adddup2(&actions, descriptor.parent, descriptor.child) }
 
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)

@@ -103,13 +103,25 @@ public struct SupervisorCore: Sendable {
         self.changeTimings = changeTimings
     }
 
-    /// When the next `.cluster(.tick)` has something to do.
-    public var nextDeadline: MonotonicInstant? {
+    /// When the next `.cluster(.tick)` has something to do: kept as events come, not searched for on every read.
+    /// A worker's report (progress, a beat, a session) that leads to nothing can only move its own deadline later,
+    /// so it leaves the value as it was: at worst a little early, and the tick it brings finds nothing due and
+    /// searches again. The search looks at every worker; skipping it keeps a report's cost flat as shards grow.
+    public private(set) var nextDeadline: MonotonicInstant?
+
+    /// The earliest deadline, searched for among every worker (what `nextDeadline` keeps).
+    public var searchedNextDeadline: MonotonicInstant? {
         [layouts.nextDeadline, change?.deadline].compactMap { $0 }.min()
     }
 
     /// Applies one event at `now`; returns the actions to carry out (a change may pass several phases at once).
     public mutating func handle(_ event: Event, now: MonotonicInstant) -> [Action] {
+        let actions = apply(event, now: now)
+        if !(actions.isEmpty && event.isReport) { nextDeadline = searchedNextDeadline }
+        return actions
+    }
+
+    mutating func apply(_ event: Event, now: MonotonicInstant) -> [Action] {
         var actions: [Action]
         switch event {
         case .cluster(let event):
@@ -249,5 +261,15 @@ public struct SupervisorCore: Sendable {
     mutating func finish(ok: Bool, _ text: String) -> [Action] {
         change = nil
         return [.changeFinished(ok: ok, text)]
+    }
+}
+
+extension SupervisorCore.Event {
+    /// A worker's report, which moves nothing but its own silence deadline (later).
+    public var isReport: Bool {
+        switch self {
+        case .cluster(.progress), .cluster(.beat), .cluster(.sessionCommitted): return true
+        default: return false
+        }
     }
 }

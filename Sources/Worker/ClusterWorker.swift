@@ -9,8 +9,8 @@ import UserCache
 import Glibc
 #endif
 
-/// One shard under the supervisor, as a `Service`: identify slots and the session hand-off over IPC, heartbeats
-/// with progress, the supervisor's messages routed to the runtime's parts (claims, budget pauses, cache
+/// One shard under the supervisor, as a `Service`: identify slots and the session hand-off over IPC, beats in the
+/// liveness table, progress reports when something changed, the supervisor's messages routed to the runtime's parts (claims, budget pauses, cache
 /// invalidations, the rescale switch), a drain on graceful shutdown (SIGTERM), and an exit at once
 /// when the supervisor's socket closes (no orphan answers twice).
 public final class ClusterWorker: Service {
@@ -24,6 +24,8 @@ public final class ClusterWorker: Service {
     let assignment: Assignment
     let handler: any EventHandler
     let logger: Logger
+    /// Where this worker stores its beats, and its slot there (nil: no supervisor watches for hangs).
+    let liveness: (table: LivenessTable, slot: Int)?
     /// The exit status the process ends with (see `WorkerExitStatus`), once `run` has returned.
     public let exitStatus = AsyncSignal<Int32>()
 
@@ -46,9 +48,11 @@ public final class ClusterWorker: Service {
         throw JoinError(description: "no welcome from the supervisor")
     }
 
-    /// Creates the worker for the assignment `join` returned; its log lines name the shard.
-    public init(config: ClusterConfig, client: IPCClient, assignment: Assignment, handler: any EventHandler, logger: Logger) {
+    /// Creates the worker for the assignment `join` returned; its log lines name the shard. It beats in `liveness`
+    /// every `supervisor.heartbeat.interval` while it runs.
+    public init(config: ClusterConfig, client: IPCClient, assignment: Assignment, handler: any EventHandler, liveness: (table: LivenessTable, slot: Int)?, logger: Logger) {
         self.config = config
+        self.liveness = liveness
         self.client = client
         self.assignment = assignment
         self.handler = handler
@@ -59,6 +63,9 @@ public final class ClusterWorker: Service {
 
     /// Runs the shard until stopped or failed for good, drains, tells the supervisor where it stopped, sets `exitStatus`.
     public func run() async throws {
+        // From the first moment: setting up the clients and the cache can take a while on a loaded machine.
+        let beating = Task { await self.beat() }
+        defer { beating.cancel() }
         let shard = ShardID(Int(assignment.shard), of: Int(assignment.total))
         let link = SupervisorLink(client: client)
         let budget = ClusterRateBudget(client: client, leaseSize: config.rateBudget.leaseSize)
@@ -86,6 +93,7 @@ public final class ClusterWorker: Service {
             config: config, clients: clients, gatewayURL: assignment.gatewayURL, shard: shard, handler: handler, resume: resume,
             permit: link, claims: claims, users: users, observer: link, logger: logger, holdDispatch: assignment.holdDispatch
         )
+        link.watch(runtime.sessionMoved)
         let parts = Parts(link: link, budget: budget, users: users, claims: claims, runtime: runtime)
         let outcome = await runShard(runtime, drainTimeout: config.worker.drainTimeout, onStop: { link.gatewayState = .draining }, onDeadline: { sessionID, seq in
             self.logger.warning("handlers still running at the drain deadline were abandoned; exiting", metadata: ["session.seq": "\(seq)"])
@@ -114,24 +122,38 @@ public final class ClusterWorker: Service {
         let runtime: ShardRuntime
     }
 
-    /// Heartbeats with progress; session reports as the committed seq moves.
-    func report(_ parts: Parts) async {
-        var nextHeartbeat = MonotonicInstant.now()
+    /// Proves the worker runs: a beat in the liveness table every heartbeat interval, from the cooperative pool the
+    /// shard's work runs on (a pool that is stuck stops the beats, and the supervisor sees a hang).
+    func beat() async {
+        guard let liveness else { return }
         while !Task.isCancelled {
-            let now = MonotonicInstant.now()
-            if now >= nextHeartbeat {
-                parts.link.sendHeartbeat(parts.runtime.stats)
-                nextHeartbeat = now + config.supervisor.heartbeatInterval
+            liveness.table.beat(slot: liveness.slot)
+            try? await Task.sleep(for: config.supervisor.heartbeatInterval)
+        }
+    }
+
+    /// Progress reports when something changed (at most one per `worker.reportInterval` under load), and session
+    /// reports as the committed seq moves. Idle, the loop sleeps until a dispatch is done with, the gateway state
+    /// changes, or `progressRefresh` has passed (for the heartbeat latency `status` shows).
+    func report(_ parts: Parts) async {
+        var last: WorkerProgress?
+        while !Task.isCancelled {
+            let progress = parts.link.progress(parts.runtime.stats)
+            if !progress.sameFigures(as: last) {
+                client.send(.heartbeat(progress))
+                last = progress
             }
             if parts.runtime.reportSession() {
-                // Under load: at most one session report per reportInterval.
-                try? await Task.sleep(for: max(.zero, min(config.worker.reportInterval, nextHeartbeat - .now())))
+                // Under load: at most one report per reportInterval.
+                try? await Task.sleep(for: config.worker.reportInterval)
             } else {
-                // Idle: asleep until the next heartbeat, unless a dispatch is done with first.
-                await parts.runtime.sessionMoved.wait(until: nextHeartbeat)
+                await parts.runtime.sessionMoved.wait(until: .now() + Self.progressRefresh)
             }
         }
     }
+
+    /// How stale an idle worker's reported figures (the gateway heartbeat latency) may get.
+    static let progressRefresh: Duration = .seconds(15)
 
     /// Routes what the supervisor sends, until its socket closes.
     func follow(_ parts: Parts) async {

@@ -8,17 +8,29 @@ import Synchronization
 /// gateway state and progress.
 public final class SupervisorLink: RuntimeObserver, IdentifyPermit {
     let client: IPCClient
-    let state = Mutex<WorkerProgress.State>(.connecting)
+    let state = Mutex<(gateway: WorkerProgress.State, watcher: Wakeup?)>((.connecting, nil))
 
     /// Creates the link over the worker's connection to the supervisor.
     public init(client: IPCClient) {
         self.client = client
     }
 
-    /// The gateway state to report with the next heartbeat.
+    /// The gateway state to report; a change wakes the report loop (see `watch(_:)`).
     public var gatewayState: WorkerProgress.State {
-        get { state.withLock { $0 } }
-        set { state.withLock { $0 = newValue } }
+        get { state.withLock { $0.gateway } }
+        set {
+            let watcher = state.withLock { state -> Wakeup? in
+                guard state.gateway != newValue else { return nil }
+                state.gateway = newValue
+                return state.watcher
+            }
+            watcher?.poke()
+        }
+    }
+
+    /// Pokes `wakeup` whenever the gateway state changes (the report loop sleeps on it).
+    public func watch(_ wakeup: Wakeup) {
+        state.withLock { $0.watcher = wakeup }
     }
 
     // MARK: IdentifyPermit
@@ -62,13 +74,13 @@ public final class SupervisorLink: RuntimeObserver, IdentifyPermit {
         client.send(.sessionInvalidated)
     }
 
-    /// Reports the gateway ready, or resumed, to the supervisor; heartbeats say ready from now on.
+    /// Reports the gateway ready, or resumed, to the supervisor; progress reports say ready from now on.
     public func ready(sessionID: String, resumed: Bool) {
         gatewayState = .ready
         client.send(.gatewayState(resumed ? .resumed(sessionID: sessionID) : .ready(sessionID: sessionID)))
     }
 
-    /// Reports the disconnect; heartbeats say connecting again, unless the worker is draining.
+    /// Reports the disconnect; progress reports say connecting again, unless the worker is draining.
     public func disconnected(code: UInt16?) {
         if gatewayState != .draining { gatewayState = .connecting }
         client.send(.gatewayState(.disconnected(code: Int32(code ?? 0))))
@@ -83,10 +95,10 @@ public final class SupervisorLink: RuntimeObserver, IdentifyPermit {
         }
     }
 
-    /// The heartbeat: the gateway state and the runtime's counters.
-    public func sendHeartbeat(_ stats: RuntimeStats) {
+    /// The progress to report: the gateway state and the runtime's counters.
+    public func progress(_ stats: RuntimeStats) -> WorkerProgress {
         let now = MonotonicInstant.now()
-        client.send(.heartbeat(WorkerProgress(
+        return WorkerProgress(
             state: gatewayState,
             heartbeatLatencyMicros: stats.heartbeatLatency.map { $0.nanoseconds / 1000 } ?? -1,
             lastEventAgeMillis: stats.lastEventAt.map { (now - $0).nanoseconds / 1_000_000 } ?? -1,
@@ -95,6 +107,6 @@ public final class SupervisorLink: RuntimeObserver, IdentifyPermit {
             handled: Int64(stats.handled),
             dispatchP50Micros: stats.dispatchLatency.percentile(0.5).map { $0.nanoseconds / 1000 } ?? -1,
             dispatchP99Micros: stats.dispatchLatency.percentile(0.99).map { $0.nanoseconds / 1000 } ?? -1
-        )))
+        )
     }
 }

@@ -100,6 +100,7 @@ extension RealProcesses {
                 listener.arguments = ["python3", "-c", """
                     import socket, sys
                     s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1); print('listening', flush=True)
+                    s.settimeout(60)
                     c, _ = s.accept(); c.settimeout(5)
                     try:
                         data = c.recv(100)

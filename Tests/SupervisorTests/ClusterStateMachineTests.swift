@@ -11,14 +11,14 @@ struct Cluster {
     var now = MonotonicInstant(nanoseconds: 1_000_000_000)
     var nextPID: Int32 = 1000
 
-    init(shards: Int = 2, sessions: [Int: (id: String, seq: Int)] = [:]) {
+    init(shards: Int = 2, sessions: [Int: (id: String, seq: Int)] = [:], startLimit: Int = .max) {
         var supervisor = ClusterConfig.defaults.supervisor
         supervisor.heartbeatInterval = .milliseconds(100)
         supervisor.heartbeatMisses = 4
         supervisor.helloTimeout = .seconds(2)
         supervisor.abortGrace = .milliseconds(300)
         supervisor.stopGrace = .seconds(3)
-        machine = ClusterStateMachine(shards: shards, timings: .init(supervisor), restart: restartConfig, seed: 7, sessions: sessions)
+        machine = ClusterStateMachine(shards: shards, timings: .init(supervisor), restart: restartConfig, seed: 7, sessions: sessions, startLimit: startLimit)
     }
 
     mutating func feed(_ event: ClusterStateMachine.Event) -> [ClusterStateMachine.Action] {
@@ -133,19 +133,18 @@ struct ClusterStateMachineTests {
         var c = Cluster(shards: 2)
         _ = c.bringUp()
         let pid1 = c.pid(1)
-        // Worker 0 keeps sending heartbeats, worker 1 goes silent (SIGSTOP).
+        // Worker 0 keeps beating, worker 1 goes silent (SIGSTOP).
         for _ in 0..<4 {
             c.advance(.milliseconds(100))
-            _ = c.feed(.progress(ordinal: 0, generation: c.gen(0), WorkerProgress(state: .ready)))
+            _ = c.feed(.beat(ordinal: 0, generation: c.gen(0), at: c.now))
             #expect(c.feed(.tick).isEmpty)
         }
         c.advance(.milliseconds(10))
-        _ = c.feed(.progress(ordinal: 0, generation: c.gen(0), WorkerProgress(state: .ready)))
-        // Past the limit, the supervisor first reads whatever the worker sent that is still waiting on its side.
-        #expect(c.feed(.tick) == [.confirmHang(ordinal: 1, generation: c.gen(1))])
-        #expect(c.feed(.tick).isEmpty, "one check at a time")
-        let hung = c.feed(.hangConfirmation(ordinal: 1, generation: c.gen(1)))
+        _ = c.feed(.beat(ordinal: 0, generation: c.gen(0), at: c.now))
+        // Past the limit: SIGABRT at once (a beat is read from memory, so nothing of it can still be unread).
+        let hung = c.feed(.tick)
         #expect(hung.contains(.signal(pid: pid1, signal: .abort)))
+        #expect(!hung.contains(.signal(pid: c.pid(0), signal: .abort)))
         #expect(c.machine.nextDeadline == c.now + .milliseconds(300))
         c.advance(.milliseconds(300))
         #expect(c.feed(.tick).contains(.killGroup(pid: pid1)))
@@ -155,27 +154,35 @@ struct ClusterStateMachineTests {
         #expect(!exit.contains(.killGroup(pid: pid1)), "the group was killed already")
     }
 
-    /// The supervisor's loops fell behind (a flood of connections): the heartbeats were sent, only not read yet.
-    /// Read before the verdict, they clear the worker.
-    @Test func heartbeatsReadLateDuringTheCheckClearAWorker() {
+    /// A supervisor that looks late (its loop fell behind) judges by when the worker last ran, not by when it looked.
+    @Test func aBeatReadLateCountsAtTheTimeItWasStored() {
         var c = Cluster(shards: 1)
         _ = c.bringUp()
-        c.advance(.milliseconds(410))
-        #expect(c.feed(.tick) == [.confirmHang(ordinal: 0, generation: c.gen(0))])
-        _ = c.feed(.progress(ordinal: 0, generation: c.gen(0), WorkerProgress(state: .ready)))
-        #expect(c.feed(.hangConfirmation(ordinal: 0, generation: c.gen(0))).isEmpty)
-        #expect(c.machine.workers[0].state == .ready)
+        let start = c.now
+        c.advance(.milliseconds(600))
+        #expect(c.feed(.beat(ordinal: 0, generation: c.gen(0), at: start + .milliseconds(350))).isEmpty)
+        #expect(c.feed(.tick).isEmpty)
+        #expect(c.machine.nextDeadline == start + .milliseconds(751))
+        // A beat from the future (a clock read after the supervisor's) counts as now, no later.
+        #expect(c.feed(.beat(ordinal: 0, generation: c.gen(0), at: c.now + .seconds(60))).isEmpty)
+        #expect(c.machine.nextDeadline == c.now + .milliseconds(401))
     }
 
-    /// The check itself never comes back (the loop is stuck for good): the worker is judged without it.
-    @Test func aCheckThatNeverAnswersStillEndsInAVerdict() {
+    /// Before its hello a worker has the hello timeout; a beat then (or the last process's, left in the slot) does
+    /// not shorten it, and a beat never moves a worker's silence back in time.
+    @Test func beatsCountOnlyAfterTheHelloAndOnlyForward() {
         var c = Cluster(shards: 1)
-        _ = c.bringUp()
-        c.advance(.milliseconds(410))
-        #expect(c.feed(.tick) == [.confirmHang(ordinal: 0, generation: c.gen(0))])
-        #expect(c.machine.nextDeadline == c.now + .milliseconds(400))
-        c.advance(.milliseconds(400))
-        #expect(c.feed(.tick).contains(.signal(pid: c.pid(0), signal: .abort)))
+        _ = c.spawned(c.feed(.start))
+        _ = c.feed(.beat(ordinal: 0, generation: c.gen(0), at: c.now))
+        #expect(c.machine.worker(ordinal: 0)!.lastHeard == nil)
+        _ = c.feed(.hello(ordinal: 0, generation: c.gen(0)))
+        let hello = c.now
+        _ = c.feed(.beat(ordinal: 0, generation: c.gen(0), at: hello - .seconds(5)))
+        #expect(c.machine.worker(ordinal: 0)!.lastHeard == hello)
+        // A beat of an older generation is dropped.
+        c.advance(.milliseconds(300))
+        _ = c.feed(.beat(ordinal: 0, generation: c.gen(0) - 1, at: c.now))
+        #expect(c.machine.worker(ordinal: 0)!.lastHeard == hello)
     }
 
     @Test func aWorkerThatNeverSaysHelloIsAborted() {
@@ -234,5 +241,61 @@ struct ClusterStateMachineTests {
         #expect(c.feed(.tick).contains(.killGroup(pid: p1)))
         #expect(c.feed(.exited(pid: p1, status: .signaled(9))) == [.allStopped])
         #expect(c.machine.workers.allSatisfy { $0.state == .stopped })
+    }
+
+    /// Spawned ordinals among `actions`.
+    static func spawnedOrdinals(_ actions: [ClusterStateMachine.Action]) -> [Int] {
+        actions.compactMap { if case .spawn(let ordinal, _, _) = $0 { ordinal } else { nil } }
+    }
+
+    /// A launch starts `startLimit` workers; each one ready (or gone) lets the next start, by ordinal.
+    @Test func aLaunchStartsWorkersInTurn() {
+        var c = Cluster(shards: 5, startLimit: 2)
+        let start = c.feed(.start)
+        #expect(Self.spawnedOrdinals(start) == [0, 1])
+        #expect((2..<5).allSatisfy { c.state($0) == .queued })
+        _ = c.spawned(start)
+        _ = c.feed(.hello(ordinal: 0, generation: c.gen(0)))
+        #expect(Self.spawnedOrdinals(c.feed(.identifying(ordinal: 0, generation: c.gen(0)))).isEmpty, "identifying still takes its slot")
+        let next = c.feed(.gatewayReady(ordinal: 0, generation: c.gen(0)))
+        #expect(Self.spawnedOrdinals(next) == [2])
+        _ = c.spawned(next)
+        // A worker that could not start frees its slot, and its replacement waits its turn like everyone else
+        // (by ordinal: here it is first again).
+        let crash = c.feed(.exited(pid: c.pid(1), status: .exited(1)))
+        #expect(Self.spawnedOrdinals(crash) == [1])
+        _ = c.spawned(crash)
+        // Ready once, a worker's later reconnects take no slot: with 0 and 1 ready, 3 and 4 start.
+        _ = c.feed(.progress(ordinal: 0, generation: c.gen(0), WorkerProgress(state: .connecting)))
+        let more = c.feed(.gatewayReady(ordinal: 1, generation: c.gen(1))) + c.feed(.gatewayReady(ordinal: 2, generation: c.gen(2)))
+        #expect(Self.spawnedOrdinals(more) == [3, 4])
+        _ = c.spawned(more)
+        for o in [3, 4] { _ = c.feed(.gatewayReady(ordinal: o, generation: c.gen(o))) }
+        #expect(c.machine.allReady)
+        #expect(c.machine.workers.allSatisfy { $0.state == .ready })
+    }
+
+    /// A crashed worker with a session to resume goes before shards that have not started yet.
+    @Test func aResumeGoesBeforeTheQueuedIdentifies() {
+        var c = Cluster(shards: 4, startLimit: 1)
+        _ = c.spawned(c.feed(.start))
+        _ = c.feed(.sessionCommitted(ordinal: 0, generation: c.gen(0), id: "s0", seq: 3))
+        _ = c.spawned(c.feed(.gatewayReady(ordinal: 0, generation: c.gen(0))))
+        #expect(c.state(1) == .spawning)
+        // Worker 0 crashes while 1 starts: it waits, then goes first.
+        #expect(Self.spawnedOrdinals(c.feed(.exited(pid: c.pid(0), status: .signaled(9)))).isEmpty)
+        #expect(Self.spawnedOrdinals(c.feed(.gatewayReady(ordinal: 1, generation: c.gen(1)))) == [0])
+    }
+
+    /// Queued workers have no process: a stop ends them at once, and a restart request leaves them in turn.
+    @Test func queuedWorkersStopAtOnceAndWaitOnRestart() {
+        var c = Cluster(shards: 3, startLimit: 1)
+        _ = c.spawned(c.feed(.start))
+        #expect(c.feed(.restart(ordinal: 2)).isEmpty)
+        #expect(c.state(2) == .queued)
+        let stop = c.feed(.stop)
+        #expect(stop == [.signal(pid: c.pid(0), signal: .terminate)])
+        #expect(c.state(1) == .stopped && c.state(2) == .stopped)
+        #expect(c.feed(.exited(pid: c.pid(0), status: .exited(0))).contains(.allStopped))
     }
 }

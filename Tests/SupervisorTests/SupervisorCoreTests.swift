@@ -224,4 +224,37 @@ struct SupervisorCoreTests {
         #expect(terminated(stopped, in: 0) == 2 && terminated(stopped, in: 1) == 3)
         #expect(s.feed(.beginRoll(maxUnavailable: 1)).isEmpty && s.core.change == nil)
     }
+
+    /// The kept deadline is the searched one after every event that did something, and never later than it after a
+    /// report that did nothing (a late wake-up would miss a hang).
+    @Test func theKeptDeadlineIsNeverLaterThanTheSearchedOne() {
+        var s = Supervised(shards: 6)
+        var rng = SplitMix64(seed: 11)
+        s.feed(.cluster(.start))
+        for _ in 0..<3000 {
+            s.advance(.milliseconds(Int64(rng.next() % 120)))
+            let workers = s.workers(s.core.layouts.active.id)
+            let worker = workers[Int(rng.next() % UInt64(workers.count))]
+            let event: SupervisorCore.Event
+            switch rng.next() % 9 {
+            case 0: event = .cluster(.hello(ordinal: worker.ordinal, generation: worker.generation))
+            case 1: event = .cluster(.gatewayReady(ordinal: worker.ordinal, generation: worker.generation))
+            case 2: event = .cluster(.beat(ordinal: worker.ordinal, generation: worker.generation, at: s.now))
+            case 3: event = .cluster(.progress(ordinal: worker.ordinal, generation: worker.generation, WorkerProgress(state: .ready)))
+            case 4: event = .cluster(.sessionCommitted(ordinal: worker.ordinal, generation: worker.generation, id: "s", seq: 1))
+            case 5: event = .cluster(.exited(pid: worker.pid ?? -1, status: .signaled(9)))
+            case 6: event = .cluster(.restart(ordinal: worker.ordinal))
+            case 7: event = .beginRoll(maxUnavailable: 2)
+            default: event = .cluster(.tick)
+            }
+            let actions = s.feed(event)
+            let kept = s.core.nextDeadline
+            let searched = s.core.searchedNextDeadline
+            if !(actions.isEmpty && event.isReport) {
+                #expect(kept == searched)
+            } else if let searched {
+                #expect(kept.map { $0 <= searched } ?? false, "kept \(String(describing: kept)), searched \(searched)")
+            }
+        }
+    }
 }

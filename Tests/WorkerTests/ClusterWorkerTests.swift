@@ -65,6 +65,7 @@ final class StandInSupervisor: IPCServerDelegate {
 /// Returns the worker's exit status.
 func withClusterWorker(
     holdDispatch: Bool = false, decision: ClaimDecision = .handle,
+    liveness: LivenessTable? = nil,
     _ body: @Sendable (ShardHarness, StandInSupervisor, _ stop: @Sendable () async -> Void) async throws -> Void
 ) async throws -> Int32 {
     let dir = NSTemporaryDirectory() + "worker-" + UUID().uuidString.prefix(8)
@@ -91,7 +92,7 @@ func withClusterWorker(
     do {
         let (client, welcome) = try await ClusterWorker.join(socket: dir + "/s.sock", ordinal: 0, generation: 1, supervisorPID: getpid())
         #expect(welcome == assignment)
-        let worker = ClusterWorker(config: config, client: client, assignment: welcome, handler: ExampleBot(), logger: logger)
+        let worker = ClusterWorker(config: config, client: client, assignment: welcome, handler: ExampleBot(), liveness: liveness.map { ($0, 5) }, logger: logger)
         let group = ServiceGroup(configuration: .init(
             services: [.init(service: worker, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup)],
             logger: logger
@@ -118,8 +119,13 @@ func withClusterWorker(
 @Suite("the worker under a supervisor, in process", .timeLimit(.minutes(2)))
 struct ClusterWorkerTests {
     @Test func answersWhatTheSupervisorClaimsAndDrainsOnGracefulShutdown() async throws {
-        let status = try await withClusterWorker { h, supervisor, stop in
+        let liveness = try LivenessTable.create()
+        let status = try await withClusterWorker(liveness: liveness) { h, supervisor, stop in
             try await supervisor.waitFor("READY") { if case .gatewayState(.ready) = $0 { true } else { false } }
+            // It beats in its slot, and nowhere else.
+            let beat = try #require(liveness.lastBeat(slot: 5))
+            #expect(MonotonicInstant.now() - beat < .seconds(60))
+            #expect(liveness.lastBeat(slot: 4) == nil && liveness.lastBeat(slot: 6) == nil)
             h.emulator.burst(count: 20)
             try await h.waitFor("20 replies") { $0.messagesReplied == 20 }
             #expect(h.stats().messagesRepliedMoreThanOnce == 0)

@@ -63,12 +63,14 @@ struct ShardRuntimeTests {
             try await h.waitForReady(runtime)
             let identifies = h.stats().identifies, reconnects = runtime.stats.reconnects
             h.emulator.inject(EmulatorFault(kind: .stopAcks))
-            try await h.waitFor("a resume after the zombie") { $0.resumes == 1 }
+            try await h.waitFor("a resume after the zombie") { $0.resumes >= 1 }
             h.emulator.burst(count: 10)
             try await h.waitFor("10 replies") { $0.messagesReplied == 10 }
-            // The zombie cost one reconnect and no identify.
+            // The zombie cost a reconnect and no identify (on a starved machine an ACK of the resumed session can
+            // come late too, and cost one more resume: still no identify).
             #expect(h.stats().identifies == identifies)
-            #expect(runtime.stats.reconnects == reconnects + 1)
+            #expect(runtime.stats.reconnects > reconnects)
+            #expect(h.stats().resumes == runtime.stats.reconnects - reconnects)
         }
     }
 

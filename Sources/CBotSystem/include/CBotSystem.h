@@ -1,5 +1,6 @@
 #ifndef CBOTSYSTEM_H
 #define CBOTSYSTEM_H
+#include <stdint.h>
 #include <sys/types.h>
 
 /// Asks the kernel to send `signal` to this process when its parent thread exits (Linux PR_SET_PDEATHSIG).
@@ -26,5 +27,13 @@ int cbot_pipe_cloexec(int fds[2]);
 /// A file descriptor that becomes readable when process `pid` (a child of this process) exits (Linux 5.3+
 /// pidfd_open). -1 with errno set otherwise.
 int cbot_pidfd_open(pid_t pid);
+
+/// memfd_create(name, MFD_CLOEXEC): an anonymous shared-memory file (Linux 3.17+). -1 with errno set otherwise.
+int cbot_memfd_cloexec(const char *name);
+
+/// An atomic 64-bit store with release order, and a load with acquire order: one word shared between processes
+/// through a mapping, never torn.
+void cbot_store_u64(uint64_t *address, uint64_t value);
+uint64_t cbot_load_u64(const uint64_t *address);
 
 #endif

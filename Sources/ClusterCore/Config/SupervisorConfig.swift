@@ -4,9 +4,9 @@ public struct SupervisorConfig: Sendable {
     public var runDirectory: String
     /// The IPC socket path; defaults to `<runDirectory>/botcluster.sock`.
     public var socket: String
-    /// How often workers send an IPC heartbeat.
+    /// How often a worker stores a beat in the liveness table the supervisor reads.
     public var heartbeatInterval: Duration
-    /// Heartbeats missed in a row before a worker counts as hung.
+    /// Beats missed in a row before a worker counts as hung.
     public var heartbeatMisses: Int
     /// How long a spawned worker has to say hello.
     public var helloTimeout: Duration
@@ -18,6 +18,9 @@ public struct SupervisorConfig: Sendable {
     public var stopGrace: Duration
     /// A control connection (status, scale, ...) with no request in flight is closed after this long.
     public var controlIdleTimeout: Duration
+    /// How many workers may be starting at once (spawned, not yet ready); the rest wait their turn. The supervisor
+    /// raises it to twice `max_concurrency`, so that the identify ledger always has workers waiting.
+    public var maxStarting: Int = 32
 }
 
 extension SupervisorConfig {
@@ -38,7 +41,8 @@ extension SupervisorConfig {
             readyTimeout: reader.duration("readyTimeout", default: .seconds(60), min: .milliseconds(100)),
             abortGrace: reader.duration("abortGrace", default: .milliseconds(500)),
             stopGrace: reader.duration("stopGrace", default: .seconds(10)),
-            controlIdleTimeout: reader.duration("controlIdleTimeout", default: .seconds(60), min: .milliseconds(100))
+            controlIdleTimeout: reader.duration("controlIdleTimeout", default: .seconds(60), min: .milliseconds(100)),
+            maxStarting: reader.int("maxStarting", default: 32, range: 1...ShardsConfig.maxCount)
         )
         if runDirectory.isEmpty { reader.report("runDirectory", "must not be empty") }
         if socket.utf8.count > maxSocketPathLength {
