@@ -274,6 +274,8 @@ pss_kib() { printf '/proc/%s/smaps_rollup\n' "$@" | xargs cat 2>/dev/null | awk 
 # now_ns: the clock in nanoseconds, to divide by the time a sample really took.
 now_ns() { date +%s%N; }
 HZ=$(getconf CLK_TCK)
+# replied_count: the emulator's count of messages replied to.
+replied_count() { python3 -c 'import json, sys, urllib.request; print(json.load(urllib.request.urlopen(sys.argv[1] + "/emulator/stats"))["messagesReplied"])' "$EMU_URL"; }
 for n in $SCALE_SHARDS; do
   start_emulator scripts/bench/scale-emulator.json
   dir=$(cluster_dir "$n"); start_cluster "$dir" $((n / 8 + 60))
@@ -288,6 +290,29 @@ for n in $SCALE_SHARDS; do
   pss=$(pss_kib "$CLUSTER" "${workers[@]}")
   echo "scale.$n.launch $READY s (least $least), workers ${#workers[@]}" >&2
   echo "scale.$n.cpu.all $(( all1 - all0 )) ticks, supervisor $(( sup1 - sup0 )) ticks in $seconds s at $HZ/s; pss $pss KiB" >&2
+  # A hang at this size: one worker SIGSTOPped, timed until the supervisor has killed it (its beats stop; after
+  # misses x interval = 1 s it gets SIGABRT, which a stopped process cannot take, and SIGKILL 500 ms later).
+  victim=${workers[$((n / 2))]}
+  h0=$(now_ns); kill -STOP "$victim"
+  for _ in $(seq 1 2000); do kill -0 "$victim" 2>/dev/null || break; sleep 0.005; done
+  hang_ms=$(awk -v a="$h0" -v b="$(now_ns)" 'BEGIN { printf "%.0f", (b - a) / 1e6 }')
+  sleep 2
+  # kill -9 to RESUMED at this size (each replacement ready before the next kill).
+  "$BENCH" kill-resume --url "$EMU_URL" --socket "$dir/run/botcluster.sock" --count 7 | tee "$OUT/scale-kill-$n.txt" >&2
+  kill_p50=$(value kill.resumed.p50 "$OUT/scale-kill-$n.txt")
+  # Under load: the same 400 messages/s over every size; the supervisor's CPU per event handled (claims, budget
+  # leases and progress reports all grow with events, not with shards, if its work per event is flat).
+  "$BENCH" admin --url "$EMU_URL" --path /emulator/traffic --body '{"rate": 400, "groupRate": 0, "c2cRate": 0}' >/dev/null
+  sleep 3
+  l0=$(now_ns); lsup0=$(cpu_ticks "$CLUSTER"); replied0=$(replied_count)
+  sleep 15
+  lsup1=$(cpu_ticks "$CLUSTER"); replied1=$(replied_count); l1=$(now_ns)
+  "$BENCH" admin --url "$EMU_URL" --path /emulator/traffic --body '{"rate": 0, "groupRate": 0, "c2cRate": 0}' >/dev/null
+  events=$(( replied1 - replied0 ))
+  per_event=$(awk -v t=$(( lsup1 - lsup0 )) -v hz="$HZ" -v e="$events" 'BEGIN { printf "%.0f", (e > 0) ? t / hz * 1e6 / e : -1 }')
+  load_rate=$(awk -v e="$events" -v a="$l0" -v b="$l1" 'BEGIN { printf "%.0f", e / ((b - a) / 1e9) }')
+  echo "scale.$n.hang $hang_ms ms; load $load_rate events/s, supervisor $(( lsup1 - lsup0 )) ticks" >&2
+  ((n == ${SCALE_SHARDS%% *})) && per_event_base=$per_event
   stop_cluster
   stop_emulator
   cpu_all=$(awk -v t=$(( all1 - all0 )) -v hz="$HZ" -v s="$seconds" 'BEGIN { printf "%.1f", t / hz / s * 100 }')
@@ -299,6 +324,10 @@ for n in $SCALE_SHARDS; do
   row "$n shards idle: CPU, all processes (% core)" "$cpu_all" "<= 30 at 1024" "$(judge "$cpu_all" 30)"
   row "$n shards idle: CPU, supervisor (% core)" "$cpu_sup" "<= 5 at 1024" "$(judge "$cpu_sup" 5)"
   row "$n shards idle: PSS per shard (MiB)" "$pss_shard" "<= 5 at 1024" "$(judge "$pss_shard" 5)"
+  row "$n shards: SIGSTOPped worker killed after (ms)" "$hang_ms" "<= 1000 + 500 abort grace" "$(judge "$hang_ms" 1700)"
+  row "$n shards: kill -9 to RESUMED p50 (ms)" "$kill_p50" "<= 250" "$(judge "$kill_p50" 250)"
+  row "$n shards, $load_rate events/s: supervisor us/event" "$per_event" "flat: <= 2x $per_event_base at ${SCALE_SHARDS%% *}" \
+    "$(judge "$per_event" "$(awk -v b="$per_event_base" 'BEGIN { print 2 * b }')")"
 done
 fi
 

@@ -82,6 +82,9 @@ struct StatusCommand: AsyncParsableCommand {
         for row in rows {
             printLine(row.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }.joined(separator: "  "))
         }
+        if let startup = status.startup {
+            printLine((status.otherLayouts.isEmpty ? "launch: " : "rescale: ") + startup.line)
+        }
         if !status.unresponsive.isEmpty {
             printLine("not answering IPC: workers \(status.unresponsive.map(String.init).joined(separator: ", "))")
         }

@@ -133,6 +133,22 @@ public struct IdentifyLedger: Sendable {
         return deadline
     }
 
+    /// When the last of `pending` identifies can leave at the pace this ledger grants them: each bucket one per
+    /// window (and margin) after its last start. `pending` counts, by bucket, the shards still to identify, those
+    /// holding a grant included (their identify counts as left).
+    public func estimatedFinish(pending: [Int: Int], now: MonotonicInstant) -> MonotonicInstant {
+        let spacing = configuration.window + configuration.margin
+        var finish = now
+        for (key, count) in pending {
+            let bucket = buckets[key]
+            let toStart = count - (bucket?.outstanding == nil ? 0 : 1)
+            guard toStart > 0 else { continue }
+            let first = bucket?.lastStart.map { max(now, $0 + spacing) } ?? now
+            finish = max(finish, first + spacing * (toStart - 1))
+        }
+        return finish
+    }
+
     /// Requests waiting for a slot.
     public var waiting: Int { buckets.values.reduce(0) { $0 + $1.queue.count } }
 

@@ -50,6 +50,46 @@ public struct ClusterStatus: Codable, Sendable, Equatable {
         }
     }
 
+    /// A layout on its way up (the launch, or a rescale's new layout): how far, and how long the identify
+    /// ledger's pace says is left.
+    public struct Startup: Codable, Sendable, Equatable {
+        public var ready: Int
+        public var total: Int
+        /// The identify buckets with shards still to identify (none while every remaining shard resumes).
+        public var identifyingBuckets: [Int]
+        /// Until the last identify can leave, at the pace the limits allow.
+        public var secondsLeft: Double
+
+        /// A layout `ready` of `total` shards, identifying in `identifyingBuckets`, with `secondsLeft` to go.
+        public init(ready: Int, total: Int, identifyingBuckets: [Int], secondsLeft: Double) {
+            self.ready = ready
+            self.total = total
+            self.identifyingBuckets = identifyingBuckets
+            self.secondsLeft = secondsLeft
+        }
+
+        /// `ready 312/1024 · identifying bucket 0 · about 59 min left`.
+        public var line: String {
+            var parts = ["ready \(ready)/\(total)"]
+            switch identifyingBuckets.count {
+            case 0: break
+            case 1: parts.append("identifying bucket \(identifyingBuckets[0])")
+            default: parts.append("identifying \(identifyingBuckets.count) buckets")
+            }
+            if secondsLeft >= 1 { parts.append("about \(Self.roughly(secondsLeft)) left") }
+            return parts.joined(separator: " · ")
+        }
+
+        /// "40 s", "59 min", "1 h 25 min".
+        static func roughly(_ seconds: Double) -> String {
+            let whole = Int(seconds.rounded(.up))
+            if whole < 90 { return "\(whole) s" }
+            let minutes = Int((seconds / 60).rounded())
+            if minutes < 90 { return "\(minutes) min" }
+            return "\(minutes / 60) h \(minutes % 60) min"
+        }
+    }
+
     /// The record of handled events.
     public struct ExactlyOnce: Codable, Sendable, Equatable {
         /// Event ids remembered as handled.
@@ -118,12 +158,15 @@ public struct ClusterStatus: Codable, Sendable, Equatable {
     public var otherLayouts: [Worker]
     /// Ordinals whose worker did not answer an IPC ping in time.
     public var unresponsive: [Int]
+    /// The launch (or a rescale's new layout) while it comes up; nil once it is ready.
+    public var startup: Startup?
 
     /// The cluster as it stands.
     public init(
         supervisor: Supervisor, identify: Identify, rateBudget: RateBudget, exactlyOnce: ExactlyOnce,
-        workers: [Worker], otherLayouts: [Worker], unresponsive: [Int]
+        workers: [Worker], otherLayouts: [Worker], unresponsive: [Int], startup: Startup? = nil
     ) {
+        self.startup = startup
         self.supervisor = supervisor
         self.identify = identify
         self.rateBudget = rateBudget

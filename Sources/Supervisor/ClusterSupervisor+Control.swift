@@ -2,6 +2,7 @@ import ClusterCore
 import ClusterIPC
 import ClusterProtocol
 import Foundation
+import QQGateway
 import Synchronization
 
 extension ClusterSupervisor {
@@ -193,7 +194,45 @@ extension ClusterSupervisor {
             exactlyOnce: .init(remembered: claims.remembered),
             workers: all.filter { $0.0 == activeID }.flatMap { entries($0.0, $0.2, role: .active) },
             otherLayouts: all.filter { $0.0 != activeID }.flatMap { entries($0.0, $0.2, role: $0.1) },
-            unresponsive: missing
+            unresponsive: missing, startup: startup(now: now)
         )
     }
+
+    /// The layout on its way up — the launch until the cluster is first ready, then a rescale's new layout — with
+    /// the identify ledger's word on how long its remaining identifies take; nil when none is.
+    func startup(now: MonotonicInstant) -> ClusterStatus.Startup? {
+        let coming = state.withLock { state -> [WorkerRecord]? in
+            let layouts = state.core.layouts
+            if !layouts.active.machine.announcedReady, !layouts.active.machine.stopping { return layouts.active.machine.workers }
+            return layouts.layouts.first { $0.role == .incoming }?.machine.workers
+        }
+        guard let workers = coming else { return nil }
+        let maxConcurrency = setup.gateway.maxConcurrency
+        var pending: [Int: Int] = [:]
+        for worker in workers where worker.readyAt == nil && worker.session == nil && worker.state != .failed && worker.state != .stopped {
+            pending[ShardMath.bucket(ofShard: worker.shard.id, maxConcurrency: maxConcurrency), default: 0] += 1
+        }
+        let finish = ledger.estimatedFinish(pending: pending, now: now)
+        return ClusterStatus.Startup(
+            ready: workers.filter { $0.state == .ready }.count, total: workers.count, identifyingBuckets: pending.keys.sorted(),
+            secondsLeft: (finish - now).seconds
+        )
+    }
+
+    /// Shows the launch as it comes up, until the cluster is ready: on a terminal one line redrawn in place every
+    /// second, else a plain line every ten seconds when it changed.
+    func showLaunchProgress() async {
+        let terminal = isatty(STDOUT_FILENO) == 1
+        var shown: String?
+        while !Task.isCancelled {
+            try? await Task.sleep(for: terminal ? .seconds(1) : .seconds(10))
+            guard ready.current == nil, !Task.isCancelled, let line = startup(now: .now())?.line else { return }
+            guard line != shown else { continue }
+            OutputWriter.standardOutput.write(terminal ? Self.clearLine + line : "launch: \(line)\n")
+            shown = line
+        }
+    }
+
+    /// Carriage return and erase-line: a terminal's live line is redrawn, or cleared before the next output.
+    static let clearLine = "\r\u{1B}[K"
 }

@@ -53,7 +53,22 @@ extension ClusterSupervisor {
         guard limitErrors.isEmpty else {
             return (false, "cannot scale to \(target) shards: " + limitErrors.joined(separator: " "))
         }
-        return await change(.beginScale(shards: target, plan: plan, seed: UInt64(truncatingIfNeeded: MonotonicInstant.now().nanoseconds)), progress: progress)
+        // Beside the core's lines as shards get ready: the ledger's estimate, every ten seconds while it comes up.
+        return await withTaskGroup(of: (Bool, String)?.self) { group in
+            group.addTask {
+                await self.change(.beginScale(shards: target, plan: plan, seed: UInt64(truncatingIfNeeded: MonotonicInstant.now().nanoseconds)), progress: progress)
+            }
+            group.addTask {
+                while true {
+                    try? await Task.sleep(for: .seconds(10))
+                    guard !Task.isCancelled, let startup = self.startup(now: .now()) else { return nil }
+                    progress("new layout: " + startup.line)
+                }
+            }
+            let answer = await group.first { $0 != nil } ?? nil
+            group.cancelAll()
+            return answer ?? (false, "the supervisor stopped before the change was over")
+        }
     }
 
     /// `botcluster restart --rolling`: replaces every worker's process, `maxUnavailable` at a time; each

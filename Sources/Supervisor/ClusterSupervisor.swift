@@ -153,6 +153,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
                 group.addTask { await self.budget.run() }
                 group.addTask { await self.runTimer() }
                 group.addTask { await self.runStoreFlusher() }
+                group.addTask { await self.showLaunchProgress() }
                 group.addTask {
                     await withDiscardingTaskGroup { outputs in
                         for await request in self.spawnRequests {
@@ -262,7 +263,8 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             if layout == 0 {
                 let elapsed = MonotonicInstant.now() - startedAt
                 // On an IPC event loop: queued, never a write that could block on a stdout nobody reads.
-                OutputWriter.standardOutput.write("cluster ready: \(setup.shards) shards in \(DurationFormat.human(elapsed))\n")
+                let clear = isatty(STDOUT_FILENO) == 1 ? Self.clearLine : ""
+                OutputWriter.standardOutput.write(clear + "cluster ready: \(setup.shards) shards in \(DurationFormat.human(elapsed))\n")
                 ready.set(elapsed)
             }
         case .allStopped:

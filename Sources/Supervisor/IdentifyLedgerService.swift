@@ -29,6 +29,11 @@ final class IdentifyLedgerService: Sendable {
         state.withLock { ($0.ledger.remaining, $0.ledger.waiting, $0.ledger.granted, $0.ledger.configuration.maxConcurrency) }
     }
 
+    /// When the last of `pending` identifies (by bucket) can leave.
+    func estimatedFinish(pending: [Int: Int], now: MonotonicInstant) -> MonotonicInstant {
+        state.withLock { $0.ledger.estimatedFinish(pending: pending, now: now) }
+    }
+
     /// Takes the platform's count of session starts left today.
     func updateRemaining(_ remaining: Int) {
         state.withLock { $0.ledger.updateRemaining(remaining) }

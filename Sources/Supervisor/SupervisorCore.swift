@@ -135,7 +135,8 @@ public struct SupervisorCore: Sendable {
             guard change == nil, !layouts.active.machine.stopping else { return [] }
             let active = layouts.active.machine
             let incoming = layouts.beginIncoming(ClusterStateMachine(
-                shards: shards, timings: active.timings, restart: active.restart, seed: seed, generationBase: layouts.nextGenerationBase
+                shards: shards, timings: active.timings, restart: active.restart, seed: seed, generationBase: layouts.nextGenerationBase,
+                startLimit: active.startLimit
             ))
             change = LayoutChange(
                 from: active.workers.count, to: shards, batch: 0, started: now,

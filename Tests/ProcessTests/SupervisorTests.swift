@@ -166,6 +166,46 @@ extension RealProcesses {
         }
 
         /// A cluster the open-file limit cannot hold is refused before a worker starts, naming the limit and the fix.
+        /// At max_concurrency 1 a launch takes one identify window per shard: on a terminal (a pty here, through
+        /// script(1)) one live line shows how far it is and how long the ledger says is left, and `status` says the same.
+        @Test func aLongLaunchShowsItsProgressLiveOnATerminalAndInStatus() async throws {
+            try await withTemporaryDirectory { dir in
+                try #"""
+                    {"shards": {"count": 5}, "supervisor": {"runDirectory": "run"}, "log": {"level": "warning"},
+                     "emulator": {"identifyWindow": "1s", "restRate": 1000, "sessionStartLimit": {"total": 1000, "maxConcurrency": 1},
+                                  "traffic": {"rate": 0, "groupRate": 0, "c2cRate": 0}}}
+                    """#.write(toFile: dir + "/cluster.json", atomically: true, encoding: .utf8)
+                let launch = try BotclusterProcess(["-qfec", "'\(botclusterBinary())' launch", "/dev/null"], directory: dir, executable: "/usr/bin/script")
+                var statusText: [String] = []
+                try await poll("status to show the launch", timeout: .seconds(60), read: { () -> [String] in
+                    guard launch.process.isRunning else {
+                        Issue.record("the launch ended: \(launch.output.joined(separator: "\n"))")
+                        throw CancellationError()
+                    }
+                    let status = try BotclusterProcess(["status"], directory: dir)
+                    _ = await status.waitForExit()
+                    statusText = status.output
+                    return statusText
+                }, until: { $0.contains { $0.hasPrefix("launch: ready ") } })
+                let line = try #require(statusText.first { $0.hasPrefix("launch: ready ") })
+                #expect(line.contains("/5 · identifying bucket 0"), "\(line)")
+                var lines = launch.lines.makeAsyncIterator()
+                let ready = await launch.waitForLine(containing: "cluster ready: 5 shards", iterator: &lines)
+                // The live line was redrawn in place (carriage return, erase line), then cleared for the last word.
+                let screen = launch.output.joined(separator: "\n")
+                #expect(screen.contains("\r\u{1B}[Kready "), "\(screen)")
+                #expect(screen.contains(" · identifying bucket 0 · about "), "\(screen)")
+                #expect(ready?.contains("\r\u{1B}[Kcluster ready") == true, "\(String(describing: ready))")
+                let status = try BotclusterProcess(["status", "--json"], directory: dir)
+                _ = await status.waitForExit()
+                let json = try JSONValue.parse(status.output.joined())
+                #expect(json["startup"] == nil, "a ready cluster shows no startup")
+                let supervisor = try #require(json["supervisor"]?["pid"]?.intValue)
+                kill(Int32(supervisor), SIGTERM)
+                _ = await launch.waitForExit()
+            }
+        }
+
         @Test func aLaunchTheOpenFileLimitCannotHoldIsRefusedUpFront() async throws {
             try await withTemporaryDirectory { dir in
                 try #"{"shards": {"count": 64}, "supervisor": {"runDirectory": "run"}}"#.write(toFile: dir + "/cluster.json", atomically: true, encoding: .utf8)
