@@ -76,7 +76,10 @@ struct Chaos: AsyncParsableCommand {
                 _ = try await postAdmin(url + "/emulator/faults", #"{"kind": "close", "code": 4009, "shard": \#(shard), "total": \#(current)}"#)
                 log("close 4009 on shard \(shard)/\(current)")
             case .scaleUp, .scaleDown:
-                let next = action == .scaleUp ? min(8, current + 1 + Int(rng.next() % 2)) : max(2, current - 1 - Int(rng.next() % 2))
+                // Around the launch size: from half of it to one and a half (2...8 for the default 4 shards).
+                let step = max(1, shards / 8) * (1 + Int(rng.next() % 2))
+                let next = action == .scaleUp
+                    ? min(max(8, shards * 3 / 2), ShardsConfig.maxCount, current + step) : max(2, shards / 2, current - step)
                 guard next != current else { continue }
                 let (ok, text) = await controlCommand(socket, .scale(.count(next), planOnly: false), timeout: .seconds(120))
                 log("scale \(current) -> \(next): \(text)")

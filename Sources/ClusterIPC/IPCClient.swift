@@ -33,6 +33,9 @@ public final class IPCClient: Sendable {
     /// Set once the connection has ended, with why.
     public let closed = AsyncSignal<String>()
 
+    /// The event loop the connection runs on.
+    public var eventLoop: any EventLoop { channel.eventLoop }
+
     init(channel: any Channel) {
         self.channel = channel
         (inbound, inboundContinuation) = AsyncStream.makeStream()

@@ -2,7 +2,7 @@ import ClusterProtocol
 import NIOCore
 
 // The wire form: [UInt32 length][UInt8 type][fields]. Integers are big-endian and fixed-width; strings are a
-// UInt32 byte count and UTF-8; optionals a UInt8 flag. Binary, not JSON: heartbeats, grants and claims are hot.
+// UInt32 byte count and UTF-8; optionals a UInt8 flag. Binary, not JSON: progress reports, grants and claims are hot.
 
 enum MessageType: UInt8 {
     case hello = 1, welcome = 2, helloAck = 3, refused = 4

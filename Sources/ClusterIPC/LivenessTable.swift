@@ -14,14 +14,11 @@ import Glibc
 /// the time its message happened to be read, so a supervisor that falls behind never mistakes its own delay for a
 /// worker's hang.
 ///
-/// Slots: a layout's worker `ordinal` has slot `(layout % 2) × maxWorkers + ordinal` (at most two layouts run at
-/// once: the serving one and the one a rescale brings in or retires). A slot is cleared before its process is
-/// spawned, and a new process never shares a slot with a living one (a worker is respawned only once reaped).
+/// Slots: the supervisor hands each process a free slot before it spawns it (cleared first) and takes it back once
+/// the process is reaped, so a slot is never shared by two processes, whatever rescales and rolls do.
 public final class LivenessTable: @unchecked Sendable {
-    /// Slots per layout.
-    public static let maxWorkers = ShardsConfig.maxCount
-    /// Slots in the table.
-    public static let slotCount = 2 * maxWorkers
+    /// Slots in the table: two full layouts (a rescale's) and as many processes again still being reaped.
+    public static let slotCount = 4 * ShardsConfig.maxCount
     /// The file descriptor number a worker inherits the table at.
     public static let inheritedDescriptor: Int32 = 3
 
@@ -48,7 +45,12 @@ public final class LivenessTable: @unchecked Sendable {
             close(fd)
             throw LivenessError("cannot size the worker liveness table: \(text)")
         }
-        return LivenessTable(descriptor: fd, words: try map(fd))
+        do {
+            return LivenessTable(descriptor: fd, words: try map(fd))
+        } catch {
+            close(fd)
+            throw error
+        }
     }
 
     /// The table a worker inherited at `descriptor` (the worker's side); the descriptor is closed once mapped, so
@@ -71,11 +73,6 @@ public final class LivenessTable: @unchecked Sendable {
             throw LivenessError("cannot map the worker liveness table: \(lastErrorDescription())")
         }
         return address.bindMemory(to: UInt64.self, capacity: slotCount)
-    }
-
-    /// The slot of worker `ordinal` of layout `layout`.
-    public static func slot(layout: Int, ordinal: Int) -> Int {
-        (layout & 1) * maxWorkers + ordinal
     }
 
     /// The latest beat in `slot`, or nil when none was stored since it was cleared.

@@ -77,11 +77,18 @@ public struct ClusterLayouts: Sendable {
         return layouts[index].machine.handle(event, now: now).map { (id, $0) }
     }
 
+    /// A beat of the worker `ordinal` whose process has `generation` (see `ClusterStateMachine.recordBeat`).
+    public mutating func recordBeat(ordinal: Int, generation: UInt64, at: MonotonicInstant, now: MonotonicInstant) {
+        let id = Self.layoutID(ofGeneration: generation)
+        guard let index = layouts.firstIndex(where: { $0.id == id }) else { return }
+        layouts[index].machine.recordBeat(ordinal: ordinal, generation: generation, at: at, now: now)
+    }
+
     /// Routes an event: by generation, by pid, to the active layout (restart), or to all (tick, stop).
     public mutating func handle(_ event: ClusterStateMachine.Event, now: MonotonicInstant) -> [(Int, ClusterStateMachine.Action)] {
         switch event {
         case .spawned(_, let generation, _), .spawnFailed(_, let generation, _), .hello(_, let generation),
-            .progress(_, let generation, _), .beat(_, let generation, _), .identifying(_, let generation), .gatewayReady(_, let generation),
+            .progress(_, let generation, _), .identifying(_, let generation), .gatewayReady(_, let generation),
             .sessionCommitted(_, let generation, _, _), .sessionInvalidated(_, let generation), .gatewayFailed(_, let generation, _):
             return handle(event, in: Self.layoutID(ofGeneration: generation), now: now)
         case .exited(let pid, _):

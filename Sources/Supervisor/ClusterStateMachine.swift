@@ -67,7 +67,7 @@ public struct WorkerRecord: Sendable {
 /// The supervisor's decisions about its workers, as a pure state machine: spawns, exits, IPC events and timer
 /// ticks in; actions (spawn, signal, kill a process group, persist a session) out. The time is a parameter.
 public struct ClusterStateMachine: Sendable {
-    /// The time limits for workers: heartbeats and misses, the hello timeout, and the graces before SIGKILL.
+    /// The time limits for workers: the beat interval and misses, the hello timeout, and the graces before SIGKILL.
     public struct Timings: Sendable {
         public var heartbeatInterval: Duration
         public var heartbeatMisses: Int
@@ -95,8 +95,6 @@ public struct ClusterStateMachine: Sendable {
         case spawnFailed(ordinal: Int, generation: UInt64, reason: String)
         case hello(ordinal: Int, generation: UInt64)
         case progress(ordinal: Int, generation: UInt64, WorkerProgress)
-        /// The worker's latest beat in the liveness table: the time it last ran.
-        case beat(ordinal: Int, generation: UInt64, at: MonotonicInstant)
         case identifying(ordinal: Int, generation: UInt64)
         case gatewayReady(ordinal: Int, generation: UInt64)
         case sessionCommitted(ordinal: Int, generation: UInt64, id: String, seq: Int)
@@ -186,6 +184,13 @@ public struct ClusterStateMachine: Sendable {
         if let last = workers[i].lastHeard { workers[i].lastHeard = max(last, now) }
     }
 
+    /// The worker's latest beat in the liveness table: the time it last ran (counted from its hello on, never
+    /// later than `now`). Decides nothing: a beat only moves a silence deadline later.
+    public mutating func recordBeat(ordinal: Int, generation: UInt64, at: MonotonicInstant, now: MonotonicInstant) {
+        guard let i = index(ordinal, generation) else { return }
+        heard(i, now: min(at, now))
+    }
+
     /// Workers spawned and not ready yet for the first time (those a start slot is taken by).
     var starting: Int {
         workers.reduce(0) { $0 + ($1.isStarting ? 1 : 0) }
@@ -217,12 +222,9 @@ public struct ClusterStateMachine: Sendable {
     mutating func apply(_ event: Event, now: MonotonicInstant) -> [Action] {
         switch event {
         case .start:
-            var free = startLimit - starting
-            return workers.indices.flatMap { i -> [Action] in
-                guard free > 0 else { return enqueue(i) }
-                free -= 1
-                return launch(i, now: now)
-            }
+            // Everyone queues, and the first `startLimit` start at once: those with a session to resume first.
+            for i in workers.indices { _ = enqueue(i) }
+            return startQueued(now: now)
         case .spawned(let ordinal, let generation, let pid):
             guard let i = index(ordinal, generation) else { return [] }
             workers[i].pid = pid
@@ -234,11 +236,6 @@ public struct ClusterStateMachine: Sendable {
             guard let i = index(ordinal, generation) else { return [] }
             workers[i].lastHeard = now
             if workers[i].state == .spawning { workers[i].state = .connected }
-            return []
-        case .beat(let ordinal, let generation, let at):
-            // Only after the hello (before it, the hello timeout applies): see `heard`.
-            guard let i = index(ordinal, generation) else { return [] }
-            heard(i, now: min(at, now))
             return []
         case .progress(let ordinal, let generation, let progress):
             guard let i = index(ordinal, generation) else { return [] }
@@ -333,6 +330,7 @@ public struct ClusterStateMachine: Sendable {
         if workers[i].state != .queued { queuedCount += 1 }
         workers[i].state = .queued
         workers[i].pid = nil
+        workers[i].readyAt = nil
         workers[i].respawnAt = nil
         return []
     }

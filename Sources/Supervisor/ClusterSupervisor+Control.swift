@@ -145,9 +145,9 @@ extension ClusterSupervisor {
     }
 
     /// A worker's event rate now: a worker reports only when its counters move, so a rate whose last report is
-    /// older than a few report intervals is the rate of a worker that stopped handling: zero.
+    /// older than ten seconds is the rate of a worker that stopped handling: zero.
     func currentRate(_ rate: (handled: Int64, at: MonotonicInstant, perSecond: Double)?, now: MonotonicInstant) -> Double {
-        guard let rate, now - rate.at <= max(.seconds(1), setup.config.worker.reportInterval * 3) else { return 0 }
+        guard let rate, now - rate.at <= max(.seconds(10), setup.config.worker.reportInterval * 3) else { return 0 }
         return rate.perSecond
     }
 
@@ -200,10 +200,11 @@ extension ClusterSupervisor {
 
     /// The layout on its way up — the launch until the cluster is first ready, then a rescale's new layout — with
     /// the identify ledger's word on how long its remaining identifies take; nil when none is.
-    func startup(now: MonotonicInstant) -> ClusterStatus.Startup? {
+    /// `incomingOnly`: a rescale's new layout only.
+    func startup(now: MonotonicInstant, incomingOnly: Bool = false) -> ClusterStatus.Startup? {
         let coming = state.withLock { state -> [WorkerRecord]? in
             let layouts = state.core.layouts
-            if !layouts.active.machine.announcedReady, !layouts.active.machine.stopping { return layouts.active.machine.workers }
+            if !incomingOnly, !layouts.active.machine.announcedReady, !layouts.active.machine.stopping { return layouts.active.machine.workers }
             return layouts.layouts.first { $0.role == .incoming }?.machine.workers
         }
         guard let workers = coming else { return nil }

@@ -61,7 +61,7 @@ extension ClusterSupervisor {
             group.addTask {
                 while true {
                     try? await Task.sleep(for: .seconds(10))
-                    guard !Task.isCancelled, let startup = self.startup(now: .now()) else { return nil }
+                    guard !Task.isCancelled, let startup = self.startup(now: .now(), incomingOnly: true) else { return nil }
                     progress("new layout: " + startup.line)
                 }
             }

@@ -52,6 +52,22 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         var changeRequester: ChangeRequester?
         /// The deadline the timer task sleeps until (an event that makes an earlier one pokes it).
         var timerDeadline: MonotonicInstant?
+        /// Liveness slots by the generation of the process holding it (from before its spawn until it is reaped),
+        /// and the free ones: a slot is never shared by two processes, whatever the layouts do.
+        var slots: [UInt64: Int] = [:]
+        var freeSlots = Array((0..<LivenessTable.slotCount).reversed())
+
+        /// A free slot for the process `generation`, or nil when every slot is held.
+        mutating func takeSlot(for generation: UInt64) -> Int? {
+            guard let slot = freeSlots.popLast() else { return nil }
+            slots[generation] = slot
+            return slot
+        }
+
+        /// The process `generation` is gone (reaped, or never started): its slot is free again.
+        mutating func releaseSlot(of generation: UInt64) {
+            if let slot = slots.removeValue(forKey: generation) { freeSlots.append(slot) }
+        }
     }
 
     /// The operator (or the 4011 reshard) waiting on a layout change: its progress lines and its answer.
@@ -142,8 +158,8 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         try await server.start()
         let spawner = ProcessSpawner(
             executable: ProcessSpawner.currentExecutable(), inherited: [(liveness.descriptor, LivenessTable.inheritedDescriptor)], logger: logger
-        ) { pid, status in
-            self.dispatch(.exited(pid: pid, status: status))
+        ) { pid, generation, status in
+            self.handle(.cluster(.exited(pid: pid, status: status))) { state, _ in state.releaseSlot(of: generation) }
         }
         state.withLock { $0.spawner = spawner }
         logger.info("supervisor started", metadata: ["shards": "\(setup.shards)", "socket": "\(setup.config.supervisor.socket)", "max_concurrency": "\(setup.gateway.maxConcurrency)"])
@@ -276,8 +292,11 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
     var shardCount: Int { state.withLock { $0.core.layouts.active.machine.workers.count } }
 
     func spawn(_ request: (ordinal: Int, generation: UInt64, shard: ShardID), spawner: ProcessSpawner, group: inout DiscardingTaskGroup) async {
-        // The slot's last process has been reaped: nothing else writes it now.
-        let slot = LivenessTable.slot(layout: ClusterLayouts.layoutID(ofGeneration: request.generation), ordinal: request.ordinal)
+        // A slot no living process holds: nothing else writes it now.
+        guard let slot = state.withLock({ $0.takeSlot(for: request.generation) }) else {
+            dispatch(.spawnFailed(ordinal: request.ordinal, generation: request.generation, reason: "all \(LivenessTable.slotCount) liveness slots are held"))
+            return
+        }
         liveness.clear(slot: slot)
         let environment = [
             WorkerEnvironment.livenessSlot: String(slot),
@@ -292,7 +311,9 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             let prefix = "[worker \(request.ordinal) \(request.shard) pid \(pid)] "
             group.addTask { await followOutput(of: output, prefix: prefix) }
         } catch {
-            dispatch(.spawnFailed(ordinal: request.ordinal, generation: request.generation, reason: "\(error)"))
+            handle(.cluster(.spawnFailed(ordinal: request.ordinal, generation: request.generation, reason: "\(error)"))) { state, _ in
+                state.releaseSlot(of: request.generation)
+            }
         }
     }
 
@@ -308,17 +329,19 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         }
     }
 
-    /// Feeds the core every worker's latest beat from the liveness table (before a tick judges silences): the time
+    /// Gives the core every worker's latest beat from the liveness table (before a tick judges silences): the time
     /// each last ran, exactly, however late this supervisor got to look.
     func readBeats(_ state: inout State, now: MonotonicInstant) {
+        var beats: [(ordinal: Int, generation: UInt64, at: MonotonicInstant)] = []
         for layout in state.core.layouts.layouts {
             for worker in layout.machine.workers where worker.state.isLive {
-                guard let heard = worker.lastHeard,
-                    let beat = liveness.lastBeat(slot: LivenessTable.slot(layout: layout.id, ordinal: worker.ordinal)), beat > heard
+                guard let heard = worker.lastHeard, let slot = state.slots[worker.generation],
+                    let beat = liveness.lastBeat(slot: slot), beat > heard
                 else { continue }
-                _ = state.core.handle(.cluster(.beat(ordinal: worker.ordinal, generation: worker.generation, at: beat)), now: now)
+                beats.append((worker.ordinal, worker.generation, beat))
             }
         }
+        for beat in beats { state.core.recordBeat(ordinal: beat.ordinal, generation: beat.generation, at: beat.at, now: now) }
     }
 
     func runStoreFlusher() async {

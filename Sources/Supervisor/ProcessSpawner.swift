@@ -27,7 +27,8 @@ final class ProcessSpawner: @unchecked Sendable {
     }
 
     let executable: String
-    let onExit: @Sendable (Int32, ExitStatus) -> Void
+    /// Called with a reaped child's pid, the tag it was spawned with, and how it ended.
+    let onExit: @Sendable (Int32, UInt64, ExitStatus) -> Void
     let requests = Mutex<[Request]>([])
     let requestSignal = DispatchSemaphore(value: 0)
     /// Children alive (or not yet reaped) by pid, with the tag their spawn was asked with (the generation): what
@@ -40,7 +41,7 @@ final class ProcessSpawner: @unchecked Sendable {
     /// Descriptors every child gets: this process's `parent` as the child's `child`.
     let inherited: [(parent: Int32, child: Int32)]
 
-    init(executable: String, inherited: [(parent: Int32, child: Int32)] = [], logger: Logger, onExit: @escaping @Sendable (Int32, ExitStatus) -> Void) {
+    init(executable: String, inherited: [(parent: Int32, child: Int32)] = [], logger: Logger, onExit: @escaping @Sendable (Int32, UInt64, ExitStatus) -> Void) {
         self.executable = executable
         self.inherited = inherited
         self.onExit = onExit
@@ -189,9 +190,9 @@ final class ProcessSpawner: @unchecked Sendable {
         var result: Int32
         repeat { result = waitpid(pid, &status, options) } while result < 0 && errno == EINTR
         guard result == pid else { return }
-        children.withLock { _ = $0.removeValue(forKey: pid) }
+        let tag = children.withLock { $0.removeValue(forKey: pid) } ?? 0
         let low = status & 0x7F
-        onExit(pid, low == 0 ? .exited((status >> 8) & 0xFF) : .signaled(low))
+        onExit(pid, tag, low == 0 ? .exited((status >> 8) & 0xFF) : .signaled(low))
     }
 }
 

@@ -121,6 +121,12 @@ public struct SupervisorCore: Sendable {
         return actions
     }
 
+    /// A worker's beat read from the liveness table: only its silence moves (later), so nothing is decided and the
+    /// kept deadline stays (the tick the beats come before searches again).
+    public mutating func recordBeat(ordinal: Int, generation: UInt64, at: MonotonicInstant, now: MonotonicInstant) {
+        layouts.recordBeat(ordinal: ordinal, generation: generation, at: at, now: now)
+    }
+
     mutating func apply(_ event: Event, now: MonotonicInstant) -> [Action] {
         var actions: [Action]
         switch event {
@@ -269,7 +275,7 @@ extension SupervisorCore.Event {
     /// A worker's report, which moves nothing but its own silence deadline (later).
     public var isReport: Bool {
         switch self {
-        case .cluster(.progress), .cluster(.beat), .cluster(.sessionCommitted): return true
+        case .cluster(.progress), .cluster(.sessionCommitted): return true
         default: return false
         }
     }

@@ -17,7 +17,7 @@ struct ConfigTests {
         let config = try ClusterConfig.parse("{}")
         #expect(config.gateway.embedded)
         #expect(config.shards.count == .fixed(4))
-        #expect(config.supervisor.heartbeatInterval == .milliseconds(250))
+        #expect(config.supervisor.heartbeatInterval == .milliseconds(500))
         #expect(config.supervisor.socket == "run/botcluster.sock")
         #expect(config.rateBudget.globalRate == 50)
         #expect(config.emulator.restRate == 50)

@@ -105,6 +105,10 @@ extension RealProcesses {
         @Test func twoProcessesHammeringOneFileSeeNoBusyError() async throws {
             try await withTemporaryDirectory { dir in
                 let bench = siblingBinary("botcluster-bench")
+                // The file is made first, as the supervisor makes it before any worker opens it (SQLite may refuse
+                // the switch to WAL outright, without waiting, to two processes creating one file at once).
+                let first = try BotclusterProcess(["cache-hammer", "--path", dir + "/users.sqlite", "--batches", "1"], directory: dir, executable: bench)
+                #expect(await first.waitForExit() == 0)
                 var runs: [BotclusterProcess] = []
                 for _ in 0..<2 {
                     runs.append(try BotclusterProcess(["cache-hammer", "--path", dir + "/users.sqlite", "--batches", "150"], directory: dir, executable: bench))

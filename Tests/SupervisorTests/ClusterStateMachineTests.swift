@@ -136,11 +136,11 @@ struct ClusterStateMachineTests {
         // Worker 0 keeps beating, worker 1 goes silent (SIGSTOP).
         for _ in 0..<4 {
             c.advance(.milliseconds(100))
-            _ = c.feed(.beat(ordinal: 0, generation: c.gen(0), at: c.now))
+            c.machine.recordBeat(ordinal: 0, generation: c.gen(0), at: c.now, now: c.now)
             #expect(c.feed(.tick).isEmpty)
         }
         c.advance(.milliseconds(10))
-        _ = c.feed(.beat(ordinal: 0, generation: c.gen(0), at: c.now))
+        c.machine.recordBeat(ordinal: 0, generation: c.gen(0), at: c.now, now: c.now)
         // Past the limit: SIGABRT at once (a beat is read from memory, so nothing of it can still be unread).
         let hung = c.feed(.tick)
         #expect(hung.contains(.signal(pid: pid1, signal: .abort)))
@@ -160,11 +160,11 @@ struct ClusterStateMachineTests {
         _ = c.bringUp()
         let start = c.now
         c.advance(.milliseconds(600))
-        #expect(c.feed(.beat(ordinal: 0, generation: c.gen(0), at: start + .milliseconds(350))).isEmpty)
+        c.machine.recordBeat(ordinal: 0, generation: c.gen(0), at: start + .milliseconds(350), now: c.now)
         #expect(c.feed(.tick).isEmpty)
         #expect(c.machine.nextDeadline == start + .milliseconds(751))
         // A beat from the future (a clock read after the supervisor's) counts as now, no later.
-        #expect(c.feed(.beat(ordinal: 0, generation: c.gen(0), at: c.now + .seconds(60))).isEmpty)
+        c.machine.recordBeat(ordinal: 0, generation: c.gen(0), at: c.now + .seconds(60), now: c.now)
         #expect(c.machine.nextDeadline == c.now + .milliseconds(401))
     }
 
@@ -173,15 +173,15 @@ struct ClusterStateMachineTests {
     @Test func beatsCountOnlyAfterTheHelloAndOnlyForward() {
         var c = Cluster(shards: 1)
         _ = c.spawned(c.feed(.start))
-        _ = c.feed(.beat(ordinal: 0, generation: c.gen(0), at: c.now))
+        c.machine.recordBeat(ordinal: 0, generation: c.gen(0), at: c.now, now: c.now)
         #expect(c.machine.worker(ordinal: 0)!.lastHeard == nil)
         _ = c.feed(.hello(ordinal: 0, generation: c.gen(0)))
         let hello = c.now
-        _ = c.feed(.beat(ordinal: 0, generation: c.gen(0), at: hello - .seconds(5)))
+        c.machine.recordBeat(ordinal: 0, generation: c.gen(0), at: hello - .seconds(5), now: c.now)
         #expect(c.machine.worker(ordinal: 0)!.lastHeard == hello)
         // A beat of an older generation is dropped.
         c.advance(.milliseconds(300))
-        _ = c.feed(.beat(ordinal: 0, generation: c.gen(0) - 1, at: c.now))
+        c.machine.recordBeat(ordinal: 0, generation: c.gen(0) - 1, at: c.now, now: c.now)
         #expect(c.machine.worker(ordinal: 0)!.lastHeard == hello)
     }
 

@@ -16,7 +16,7 @@ struct ProcessSpawnerTests {
         let reported = AsyncSignal<Void>()
         var logger = Logger(label: "spawner-test")
         logger.logLevel = .critical
-        let spawner = ProcessSpawner(executable: "/bin/sh", logger: logger) { pid, status in
+        let spawner = ProcessSpawner(executable: "/bin/sh", logger: logger) { pid, _, status in
             exits.withLock { $0.append((pid, status)) }
             reported.set(())
         }

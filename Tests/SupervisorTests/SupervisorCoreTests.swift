@@ -239,7 +239,9 @@ struct SupervisorCoreTests {
             switch rng.next() % 9 {
             case 0: event = .cluster(.hello(ordinal: worker.ordinal, generation: worker.generation))
             case 1: event = .cluster(.gatewayReady(ordinal: worker.ordinal, generation: worker.generation))
-            case 2: event = .cluster(.beat(ordinal: worker.ordinal, generation: worker.generation, at: s.now))
+            case 2:
+                s.core.recordBeat(ordinal: worker.ordinal, generation: worker.generation, at: s.now, now: s.now)
+                event = .cluster(.progress(ordinal: worker.ordinal, generation: worker.generation, WorkerProgress(state: .connecting)))
             case 3: event = .cluster(.progress(ordinal: worker.ordinal, generation: worker.generation, WorkerProgress(state: .ready)))
             case 4: event = .cluster(.sessionCommitted(ordinal: worker.ordinal, generation: worker.generation, id: "s", seq: 1))
             case 5: event = .cluster(.exited(pid: worker.pid ?? -1, status: .signaled(9)))

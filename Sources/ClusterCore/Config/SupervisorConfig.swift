@@ -29,8 +29,8 @@ extension SupervisorConfig {
         let runDirectory = reader.string("runDirectory", default: "run")
         let socket = reader.string("socket", default: runDirectory + "/botcluster.sock")
         let heartbeat = reader.object("heartbeat")
-        let heartbeatInterval = heartbeat.duration("interval", default: .milliseconds(250), min: .milliseconds(10), max: .seconds(60))
-        let heartbeatMisses = heartbeat.int("misses", default: 4, range: 1...100)
+        let heartbeatInterval = heartbeat.duration("interval", default: .milliseconds(500), min: .milliseconds(10), max: .seconds(60))
+        let heartbeatMisses = heartbeat.int("misses", default: 2, range: 1...100)
         heartbeat.finish()
         self.init(
             runDirectory: runDirectory,
