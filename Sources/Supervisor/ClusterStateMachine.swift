@@ -223,8 +223,7 @@ public struct ClusterStateMachine: Sendable {
         switch event {
         case .start:
             // Everyone queues, and the first `startLimit` start at once: those with a session to resume first.
-            for i in workers.indices { _ = enqueue(i) }
-            return startQueued(now: now)
+            return workers.indices.flatMap { enqueue($0) }
         case .spawned(let ordinal, let generation, let pid):
             guard let i = index(ordinal, generation) else { return [] }
             workers[i].pid = pid
@@ -286,7 +285,7 @@ public struct ClusterStateMachine: Sendable {
             case .backoff, .failed, .stopped:
                 workers[ordinal].failure = nil
                 workers[ordinal].policy = RestartPolicy(config: restart)
-                return [.log(.info, "worker \(ordinal): restarting on request")] + spawn(ordinal, now: now)
+                return [.log(.info, "worker \(ordinal): restarting on request")] + spawn(ordinal)
             case .draining:
                 workers[ordinal].respawnWhenExited = true
                 return []
@@ -321,9 +320,10 @@ public struct ClusterStateMachine: Sendable {
         }
     }
 
-    /// Starts worker `i` now, or queues it when `startLimit` workers are starting already.
-    mutating func spawn(_ i: Int, now: MonotonicInstant) -> [Action] {
-        starting < startLimit ? launch(i, now: now) : enqueue(i)
+    /// Queues worker `i` to start: `handle` starts it at once when a start slot is free (one way to start a
+    /// process, in turn, whatever asked for it).
+    mutating func spawn(_ i: Int) -> [Action] {
+        enqueue(i)
     }
 
     mutating func enqueue(_ i: Int) -> [Action] {
@@ -383,7 +383,7 @@ public struct ClusterStateMachine: Sendable {
         }
         if workers[i].respawnWhenExited {
             workers[i].restarts += 1
-            return actions + [.log(.info, "worker \(ordinal): replaced after \(status)")] + spawn(i, now: now)
+            return actions + [.log(.info, "worker \(ordinal): replaced after \(status)")] + spawn(i)
         }
         let fatal: String? = {
             if let reason = workers[i].fatal { return reason }
@@ -404,7 +404,7 @@ public struct ClusterStateMachine: Sendable {
         workers[i].restarts += 1
         switch workers[i].policy.crashed(now: now, rng: &rng) {
         case .now:
-            return actions + [.log(.warning, "worker \(ordinal) (shard \(workers[i].shard)) ended with \(status); restarting now")] + spawn(i, now: now)
+            return actions + [.log(.warning, "worker \(ordinal) (shard \(workers[i].shard)) ended with \(status); restarting now")] + spawn(i)
         case .after(let delay):
             workers[i].state = .backoff
             workers[i].respawnAt = now + delay
@@ -435,7 +435,7 @@ public struct ClusterStateMachine: Sendable {
                     actions += abortIfSilent(i, now: now)
                 }
             } else if !stopping, worker.state == .backoff || worker.state == .failed, let at = worker.respawnAt, now >= at {
-                actions += spawn(i, now: now)
+                actions += spawn(i)
             }
         }
         return actions

@@ -224,12 +224,21 @@ extension ClusterSupervisor {
     /// second, else a plain line every ten seconds when it changed.
     func showLaunchProgress() async {
         let terminal = isatty(STDOUT_FILENO) == 1
+        await followStartup(every: terminal ? .seconds(1) : .seconds(10), incomingOnly: false) { line in
+            OutputWriter.standardOutput.write(terminal ? Self.clearLine + line : "launch: \(line)\n")
+        }
+    }
+
+    /// Every `interval`, the startup line of the layout on its way up when it changed; returns once none is (or,
+    /// for the launch, once the cluster was ready).
+    func followStartup(every interval: Duration, incomingOnly: Bool, _ emit: (String) -> Void) async {
         var shown: String?
         while !Task.isCancelled {
-            try? await Task.sleep(for: terminal ? .seconds(1) : .seconds(10))
-            guard ready.current == nil, !Task.isCancelled, let line = startup(now: .now())?.line else { return }
-            guard line != shown else { continue }
-            OutputWriter.standardOutput.write(terminal ? Self.clearLine + line : "launch: \(line)\n")
+            try? await Task.sleep(for: interval)
+            guard !Task.isCancelled, incomingOnly || ready.current == nil,
+                let line = startup(now: .now(), incomingOnly: incomingOnly)?.line
+            else { return }
+            if line != shown { emit(line) }
             shown = line
         }
     }

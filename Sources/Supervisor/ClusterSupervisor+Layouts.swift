@@ -54,20 +54,11 @@ extension ClusterSupervisor {
             return (false, "cannot scale to \(target) shards: " + limitErrors.joined(separator: " "))
         }
         // Beside the core's lines as shards get ready: the ledger's estimate, every ten seconds while it comes up.
-        return await withTaskGroup(of: (Bool, String)?.self) { group in
-            group.addTask {
-                await self.change(.beginScale(shards: target, plan: plan, seed: UInt64(truncatingIfNeeded: MonotonicInstant.now().nanoseconds)), progress: progress)
-            }
-            group.addTask {
-                while true {
-                    try? await Task.sleep(for: .seconds(10))
-                    guard !Task.isCancelled, let startup = self.startup(now: .now(), incomingOnly: true) else { return nil }
-                    progress("new layout: " + startup.line)
-                }
-            }
-            let answer = await group.first { $0 != nil } ?? nil
+        return await withDiscardingTaskGroup { group in
+            group.addTask { await self.followStartup(every: .seconds(10), incomingOnly: true) { progress("new layout: " + $0) } }
+            let answer = await change(.beginScale(shards: target, plan: plan, seed: UInt64(truncatingIfNeeded: MonotonicInstant.now().nanoseconds)), progress: progress)
             group.cancelAll()
-            return answer ?? (false, "the supervisor stopped before the change was over")
+            return answer
         }
     }
 
