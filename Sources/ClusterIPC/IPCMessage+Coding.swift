@@ -115,6 +115,13 @@ extension IPCMessage {
             buffer.writeInteger(p.handled)
             buffer.writeInteger(p.dispatchP50Micros)
             buffer.writeInteger(p.dispatchP99Micros)
+            if let session = p.session {
+                buffer.writeInteger(UInt8(1))
+                buffer.writeIPCString(session.id)
+                buffer.writeInteger(session.seq)
+            } else {
+                buffer.writeInteger(UInt8(0))
+            }
         case .ping(let id):
             buffer.writeInteger(MessageType.ping.rawValue)
             buffer.writeInteger(id)
@@ -278,7 +285,9 @@ extension IPCMessage {
                 state: state, heartbeatLatencyMicros: try frame.readIPC(Int64.self, "heartbeatLatency"),
                 lastEventAgeMillis: try frame.readIPC(Int64.self, "lastEventAge"), reconnects: try frame.readIPC(Int32.self, "reconnects"),
                 received: try frame.readIPC(Int64.self, "received"), handled: try frame.readIPC(Int64.self, "handled"),
-                dispatchP50Micros: try frame.readIPC(Int64.self, "p50"), dispatchP99Micros: try frame.readIPC(Int64.self, "p99")
+                dispatchP50Micros: try frame.readIPC(Int64.self, "p50"), dispatchP99Micros: try frame.readIPC(Int64.self, "p99"),
+                session: try frame.readIPCBool("hasSession")
+                    ? .init(id: try frame.readIPCString("sessionID"), seq: try frame.readIPC(Int64.self, "seq")) : nil
             ))
         case .ping:
             message = .ping(id: try frame.readIPC(UInt64.self, "id"))

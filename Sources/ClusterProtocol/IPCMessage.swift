@@ -3,7 +3,7 @@
 // these types without importing an event-loop library.
 
 /// The IPC protocol version; a peer speaking another is refused with a clear error.
-public let ipcProtocolVersion: UInt16 = 2
+public let ipcProtocolVersion: UInt16 = 3
 
 /// Who is on the other end of an IPC connection.
 public enum IPCRole: UInt8, Sendable {
@@ -75,6 +75,21 @@ public struct WorkerProgress: Sendable, Equatable {
     public var handled: Int64
     public var dispatchP50Micros: Int64
     public var dispatchP99Micros: Int64
+    /// The session a successor would resume from (its id and committed seq), carried with the figures so that an
+    /// event costs the supervisor one report, not a progress report and a session report.
+    public var session: CommittedSession?
+
+    /// A gateway session and the seq up to which every event of it was handled.
+    public struct CommittedSession: Sendable, Equatable {
+        public var id: String
+        public var seq: Int64
+
+        /// The session `id`, committed up to `seq`.
+        public init(id: String, seq: Int64) {
+            self.id = id
+            self.seq = seq
+        }
+    }
 
     /// Whether `other` says the same, but for the age of the last event (which grows on its own, and which the
     /// supervisor ages from the time the report came).
@@ -85,7 +100,7 @@ public struct WorkerProgress: Sendable, Equatable {
     }
 
     /// A report in `state`; the figures default to none yet (-1) or zero.
-    public init(state: State, heartbeatLatencyMicros: Int64 = -1, lastEventAgeMillis: Int64 = -1, reconnects: Int32 = 0, received: Int64 = 0, handled: Int64 = 0, dispatchP50Micros: Int64 = -1, dispatchP99Micros: Int64 = -1) {
+    public init(state: State, heartbeatLatencyMicros: Int64 = -1, lastEventAgeMillis: Int64 = -1, reconnects: Int32 = 0, received: Int64 = 0, handled: Int64 = 0, dispatchP50Micros: Int64 = -1, dispatchP99Micros: Int64 = -1, session: CommittedSession? = nil) {
         self.state = state
         self.heartbeatLatencyMicros = heartbeatLatencyMicros
         self.lastEventAgeMillis = lastEventAgeMillis
@@ -94,6 +109,7 @@ public struct WorkerProgress: Sendable, Equatable {
         self.handled = handled
         self.dispatchP50Micros = dispatchP50Micros
         self.dispatchP99Micros = dispatchP99Micros
+        self.session = session
     }
 }
 

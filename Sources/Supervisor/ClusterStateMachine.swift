@@ -241,15 +241,19 @@ public struct ClusterStateMachine: Sendable {
             heard(i, now: now)
             workers[i].progress = progress
             workers[i].progressAt = now
+            var actions: [Action] = []
+            if let session = progress.session {
+                actions += commit(i, id: session.id, seq: Int(max(0, session.seq)))
+            }
             if workers[i].state != .draining {
                 switch progress.state {
                 case .connecting: if workers[i].state != .ready { workers[i].state = .connected }
                 case .identifying: workers[i].state = .identifying
-                case .ready: return markReady(i, now: now)
+                case .ready: actions += markReady(i, now: now)
                 case .draining: workers[i].state = .draining
                 }
             }
-            return []
+            return actions
         case .identifying(let ordinal, let generation):
             guard let i = index(ordinal, generation) else { return [] }
             heard(i, now: now)
@@ -262,8 +266,7 @@ public struct ClusterStateMachine: Sendable {
         case .sessionCommitted(let ordinal, let generation, let id, let seq):
             guard let i = index(ordinal, generation) else { return [] }
             heard(i, now: now)
-            workers[i].session = (id, seq)
-            return [.persistSession(shard: workers[i].shard, id: id, seq: seq)]
+            return commit(i, id: id, seq: seq)
         case .sessionInvalidated(let ordinal, let generation):
             guard let i = index(ordinal, generation) else { return [] }
             workers[i].session = nil
@@ -351,6 +354,13 @@ public struct ClusterStateMachine: Sendable {
         workers[i].fatal = nil
         workers[i].respawnWhenExited = false
         return [.spawn(ordinal: i, generation: nextGeneration, shard: workers[i].shard)]
+    }
+
+    /// The worker's committed session, to store when it moved (a report repeats it while it stands still).
+    mutating func commit(_ i: Int, id: String, seq: Int) -> [Action] {
+        if let session = workers[i].session, session.id == id, session.seq == seq { return [] }
+        workers[i].session = (id, seq)
+        return [.persistSession(shard: workers[i].shard, id: id, seq: seq)]
     }
 
     mutating func markReady(_ i: Int, now: MonotonicInstant) -> [Action] {

@@ -117,7 +117,7 @@ public struct SupervisorCore: Sendable {
     /// Applies one event at `now`; returns the actions to carry out (a change may pass several phases at once).
     public mutating func handle(_ event: Event, now: MonotonicInstant) -> [Action] {
         let actions = apply(event, now: now)
-        if !(actions.isEmpty && event.isReport) { nextDeadline = searchedNextDeadline }
+        if !Self.keepsDeadline(after: event, actions) { nextDeadline = searchedNextDeadline }
         return actions
     }
 
@@ -271,11 +271,30 @@ public struct SupervisorCore: Sendable {
     }
 }
 
+extension SupervisorCore {
+    /// Whether the kept next deadline still holds after `event` led to `actions`: a worker's report that decided
+    /// nothing but what to store moves only the worker's own silence deadline, and only later. This is what keeps
+    /// the supervisor's work per event flat as shards grow (no search of every worker per report).
+    public static func keepsDeadline(after event: Event, _ actions: [Action]) -> Bool {
+        event.isReport && actions.allSatisfy(\.isBookkeeping)
+    }
+}
+
 extension SupervisorCore.Event {
     /// A worker's report, which moves nothing but its own silence deadline (later).
     public var isReport: Bool {
         switch self {
         case .cluster(.progress), .cluster(.sessionCommitted): return true
+        default: return false
+        }
+    }
+}
+
+extension SupervisorCore.Action {
+    /// Whether the action only records (a session to store): it starts, stops or times nothing.
+    public var isBookkeeping: Bool {
+        switch self {
+        case .worker(_, .persistSession): return true
         default: return false
         }
     }

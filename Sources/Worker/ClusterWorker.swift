@@ -152,18 +152,19 @@ public final class ClusterWorker: Service {
         let asked = Atomic<Int64>(0)
     }
 
-    /// Progress reports when something changed (at most one per `worker.reportInterval` under load), and session
-    /// reports as the committed seq moves. Idle, the loop sleeps until a dispatch is done with, the gateway state
-    /// changes, or `progressRefresh` has passed (for the heartbeat latency `status` shows).
+    /// Progress reports when something changed (at most one per `worker.reportInterval` under load), each with the
+    /// committed session: one message per change, however few events it covers. Idle, the loop sleeps until a
+    /// dispatch is done with, the gateway state changes, or `progressRefresh` has passed (for the heartbeat latency
+    /// `status` shows).
     func report(_ parts: Parts) async {
         var last: WorkerProgress?
         while !Task.isCancelled {
-            let progress = parts.link.progress(parts.runtime.stats)
+            var progress = parts.link.progress(parts.runtime.stats)
+            let (sessionID, seq) = parts.runtime.committed
+            progress.session = sessionID.map { .init(id: $0, seq: Int64(seq)) }
             if !progress.sameFigures(as: last) {
                 client.send(.heartbeat(progress))
                 last = progress
-            }
-            if parts.runtime.reportSession() {
                 // Under load: at most one report per reportInterval.
                 try? await Task.sleep(for: config.worker.reportInterval)
             } else {

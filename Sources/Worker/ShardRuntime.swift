@@ -79,7 +79,6 @@ public final class ShardRuntime: Sendable {
         var sessionID: String?
         var stats = RuntimeStats()
         var inFlight = 0
-        var lastReported: (String, Int)?
         /// The session and seq `finishDispatch` waits for the committed seq to reach.
         var fence: (sessionID: String, seq: Int)?
 
@@ -213,19 +212,12 @@ public final class ShardRuntime: Sendable {
         }
     }
 
-    /// Reports the committed session to the observer when it moved since the last report; whether it did.
-    @discardableResult
-    public func reportSession() -> Bool {
-        let report = state.withLock { state -> (String, Int)? in
-            guard let id = state.sessionID else { return nil }
-            let current = (id, state.tracker.committed)
-            if let last = state.lastReported, last == current { return nil }
-            state.lastReported = current
-            return current
-        }
-        guard let (id, seq) = report else { return false }
+    /// Reports the session to the observer at once (when it is new or resumed: a successor must find it even if
+    /// this worker dies before its next progress report, which carries it from then on).
+    func reportSession() {
+        let (id, seq) = committed
+        guard let id else { return }
         observer?.sessionCommitted(sessionID: id, seq: seq)
-        return true
     }
 
     func handle(_ event: GatewayClientEvent) async {
@@ -254,7 +246,6 @@ public final class ShardRuntime: Sendable {
         case .sessionInvalidated:
             state.withLock { state in
                 state.sessionID = nil
-                state.lastReported = nil
                 state.tracker.reset()
             }
             observer?.sessionInvalidated()

@@ -17,6 +17,7 @@ struct IPCCodecTests {
         .helloAck(supervisorPID: 77),
         .refused(reason: "nope ✗"),
         .heartbeat(WorkerProgress(state: .ready, heartbeatLatencyMicros: 120, lastEventAgeMillis: 5, reconnects: 2, received: 10, handled: 9, dispatchP50Micros: 40, dispatchP99Micros: 900)),
+        .heartbeat(WorkerProgress(state: .connecting, heartbeatLatencyMicros: -1, received: 3, session: .init(id: "sess-1", seq: 77))),
         .ping(id: 1), .pong(id: .max),
         .identifyRequest(id: 5, shard: 2), .identifyGrant(id: 5), .identifyDenied(id: 6, reason: "spent"), .identifySent(shard: 2), .identifyCancel(id: 8),
         .sessionCommitted(sessionID: "abc", seq: 12), .sessionInvalidated,

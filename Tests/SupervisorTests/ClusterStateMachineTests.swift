@@ -204,6 +204,22 @@ struct ClusterStateMachineTests {
         #expect(c.feed(.sessionInvalidated(ordinal: 0, generation: c.gen(0))) == [.forgetSession(shard: ShardID(0, of: 1))])
     }
 
+    @Test func aProgressReportCarriesTheSessionAndStoresItOnlyWhenItMoved() {
+        var c = Cluster(shards: 1)
+        _ = c.bringUp()
+        let shard = ShardID(0, of: 1)
+        func report(_ session: WorkerProgress.CommittedSession?) -> [ClusterStateMachine.Action] {
+            c.feed(.progress(ordinal: 0, generation: c.gen(0), WorkerProgress(state: .ready, session: session)))
+        }
+        #expect(report(.init(id: "s1", seq: 7)) == [.persistSession(shard: shard, id: "s1", seq: 7)])
+        #expect(report(.init(id: "s1", seq: 7)) == [])
+        #expect(report(nil) == [])
+        #expect(c.machine.worker(ordinal: 0)!.session! == ("s1", 7))
+        #expect(report(.init(id: "s1", seq: 9)) == [.persistSession(shard: shard, id: "s1", seq: 9)])
+        // The session report at ready says the same: nothing to store again.
+        #expect(c.feed(.sessionCommitted(ordinal: 0, generation: c.gen(0), id: "s1", seq: 9)) == [])
+    }
+
     @Test(arguments: [WorkerExitStatus.configurationError, WorkerExitStatus.banned])
     func fatalExitsAreNotRestartedInALoop(code: Int32) {
         var c = Cluster(shards: 2)

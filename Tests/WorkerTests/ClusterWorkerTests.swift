@@ -140,7 +140,7 @@ struct ClusterWorkerTests {
             try await supervisor.waitFor("READY") { if case .gatewayState(.ready) = $0 { true } else { false } }
             h.emulator.burst(count: 10)
             // Skipped, they are done with: the committed seq moves past them (READY is seq 1), and none is answered.
-            try await supervisor.waitFor("seq 11 committed") { if case .sessionCommitted(_, let seq) = $0 { seq == 11 } else { false } }
+            try await supervisor.waitFor("seq 11 committed") { if case .heartbeat(let progress) = $0 { progress.session?.seq == 11 } else { false } }
             #expect(h.stats().messagesReplied == 0)
         }
     }
