@@ -29,6 +29,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-http2.git", from: "1.46.0"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
         .target(
@@ -86,6 +87,18 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
+        // The supervisor's read-only HTTP endpoint: metrics, probes, status, the status page.
+        .target(
+            name: "ClusterHTTP",
+            dependencies: [
+                "ClusterCore", "ClusterProtocol", "Supervisor",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .target(
@@ -125,7 +138,7 @@ let package = Package(
         .target(
             name: "BotCluster",
             dependencies: [
-                "ClusterCore", "ClusterIPC", "ClusterProtocol", "QQGateway", "RateBudget", "UserCache", "Worker", "Supervisor", "GatewayEmulator", "CBotSystem",
+                "ClusterCore", "ClusterIPC", "ClusterProtocol", "QQGateway", "RateBudget", "UserCache", "Worker", "Supervisor", "GatewayEmulator", "CBotSystem", "ClusterHTTP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),

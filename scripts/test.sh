@@ -15,6 +15,13 @@ cd "$(dirname "$0")/.."
 python3 scripts/check-dependencies.py
 python3 scripts/check-doc-comments.py
 swift build --build-tests --explicit-target-dependency-import-check error
+# What ships beside the binary: the runtime image has every library the binary links, the systemd unit passes
+# systemd's own check (with ExecStart pointed at this build).
+bash scripts/check-image-libraries.sh
+unit=$(mktemp -d)
+sed "s#/usr/local/bin/botcluster#$(swift build --show-bin-path)/botcluster#g" deploy/systemd/botcluster.service > "$unit/botcluster.service"
+systemd-analyze verify "$unit/botcluster.service"
+rm -rf "$unit"
 # Unit and in-process suites run in parallel; the suites that run real clusters of processes run afterwards, on
 # their own, so that their bounds (a hang found within misses x interval, a rename served within 1 s) hold on a
 # busy two-core machine too.
@@ -31,6 +38,10 @@ if [[ $(id -u) -eq 0 ]]; then
   trap 'rm -rf "$stage"' EXIT
   bin=$(swift build --show-bin-path)
   cp "$bin/botclusterPackageTests.xctest" "$bin/botcluster" "$bin/botcluster-bench" "$bin/botcluster-chaos" "$stage/"
+  # And the files the suites read: the dashboard and alert rules they check, the browser driver of the status page.
+  mkdir -p "$stage/scripts" "$stage/deploy"
+  cp scripts/page_driver.py "$stage/scripts/"
+  cp -r deploy/grafana deploy/prometheus "$stage/deploy/"
   chown -R "$user" "$stage"
   chmod 700 "$stage"
   echo "process tests as $user (uid $(id -u "$user")), not root"

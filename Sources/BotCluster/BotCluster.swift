@@ -47,7 +47,7 @@ struct BotClusterCommand: AsyncParsableCommand {
         abstract: "Run one QQ bot across many gateway shards as a supervised cluster of worker processes.",
         subcommands: [
             LaunchCommand.self, StatusCommand.self, ScaleCommand.self, RestartCommand.self, StopCommand.self, UserCommand.self, RunCommand.self,
-            WorkerCommand.self, EmulatorCommand.self, ConfigCommand.self,
+            WorkerCommand.self, EmulatorCommand.self, ConfigCommand.self, ProbeCommand.self,
         ]
     )
 }

@@ -57,17 +57,52 @@ struct StatusCommand: AsyncParsableCommand {
 
     @OptionGroup var options: CommonOptions
     @Flag(name: .long, help: "Print JSON.") var json = false
+    @Flag(name: .long, help: "Keep the view on screen, redrawn in place every --interval, until interrupted.") var watch = false
+    @Option(name: .long, help: "With --watch: how often to redraw (e.g. 2s, 500ms).") var interval = "2s"
+
+    func validate() throws {
+        guard !(json && watch) else { throw ValidationError("--watch redraws the table: leave out --json (or poll status --json yourself)") }
+        guard let every = DurationFormat.parse(interval), every >= .milliseconds(100) else {
+            throw ValidationError("--interval: give a duration of at least 100ms, like 2s, got \"\(interval)\"")
+        }
+        _ = every
+    }
 
     func run() async throws {
-        let body = try await control(options, .status)
-        if json {
-            printLine(body)
+        guard watch else {
+            let body = try await control(options, .status)
+            if json { printLine(body) } else { printLine(Self.render(body).joined(separator: "\n")) }
             return
         }
-        guard let status = try? JSONDecoder().decode(ClusterStatus.self, from: Data(body.utf8)) else {
-            printLine(body)
-            return
+        let every = DurationFormat.parse(interval) ?? .seconds(2)
+        let terminal = isatty(STDOUT_FILENO) == 1
+        while !Task.isCancelled {
+            let lines: [String]
+            do {
+                lines = Self.render(try await control(options, .status))
+            } catch {
+                printLine((terminal ? "\u{1B}[H\u{1B}[2J" : "") + "\(error)")
+                throw ExitCode(1)
+            }
+            let footer = "every \(DurationFormat.human(every)) · \(Self.clock()) · ctrl-c to quit"
+            // Home, the frame with each line's rest erased, then the rest of the screen erased: no flicker.
+            let frame = terminal
+                ? "\u{1B}[H" + (lines + ["", footer]).map { $0 + "\u{1B}[K" }.joined(separator: "\n") + "\u{1B}[J"
+                : (lines + [footer, ""]).joined(separator: "\n")
+            OutputWriter.standardOutput.write(frame + (terminal ? "" : "\n"))
+            try await Task.sleep(for: every)
         }
+    }
+
+    static func clock() -> String {
+        let formatter = DateFormatter()
+        formatter.dateFormat = "HH:mm:ss"
+        return formatter.string(from: Date())
+    }
+
+    /// The table `status` prints for the supervisor's answer (the answer itself when it is not a status).
+    static func render(_ body: String) -> [String] {
+        guard let status = try? JSONDecoder().decode(ClusterStatus.self, from: Data(body.utf8)) else { return [body] }
         func text(_ value: (any CustomStringConvertible)?) -> String { value.map { "\($0)" } ?? "-" }
         var rows = [["ORD", "SHARD", "PID", "STATE", "UPTIME", "RESTARTS", "LAST EXIT", "GW MS", "EVENTS/S"]]
         for worker in status.workers {
@@ -79,15 +114,16 @@ struct StatusCommand: AsyncParsableCommand {
             ])
         }
         let widths = rows[0].indices.map { column in rows.map { $0[column].count }.max() ?? 0 }
-        for row in rows {
-            printLine(row.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }.joined(separator: "  "))
+        var lines = rows.map { row in
+            row.enumerated().map { $0.element.padding(toLength: widths[$0.offset], withPad: " ", startingAt: 0) }.joined(separator: "  ")
         }
         if let startup = status.startup {
-            printLine((status.otherLayouts.isEmpty ? "launch: " : "rescale: ") + startup.line)
+            lines.append((status.otherLayouts.isEmpty ? "launch: " : "rescale: ") + startup.line)
         }
         if !status.unresponsive.isEmpty {
-            printLine("not answering IPC: workers \(status.unresponsive.map(String.init).joined(separator: ", "))")
+            lines.append("not answering IPC: workers \(status.unresponsive.map(String.init).joined(separator: ", "))")
         }
+        return lines
     }
 }
 

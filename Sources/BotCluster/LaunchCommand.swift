@@ -1,5 +1,6 @@
 import ArgumentParser
 import ClusterCore
+import ClusterHTTP
 import ClusterIPC
 import ClusterProtocol
 import Foundation
@@ -118,6 +119,16 @@ final class LaunchService: Service {
         let supervisor: ClusterSupervisor
         do {
             supervisor = try ClusterSupervisor(setup: setup, store: store, logger: logger)
+            // Detached: not told of the graceful shutdown, they keep serving (probes, scrapes, the service
+            // manager) while the workers drain, and end with the supervisor.
+            let http = config.http.listen.map { address in
+                Task.detached { try await StatusServer(supervisor: supervisor, address: address, logger: self.logger).run() }
+            }
+            let notifications = Task.detached { await supervisor.notifyServiceManager(SystemdNotifier()) }
+            defer {
+                http?.cancel()
+                notifications.cancel()
+            }
             try await supervisor.run()
         } catch {
             printError("supervisor: \(error)")

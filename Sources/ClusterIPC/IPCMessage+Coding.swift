@@ -12,6 +12,7 @@ enum MessageType: UInt8 {
     // 40 was `stop`, never sent: a worker is stopped with SIGTERM, like any service.
     case budgetRequest = 60, budgetGrant = 61, budgetCancel = 62, budgetReturn = 63, budgetRateLimited = 64, budgetPause = 65
     case usersChanged = 70, usersInvalidate = 71, userQuery = 72, userAnswer = 73
+    case metricsQuery = 74, metricsAnswer = 75
     case claims = 80, claimResults = 81, claimResolved = 82, claimsDone = 83, claimsReleased = 84, startDispatch = 85, finishDispatch = 86, dispatchFinished = 87
     case controlRequest = 50, controlProgress = 51, controlReply = 52
 }
@@ -236,6 +237,13 @@ extension IPCMessage {
             buffer.writeInteger(MessageType.userAnswer.rawValue)
             buffer.writeInteger(id)
             buffer.writeIPCOptionalString(username)
+        case .metricsQuery(let id):
+            buffer.writeInteger(MessageType.metricsQuery.rawValue)
+            buffer.writeInteger(id)
+        case .metricsAnswer(let id, let metrics):
+            buffer.writeInteger(MessageType.metricsAnswer.rawValue)
+            buffer.writeInteger(id)
+            buffer.writeWorkerMetrics(metrics)
         case .controlRequest(let id, let command):
             buffer.writeInteger(MessageType.controlRequest.rawValue)
             buffer.writeInteger(id)
@@ -361,6 +369,10 @@ extension IPCMessage {
             message = .userQuery(id: try frame.readIPC(UInt64.self, "id"), userID: try frame.readIPCString("userID"))
         case .userAnswer:
             message = .userAnswer(id: try frame.readIPC(UInt64.self, "id"), username: try frame.readIPCOptionalString("username"))
+        case .metricsQuery:
+            message = .metricsQuery(id: try frame.readIPC(UInt64.self, "id"))
+        case .metricsAnswer:
+            message = .metricsAnswer(id: try frame.readIPC(UInt64.self, "id"), try frame.readWorkerMetrics())
         case .controlRequest:
             message = .controlRequest(id: try frame.readIPC(UInt64.self, "id"), command: try frame.readControlCommand())
         case .controlProgress:
@@ -370,6 +382,72 @@ extension IPCMessage {
         }
         if frame.readableBytes > 0 { throw IPCProtocolError("\(frame.readableBytes) unexpected bytes after a \(message.name) message") }
         return message
+    }
+}
+
+extension ByteBuffer {
+    mutating func writeWorkerMetrics(_ m: WorkerMetrics) {
+        writeInteger(UInt32(m.eventsByType.count))
+        for (type, count) in m.eventsByType.sorted(by: { $0.key < $1.key }) {
+            writeIPCString(type)
+            writeInteger(count)
+        }
+        writeInteger(m.duplicates)
+        writeInteger(m.handlerErrors)
+        for histogram in [m.handlerDuration, m.heartbeatLatency, m.ipcRoundTrip] { writeHistogram(histogram) }
+        writeInteger(UInt32(m.restRequests.count))
+        for (key, count) in m.restRequests.sorted(by: { ($0.key.route, $0.key.status) < ($1.key.route, $1.key.status) }) {
+            writeIPCString(key.route)
+            writeInteger(Int32(clamping: key.status))
+            writeInteger(count)
+        }
+        writeInteger(m.cacheHits)
+        writeInteger(m.cacheMisses)
+    }
+
+    mutating func writeHistogram(_ h: MetricHistogram) {
+        writeInteger(UInt8(h.counts.count))
+        for count in h.counts { writeInteger(count) }
+        writeInteger(h.sum.bitPattern)
+    }
+
+    /// A worker's counts; every count of labels is bounded (a forged answer cannot grow the supervisor's tables).
+    mutating func readWorkerMetrics() throws(IPCProtocolError) -> WorkerMetrics {
+        var m = WorkerMetrics()
+        let types = try readIPC(UInt32.self, "eventTypes")
+        guard types <= WorkerMetrics.maxLabels else { throw IPCProtocolError("\(types) event types, at most \(WorkerMetrics.maxLabels)") }
+        for _ in 0..<types {
+            let type = try readIPCString("eventType")
+            m.eventsByType[WorkerMetrics.eventLabel(type), default: 0] &+= max(0, try readIPC(Int64.self, "events"))
+        }
+        m.duplicates = max(0, try readIPC(Int64.self, "duplicates"))
+        m.handlerErrors = max(0, try readIPC(Int64.self, "handlerErrors"))
+        m.handlerDuration = try readHistogram(MetricHistogram.Bounds.handler, "handlerDuration")
+        m.heartbeatLatency = try readHistogram(MetricHistogram.Bounds.heartbeat, "heartbeatLatency")
+        m.ipcRoundTrip = try readHistogram(MetricHistogram.Bounds.ipc, "ipcRoundTrip")
+        let routes = try readIPC(UInt32.self, "restRequests")
+        guard routes <= WorkerMetrics.maxLabels else { throw IPCProtocolError("\(routes) REST outcomes, at most \(WorkerMetrics.maxLabels)") }
+        for _ in 0..<routes {
+            let route = try readIPCString("route")
+            let status = Int(try readIPC(Int32.self, "status"))
+            let key = RESTOutcome(route: route.utf8.count <= 128 ? route : WorkerMetrics.otherLabel, status: (0...999).contains(status) ? status : 0)
+            m.restRequests[key, default: 0] &+= max(0, try readIPC(Int64.self, "requests"))
+        }
+        m.cacheHits = max(0, try readIPC(Int64.self, "cacheHits"))
+        m.cacheMisses = max(0, try readIPC(Int64.self, "cacheMisses"))
+        return m
+    }
+
+    mutating func readHistogram(_ bounds: [Double], _ field: String) throws(IPCProtocolError) -> MetricHistogram {
+        let n = try readIPC(UInt8.self, field)
+        guard Int(n) == bounds.count + 1 else { throw IPCProtocolError("\(field): \(n) buckets, expected \(bounds.count + 1)") }
+        var counts: [Int64] = []
+        for _ in 0..<n { counts.append(try readIPC(Int64.self, field)) }
+        let sum = Double(bitPattern: try readIPC(UInt64.self, field))
+        guard let histogram = MetricHistogram(bounds: bounds, counts: counts, sum: sum) else {
+            throw IPCProtocolError("\(field): a negative count or a sum that is not a number")
+        }
+        return histogram
     }
 }
 

@@ -165,6 +165,9 @@ public enum IPCMessage: Sendable, Equatable {
     /// What a worker's cache serves for a user (a fan-out of the supervisor), and the answer (nil: not cached).
     case userQuery(id: UInt64, userID: String)
     case userAnswer(id: UInt64, username: String?)
+    /// What a worker counted since it started (a fan-out of the supervisor at a metrics scrape), and the answer.
+    case metricsQuery(id: UInt64)
+    case metricsAnswer(id: UInt64, WorkerMetrics)
     /// Claim events before handling them; the reply holds one decision per key.
     case claims(id: UInt64, keys: [String])
     case claimResults(id: UInt64, decisions: [ClaimDecision])
@@ -193,6 +196,7 @@ public enum IPCMessage: Sendable, Equatable {
         switch self {
         case .ping(let id), .pong(let id), .identifyRequest(let id, _), .identifyGrant(let id), .identifyDenied(let id, _), .identifyCancel(let id),
             .budgetRequest(let id, _, _), .budgetGrant(let id, _, _), .budgetCancel(let id), .userQuery(let id, _), .userAnswer(let id, _),
+            .metricsQuery(let id), .metricsAnswer(let id, _),
             .claims(let id, _), .claimResults(let id, _),
             .controlRequest(let id, _), .controlProgress(let id, _), .controlReply(let id, _, _):
             return id
@@ -234,6 +238,8 @@ public enum IPCMessage: Sendable, Equatable {
         case .usersInvalidate: return "usersInvalidate"
         case .userQuery: return "userQuery"
         case .userAnswer: return "userAnswer"
+        case .metricsQuery: return "metricsQuery"
+        case .metricsAnswer: return "metricsAnswer"
         case .sessionCommitted: return "sessionCommitted"
         case .sessionInvalidated: return "sessionInvalidated"
         case .gatewayState: return "gatewayState"

@@ -72,6 +72,8 @@ public struct OpenAPIClient: Sendable {
     let attempts = 3
     /// How long one request may take, answer body included.
     let timeout: Duration
+    /// Every answer's route and status (shared by the copies of this client).
+    public let tally = RESTTally()
 
     /// A client of the OpenAPI at `baseURL` (a trailing slash is dropped); one request may take `timeout`, body included.
     public init(baseURL: String, appID: String, tokens: TokenProvider, budget: any RequestBudget, http: PlatformHTTP, logger: Logger, timeout: Duration = .seconds(30)) {
@@ -183,7 +185,14 @@ public struct OpenAPIClient: Sendable {
                 headers.add(name: "Content-Type", value: "application/json")
                 payload = ByteBuffer(string: body.serialized())
             }
-            let answer = try await http.execute(method, url: baseURL + path, headers: headers, body: payload, timeout: timeout)
+            let answer: HTTPAnswer
+            do {
+                answer = try await http.execute(method, url: baseURL + path, headers: headers, body: payload, timeout: timeout)
+            } catch {
+                tally.count(route: route, status: 0)
+                throw error
+            }
+            tally.count(route: route, status: answer.status)
             let reply = try? JSONValue.parse(bytes: Array(answer.body.readableBytesView))
             let status = answer.status
             let traceID = answer.headers["X-Tps-trace-ID"].first.map { String($0.prefix(128)) }

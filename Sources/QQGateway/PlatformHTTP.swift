@@ -148,6 +148,11 @@ public final class PlatformHTTP: Sendable {
         }
     }
 
+    /// A GET of `url` (no headers, no body).
+    public func get(_ url: String, timeout: Duration = .seconds(30)) async throws -> HTTPAnswer {
+        try await execute(.GET, url: url, timeout: timeout)
+    }
+
     /// Sends one request to an absolute `http(s)://` URL and reads the whole answer, all within `timeout`.
     public func execute(
         _ method: HTTPMethod, url: String, headers: HTTPHeaders = [:], body: ByteBuffer? = nil, timeout: Duration = .seconds(30)

@@ -23,7 +23,7 @@ public enum WorkerSignal: Sendable, Equatable {
 }
 
 /// A worker's lifecycle state, as `botcluster status` shows it.
-public enum WorkerState: String, Sendable, Equatable {
+public enum WorkerState: String, Sendable, Equatable, CaseIterable {
     /// `queued`: waiting for its turn to start (a launch starts at most `startLimit` workers at a time).
     case queued, spawning, connected, identifying, ready, draining, stopped, backoff, failed
 
@@ -121,9 +121,21 @@ public struct ClusterStateMachine: Sendable {
         case clusterReady
         /// Every worker has exited after a stop.
         case allStopped
+        /// A worker's process ended and is (or will be) replaced, and why (for the metrics).
+        case restarted(ordinal: Int, reason: RestartReason)
 
         /// The severity of a log line.
         public enum Level: Sendable, Equatable { case info, warning, error }
+
+        /// Why a worker's process was replaced.
+        public enum RestartReason: String, Sendable, CaseIterable {
+            /// It exited or was killed by a signal it was not sent.
+            case crash
+            /// It stopped beating and was aborted.
+            case hang
+            /// A restart or rolling restart asked for it.
+            case requested
+        }
     }
 
     public let timings: Timings
@@ -393,7 +405,7 @@ public struct ClusterStateMachine: Sendable {
         }
         if workers[i].respawnWhenExited {
             workers[i].restarts += 1
-            return actions + [.log(.info, "worker \(ordinal): replaced after \(status)")] + spawn(i)
+            return actions + [.restarted(ordinal: ordinal, reason: .requested), .log(.info, "worker \(ordinal): replaced after \(status)")] + spawn(i)
         }
         let fatal: String? = {
             if let reason = workers[i].fatal { return reason }
@@ -412,6 +424,7 @@ public struct ClusterStateMachine: Sendable {
             return actions + [.log(.error, "worker \(ordinal) (shard \(workers[i].shard)) ended with \(status): \(fatal); not restarted")]
         }
         workers[i].restarts += 1
+        actions.append(.restarted(ordinal: ordinal, reason: workers[i].abortedAt != nil ? .hang : .crash))
         switch workers[i].policy.crashed(now: now, rng: &rng) {
         case .now:
             return actions + [.log(.warning, "worker \(ordinal) (shard \(workers[i].shard)) ended with \(status); restarting now")] + spawn(i)

@@ -99,23 +99,64 @@ extension ClusterSupervisor {
     /// not cached) and the ordinals that did not answer.
     func askWorkers(about userID: String, deadline: Duration) async -> (answers: [Int: String?], missing: [Int]) {
         let targets = workerConnections(of: state.withLock { $0.core.layouts.active.id })
-        var signals: [(Int, AsyncSignal<String?>)] = []
+        let answers = await ask(targets, within: deadline, pending: \.userQueries) { .userQuery(id: $0, userID: userID) }
+        return (answers, (0..<shardCount).filter { answers[$0] == nil })
+    }
+
+    /// Sends each of `targets` (by any key) the question `message` makes of a correlation id and waits up to
+    /// `deadline`: the answers that came, by key. The question waits in `pending` until its answer comes (the
+    /// message handler completes it) or the deadline passes (it is forgotten: a worker that never answers grows
+    /// nothing).
+    func ask<Key: Hashable & Sendable, T: Sendable>(
+        _ targets: [Key: IPCConnection], within deadline: Duration, pending: WritableKeyPath<State, [UInt64: AsyncSignal<T>]>,
+        _ message: (UInt64) -> IPCMessage
+    ) async -> [Key: T] {
+        var signals: [(Int, AsyncSignal<T>)] = []
+        var keys: [Key] = []
         var ids: [UInt64] = []
-        for (ordinal, connection) in targets {
-            let signal = AsyncSignal<String?>()
+        for (key, connection) in targets {
+            let signal = AsyncSignal<T>()
             let id = state.withLock { state in
                 state.nextRequestID += 1
-                state.userQueries[state.nextRequestID] = signal
+                state[keyPath: pending][state.nextRequestID] = signal
                 return state.nextRequestID
             }
-            signals.append((ordinal, signal))
+            signals.append((keys.count, signal))
+            keys.append(key)
             ids.append(id)
-            connection.send(.userQuery(id: id, userID: userID))
+            connection.send(message(id))
         }
         let answers = await firstAnswers(signals, within: deadline)
-        state.withLock { state in for id in ids { state.userQueries[id] = nil } }
-        let missing = (0..<shardCount).filter { answers[$0] == nil }
-        return (answers, missing)
+        state.withLock { state in for id in ids { state[keyPath: pending][id] = nil } }
+        var byKey: [Key: T] = [:]
+        for (index, answer) in answers { byKey[keys[index]] = answer }
+        return byKey
+    }
+
+    /// The Prometheus text exposition of the cluster: every worker process (of every layout) is asked for its
+    /// counts and waited for up to `deadline`; one that does not answer counts with its last answer.
+    public func metricsText(deadline: Duration = .seconds(1)) async -> String {
+        let (targets, shards, live, snapshot) = state.withLock { state in
+            var targets: [UInt64: IPCConnection] = [:]
+            var shards: [UInt64: Int] = [:]
+            var live = Set<UInt64>()
+            for layout in state.core.layouts.layouts {
+                for worker in layout.machine.workers where worker.pid != nil {
+                    live.insert(worker.generation)
+                    shards[worker.generation] = worker.shard.id
+                    if let connection = state.connections[layout.id]?[worker.ordinal], connection.hello?.generation == worker.generation {
+                        targets[worker.generation] = connection
+                    }
+                }
+            }
+            let serving = state.core.layouts.active.machine.workers.map { (ordinal: $0.ordinal, state: $0.state, pid: $0.pid) }
+            return (targets, shards, live, serving)
+        }
+        let answers = await ask(targets, within: deadline, pending: \.metricsQueries) { .metricsQuery(id: $0) }
+        var collected: [UInt64: (shard: Int, metrics: WorkerMetrics)] = [:]
+        for (generation, answer) in answers { collected[generation] = (shards[generation] ?? 0, answer) }
+        metrics.collect(collected, live: live)
+        return metrics.render(.init(workers: snapshot, startsRemaining: ledger.snapshot.remaining, budgetGranted: budget.snapshot.granted, now: .now()))
     }
 
     /// Waits for each worker's answer until `deadline`: the answers that came, by ordinal (a fan-out's partial
@@ -152,7 +193,7 @@ extension ClusterSupervisor {
     }
 
     /// The cluster as `botcluster status --json` prints it.
-    func status() async -> ClusterStatus {
+    public func status() async -> ClusterStatus {
         let (rtt, missing) = await pingWorkers(deadline: .milliseconds(500))
         let now = MonotonicInstant.now()
         let (activeID, all, rates) = state.withLock { state in
@@ -245,4 +286,41 @@ extension ClusterSupervisor {
 
     /// Carriage return and erase-line: a terminal's live line is redrawn, or cleared before the next output.
     static let clearLine = "\r\u{1B}[K"
+}
+
+/// Whether every shard of the serving layout is ready (`/readyz`), and why those that are not are not.
+public struct Readiness: Codable, Sendable, Equatable {
+    /// A shard that is not ready.
+    public struct Shard: Codable, Sendable, Equatable {
+        public var ordinal: Int
+        public var state: String
+        public var why: String
+    }
+
+    public var ready: Bool
+    public var shards: Int
+    public var notReady: [Shard]
+}
+
+extension ClusterSupervisor {
+    /// The serving layout's readiness, from what the supervisor holds (no worker is asked: a probe stays cheap).
+    public func readiness() -> Readiness {
+        let workers = state.withLock { $0.core.layouts.active.machine.workers }
+        let notReady = workers.filter { $0.state != .ready }.map { worker -> Readiness.Shard in
+            let why: String
+            switch worker.state {
+            case .queued: why = "waiting for its turn to start"
+            case .spawning: why = "starting"
+            case .connected: why = "connecting to the gateway"
+            case .identifying: why = "waiting for an identify slot"
+            case .draining: why = "draining"
+            case .backoff: why = "restarting after \(worker.lastExit?.description ?? "an exit")"
+            case .failed: why = worker.failure ?? "failed"
+            case .stopped: why = "stopped"
+            case .ready: why = ""
+            }
+            return .init(ordinal: worker.ordinal, state: worker.state.rawValue, why: why)
+        }
+        return Readiness(ready: notReady.isEmpty && !workers.isEmpty, shards: workers.count, notReady: notReady)
+    }
 }

@@ -72,6 +72,22 @@ extension ClusterSupervisor {
     /// Begins a layout change (`SupervisorCore` carries it through, event by event) and waits for its answer.
     /// One change at a time; every phase of one has a deadline, so the answer comes.
     func change(_ begin: SupervisorCore.Event, progress: @escaping @Sendable (String) -> Void, identifiesBefore: Int? = nil) async -> (Bool, String) {
+        let kind: String
+        if case .beginScale(let shards, _, _) = begin {
+            kind = "scale"
+            events.post("rescale", "rescale to \(shards) shards begins")
+        } else {
+            kind = "rolling_restart"
+            events.post("rolling", "rolling restart begins")
+        }
+        let (ok, text, outcome) = await carryOut(begin, progress: progress, identifiesBefore: identifiesBefore)
+        metrics.layoutChanged(kind: kind, outcome: outcome)
+        events.post(kind == "scale" ? "rescale" : "rolling", (ok ? "" : "\(outcome): ") + text)
+        return (ok, text)
+    }
+
+    /// `change`'s work: the answer, and the outcome for the metrics (done, failed, refused).
+    func carryOut(_ begin: SupervisorCore.Event, progress: @escaping @Sendable (String) -> Void, identifiesBefore: Int?) async -> (Bool, String, String) {
         let answer = AsyncSignal<(Bool, String)>()
         let begun = state.withLock { state -> Result<[SupervisorCore.Action], RefusedChange> in
             guard state.core.change == nil, state.changeRequester == nil else { return .failure(RefusedChange("a rescale or rolling restart is already running")) }
@@ -82,14 +98,15 @@ extension ClusterSupervisor {
         let actions: [SupervisorCore.Action]
         switch begun {
         case .success(let begunActions): actions = begunActions
-        case .failure(let refusal): return (false, refusal.reason)
+        case .failure(let refusal): return (false, refusal.reason, "refused")
         }
         timer.poke()
         perform(actions)
         do {
-            return try await answer.wait()
+            let (ok, text) = try await answer.wait()
+            return (ok, text, ok ? "done" : "failed")
         } catch {
-            return (false, "the supervisor stopped before the change was over")
+            return (false, "the supervisor stopped before the change was over", "failed")
         }
     }
 

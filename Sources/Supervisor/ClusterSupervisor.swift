@@ -4,6 +4,7 @@ import ClusterProtocol
 import Foundation
 import Logging
 import NIOCore
+import NIOPosix
 import QQGateway
 import RateBudget
 import ServiceLifecycle
@@ -46,6 +47,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         /// Pings and user queries sent to workers, by correlation id.
         var pings: [UInt64: (ordinal: Int, sentAt: MonotonicInstant, signal: AsyncSignal<Duration>)] = [:]
         var userQueries: [UInt64: AsyncSignal<String?>] = [:]
+        var metricsQueries: [UInt64: AsyncSignal<WorkerMetrics>] = [:]
         var nextRequestID: UInt64 = 0
         var spawner: ProcessSpawner?
         /// Who asked for the layout change in progress.
@@ -95,11 +97,17 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
     let controlContinuation: AsyncStream<@Sendable () async -> Void>.Continuation
     /// Printed once every worker is ready (tests and scripts wait for it).
     public let ready = AsyncSignal<Duration>()
+    /// Set when the supervisor begins to drain every worker (a signal, `botcluster stop`, `stop()`).
+    public let stopping = AsyncSignal<Void>()
     /// The supervisor's own calls to the platform (`/gateway/bot` when it plans a rescale): one connection and a
     /// small budget of its own, so that they never compete with the workers' replies.
     let platform: PlatformClients
     /// Where workers store their beats (see `LivenessTable`); read when a silence deadline is due.
     let liveness: LivenessTable
+    /// What a Prometheus scrape sees (see `metricsText()`).
+    public let metrics: ClusterMetrics
+    /// What happened lately, for the status page.
+    public let events = ClusterEventFeed()
 
     /// A supervisor for `setup` resuming what `store` holds; throws if the platform clients cannot be set up.
     public init(setup: SupervisorSetup, store: ClusterStore, logger: Logger) throws {
@@ -108,6 +116,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         self.store = store
         let sessions = store.sessions(total: setup.shards)
         liveness = try LivenessTable.create()
+        metrics = ClusterMetrics(restRate: setup.config.rateBudget.globalRate)
         state = Mutex(State(core: SupervisorCore(
             active: ClusterStateMachine(
                 shards: setup.shards, timings: .init(setup.config.supervisor), restart: setup.config.restart,
@@ -200,6 +209,23 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         logger.info("supervisor stopped")
     }
 
+    /// Whether the supervisor's own machinery answers: its state lock can be taken and the IPC event loop runs a
+    /// job, both within `deadline` (what the service manager's watchdog is fed on).
+    public func isResponsive(within deadline: Duration) async -> Bool {
+        _ = state.withLock { $0.nextRequestID }
+        // Every loop of the group the IPC server runs on.
+        let loops = Array(MultiThreadedEventLoopGroup.singleton.makeIterator())
+        do {
+            try await withTimeout(deadline, "the IPC event loops") { () async throws -> Bool in
+                for loop in loops { try await loop.submit {}.get() }
+                return true
+            }
+            return true
+        } catch {
+            return false
+        }
+    }
+
     /// Asks the supervisor to drain every worker and end (as SIGTERM does).
     public func stop() {
         dispatch(.stop)
@@ -209,6 +235,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
 
     /// A worker, process or timer event.
     func dispatch(_ event: ClusterStateMachine.Event) {
+        if case .stop = event { stopping.set(()) }
         handle(.cluster(event))
     }
 
@@ -273,7 +300,9 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             switch level {
             case .info: logger.info("\(message)")
             case .warning: logger.warning("\(message)")
-            case .error: logger.error("\(message)")
+            case .error:
+                logger.error("\(message)")
+                events.post("failed", message)
             }
         case .clusterReady:
             if layout == 0 {
@@ -282,9 +311,17 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
                 let clear = isatty(STDOUT_FILENO) == 1 ? Self.clearLine : ""
                 OutputWriter.standardOutput.write(clear + "cluster ready: \(setup.shards) shards in \(DurationFormat.human(elapsed))\n")
                 ready.set(elapsed)
+                events.post("ready", "cluster ready: \(setup.shards) shards in \(DurationFormat.human(elapsed))")
             }
         case .allStopped:
             if layout == state.withLock({ $0.core.layouts.active.id }) { stopped.set(()) }
+        case .restarted(let ordinal, let reason):
+            metrics.restarted(reason)
+            switch reason {
+            case .crash: events.post("crash", "worker \(ordinal) crashed; replaced")
+            case .hang: events.post("hang", "worker \(ordinal) stopped beating; killed and replaced")
+            case .requested: events.post("restart", "worker \(ordinal) replaced on request")
+            }
         }
     }
 
@@ -449,6 +486,10 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         case .sessionInvalidated:
             dispatch(.sessionInvalidated(ordinal: ordinal, generation: generation))
         case .gatewayState(.ready), .gatewayState(.resumed):
+            var resumed = false
+            if case .gatewayState(.resumed) = message { resumed = true }
+            metrics.sessionStarted(resumed: resumed)
+            if resumed { events.post("resume", "worker \(ordinal) resumed its session") }
             dispatch(.gatewayReady(ordinal: ordinal, generation: generation))
         case .gatewayState(.failed(let failure, let code)):
             let what: String
@@ -473,12 +514,16 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             budget.giveBack(from: connection, route: route, count: Int(count))
         case .budgetRateLimited(let route, let retryAfter):
             let pause = budget.rateLimited(route: route, retryAfter: .clamped(milliseconds: Int64(retryAfter), to: .milliseconds(50)...BudgetAuthority.maxPause))
+            metrics.rateLimitedOnce()
+            events.post("429", "\(route.prefix(BudgetAuthority.maxRouteLength)) paused for \(DurationFormat.human(pause)) (worker \(ordinal))")
             logger.warning("429 from the platform: route paused for every worker", metadata: ["route": "\(route.prefix(BudgetAuthority.maxRouteLength))", "worker.ordinal": "\(ordinal)", "pause": "\(DurationFormat.human(pause))"])
             broadcast(.budgetPause(route: route, forMillis: Int32(clamping: pause.nanoseconds / 1_000_000)), except: connection)
         case .usersChanged(let ids):
             broadcast(.usersInvalidate(ids: ids), except: connection)
         case .userAnswer(let id, let username):
             if let entry = state.withLock({ $0.userQueries.removeValue(forKey: id) }) { entry.set(username) }
+        case .metricsAnswer(let id, let answer):
+            if let entry = state.withLock({ $0.metricsQueries.removeValue(forKey: id) }) { entry.set(answer) }
         case .claims(let id, let keys):
             connection.send(.claimResults(id: id, decisions: claims.claim(keys, by: connection)))
         case .claimsDone(let keys):

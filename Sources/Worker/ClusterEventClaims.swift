@@ -10,9 +10,14 @@ import Synchronization
 public final class ClusterEventClaims: EventClaims {
     struct State {
         var queued: [(key: String, continuation: CheckedContinuation<Bool, Never>)] = []
-        var inFlight: (id: UInt64, batch: [(key: String, continuation: CheckedContinuation<Bool, Never>)])?
+        var inFlight: (id: UInt64, sentAt: MonotonicInstant, batch: [(key: String, continuation: CheckedContinuation<Bool, Never>)])?
         var waiting: [String: CheckedContinuation<Bool, Never>] = [:]
+        /// Each batch's round trip to the supervisor and back (for the metrics).
+        var roundTrips = MetricHistogram(bounds: MetricHistogram.Bounds.ipc)
     }
+
+    /// The round trips of the claims batches so far.
+    public var roundTrips: MetricHistogram { state.withLock { $0.roundTrips } }
 
     let client: IPCClient
     let state = Mutex(State())
@@ -37,7 +42,7 @@ public final class ClusterEventClaims: EventClaims {
     func nextBatch(_ state: inout State) -> (UInt64, [String])? {
         guard state.inFlight == nil, !state.queued.isEmpty else { return nil }
         let id = client.makeID()
-        state.inFlight = (id, state.queued)
+        state.inFlight = (id, .now(), state.queued)
         state.queued = []
         return (id, state.inFlight!.batch.map(\.key))
     }
@@ -48,6 +53,7 @@ public final class ClusterEventClaims: EventClaims {
         let send = state.withLock { state -> (UInt64, [String])? in
             guard let inFlight = state.inFlight, inFlight.id == id else { return nil }
             state.inFlight = nil
+            state.roundTrips.record(.now() - inFlight.sentAt)
             for (index, entry) in inFlight.batch.enumerated() {
                 switch index < decisions.count ? decisions[index] : .skip {
                 case .handle: resume.append((entry.continuation, true))

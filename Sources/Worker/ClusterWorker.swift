@@ -96,7 +96,7 @@ public final class ClusterWorker: Service {
             permit: link, claims: claims, users: users, observer: link, logger: logger, holdDispatch: assignment.holdDispatch
         )
         link.watch(runtime.sessionMoved)
-        let parts = Parts(link: link, budget: budget, users: users, claims: claims, runtime: runtime)
+        let parts = Parts(link: link, budget: budget, users: users, claims: claims, runtime: runtime, rest: clients.api.tally)
         let outcome = await runShard(runtime, drainTimeout: config.worker.drainTimeout, onStop: { link.gatewayState = .draining }, onDeadline: { sessionID, seq in
             self.logger.warning("handlers still running at the drain deadline were abandoned; exiting", metadata: ["session.seq": "\(seq)"])
             _ = try? await self.client.sendFlushed(.drained(sessionID: sessionID, seq: Int64(seq)), within: .milliseconds(500))
@@ -122,6 +122,25 @@ public final class ClusterWorker: Service {
         let users: UserDirectory?
         let claims: ClusterEventClaims
         let runtime: ShardRuntime
+        let rest: RESTTally
+
+        /// What this process counted since it started, for the supervisor's metrics.
+        var metrics: WorkerMetrics {
+            let stats = runtime.stats
+            var metrics = WorkerMetrics()
+            metrics.eventsByType = stats.eventsByType
+            metrics.duplicates = Int64(stats.duplicatesSkipped)
+            metrics.handlerErrors = Int64(stats.handlerErrors)
+            metrics.handlerDuration = stats.handlerDuration
+            metrics.heartbeatLatency = stats.heartbeatLatencies
+            metrics.ipcRoundTrip = claims.roundTrips
+            for (key, count) in rest.snapshot { metrics.restRequests[RESTOutcome(route: key.route, status: key.status)] = count }
+            if let counters = users?.counters {
+                metrics.cacheHits = Int64(counters.hits)
+                metrics.cacheMisses = Int64(counters.lookups - counters.hits)
+            }
+            return metrics
+        }
     }
 
     /// Proves the worker runs: a beat in the liveness table every heartbeat interval, stored by the IPC
@@ -183,6 +202,8 @@ public final class ClusterWorker: Service {
                 switch message {
                 case .budgetPause(let route, let ms):
                     parts.budget.pause(route: route, for: .milliseconds(Int64(ms)))
+                case .metricsQuery(let id):
+                    client.send(.metricsAnswer(id: id, parts.metrics))
                 case .usersInvalidate(let ids):
                     parts.users?.invalidate(ids)
                 case .userQuery(let id, let userID):

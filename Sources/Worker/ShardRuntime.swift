@@ -1,4 +1,5 @@
 import ClusterCore
+import ClusterProtocol
 import Logging
 import QQGateway
 import Synchronization
@@ -43,6 +44,12 @@ public struct RuntimeStats: Sendable {
     public var heartbeatLatency: Duration?
     /// Event received -> handler entered.
     public var dispatchLatency = LatencyHistogram()
+    /// Dispatches received, by event type (bounded: see `WorkerMetrics.maxLabels`).
+    public var eventsByType: [String: Int64] = [:]
+    /// How long handlers ran (those that ended, with or without an error).
+    public var handlerDuration = MetricHistogram(bounds: MetricHistogram.Bounds.handler)
+    /// Every heartbeat ACK's round trip.
+    public var heartbeatLatencies = MetricHistogram(bounds: MetricHistogram.Bounds.heartbeat)
 }
 
 /// How a runtime ended.
@@ -250,7 +257,10 @@ public final class ShardRuntime: Sendable {
             }
             observer?.sessionInvalidated()
         case .heartbeatAcknowledged(let latency):
-            state.withLock { $0.stats.heartbeatLatency = latency }
+            state.withLock { state in
+                state.stats.heartbeatLatency = latency
+                state.stats.heartbeatLatencies.record(latency)
+            }
             observer?.heartbeatAcknowledged(latency: latency)
         case .disconnected(let code, let reconnectIn):
             if reconnectIn != nil { state.withLock { $0.stats.reconnects += 1 } }
@@ -271,6 +281,7 @@ public final class ShardRuntime: Sendable {
         }
         let ticket = state.withLock { state -> SeqTracker.Ticket in
             state.stats.received += 1
+            WorkerMetrics.tally(&state.stats.eventsByType, WorkerMetrics.eventLabel(dispatch.name), 1, overflow: WorkerMetrics.otherLabel)
             state.stats.lastEventAt = dispatch.receivedAt
             return state.tracker.begin(dispatch.seq)
         }
@@ -326,16 +337,23 @@ public final class ShardRuntime: Sendable {
                     return
                 }
             }
+            let started = MonotonicInstant.now()
             do {
                 try await body()
                 if let claimKey { self.claims.complete(claimKey) }
-                self.state.withLock { $0.stats.handled += 1 }
+                self.state.withLock { state in
+                    state.stats.handled += 1
+                    state.stats.handlerDuration.record(.now() - started)
+                }
             } catch is CancellationError {
                 if let claimKey { self.claims.release(claimKey) }
             } catch {
                 // The handler ran and failed: the event counts as handled (not retried), and the error is logged.
                 if let claimKey { self.claims.complete(claimKey) }
-                self.state.withLock { $0.stats.handlerErrors += 1 }
+                self.state.withLock { state in
+                    state.stats.handlerErrors += 1
+                    state.stats.handlerDuration.record(.now() - started)
+                }
                 self.logger.error("handler failed", metadata: ["event": "\(name)", "error": "\(error)"])
             }
         }

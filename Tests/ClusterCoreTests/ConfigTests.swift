@@ -261,3 +261,39 @@ struct LineSplitterTests {
         }
     }
 }
+
+@Suite("http.listen and the service manager")
+struct HTTPConfigTests {
+    @Test func listenAddressesParseOrSayWhatIsWrong() throws {
+        #expect(try ListenAddress.parse("127.0.0.1:9464").get() == ListenAddress(host: "127.0.0.1", port: 9464))
+        #expect(try ListenAddress.parse("[::1]:0").get() == ListenAddress(host: "::1", port: 0))
+        #expect(try ListenAddress.parse("[::1]:0").get().description == "[::1]:0")
+        for bad in ["9464", ":9464", "host:99999", "host:http", "::1:9464", "[::1]9464"] {
+            #expect(throws: ListenAddressError.self, "\(bad)") { try ListenAddress.parse(bad).get() }
+        }
+    }
+
+    @Test func systemdNotificationsReachADatagramSocketAndNothingWithoutOne() throws {
+        #expect(!SystemdNotifier(environment: [:]).isActive)
+        #expect(SystemdNotifier(environment: ["NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "2000000"]).watchdogInterval == .seconds(2))
+        #expect(SystemdNotifier(environment: ["NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "1"]).watchdogInterval == nil)
+        // An abstract-namespace socket, as systemd uses in containers.
+        let name = "botcluster-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (i, byte) in name.utf8.enumerated() { raw[i + 1] = byte }
+        }
+        let length = socklen_t(MemoryLayout<sa_family_t>.size + 1 + name.utf8.count)
+        let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
+        try #require(bound == 0)
+        let notifier = SystemdNotifier(environment: ["NOTIFY_SOCKET": "@" + name])
+        #expect(notifier.notify(["READY=1", "STATUS=ready\nINJECTED=1"]))
+        var buffer = [UInt8](repeating: 0, count: 256)
+        let count = recv(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT))
+        #expect(count > 0)
+        #expect(String(decoding: buffer[0..<max(0, count)], as: UTF8.self) == "READY=1\nSTATUS=ready")
+    }
+}

@@ -19,6 +19,19 @@ struct IPCCodecTests {
         .heartbeat(WorkerProgress(state: .ready, heartbeatLatencyMicros: 120, lastEventAgeMillis: 5, reconnects: 2, received: 10, handled: 9, dispatchP50Micros: 40, dispatchP99Micros: 900)),
         .heartbeat(WorkerProgress(state: .connecting, heartbeatLatencyMicros: -1, received: 3, session: .init(id: "sess-1", seq: 77))),
         .ping(id: 1), .pong(id: .max),
+        .metricsQuery(id: 9), .metricsAnswer(id: 9, WorkerMetrics()), .metricsAnswer(id: 10, {
+            var m = WorkerMetrics()
+            m.eventsByType = ["AT_MESSAGE_CREATE": 40, "READY": 1]
+            m.duplicates = 3
+            m.handlerErrors = 1
+            m.handlerDuration.record(.milliseconds(3))
+            m.heartbeatLatency.record(0.04)
+            m.ipcRoundTrip.record(.microseconds(80))
+            m.restRequests = [RESTOutcome(route: "POST /channels/{channel_id}/messages", status: 200): 39, RESTOutcome(route: "GET /users/@me", status: 0): 1]
+            m.cacheHits = 7
+            m.cacheMisses = 2
+            return m
+        }()),
         .identifyRequest(id: 5, shard: 2), .identifyGrant(id: 5), .identifyDenied(id: 6, reason: "spent"), .identifySent(shard: 2), .identifyCancel(id: 8),
         .sessionCommitted(sessionID: "abc", seq: 12), .sessionInvalidated,
         .gatewayState(.ready(sessionID: "a")), .gatewayState(.resumed(sessionID: "b")), .gatewayState(.disconnected(code: 4009)),

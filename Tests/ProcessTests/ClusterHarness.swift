@@ -26,6 +26,7 @@ struct TestCluster {
             "identify": {"window": "100ms", "margin": "10ms"},
             "supervisor": {"heartbeat": {"interval": "100ms", "misses": 5}, "abortGrace": "200ms", "stopGrace": "5s", "helloTimeout": "5s", "controlIdleTimeout": "1s"},
             "restart": {"baseDelay": "100ms", "maxDelay": "1s", "maxCrashes": 3, "crashWindow": "30s"},
+            "http": {"listen": "127.0.0.1:0"},
             "rateBudget": \#(rateBudget)\#(extra)
             """#)
     }
@@ -43,6 +44,11 @@ struct TestCluster {
         var lines = supervisor.lines.makeAsyncIterator()
         try #require(await supervisor.waitForLine(containing: "cluster ready: \(shards) shards", iterator: &lines) != nil)
         return TestCluster(directory: directory, emulator: emulator, supervisor: supervisor)
+    }
+
+    /// The supervisor's HTTP endpoint (`http listening on URL`), e.g. `http://127.0.0.1:40123`.
+    var httpURL: String? {
+        supervisor.output.first { $0.hasPrefix("http listening on ") }.map { String($0.dropFirst("http listening on ".count)) }
     }
 
     /// `botcluster status --json`, over the control socket.

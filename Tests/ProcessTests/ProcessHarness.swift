@@ -23,6 +23,15 @@ func botclusterBinary() -> String {
     return bundleDirectory.appendingPathComponent("botcluster").path
 }
 
+/// A file of this repository the tests read (deploy/, scripts/): beside the test bundle when the suites run staged
+/// as another user (scripts/test.sh copies them there), else in the checkout.
+func repositoryFile(_ path: String, source: String = #filePath) -> String {
+    let bundleDirectory = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    let staged = bundleDirectory.appendingPathComponent(path).path
+    if FileManager.default.fileExists(atPath: staged) { return staged }
+    return URL(fileURLWithPath: source).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent(path).path
+}
+
 /// A scratch directory for one test, removed at the end.
 func withTemporaryDirectory<T>(_ body: (String) async throws -> T) async rethrows -> T {
     let path = NSTemporaryDirectory() + "botcluster-test-" + UUID().uuidString.prefix(8)
@@ -36,8 +45,10 @@ final class BotclusterProcess: Sendable {
     let process: Process
     let lines: AsyncStream<String>
     private let collected = LineCollector()
+    /// The process's standard input, when asked for (`send`); otherwise it reads from the test's.
+    private let input: Pipe?
 
-    init(_ arguments: [String], directory: String, environment: [String: String] = [:], executable: String = botclusterBinary()) throws {
+    init(_ arguments: [String], directory: String, environment: [String: String] = [:], executable: String = botclusterBinary(), withInput: Bool = false) throws {
         process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
@@ -45,6 +56,8 @@ final class BotclusterProcess: Sendable {
         var env = ProcessInfo.processInfo.environment
         for (key, value) in environment { env[key] = value }
         process.environment = env
+        input = withInput ? Pipe() : nil
+        if let input { process.standardInput = input }
         let output = Pipe()
         process.standardOutput = output
         process.standardError = output
@@ -75,6 +88,11 @@ final class BotclusterProcess: Sendable {
     }
 
     var pid: Int32 { process.processIdentifier }
+
+    /// Writes `line` and a newline to the process's standard input (started `withInput`).
+    func send(_ line: String) {
+        input?.fileHandleForWriting.write(Data((line + "\n").utf8))
+    }
 
     /// Everything printed so far.
     var output: [String] { collected.lines.withLock { $0 } }

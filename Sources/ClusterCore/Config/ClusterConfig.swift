@@ -13,6 +13,7 @@ public struct ClusterConfig: Sendable {
     public var scale: ScaleConfig
     public var emulator: EmulatorConfig
     public var log: LogConfig
+    public var http: HTTPConfig
 
     /// The normalized document: every key with its effective value, secrets redacted.
     public var normalized: JSONValue
@@ -41,11 +42,12 @@ extension ClusterConfig {
         let scale = ScaleConfig(reading: root.object("scale"))
         let emulator = EmulatorConfig(reading: root.object("emulator"))
         let log = LogConfig(reading: root.object("log"))
+        let http = HTTPConfig(reading: root.object("http"))
         root.finish()
         return ClusterConfig(
             app: app, gateway: gateway, shards: shards, supervisor: supervisor, restart: restart,
             identify: identify, worker: worker, cache: cache, rateBudget: rateBudget, exactlyOnce: exactlyOnce,
-            scale: scale, emulator: emulator, log: log, normalized: .object(root.normalized)
+            scale: scale, emulator: emulator, log: log, http: http, normalized: .object(root.normalized)
         )
     }
 }

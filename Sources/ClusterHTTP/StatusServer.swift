@@ -1,0 +1,138 @@
+import ClusterCore
+import ClusterProtocol
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+import ServiceLifecycle
+import Supervisor
+
+/// The supervisor's read-only HTTP endpoint (`http.listen`): `/metrics` for Prometheus, `/healthz` and `/readyz`
+/// for probes, `/status` (what `status --json` prints), `/events` (server-sent events of what happens), and `/`,
+/// a status page that needs nothing from the internet. Nothing it serves changes the cluster or tells a secret:
+/// session ids are cut to a prefix (the socket's `status` is for the operator alone; this port is for anyone
+/// on the host, or beyond).
+public final class StatusServer: Service, Sendable {
+    let supervisor: ClusterSupervisor
+    let address: ListenAddress
+    let logger: Logger
+    /// The bound port, once listening.
+    public let listening = AsyncSignal<Int>()
+
+    /// A server for `supervisor` on `address`.
+    public init(supervisor: ClusterSupervisor, address: ListenAddress, logger: Logger) {
+        self.supervisor = supervisor
+        self.address = address
+        self.logger = logger
+    }
+
+    /// Serves until cancelled or shut down gracefully. A port that cannot be bound is logged, not fatal: the bot
+    /// keeps serving (Prometheus sees the target down).
+    public func run() async throws {
+        let router = Router(context: BasicRequestContext.self)
+        addRoutes(to: router)
+        let host = address.host
+        let app = Application(
+            router: router,
+            server: .http1(configuration: .init(idleTimeout: .seconds(75))),
+            configuration: .init(address: .hostname(address.host, port: address.port), serverName: nil),
+            onServerRunning: { channel in
+                let port = channel.localAddress?.port ?? 0
+                let shown = host.contains(":") ? "[\(host)]" : host
+                OutputWriter.standardOutput.write("http listening on http://\(shown):\(port)\n")
+                self.listening.set(port)
+            },
+            logger: logger
+        )
+        do {
+            try await app.run()
+        } catch is CancellationError {
+        } catch {
+            logger.error("http: cannot serve on \(address) (http.listen; \"off\" turns it off): \(error)")
+            listening.fail(error)
+        }
+    }
+
+    func addRoutes(to router: Router<BasicRequestContext>) {
+        router.get("/healthz") { _, _ in
+            Self.text("ok\n")
+        }
+        router.get("/readyz") { _, _ in
+            let readiness = self.supervisor.readiness()
+            return Self.json(Self.encode(readiness), status: readiness.ready ? .ok : .serviceUnavailable)
+        }
+        router.get("/status") { _, _ in
+            Self.json(Self.encode(Self.public(await self.supervisor.status())))
+        }
+        router.get("/metrics") { _, _ in
+            let text = await self.supervisor.metricsText()
+            return Response(
+                status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                body: .init(byteBuffer: ByteBuffer(string: text))
+            )
+        }
+        router.get("/events") { request, _ in
+            let after = request.headers[.init("Last-Event-ID")!].flatMap(Int.init) ?? request.uri.queryParameters.get("after").flatMap(Int.init) ?? 0
+            guard let feed = self.supervisor.events.watch(after: after) else {
+                return Response(status: .serviceUnavailable, headers: [.contentType: "text/plain; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: "too many watchers\n")))
+            }
+            return Response(
+                status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"],
+                body: ResponseBody { writer in
+                    // A comment first (the browser knows it is connected), then one event per entry; a comment
+                    // every 15 s keeps proxies from closing an idle stream. Ends with the connection or shutdown.
+                    let (chunks, out) = AsyncStream.makeStream(of: String.self, bufferingPolicy: .bufferingNewest(ClusterEventFeed.capacity))
+                    out.yield(": botcluster events\nretry: 2000\n\n")
+                    let pump = Task {
+                        for await entry in feed { out.yield("id: \(entry.seq)\ndata: \(Self.encode(entry))\n\n") }
+                        out.finish()
+                    }
+                    let ticker = Task {
+                        while !Task.isCancelled {
+                            try? await Task.sleep(for: .seconds(15))
+                            out.yield(": keep-alive\n\n")
+                        }
+                    }
+                    defer {
+                        pump.cancel()
+                        ticker.cancel()
+                    }
+                    for await chunk in chunks.cancelOnGracefulShutdown() {
+                        try await writer.write(ByteBuffer(string: chunk))
+                    }
+                    try await writer.finish(nil)
+                }
+            )
+        }
+        router.get("/") { _, _ in
+            Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8", .cacheControl: "no-cache"], body: .init(byteBuffer: ByteBuffer(string: StatusPage.html)))
+        }
+    }
+
+    /// The status with session ids cut to a prefix.
+    static func `public`(_ status: ClusterStatus) -> ClusterStatus {
+        var status = status
+        func cut(_ workers: inout [ClusterStatus.Worker]) {
+            for i in workers.indices {
+                if let id = workers[i].session?.id { workers[i].session?.id = String(id.prefix(8)) + "…" }
+            }
+        }
+        cut(&status.workers)
+        cut(&status.otherLayouts)
+        return status
+    }
+
+    static func encode<T: Encodable>(_ value: T) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return (try? encoder.encode(value)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
+    }
+
+    static func json(_ body: String, status: HTTPResponse.Status = .ok) -> Response {
+        Response(status: status, headers: [.contentType: "application/json; charset=utf-8", .cacheControl: "no-cache"], body: .init(byteBuffer: ByteBuffer(string: body + "\n")))
+    }
+
+    static func text(_ body: String) -> Response {
+        Response(status: .ok, headers: [.contentType: "text/plain; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: body)))
+    }
+}
