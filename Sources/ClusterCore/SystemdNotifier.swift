@@ -34,7 +34,10 @@ public final class SystemdNotifier: Sendable {
     @discardableResult
     public func notify(_ fields: [String]) -> Bool {
         guard let address else { return false }
-        let message = fields.map { $0.split(separator: "\n", maxSplits: 1).first.map(String.init) ?? "" }.joined(separator: "\n")
+        // By scalar: "\r\n" is one Character.
+        let message = fields.map { field in
+            String(String.UnicodeScalarView(field.unicodeScalars.prefix { $0 != "\n" && $0 != "\r" }))
+        }.joined(separator: "\n")
         let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return false }
         defer { close(fd) }
@@ -42,8 +45,9 @@ public final class SystemdNotifier: Sendable {
         addr.sun_family = sa_family_t(AF_UNIX)
         var path = Array(address.utf8)
         if path.first == UInt8(ascii: "@") { path[0] = 0 }
+        // A path needs its terminating NUL; an abstract name (after its leading NUL) may fill the field.
         let capacity = MemoryLayout.size(ofValue: addr.sun_path)
-        guard path.count < capacity else { return false }
+        guard path.first == 0 ? path.count <= capacity : path.count < capacity else { return false }
         withUnsafeMutableBytes(of: &addr.sun_path) { raw in
             for (i, byte) in path.enumerated() { raw[i] = byte }
         }

@@ -143,6 +143,13 @@ enum StatusPage {
         $("cache").textContent = hits + misses > 0 ? Math.round(100 * hits / (hits + misses)) + " %" : "no lookups yet";
       } catch (error) {}
     }
+    // A burst of events (a rescale, a storm of 429s) refreshes the table once.
+    let refreshing = false;
+    function soon() {
+      if (refreshing) return;
+      refreshing = true;
+      setTimeout(() => { refreshing = false; poll(); }, 500);
+    }
     function follow() {
       const feed = new EventSource("events");
       feed.onmessage = (message) => {
@@ -158,7 +165,7 @@ enum StatusPage {
         item.append(time, kind, document.createTextNode(entry.text));
         $("feed").prepend(item);
         while ($("feed").children.length > 200) $("feed").lastChild.remove();
-        poll();
+        soon();
       };
     }
     poll();

@@ -18,6 +18,8 @@ public final class StatusServer: Service, Sendable {
     let logger: Logger
     /// The bound port, once listening.
     public let listening = AsyncSignal<Int>()
+    /// `/status` asks every worker: one fan-out a second however many clients ask (the page polls it).
+    let statuses = SingleFlight<ClusterStatus>(freshFor: .seconds(1))
 
     /// A server for `supervisor` on `address`.
     public init(supervisor: ClusterSupervisor, address: ListenAddress, logger: Logger) {
@@ -62,7 +64,7 @@ public final class StatusServer: Service, Sendable {
             return Self.json(Self.encode(readiness), status: readiness.ready ? .ok : .serviceUnavailable)
         }
         router.get("/status") { _, _ in
-            Self.json(Self.encode(Self.public(await self.supervisor.status())))
+            Self.json(Self.encode(Self.public(await self.statuses.value { await self.supervisor.status() })))
         }
         router.get("/metrics") { _, _ in
             let text = await self.supervisor.metricsText()

@@ -411,30 +411,34 @@ extension ByteBuffer {
         writeInteger(h.sum.bitPattern)
     }
 
-    /// A worker's counts; every count of labels is bounded (a forged answer cannot grow the supervisor's tables).
+    /// A worker's counts. Labels past what a worker keeps apart, or not plain, fold into `other`; counts are
+    /// clamped to `WorkerMetrics.maxCount` (a forged answer can neither grow the supervisor's tables nor trap a sum).
     mutating func readWorkerMetrics() throws(IPCProtocolError) -> WorkerMetrics {
+        func count(_ field: String) throws(IPCProtocolError) -> Int64 {
+            min(max(0, try readIPC(Int64.self, field)), WorkerMetrics.maxCount)
+        }
         var m = WorkerMetrics()
         let types = try readIPC(UInt32.self, "eventTypes")
-        guard types <= WorkerMetrics.maxLabels else { throw IPCProtocolError("\(types) event types, at most \(WorkerMetrics.maxLabels)") }
+        guard Int(types) <= readableBytes / 12 else { throw IPCProtocolError("truncated frame: eventTypes claims \(types) entries") }
         for _ in 0..<types {
-            let type = try readIPCString("eventType")
-            m.eventsByType[WorkerMetrics.eventLabel(type), default: 0] &+= max(0, try readIPC(Int64.self, "events"))
+            let type = WorkerMetrics.eventLabel(try readIPCString("eventType"))
+            WorkerMetrics.tally(&m.eventsByType, type, try count("events"), overflow: WorkerMetrics.otherLabel)
         }
-        m.duplicates = max(0, try readIPC(Int64.self, "duplicates"))
-        m.handlerErrors = max(0, try readIPC(Int64.self, "handlerErrors"))
+        m.duplicates = try count("duplicates")
+        m.handlerErrors = try count("handlerErrors")
         m.handlerDuration = try readHistogram(MetricHistogram.Bounds.handler, "handlerDuration")
         m.heartbeatLatency = try readHistogram(MetricHistogram.Bounds.heartbeat, "heartbeatLatency")
         m.ipcRoundTrip = try readHistogram(MetricHistogram.Bounds.ipc, "ipcRoundTrip")
         let routes = try readIPC(UInt32.self, "restRequests")
-        guard routes <= WorkerMetrics.maxLabels else { throw IPCProtocolError("\(routes) REST outcomes, at most \(WorkerMetrics.maxLabels)") }
+        guard Int(routes) <= readableBytes / 16 else { throw IPCProtocolError("truncated frame: restRequests claims \(routes) entries") }
         for _ in 0..<routes {
-            let route = try readIPCString("route")
+            let route = WorkerMetrics.routeLabel(try readIPCString("route"))
             let status = Int(try readIPC(Int32.self, "status"))
-            let key = RESTOutcome(route: route.utf8.count <= 128 ? route : WorkerMetrics.otherLabel, status: (0...999).contains(status) ? status : 0)
-            m.restRequests[key, default: 0] &+= max(0, try readIPC(Int64.self, "requests"))
+            let key = RESTOutcome(route: route, status: (0...999).contains(status) ? status : 0)
+            WorkerMetrics.tally(&m.restRequests, key, try count("requests"), overflow: WorkerMetrics.otherREST)
         }
-        m.cacheHits = max(0, try readIPC(Int64.self, "cacheHits"))
-        m.cacheMisses = max(0, try readIPC(Int64.self, "cacheMisses"))
+        m.cacheHits = try count("cacheHits")
+        m.cacheMisses = try count("cacheMisses")
         return m
     }
 

@@ -17,7 +17,7 @@ public struct MetricHistogram: Sendable, Equatable {
 
     /// A histogram with `bounds` holding `counts` (one more than the bounds) and `sum`; nil when they do not fit.
     public init?(bounds: [Double], counts: [Int64], sum: Double) {
-        guard counts.count == bounds.count + 1, counts.allSatisfy({ $0 >= 0 }), sum.isFinite else { return nil }
+        guard counts.count == bounds.count + 1, counts.allSatisfy({ (0...WorkerMetrics.maxCount).contains($0) }), sum.isFinite else { return nil }
         self.bounds = bounds
         self.counts = counts
         self.sum = sum
@@ -30,7 +30,7 @@ public struct MetricHistogram: Sendable, Equatable {
     public mutating func record(_ value: Double) {
         guard value.isFinite else { return }
         let index = bounds.firstIndex { value <= $0 } ?? bounds.count
-        counts[index] &+= 1
+        counts[index] = WorkerMetrics.sum(counts[index], 1)
         sum += value
     }
 
@@ -43,7 +43,7 @@ public struct MetricHistogram: Sendable, Equatable {
     /// Adds `other`'s observations (a histogram of other bounds adds nothing).
     public mutating func add(_ other: MetricHistogram) {
         guard other.bounds == bounds else { return }
-        for i in counts.indices { counts[i] &+= other.counts[i] }
+        for i in counts.indices { counts[i] = WorkerMetrics.sum(counts[i], other.counts[i]) }
         sum += other.sum
     }
 
@@ -91,39 +91,80 @@ public struct WorkerMetrics: Sendable, Equatable {
     /// Nothing counted yet.
     public init() {}
 
-    /// The most distinct label values a labelled count keeps (what a peer sends cannot grow a scrape).
+    /// The most distinct label values a labelled count keeps, `other` included (what a peer sends cannot grow a
+    /// scrape).
     public static let maxLabels = 64
-    /// The longest label value kept.
-    public static let maxLabelLength = 64
+    /// The largest count taken from a peer (2^53: still exact as a float in the text format; sums saturate there).
+    public static let maxCount: Int64 = 1 << 53
     /// The label value that takes counts past `maxLabels`.
     public static let otherLabel = "other"
 
-    /// Adds `count` to `key` in `table`, keeping at most `maxLabels` keys (the rest go to `overflow`).
+    /// `a + b`, saturating at `maxCount` (a peer's numbers cannot trap or wrap a sum).
+    public static func sum(_ a: Int64, _ b: Int64) -> Int64 {
+        let (total, overflow) = a.addingReportingOverflow(b)
+        return overflow || total > maxCount ? maxCount : max(0, total)
+    }
+
+    /// Adds `count` to `key` in `table`, keeping at most `maxLabels` keys: a new key when `maxLabels - 1` are
+    /// taken goes to `overflow`.
     public static func tally<Key: Hashable>(_ table: inout [Key: Int64], _ key: Key, _ count: Int64, overflow: Key) {
-        if table[key] != nil || table.count < maxLabels {
-            table[key, default: 0] &+= count
-        } else {
-            table[overflow, default: 0] &+= count
-        }
+        let admitted = table[key] != nil || table.count < maxLabels - 1 || key == overflow
+        let target = admitted ? key : overflow
+        table[target] = sum(table[target] ?? 0, count)
     }
 
-    /// The event type as a label: itself when short, `other` otherwise.
+    /// The event type as a label: itself when it is a plain name (letters, digits, `_`; at most 64), else `other`.
     public static func eventLabel(_ name: String) -> String {
-        name.utf8.count <= maxLabelLength ? name : otherLabel
+        isPlainName(name, maxLength: 64) ? name : otherLabel
     }
 
-    /// Adds another process's counts (the supervisor's cluster-wide sum).
-    public mutating func add(_ other: WorkerMetrics) {
-        for (type, count) in other.eventsByType { Self.tally(&eventsByType, type, count, overflow: Self.otherLabel) }
-        duplicates &+= other.duplicates
-        handlerErrors &+= other.handlerErrors
+    /// A REST route template as a label: itself when printable ASCII of at most 128 bytes, else `other`.
+    public static func routeLabel(_ route: String) -> String {
+        !route.isEmpty && route.utf8.count <= 128 && route.utf8.allSatisfy({ (0x20...0x7E).contains($0) && $0 != 0x22 && $0 != 0x5C }) ? route : otherLabel
+    }
+
+    static func isPlainName(_ name: String, maxLength: Int) -> Bool {
+        !name.isEmpty && name.utf8.count <= maxLength
+            && name.utf8.allSatisfy { (0x30...0x39).contains($0) || (0x41...0x5A).contains($0) || (0x61...0x7A).contains($0) || $0 == 0x5F }
+    }
+
+    /// The key every REST outcome past `maxLabels` counts under.
+    public static let otherREST = RESTOutcome(route: otherLabel, status: 0)
+
+    /// Adds another process's counts (the supervisor's cluster-wide sum). Which labels are kept apart is decided
+    /// once, in `labels` (kept by the caller across sums, keys taken in sorted order), so a series never moves to
+    /// `other` when the processes that counted it come and go.
+    public mutating func add(_ other: WorkerMetrics, labels: inout Labels) {
+        for (type, count) in other.eventsByType.sorted(by: { $0.key < $1.key }) {
+            let label = labels.admit(type, into: \.eventTypes, overflow: Self.otherLabel)
+            eventsByType[label] = Self.sum(eventsByType[label] ?? 0, count)
+        }
+        duplicates = Self.sum(duplicates, other.duplicates)
+        handlerErrors = Self.sum(handlerErrors, other.handlerErrors)
         handlerDuration.add(other.handlerDuration)
         heartbeatLatency.add(other.heartbeatLatency)
         ipcRoundTrip.add(other.ipcRoundTrip)
-        for (key, count) in other.restRequests {
-            Self.tally(&restRequests, key, count, overflow: RESTOutcome(route: Self.otherLabel, status: key.status))
+        for (key, count) in other.restRequests.sorted(by: { ($0.key.route, $0.key.status) < ($1.key.route, $1.key.status) }) {
+            let label = labels.admit(key, into: \.restOutcomes, overflow: Self.otherREST)
+            restRequests[label] = Self.sum(restRequests[label] ?? 0, count)
         }
-        cacheHits &+= other.cacheHits
-        cacheMisses &+= other.cacheMisses
+        cacheHits = Self.sum(cacheHits, other.cacheHits)
+        cacheMisses = Self.sum(cacheMisses, other.cacheMisses)
+    }
+
+    /// The label values a cluster-wide sum keeps apart: admitted once, at most `maxLabels - 1` of each, for good.
+    public struct Labels: Sendable {
+        var eventTypes: Set<String> = []
+        var restOutcomes: Set<RESTOutcome> = []
+
+        /// None admitted yet.
+        public init() {}
+
+        mutating func admit<Key: Hashable>(_ key: Key, into set: WritableKeyPath<Labels, Set<Key>>, overflow: Key) -> Key {
+            if key == overflow || self[keyPath: set].contains(key) { return key }
+            guard self[keyPath: set].count < WorkerMetrics.maxLabels - 1 else { return overflow }
+            self[keyPath: set].insert(key)
+            return key
+        }
     }
 }

@@ -2,7 +2,7 @@ import Synchronization
 
 /// REST answers counted by route template and HTTP status (0: no answer, a transport error), for the metrics.
 /// Routes are this package's templates and statuses are three digits, so the table stays small; it is bounded
-/// all the same (`maxEntries`, the rest under route `other`).
+/// all the same (`maxEntries` with the one that takes the rest: route `other`, status 0).
 public final class RESTTally: Sendable {
     /// A route template and a status.
     public struct Key: Hashable, Sendable {
@@ -21,7 +21,7 @@ public final class RESTTally: Sendable {
     public func count(route: String, status: Int) {
         counts.withLock { counts in
             var key = Key(route: route, status: (0...999).contains(status) ? status : 0)
-            if counts[key] == nil && counts.count >= Self.maxEntries { key.route = "other" }
+            if counts[key] == nil && counts.count >= Self.maxEntries - 1 { key = Key(route: "other", status: 0) }
             counts[key, default: 0] &+= 1
         }
     }

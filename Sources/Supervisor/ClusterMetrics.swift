@@ -25,12 +25,14 @@ public final class ClusterMetrics: Sendable {
     let budgetLimit: Gauge
     let startsRemaining: Gauge
     let shardStates: [WorkerState: Gauge]
-    let workers = Mutex(WorkerCounts())
+    let workers: Mutex<WorkerCounts>
 
     /// The workers' counts: by live process (generation), and the sum of the processes that are gone.
     struct WorkerCounts {
         var live: [UInt64: (shard: Int, metrics: WorkerMetrics)] = [:]
         var retired = WorkerMetrics()
+        /// The label values kept apart, decided once (see `WorkerMetrics.Labels`).
+        var labels = WorkerMetrics.Labels()
         /// Gateway heartbeat latency is kept by shard: what the processes of each shard that are gone measured.
         var retiredHeartbeat: [Int: MetricHistogram] = [:]
         /// Resident memory gauges by ordinal of the serving layout.
@@ -42,8 +44,10 @@ public final class ClusterMetrics: Sendable {
         var layoutChanges: [String: Counter] = [:]
     }
 
-    /// Metrics for a cluster whose REST budget allows `restRate` requests per second.
-    public init(restRate: Double) {
+    /// Metrics for a cluster whose REST budget allows `restRate` requests per second, started at `now` (the first
+    /// scrape's budget rate is the rate since then).
+    public init(restRate: Double, now: MonotonicInstant = .now()) {
+        workers = Mutex(WorkerCounts(grantSamples: [(now, 0)]))
         func name(_ metric: String, _ unit: String = "", _ help: String) -> MetricNameDescriptor {
             MetricNameDescriptor(namespace: "botcluster", metricName: metric, unitName: unit, helpText: help)
         }
@@ -121,8 +125,8 @@ public final class ClusterMetrics: Sendable {
     func collect(_ answers: [UInt64: (shard: Int, metrics: WorkerMetrics)], live: Set<UInt64>) {
         workers.withLock { counts in
             for (generation, answer) in answers { counts.live[generation] = answer }
-            for (generation, gone) in counts.live where !live.contains(generation) {
-                counts.retired.add(gone.metrics)
+            for (generation, gone) in counts.live.sorted(by: { $0.key < $1.key }) where !live.contains(generation) {
+                counts.retired.add(gone.metrics, labels: &counts.labels)
                 counts.retiredHeartbeat[gone.shard, default: MetricHistogram(bounds: MetricHistogram.Bounds.heartbeat)].add(gone.metrics.heartbeatLatency)
                 counts.live[generation] = nil
             }
@@ -138,8 +142,8 @@ public final class ClusterMetrics: Sendable {
         let (total, heartbeat) = workers.withLock { counts -> (WorkerMetrics, [Int: MetricHistogram]) in
             var total = counts.retired
             var heartbeat = counts.retiredHeartbeat
-            for (_, answer) in counts.live {
-                total.add(answer.metrics)
+            for (_, answer) in counts.live.sorted(by: { $0.key < $1.key }) {
+                total.add(answer.metrics, labels: &counts.labels)
                 heartbeat[answer.shard, default: MetricHistogram(bounds: MetricHistogram.Bounds.heartbeat)].add(answer.metrics.heartbeatLatency)
             }
             return (total, heartbeat)
@@ -241,7 +245,7 @@ struct ExpositionWriter {
         for (labels, histogram) in series {
             var cumulative: Int64 = 0
             for (index, bound) in histogram.bounds.enumerated() {
-                cumulative += histogram.counts[index]
+                cumulative = WorkerMetrics.sum(cumulative, histogram.counts[index])
                 sample(name + "_bucket", labels + [("le", Self.format(bound))], Double(cumulative))
             }
             sample(name + "_bucket", labels + [("le", "+Inf")], Double(histogram.count))
@@ -250,17 +254,20 @@ struct ExpositionWriter {
         }
     }
 
+    /// A label value as the text format writes it: backslash, quote and line feed escaped, other control
+    /// characters (a carriage return) left out. By scalar: "\r\n" is one Character.
     static func escape(_ value: String) -> String {
-        var out = ""
-        for character in value {
-            switch character {
-            case "\\": out += "\\\\"
-            case "\"": out += "\\\""
-            case "\n": out += "\\n"
-            default: out.append(character)
+        var out = String.UnicodeScalarView()
+        for scalar in value.unicodeScalars {
+            switch scalar {
+            case "\\": out.append(contentsOf: "\\\\".unicodeScalars)
+            case "\"": out.append(contentsOf: "\\\"".unicodeScalars)
+            case "\n": out.append(contentsOf: "\\n".unicodeScalars)
+            case _ where scalar.value < 0x20 || scalar.value == 0x7F: continue
+            default: out.append(scalar)
             }
         }
-        return out
+        return String(out)
     }
 
     static func format(_ value: Double) -> String {

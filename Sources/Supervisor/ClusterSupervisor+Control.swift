@@ -108,7 +108,7 @@ extension ClusterSupervisor {
     /// message handler completes it) or the deadline passes (it is forgotten: a worker that never answers grows
     /// nothing).
     func ask<Key: Hashable & Sendable, T: Sendable>(
-        _ targets: [Key: IPCConnection], within deadline: Duration, pending: WritableKeyPath<State, [UInt64: AsyncSignal<T>]>,
+        _ targets: [Key: IPCConnection], within deadline: Duration, pending: WritableKeyPath<State, [UInt64: Pending<T>]>,
         _ message: (UInt64) -> IPCMessage
     ) async -> [Key: T] {
         var signals: [(Int, AsyncSignal<T>)] = []
@@ -118,7 +118,7 @@ extension ClusterSupervisor {
             let signal = AsyncSignal<T>()
             let id = state.withLock { state in
                 state.nextRequestID += 1
-                state[keyPath: pending][state.nextRequestID] = signal
+                state[keyPath: pending][state.nextRequestID] = Pending(connection: connection.id, signal: signal)
                 return state.nextRequestID
             }
             signals.append((keys.count, signal))
@@ -133,16 +133,29 @@ extension ClusterSupervisor {
         return byKey
     }
 
+    /// Completes the question `id` in `pending` with `value`, when `connection` is the one it was sent to.
+    func answer<T: Sendable>(_ id: UInt64, _ value: T, from connection: IPCConnection, pending: WritableKeyPath<State, [UInt64: Pending<T>]>) {
+        let entry = state.withLock { state -> Pending<T>? in
+            guard let entry = state[keyPath: pending][id], entry.connection == connection.id else { return nil }
+            state[keyPath: pending][id] = nil
+            return entry
+        }
+        entry?.signal.set(value)
+    }
+
     /// The Prometheus text exposition of the cluster: every worker process (of every layout) is asked for its
-    /// counts and waited for up to `deadline`; one that does not answer counts with its last answer.
-    public func metricsText(deadline: Duration = .seconds(1)) async -> String {
-        let (targets, shards, live, snapshot) = state.withLock { state in
+    /// counts and waited for up to a second; one that does not answer counts with its last answer. Scrapes never
+    /// overlap (one collection at a time, its result shared for a second): the workers' answers are merged in order.
+    public func metricsText() async -> String {
+        await scrapes.value { await self.collectMetrics(deadline: .seconds(1)) }
+    }
+
+    func collectMetrics(deadline: Duration) async -> String {
+        let (targets, shards, snapshot) = state.withLock { state in
             var targets: [UInt64: IPCConnection] = [:]
             var shards: [UInt64: Int] = [:]
-            var live = Set<UInt64>()
             for layout in state.core.layouts.layouts {
                 for worker in layout.machine.workers where worker.pid != nil {
-                    live.insert(worker.generation)
                     shards[worker.generation] = worker.shard.id
                     if let connection = state.connections[layout.id]?[worker.ordinal], connection.hello?.generation == worker.generation {
                         targets[worker.generation] = connection
@@ -150,11 +163,15 @@ extension ClusterSupervisor {
                 }
             }
             let serving = state.core.layouts.active.machine.workers.map { (ordinal: $0.ordinal, state: $0.state, pid: $0.pid) }
-            return (targets, shards, live, serving)
+            return (targets, shards, serving)
         }
         let answers = await ask(targets, within: deadline, pending: \.metricsQueries) { .metricsQuery(id: $0) }
         var collected: [UInt64: (shard: Int, metrics: WorkerMetrics)] = [:]
         for (generation, answer) in answers { collected[generation] = (shards[generation] ?? 0, answer) }
+        // Who lives now, after the answers: a process that ended meanwhile is retired with its last answer.
+        let live = state.withLock { state in
+            Set(state.core.layouts.layouts.flatMap { $0.machine.workers.filter { $0.pid != nil }.map(\.generation) })
+        }
         metrics.collect(collected, live: live)
         return metrics.render(.init(workers: snapshot, startsRemaining: ledger.snapshot.remaining, budgetGranted: budget.snapshot.granted, now: .now()))
     }

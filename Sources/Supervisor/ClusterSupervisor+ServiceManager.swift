@@ -1,13 +1,15 @@
 import ClusterCore
 import ClusterProtocol
-import Logging
 import Foundation
+import Logging
+import Synchronization
 
 extension ClusterSupervisor {
-    /// Speaks to systemd (`Type=notify`) while the supervisor runs: `STATUS=` lines as the launch comes up,
-    /// `READY=1` once every shard is ready, `WATCHDOG=1` at half the manager's watchdog interval only while the
-    /// supervisor's own machinery answers (`isResponsive`), and `STOPPING=1` when it begins to drain. Returns
-    /// once it sent `STOPPING=1` or is cancelled.
+    /// Speaks to systemd (`Type=notify`) while the supervisor runs: `STATUS=` lines with `EXTEND_TIMEOUT_USEC` every
+    /// five seconds of the launch, `READY=1` once no shard is still starting (every one ready, or failed for good:
+    /// a shard the platform refuses must not make systemd kill the others at its start timeout), `WATCHDOG=1` at half
+    /// the manager's watchdog interval only while the supervisor's own machinery answers (`isResponsive`), and
+    /// `STOPPING=1` when it begins to drain. Returns once it sent `STOPPING=1` or is cancelled.
     public func notifyServiceManager(_ notifier: SystemdNotifier) async {
         guard notifier.isActive else { return }
         notifier.notify(["STATUS=starting \(setup.shards) shards"])
@@ -18,26 +20,39 @@ extension ClusterSupervisor {
                         if await self.isResponsive(within: interval / 4) {
                             notifier.notify(["WATCHDOG=1"])
                         } else {
-                            self.logger.error("the supervisor's event loops did not answer within \(DurationFormat.human(interval / 4)); not feeding the watchdog")
+                            self.logger.error("the supervisor's state or event loops did not answer within \(DurationFormat.human(interval / 4)); not feeding the watchdog")
                         }
                         try? await Task.sleep(for: interval / 2)
                     }
                 }
             }
-            group.addTask {
-                // A long launch (five seconds a shard at max_concurrency 1) moves the start timeout along as it goes.
-                await self.followStartup(every: .seconds(5), incomingOnly: false) { line in
-                    let left = self.startup(now: .now())?.secondsLeft ?? 0
-                    notifier.notify(["STATUS=launch: " + line, "EXTEND_TIMEOUT_USEC=\(Int64((left + 120) * 1_000_000))"])
-                }
-            }
-            group.addTask {
-                guard let elapsed = try? await self.ready.wait() else { return }
-                notifier.notify(["READY=1", "STATUS=ready: \(self.setup.shards) shards (up in \(DurationFormat.human(elapsed)))"])
-            }
+            group.addTask { await self.reportLaunch(to: notifier) }
             _ = try? await stopping.wait()
             notifier.notify(["STOPPING=1", "STATUS=draining every worker"])
             group.cancelAll()
+        }
+    }
+
+    /// The launch as the service manager sees it, until `READY=1`.
+    func reportLaunch(to notifier: SystemdNotifier) async {
+        while !Task.isCancelled {
+            let (ready, failed, total) = state.withLock { state in
+                let workers = state.core.layouts.active.machine.workers
+                return (workers.filter { $0.state == .ready }.count, workers.filter { $0.state == .failed }.count, workers.count)
+            }
+            if ready + failed == total, total > 0 {
+                let status = failed == 0 ? "ready: \(total) shards" : "ready: \(ready) of \(total) shards; \(failed) failed (botcluster status says why)"
+                notifier.notify(["READY=1", "STATUS=" + status])
+                return
+            }
+            // The start timeout moves along with the launch: the identify ledger's estimate and two minutes.
+            let startup = startup(now: .now())
+            notifier.notify([
+                "STATUS=launch: " + (startup?.line ?? "ready \(ready)/\(total)"),
+                "EXTEND_TIMEOUT_USEC=\(Int64(((startup?.secondsLeft ?? 0) + 120) * 1_000_000))",
+            ])
+            // Woken at once when the cluster is ready; otherwise every five seconds.
+            _ = try? await withTimeout(.seconds(5), "the next launch line") { try await self.ready.wait() }
         }
     }
 }

@@ -46,8 +46,8 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         var rates: [UInt64: (handled: Int64, at: MonotonicInstant, perSecond: Double)] = [:]
         /// Pings and user queries sent to workers, by correlation id.
         var pings: [UInt64: (ordinal: Int, sentAt: MonotonicInstant, signal: AsyncSignal<Duration>)] = [:]
-        var userQueries: [UInt64: AsyncSignal<String?>] = [:]
-        var metricsQueries: [UInt64: AsyncSignal<WorkerMetrics>] = [:]
+        var userQueries: [UInt64: Pending<String?>] = [:]
+        var metricsQueries: [UInt64: Pending<WorkerMetrics>] = [:]
         var nextRequestID: UInt64 = 0
         var spawner: ProcessSpawner?
         /// Who asked for the layout change in progress.
@@ -70,6 +70,13 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         mutating func releaseSlot(of generation: UInt64) {
             if let slot = slots.removeValue(forKey: generation) { freeSlots.append(slot) }
         }
+    }
+
+    /// A question sent to one worker: only that worker's connection may answer it (ids are sequential: another
+    /// worker could guess them).
+    struct Pending<T: Sendable> {
+        let connection: UInt64
+        let signal: AsyncSignal<T>
     }
 
     /// The operator (or the 4011 reshard) waiting on a layout change: its progress lines and its answer.
@@ -108,6 +115,8 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
     public let metrics: ClusterMetrics
     /// What happened lately, for the status page.
     public let events = ClusterEventFeed()
+    /// One metrics collection at a time (see `metricsText`).
+    let scrapes = SingleFlight<String>(freshFor: .seconds(1))
 
     /// A supervisor for `setup` resuming what `store` holds; throws if the platform clients cannot be set up.
     public init(setup: SupervisorSetup, store: ClusterStore, logger: Logger) throws {
@@ -209,15 +218,22 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         logger.info("supervisor stopped")
     }
 
-    /// Whether the supervisor's own machinery answers: its state lock can be taken and the IPC event loop runs a
-    /// job, both within `deadline` (what the service manager's watchdog is fed on).
+    /// Whether the supervisor's own machinery answers: every IPC event loop runs a job that takes the state lock,
+    /// within `deadline` (what the service manager's watchdog is fed on). A stuck loop or a lock never released
+    /// answers false when the deadline passes; nothing here waits for them.
     public func isResponsive(within deadline: Duration) async -> Bool {
-        _ = state.withLock { $0.nextRequestID }
-        // Every loop of the group the IPC server runs on.
         let loops = Array(MultiThreadedEventLoopGroup.singleton.makeIterator())
+        let answers = loops.map { loop -> AsyncSignal<Void> in
+            let answered = AsyncSignal<Void>()
+            loop.execute {
+                _ = self.state.withLock { $0.nextRequestID }
+                answered.set(())
+            }
+            return answered
+        }
         do {
-            try await withTimeout(deadline, "the IPC event loops") { () async throws -> Bool in
-                for loop in loops { try await loop.submit {}.get() }
+            try await withTimeout(deadline, "the supervisor's event loops") { () async throws -> Bool in
+                for answer in answers { try await answer.wait() }
                 return true
             }
             return true
@@ -521,9 +537,9 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         case .usersChanged(let ids):
             broadcast(.usersInvalidate(ids: ids), except: connection)
         case .userAnswer(let id, let username):
-            if let entry = state.withLock({ $0.userQueries.removeValue(forKey: id) }) { entry.set(username) }
-        case .metricsAnswer(let id, let answer):
-            if let entry = state.withLock({ $0.metricsQueries.removeValue(forKey: id) }) { entry.set(answer) }
+            answer(id, username, from: connection, pending: \.userQueries)
+        case .metricsAnswer(let id, let metrics):
+            answer(id, metrics, from: connection, pending: \.metricsQueries)
         case .claims(let id, let keys):
             connection.send(.claimResults(id: id, decisions: claims.claim(keys, by: connection)))
         case .claimsDone(let keys):

@@ -98,6 +98,9 @@ final class ProcessSpawner: @unchecked Sendable {
         }
     }
 
+    /// Variables of this process that its children must not inherit.
+    static let supervisorOnly = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID"]
+
     private func spawnNow(_ arguments: [String], _ extra: [String: String], tag: UInt64) throws -> (pid: Int32, output: Int32) {
         var fds: [Int32] = [0, 0]
         guard cbot_pipe_cloexec(&fds) == 0 else { throw SpawnError("cannot create an output pipe: \(lastErrorDescription())") }
@@ -124,6 +127,8 @@ final class ProcessSpawner: @unchecked Sendable {
         posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
 
         var environment = ProcessInfo.processInfo.environment
+        // The service manager speaks to the supervisor alone: a worker that inherited these would answer for it.
+        for key in Self.supervisorOnly { environment[key] = nil }
         for (key, value) in extra { environment[key] = value }
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]

@@ -243,3 +243,23 @@ struct IPCConnectionTests {
         }
     }
 }
+
+
+@Suite("a forged metrics answer")
+struct ForgedMetricsTests {
+    @Test func tooManyLabelsFoldIntoOtherAndCountsAreClamped() throws {
+        var forged = WorkerMetrics()
+        for i in 0..<200 { forged.eventsByType["T\(i)"] = Int64.max }
+        forged.eventsByType["BAD\r\nNAME"] = 1
+        for i in 0..<100 { forged.restRequests[RESTOutcome(route: "GET /r\(i)", status: 200)] = 1 }
+        var buffer = ByteBuffer()
+        IPCMessage.metricsAnswer(id: 1, forged).encode(into: &buffer)
+        let decoded = try IPCMessage.decode(&buffer)
+        guard case .metricsAnswer(_, let metrics) = decoded else { Issue.record("decoded \(decoded)"); return }
+        #expect(metrics.eventsByType.count <= WorkerMetrics.maxLabels && metrics.eventsByType.count >= WorkerMetrics.maxLabels - 1)
+        #expect(metrics.eventsByType["BAD\r\nNAME"] == nil)
+        #expect(metrics.eventsByType.values.allSatisfy { $0 <= WorkerMetrics.maxCount })
+        #expect(metrics.restRequests.count == WorkerMetrics.maxLabels)
+        #expect(metrics.restRequests[WorkerMetrics.otherREST] == 100 - Int64(WorkerMetrics.maxLabels - 1))
+    }
+}

@@ -133,6 +133,29 @@ extension RealProcesses {
             }
         }
 
+        /// Shards the platform refuses for good (disallowed intents: 4014) do not hold the service in "activating"
+        /// until systemd's start timeout kills the rest: READY=1 comes once no shard is still starting, and says so.
+        @Test func shardsThatFailForGoodStillLetTheServiceBecomeReady() async throws {
+            try await withTemporaryDirectory { dir in
+                let listener = try DatagramListener(path: dir + "/notify.sock")
+                defer { listener.close() }
+                let config = TestCluster.emulatorConfig.replacingOccurrences(of: #"{"emulator": {"#, with: #"{"emulator": {"grantedIntents": ["GUILDS"], "#)
+                let emulator = try await EmulatorProcess.start(config: config, directory: dir)
+                try TestCluster.clusterConfig(emulator, shards: 2).write(toFile: dir + "/cluster.json", atomically: true, encoding: .utf8)
+                var environment = EmulatorProcess.secretEnvironment
+                environment["NOTIFY_SOCKET"] = dir + "/notify.sock"
+                let supervisor = try BotclusterProcess(["launch"], directory: dir, environment: environment)
+                try await poll("READY=1 with the failed shards named", timeout: .seconds(30), read: { listener.messages }) { messages in
+                    messages.contains { $0.hasPrefix("READY=1\nSTATUS=ready: 0 of 2 shards; 2 failed") }
+                }
+                #expect(!supervisor.output.contains { $0.contains("cluster ready") })
+                supervisor.signal(SIGTERM)
+                #expect(await supervisor.waitForExit() == 0)
+                emulator.process.signal(SIGTERM)
+                _ = await emulator.process.waitForExit()
+            }
+        }
+
         @Test func statusWatchRedrawsTheTableInPlaceOnATerminal() async throws {
             try await withTemporaryDirectory { dir in
                 let cluster = try await TestCluster.start(in: dir, shards: 2)

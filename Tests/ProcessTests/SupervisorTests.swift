@@ -168,10 +168,12 @@ extension RealProcesses {
         /// A cluster the open-file limit cannot hold is refused before a worker starts, naming the limit and the fix.
         /// At max_concurrency 1 a launch takes one identify window per shard: on a terminal (a pty here, through
         /// script(1)) one live line shows how far it is and how long the ledger says is left, and `status` says the same.
+        /// Eight shards take seven seconds: long enough for `status` to find the launch on a machine busy with the
+        /// suites before it.
         @Test func aLongLaunchShowsItsProgressLiveOnATerminalAndInStatus() async throws {
             try await withTemporaryDirectory { dir in
                 try #"""
-                    {"shards": {"count": 5}, "supervisor": {"runDirectory": "run"}, "log": {"level": "warning"},
+                    {"shards": {"count": 8}, "supervisor": {"runDirectory": "run"}, "log": {"level": "warning"},
                      "emulator": {"identifyWindow": "1s", "restRate": 1000, "sessionStartLimit": {"total": 1000, "maxConcurrency": 1},
                                   "traffic": {"rate": 0, "groupRate": 0, "c2cRate": 0}}}
                     """#.write(toFile: dir + "/cluster.json", atomically: true, encoding: .utf8)
@@ -188,9 +190,9 @@ extension RealProcesses {
                     return statusText
                 }, until: { $0.contains { $0.hasPrefix("launch: ready ") } })
                 let line = try #require(statusText.first { $0.hasPrefix("launch: ready ") })
-                #expect(line.contains("/5 · identifying bucket 0"), "\(line)")
+                #expect(line.contains("/8 · identifying bucket 0"), "\(line)")
                 var lines = launch.lines.makeAsyncIterator()
-                let ready = await launch.waitForLine(containing: "cluster ready: 5 shards", iterator: &lines)
+                let ready = await launch.waitForLine(containing: "cluster ready: 8 shards", iterator: &lines)
                 // The live line was redrawn in place (carriage return, erase line), then cleared for the last word.
                 let screen = launch.output.joined(separator: "\n")
                 #expect(screen.contains("\r\u{1B}[Kready "), "\(screen)")

@@ -40,7 +40,7 @@ struct ClusterMetricsTests {
     }
 
     @Test func theSupervisorsOwnFiguresAndTheBudgetRate() {
-        let metrics = ClusterMetrics(restRate: 50)
+        let metrics = ClusterMetrics(restRate: 50, now: MonotonicInstant(nanoseconds: 0))
         metrics.restarted(.crash)
         metrics.restarted(.hang)
         metrics.restarted(.crash)
@@ -59,26 +59,43 @@ struct ClusterMetricsTests {
         #expect(sample(text, #"botcluster_shards{state="ready"}"#) == 1)
         #expect(sample(text, #"botcluster_shards{state="backoff"}"#) == 1)
         #expect(sample(text, "botcluster_session_starts_remaining") == 990)
-        // 200 tokens in 10 s; the counter follows the granted total.
-        #expect(sample(text, "botcluster_rest_budget_tokens_per_second") == 20)
+        // 300 tokens in the 20 s since the start; the counter follows the granted total.
+        #expect(sample(text, "botcluster_rest_budget_tokens_per_second") == 15)
         #expect(sample(text, "botcluster_rest_budget_tokens_granted_total") == 300)
         #expect(sample(text, "botcluster_rest_budget_limit_tokens_per_second") == 50)
         #expect(sample(text, #"botcluster_worker_resident_memory_bytes{ordinal="1"}"#) == 0)
     }
 
-    @Test func labelsAreEscapedAndBounded() {
+    @Test func labelsAreEscapedAndBoundedAndCountsSaturate() {
         var writer = ExpositionWriter()
-        writer.sample("x_total", [("route", "a\"b\\c\nd")], 1)
-        #expect(writer.text == "x_total{route=\"a\\\"b\\\\c\\nd\"} 1\n")
+        writer.sample("x_total", [("route", "a\"b\\c\nd\r\ne")], 1)
+        #expect(writer.text == "x_total{route=\"a\\\"b\\\\c\\nd\\ne\"} 1\n")
         var many = WorkerMetrics()
         for i in 0..<(WorkerMetrics.maxLabels + 10) { WorkerMetrics.tally(&many.eventsByType, "TYPE_\(i)", 1, overflow: WorkerMetrics.otherLabel) }
-        #expect(many.eventsByType.count == WorkerMetrics.maxLabels + 1)
-        #expect(many.eventsByType[WorkerMetrics.otherLabel] == 10)
+        #expect(many.eventsByType.count == WorkerMetrics.maxLabels)
+        #expect(many.eventsByType[WorkerMetrics.otherLabel] == 11)
+        // Summed across processes, the labels kept apart are decided once: a second sum keeps the same ones.
+        var labels = WorkerMetrics.Labels()
         var total = WorkerMetrics()
-        total.add(many)
-        total.add(many)
-        #expect(total.eventsByType.count <= WorkerMetrics.maxLabels + 1)
-        #expect(total.eventsByType.values.reduce(0, +) == 2 * Int64(WorkerMetrics.maxLabels + 10))
+        total.add(many, labels: &labels)
+        var other = WorkerMetrics()
+        other.eventsByType = ["ZZZ_NEW": 5, "TYPE_3": 1]
+        total.add(other, labels: &labels)
+        #expect(total.eventsByType.count <= WorkerMetrics.maxLabels)
+        #expect(total.eventsByType["TYPE_3"] == 2)
+        #expect(total.eventsByType["ZZZ_NEW"] == nil)
+        #expect(total.eventsByType.values.reduce(0, +) == Int64(WorkerMetrics.maxLabels + 10 + 6))
+        // A peer's huge numbers saturate; they neither trap nor wrap.
+        var huge = WorkerMetrics()
+        huge.duplicates = WorkerMetrics.maxCount
+        total.add(huge, labels: &labels)
+        total.add(huge, labels: &labels)
+        #expect(total.duplicates == WorkerMetrics.maxCount)
+        let histogram = MetricHistogram(bounds: [1, 2], counts: [WorkerMetrics.maxCount, WorkerMetrics.maxCount, 1], sum: 1)!
+        writer = ExpositionWriter()
+        writer.histogram("h_seconds", "help", [([], histogram)])
+        #expect(writer.text.contains("h_seconds_bucket{le=\"2\"} \(WorkerMetrics.maxCount)"))
+        #expect(MetricHistogram(bounds: [1], counts: [Int64.max, 0], sum: 0) == nil)
     }
 
     @Test func theFeedKeepsTheLastEntriesAndWatchersAreBounded() async {
