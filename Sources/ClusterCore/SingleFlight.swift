@@ -19,13 +19,10 @@ public final class SingleFlight<Value: Sendable>: Sendable {
 
     /// A fresh result, the one being computed, or a new computation of `compute`.
     public func value(_ compute: @escaping @Sendable () async -> Value) async -> Value {
-        let next = state.withLock { state -> Result<Value, Never>? in
-            if let last = state.last, MonotonicInstant.now() - last.at < freshFor { return .success(last.value) }
-            return nil
-        }
-        if case .success(let value) = next { return value }
-        let task = state.withLock { state -> Task<Value, Never> in
-            if let running = state.running { return running }
+        // One look under the lock: a fresh result, or the computation to wait for (started here if none runs).
+        let (fresh, task) = state.withLock { state -> (Value?, Task<Value, Never>?) in
+            if let last = state.last, MonotonicInstant.now() - last.at < freshFor { return (last.value, nil) }
+            if let running = state.running { return (nil, running) }
             let task = Task {
                 let value = await compute()
                 self.state.withLock { state in
@@ -35,8 +32,10 @@ public final class SingleFlight<Value: Sendable>: Sendable {
                 return value
             }
             state.running = task
-            return task
+            return (nil, task)
         }
+        if let fresh { return fresh }
+        guard let task else { preconditionFailure("a fresh value or a computation") }
         return await task.value
     }
 }

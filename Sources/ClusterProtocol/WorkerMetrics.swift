@@ -15,9 +15,12 @@ public struct MetricHistogram: Sendable, Equatable {
         sum = 0
     }
 
-    /// A histogram with `bounds` holding `counts` (one more than the bounds) and `sum`; nil when they do not fit.
+    /// A histogram with `bounds` holding `counts` (one more than the bounds) and `sum`; nil when they do not fit
+    /// (a negative or huge count or sum: the observations are durations).
     public init?(bounds: [Double], counts: [Int64], sum: Double) {
-        guard counts.count == bounds.count + 1, counts.allSatisfy({ (0...WorkerMetrics.maxCount).contains($0) }), sum.isFinite else { return nil }
+        guard counts.count == bounds.count + 1, counts.allSatisfy({ (0...WorkerMetrics.maxCount).contains($0) }),
+            sum.isFinite, sum >= 0, sum <= Double(WorkerMetrics.maxCount)
+        else { return nil }
         self.bounds = bounds
         self.counts = counts
         self.sum = sum
@@ -108,7 +111,8 @@ public struct WorkerMetrics: Sendable, Equatable {
     /// Adds `count` to `key` in `table`, keeping at most `maxLabels` keys: a new key when `maxLabels - 1` are
     /// taken goes to `overflow`.
     public static func tally<Key: Hashable>(_ table: inout [Key: Int64], _ key: Key, _ count: Int64, overflow: Key) {
-        let admitted = table[key] != nil || table.count < maxLabels - 1 || key == overflow
+        let named = table.count - (table[overflow] == nil ? 0 : 1)
+        let admitted = table[key] != nil || named < maxLabels - 1 || key == overflow
         let target = admitted ? key : overflow
         table[target] = sum(table[target] ?? 0, count)
     }

@@ -82,7 +82,7 @@ extension ClusterSupervisor {
             let signal = AsyncSignal<Duration>()
             let id = state.withLock { state in
                 state.nextRequestID += 1
-                state.pings[state.nextRequestID] = (ordinal, .now(), signal)
+                state.pings[state.nextRequestID] = (ordinal, connection.id, .now(), signal)
                 return state.nextRequestID
             }
             signals.append((ordinal, signal))

@@ -33,24 +33,33 @@ extension ClusterSupervisor {
         }
     }
 
-    /// The launch as the service manager sees it, until `READY=1`.
+    /// The launch as the service manager sees it, until `READY=1`: every shard ready, or some ready and every
+    /// other one failed for good (a close code the platform will not take back; a crash loop waiting for its next
+    /// try is still starting). With no shard ready there is no READY: systemd's start timeout and restart policy
+    /// deal with a bot that cannot serve at all.
     func reportLaunch(to notifier: SystemdNotifier) async {
         while !Task.isCancelled {
-            let (ready, failed, total) = state.withLock { state in
-                let workers = state.core.layouts.active.machine.workers
-                return (workers.filter { $0.state == .ready }.count, workers.filter { $0.state == .failed }.count, workers.count)
+            if ready.current != nil {
+                notifier.notify(["READY=1", "STATUS=ready: \(setup.shards) shards"])
+                return
             }
-            if ready + failed == total, total > 0 {
-                let status = failed == 0 ? "ready: \(total) shards" : "ready: \(ready) of \(total) shards; \(failed) failed (botcluster status says why)"
-                notifier.notify(["READY=1", "STATUS=" + status])
+            let (ready, failedForGood, total) = state.withLock { state in
+                let workers = state.core.layouts.active.machine.workers
+                return (
+                    workers.filter { $0.state == .ready }.count,
+                    workers.filter { $0.state == .failed && $0.respawnAt == nil }.count,
+                    workers.count
+                )
+            }
+            if ready > 0, ready + failedForGood == total {
+                notifier.notify(["READY=1", "STATUS=ready: \(ready) of \(total) shards; \(failedForGood) failed for good (botcluster status says why)"])
                 return
             }
             // The start timeout moves along with the launch: the identify ledger's estimate and two minutes.
             let startup = startup(now: .now())
-            notifier.notify([
-                "STATUS=launch: " + (startup?.line ?? "ready \(ready)/\(total)"),
-                "EXTEND_TIMEOUT_USEC=\(Int64(((startup?.secondsLeft ?? 0) + 120) * 1_000_000))",
-            ])
+            var line = startup?.line ?? "ready \(ready)/\(total)"
+            if failedForGood > 0 { line += " · \(failedForGood) failed for good" }
+            notifier.notify(["STATUS=launch: " + line, "EXTEND_TIMEOUT_USEC=\(Int64(((startup?.secondsLeft ?? 0) + 120) * 1_000_000))"])
             // Woken at once when the cluster is ready; otherwise every five seconds.
             _ = try? await withTimeout(.seconds(5), "the next launch line") { try await self.ready.wait() }
         }

@@ -45,7 +45,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         /// Event rates by worker generation.
         var rates: [UInt64: (handled: Int64, at: MonotonicInstant, perSecond: Double)] = [:]
         /// Pings and user queries sent to workers, by correlation id.
-        var pings: [UInt64: (ordinal: Int, sentAt: MonotonicInstant, signal: AsyncSignal<Duration>)] = [:]
+        var pings: [UInt64: (ordinal: Int, connection: UInt64, sentAt: MonotonicInstant, signal: AsyncSignal<Duration>)] = [:]
         var userQueries: [UInt64: Pending<String?>] = [:]
         var metricsQueries: [UInt64: Pending<WorkerMetrics>] = [:]
         var nextRequestID: UInt64 = 0
@@ -484,7 +484,13 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         case .ping(let id):
             connection.send(.pong(id: id))
         case .pong(let id):
-            if let entry = state.withLock({ $0.pings.removeValue(forKey: id) }) { entry.signal.set(.now() - entry.sentAt) }
+            // Only from the worker pinged: another could answer for a hung one.
+            let entry = state.withLock { state -> (sentAt: MonotonicInstant, signal: AsyncSignal<Duration>)? in
+                guard let entry = state.pings[id], entry.connection == connection.id else { return nil }
+                state.pings[id] = nil
+                return (entry.sentAt, entry.signal)
+            }
+            entry?.signal.set(.now() - entry!.sentAt)
         case .identifyRequest(let id, let shard):
             // A worker identifies for its own shard only (the ledger's bucket comes from the shard number).
             guard Int(shard) == assignedShard(ordinal, generation) else {

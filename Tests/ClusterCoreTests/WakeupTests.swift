@@ -1,4 +1,5 @@
 @testable import ClusterCore
+import Synchronization
 import Testing
 
 @Suite("wakeup", .timeLimit(.minutes(1)))
@@ -60,5 +61,32 @@ struct WakeupTests {
             await wakeup.wait(until: deadline)
             #expect(MonotonicInstant.now() >= deadline)
         }
+    }
+}
+
+@Suite("one computation for many askers")
+struct SingleFlightTests {
+    @Test func concurrentAskersShareOneComputationAndAFreshResult() async {
+        let flight = SingleFlight<Int>(freshFor: .seconds(60))
+        let runs = Mutex(0)
+        let gate = AsyncSignal<Void>()
+        let compute: @Sendable () async -> Int = {
+            let run = runs.withLock { runs -> Int in
+                runs += 1
+                return runs
+            }
+            _ = try? await gate.wait()
+            return run
+        }
+        async let a = flight.value(compute)
+        async let b = flight.value(compute)
+        async let c = flight.value(compute)
+        // Every asker waits on the one computation; once it ends, all get its result, and a later ask the cached one.
+        while runs.withLock({ $0 }) == 0 { await Task.yield() }
+        gate.set(())
+        let results = await [a, b, c]
+        #expect(results == [1, 1, 1])
+        #expect(await flight.value(compute) == 1)
+        #expect(runs.withLock { $0 } == 1)
     }
 }
