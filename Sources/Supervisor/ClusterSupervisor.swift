@@ -232,7 +232,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             return answered
         }
         do {
-            try await withTimeout(deadline, "the supervisor's event loops") { () async throws -> Bool in
+            _ = try await withTimeout(deadline, "the supervisor's event loops") { () async throws -> Bool in
                 for answer in answers { try await answer.wait() }
                 return true
             }
