@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Faults at random against a live cluster on the emulator, judged by the emulator's ground truth.
 #
-# usage: scripts/chaos.sh [--duration S] [--seed N] [--shards N] [--release]
+# usage: scripts/chaos.sh [--duration S] [--seed N] [--shards N] [--mode websocket|webhook] [--release]
 #
 # Launches the emulator and a cluster with steady traffic; at seeded random moments it kills a worker with -9,
 # SIGSTOPs one, has the emulator send op 7 / op 9 / drop a socket / stop ACKs / close with 4009, scales up, scales
 # down, rolls every worker. Then it lets the traffic drain and prints: messages generated, undelivered, replied
 # once, replied more than once, unreplied, 429s, identify violations, hard kills, worker restarts, processes left
 # behind. Exit status 0 only if unreplied = 0, replied more than once <= hard kills, 429s = 0, violations = 0 and
-# nothing is left behind.
+# nothing is left behind. With --mode webhook the emulator delivers by signed POSTs to the cluster's ingress (and
+# redelivers a share of events with the same id); the gateway faults give way to those, and the run also fails if a
+# gateway session was started or a delivery was given up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,9 +18,9 @@ CONFIGURATION=debug
 ARGS=()
 while (($#)); do
   case "$1" in
-    --duration|--seed|--shards) ARGS+=("$1" "$2"); shift 2 ;;
+    --duration|--seed|--shards|--mode) ARGS+=("$1" "$2"); shift 2 ;;
     --release) CONFIGURATION=release; shift ;;
-    *) echo "usage: scripts/chaos.sh [--duration S] [--seed N] [--shards N] [--release]" >&2; exit 2 ;;
+    *) echo "usage: scripts/chaos.sh [--duration S] [--seed N] [--shards N] [--mode websocket|webhook] [--release]" >&2; exit 2 ;;
   esac
 done
 

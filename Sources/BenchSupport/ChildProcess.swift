@@ -46,6 +46,17 @@ public final class ChildProcess: Sendable {
         return nil
     }
 
+    /// The first line (from now) containing each of `texts`, in whatever order they come; nil once the output ends
+    /// before all came.
+    public func waitForLines(containing texts: [String]) async -> [String: String]? {
+        var found: [String: String] = [:]
+        for await line in lines {
+            for text in texts where found[text] == nil && line.contains(text) { found[text] = line }
+            if found.count == texts.count { return found }
+        }
+        return nil
+    }
+
     /// Sends the process a signal.
     public func signal(_ signal: Int32) { Foundation.kill(process.processIdentifier, signal) }
     /// Sends SIGTERM if the process still runs.

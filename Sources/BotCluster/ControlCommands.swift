@@ -120,6 +120,9 @@ struct StatusCommand: AsyncParsableCommand {
         if let startup = status.startup {
             lines.append((status.otherLayouts.isEmpty ? "launch: " : "rescale: ") + startup.line)
         }
+        if let webhook = status.webhook {
+            lines.append("events by webhook: \(webhook.queued) acknowledged and not yet handled (limit \(webhook.limit))")
+        }
         if !status.unresponsive.isEmpty {
             lines.append("not answering IPC: workers \(status.unresponsive.map(String.init).joined(separator: ", "))")
         }

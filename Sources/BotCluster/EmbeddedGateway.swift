@@ -12,7 +12,10 @@ struct ResolvedGateway: Sendable {
 
     static func resolve(_ config: ClusterConfig, logger: Logger) -> ResolvedGateway {
         if config.gateway.embedded {
-            let emulator = GatewayEmulator(config: config.emulator, app: config.app, logger: logger)
+            var emulatorConfig = config.emulator
+            // Webhook mode wires itself: the embedded platform delivers by webhook to this process's ingress.
+            if config.gateway.mode == .webhook { emulatorConfig.delivery = .webhook }
+            let emulator = GatewayEmulator(config: emulatorConfig, app: config.app, logger: logger)
             return ResolvedGateway(endpoints: GatewayEndpoints(apiBase: "", tokenURL: ""), emulator: emulator)
         }
         return ResolvedGateway(

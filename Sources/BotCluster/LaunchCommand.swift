@@ -4,6 +4,7 @@ import ClusterHTTP
 import ClusterIPC
 import ClusterProtocol
 import Foundation
+import GatewayEmulator
 import Logging
 import QQGateway
 import RateBudget
@@ -109,7 +110,8 @@ final class LaunchService: Service {
             return
         }
         let stored = store.sessions(total: shards).count
-        let needed = max(0, shards - stored)
+        // Webhook mode starts no gateway session at all.
+        let needed = config.gateway.mode == .webhook ? 0 : max(0, shards - stored)
         guard needed <= info.remaining else {
             printError("cannot start \(shards) shards: they need \(needed) new sessions and the platform allows \(info.remaining) more today (of \(info.total); resets in \(DurationFormat.human(info.resetAfter))). Lower shards.count or wait for the reset.")
             exitStatus.set(1)
@@ -124,8 +126,31 @@ final class LaunchService: Service {
             let http = config.http.listen.map { address in
                 Task.detached { try await StatusServer(supervisor: supervisor, address: address, logger: self.logger).run() }
             }
+            // Webhook mode: the platform's POSTs come in here. Without it the cluster gets no event, so a port
+            // that cannot be bound stops the launch.
+            let ingress = try supervisor.webhook.map { router in
+                let ingress = try WebhookIngress(router: router, metrics: supervisor.metrics, config: config.webhook, secret: config.app.secret, logger: logger)
+                return (ingress, Task.detached {
+                    do {
+                        try await ingress.run()
+                    } catch {
+                        printError("\(error)")
+                        supervisor.stop()
+                    }
+                })
+            }
+            if let ingress, let emulator = gateway.emulator {
+                // The embedded platform delivers to this ingress, as the platform's console would be told to.
+                Task {
+                    guard let port = try? await ingress.0.listening.wait() else { return }
+                    let host = ["0.0.0.0", "::"].contains(config.webhook.listen.host) ? "127.0.0.1" : config.webhook.listen.host
+                    let shown = host.contains(":") ? "[\(host)]" : host
+                    emulator.setWebhook(url: "\(config.webhook.tls == nil ? "http" : "https")://\(shown):\(port)\(config.webhook.path)")
+                }
+            }
             let notifications = Task.detached { await supervisor.notifyServiceManager(SystemdNotifier()) }
             defer {
+                ingress?.1.cancel()
                 http?.cancel()
                 notifications.cancel()
             }

@@ -22,6 +22,10 @@ struct RunCommand: AsyncParsableCommand {
             throw ExitCode(1)
         }
         let config = try options.loadConfig()
+        guard config.gateway.mode == .websocket else {
+            printError("gateway.mode is \"webhook\": events come to the supervisor's ingress, so a shard cannot run alone; use botcluster launch")
+            throw ExitCode(1)
+        }
         let logger = makeLogger("botcluster.run", config: config)
         let gateway = ResolvedGateway.resolve(config, logger: makeLogger("emulator", config: config))
         let shardService = LoneShard(

@@ -7,6 +7,8 @@ import Foundation
 
 /// scripts/chaos.sh: a cluster on the emulator with steady traffic, hit at seeded random moments by every fault
 /// it must survive; at the end, the emulator's ground truth decides.
+extension GatewayMode: ExpressibleByArgument {}
+
 @main
 struct Chaos: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "botcluster-chaos", abstract: "Faults at random against a live cluster; the emulator's counters judge.")
@@ -14,9 +16,17 @@ struct Chaos: AsyncParsableCommand {
     @Option(help: "Seed of the random choices.") var seed = 1
     @Option(help: "The botcluster executable.") var botcluster = "botcluster"
     @Option(help: "Shards at launch.") var shards = 4
+    @Option(help: "How events arrive: websocket or webhook.") var mode: GatewayMode = .websocket
 
     enum Action: String, CaseIterable {
         case kill9, sigstop, reconnect, invalidSession, drop, stopAcks, close4009, scaleUp, scaleDown, rolling
+
+        /// The faults of a mode: the gateway's (op 7, op 9, drops, lost ACKs, 4009) only where there are sessions. In
+        /// webhook mode the platform's redeliveries come instead (the emulator pushes a share of events twice, and
+        /// delivers again what is not acknowledged).
+        static func of(_ mode: GatewayMode) -> [Action] {
+            mode == .websocket ? allCases : [.kill9, .sigstop, .scaleUp, .scaleDown, .rolling]
+        }
     }
 
     func run() async throws {
@@ -26,28 +36,40 @@ struct Chaos: AsyncParsableCommand {
         var rng = SplitMix64(seed: UInt64(seed))
         let log = { (line: String) in print("chaos: \(line)") }
 
-        let emulatorConfig = #"{"emulator": {"adminToken": "env:BOTCLUSTER_BENCH_ADMIN_TOKEN", "identifyWindow": "200ms", "restRate": 200, "heartbeatInterval": "1s", "heartbeatTimeout": "10s", "unrepliedGrace": "3s", "sessionTTL": "1m", "sessionStartLimit": {"maxConcurrency": 2}, "traffic": {"rate": 20, "groupRate": 2, "c2cRate": 2, "renameShare": 0.1, "renameEvery": "5s"}}, "log": {"level": "warning"}}"#
+        let delivery = mode == .webhook
+            ? #""delivery": "webhook", "webhook": {"retryBase": "100ms", "retryMax": "2s", "retryLimit": 30}, "#
+            : ""
+        let redeliveries = mode == .webhook ? #", "duplicateShare": 0.02"# : ""
+        let emulatorConfig = #"{"emulator": {\#(delivery)"adminToken": "env:BOTCLUSTER_BENCH_ADMIN_TOKEN", "identifyWindow": "200ms", "restRate": 200, "heartbeatInterval": "1s", "heartbeatTimeout": "10s", "unrepliedGrace": "3s", "sessionTTL": "1m", "sessionStartLimit": {"maxConcurrency": 2}, "traffic": {"rate": 20, "groupRate": 2, "c2cRate": 2, "renameShare": 0.1, "renameEvery": "5s"\#(redeliveries)}}, "log": {"level": "warning"}}"#
         try emulatorConfig.write(toFile: dir + "/emulator.json", atomically: true, encoding: .utf8)
         let emulator = try ChildProcess(botcluster, ["emulator", "--config", "emulator.json", "--port", "0"], directory: dir, environment: ["BOTCLUSTER_BENCH_ADMIN_TOKEN": benchAdminToken])
         defer { emulator.terminate() }
         guard let line = await emulator.waitForLine(containing: "emulator listening on ") else { throw BenchError("the emulator did not start") }
         let url = String(line.split(separator: " ").last!)
         let clusterConfig = #"""
-            {"gateway": {"embedded": false, "url": "\#(url)", "tokenURL": "\#(url)/app/getAppAccessToken"},
+            {"gateway": {"mode": "\#(mode.rawValue)", "embedded": false, "url": "\#(url)", "tokenURL": "\#(url)/app/getAppAccessToken"},
              "app": {"id": "102000001", "secret": "env:CHAOS_APP_SECRET"},
              "shards": {"count": \#(shards)},
              "identify": {"window": "200ms", "margin": "20ms"},
              "supervisor": {"heartbeat": {"interval": "100ms", "misses": 5}, "abortGrace": "200ms", "stopGrace": "5s"},
              "restart": {"baseDelay": "100ms", "maxDelay": "2s", "resetAfter": "1s", "maxCrashes": 50, "crashWindow": "1m"},
              "rateBudget": {"global": {"rate": 150, "burst": 20}},
+             "webhook": {"listen": "127.0.0.1:0", "streamLimit": 5}, "http": {"listen": "off"},
              "log": {"level": "warning"}}
             """#
         try clusterConfig.write(toFile: dir + "/cluster.json", atomically: true, encoding: .utf8)
         let supervisor = try ChildProcess(botcluster, ["launch"], directory: dir, environment: ["CHAOS_APP_SECRET": "emulator-development-secret"])
         defer { supervisor.kill() }
-        guard await supervisor.waitForLine(containing: "cluster ready") != nil else { throw BenchError("the cluster did not start") }
+        let expected = mode == .webhook ? ["cluster ready", "webhook listening on "] : ["cluster ready"]
+        guard let started = await supervisor.waitForLines(containing: expected) else { throw BenchError("the cluster did not start") }
+        if let line = started["webhook listening on "] {
+            // The platform's console would be told the callback URL; the emulator is told through its admin API.
+            let base = String(line.split(separator: " ").last!)
+            _ = try await postAdmin(url + "/emulator/webhook", #"{"url": "\#(base)/qqbot/callback"}"#)
+        }
         let socket = dir + "/run/botcluster.sock"
-        log("cluster of \(shards) up; faults for \(duration) s, seed \(seed)")
+        log("cluster of \(shards) up (\(mode.rawValue)); faults for \(duration) s, seed \(seed)")
+        let actions = Action.of(mode)
 
         var seenPIDs = Set<Int32>()
         var hardKills = 0
@@ -59,7 +81,7 @@ struct Chaos: AsyncParsableCommand {
             let workers = (try? await statusWorkers(socket)) ?? []
             for worker in workers { if let pid = worker.pid { seenPIDs.insert(pid) } }
             let ready = workers.filter { $0.state == "ready" }
-            let action = Action.allCases[Int(rng.next() % UInt64(Action.allCases.count))]
+            let action = actions[Int(rng.next() % UInt64(actions.count))]
             counts[action, default: 0] += 1
             let target = ready.isEmpty ? nil : ready[Int(rng.next() % UInt64(ready.count))]
             let shard = target?.ordinal ?? 0
@@ -126,14 +148,19 @@ struct Chaos: AsyncParsableCommand {
             ("duplicate replies refused by msg_seq", n("repliesRefusedDuplicateSeq")), ("429s", n("rateLimited")),
             ("identify violations", n("identifyViolations")), ("identifies", n("identifies")), ("resumes", n("resumes")),
             ("hard kills", hardKills), ("worker restarts (current layout)", restarts), ("processes left behind", left.count),
-        ]
-        print("\nchaos ground truth (seed \(seed), \(duration) s of faults: \(counts.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\($0.key.rawValue) \($0.value)" }.joined(separator: ", ")))")
+        ] + (mode == .webhook ? [
+            ("webhook POSTs", n("webhookPosts")), ("webhook acknowledged", n("webhookAcked")), ("webhook redelivered (not acknowledged)", n("webhookRetries")),
+            ("webhook pushed twice (same id)", n("duplicatePushes")), ("webhook given up", n("webhookGaveUp")),
+        ] : [])
+        print("\nchaos ground truth (\(mode.rawValue), seed \(seed), \(duration) s of faults: \(counts.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\($0.key.rawValue) \($0.value)" }.joined(separator: ", ")))")
         for (name, value) in rows { print("  \(name.padding(toLength: 42, withPad: " ", startingAt: 0)) \(value)") }
         var failures: [String] = []
         if n("messagesUnreplied") > 0 { failures.append("\(n("messagesUnreplied")) messages unreplied") }
         if n("messagesRepliedMoreThanOnce") > hardKills { failures.append("\(n("messagesRepliedMoreThanOnce")) messages replied more than once, more than the \(hardKills) hard kills") }
         if n("rateLimited") > 0 { failures.append("\(n("rateLimited")) requests answered 429") }
         if n("identifyViolations") > 0 { failures.append("\(n("identifyViolations")) identify violations") }
+        if mode == .webhook && n("identifies") + n("resumes") > 0 { failures.append("webhook mode started \(n("identifies") + n("resumes")) gateway sessions") }
+        if n("webhookGaveUp") > 0 { failures.append("\(n("webhookGaveUp")) webhook deliveries given up") }
         if !left.isEmpty { failures.append("processes left behind: \(left.sorted())") }
         if supervisorStatus != 0 { failures.append("the supervisor exited with \(supervisorStatus)") }
         for failure in failures { print("FAIL: \(failure)") }

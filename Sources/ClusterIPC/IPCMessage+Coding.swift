@@ -14,6 +14,7 @@ enum MessageType: UInt8 {
     case usersChanged = 70, usersInvalidate = 71, userQuery = 72, userAnswer = 73
     case metricsQuery = 74, metricsAnswer = 75
     case claims = 80, claimResults = 81, claimResolved = 82, claimsDone = 83, claimsReleased = 84, startDispatch = 85, finishDispatch = 86, dispatchFinished = 87
+    case webhookAttach = 90, webhookStart = 91, webhookDispatch = 92
     case controlRequest = 50, controlProgress = 51, controlReply = 52
 }
 
@@ -223,6 +224,19 @@ extension IPCMessage {
             buffer.writeInteger(MessageType.finishDispatch.rawValue)
         case .dispatchFinished:
             buffer.writeInteger(MessageType.dispatchFinished.rawValue)
+        case .webhookAttach:
+            buffer.writeInteger(MessageType.webhookAttach.rawValue)
+        case .webhookStart(let streamID, let seq, let fresh):
+            buffer.writeInteger(MessageType.webhookStart.rawValue)
+            buffer.writeIPCString(streamID)
+            buffer.writeInteger(seq)
+            buffer.writeInteger(UInt8(fresh ? 1 : 0))
+        case .webhookDispatch(let seq, let eventID, let name, let payload):
+            buffer.writeInteger(MessageType.webhookDispatch.rawValue)
+            buffer.writeInteger(seq)
+            buffer.writeIPCString(eventID)
+            buffer.writeIPCString(name)
+            buffer.writeIPCString(payload)
         case .usersChanged(let ids):
             buffer.writeInteger(MessageType.usersChanged.rawValue)
             buffer.writeIPCStrings(ids)
@@ -361,6 +375,15 @@ extension IPCMessage {
             message = .finishDispatch
         case .dispatchFinished:
             message = .dispatchFinished
+        case .webhookAttach:
+            message = .webhookAttach
+        case .webhookStart:
+            message = .webhookStart(streamID: try frame.readIPCString("streamID"), seq: try frame.readIPC(Int64.self, "seq"), fresh: try frame.readIPCBool("fresh"))
+        case .webhookDispatch:
+            message = .webhookDispatch(
+                seq: try frame.readIPC(Int64.self, "seq"), eventID: try frame.readIPCString("eventID"),
+                name: try frame.readIPCString("name"), payload: try frame.readIPCString("payload")
+            )
         case .usersChanged:
             message = .usersChanged(ids: try frame.readIPCStrings("ids"))
         case .usersInvalidate:

@@ -160,6 +160,24 @@ public struct ClusterStatus: Codable, Sendable, Equatable {
     public var unresponsive: [Int]
     /// The launch (or a rescale's new layout) while it comes up; nil once it is ready.
     public var startup: Startup?
+    /// How events arrive: "websocket" (a session per shard) or "webhook" (the supervisor's ingress).
+    public var mode: String = "websocket"
+    /// The webhook ingress's streams, in webhook mode.
+    public var webhook: Webhook?
+
+    /// The webhook ingress as it stands.
+    public struct Webhook: Codable, Sendable, Equatable {
+        /// Events acknowledged to the platform and not yet handled.
+        public var queued: Int
+        /// How many the streams may hold (`webhook.queueLimit`).
+        public var limit: Int
+
+        /// The ingress's streams with `queued` of `limit` events.
+        public init(queued: Int, limit: Int) {
+            self.queued = queued
+            self.limit = limit
+        }
+    }
 
     /// The cluster as it stands.
     public init(

@@ -3,7 +3,7 @@
 // these types without importing an event-loop library.
 
 /// The IPC protocol version; a peer speaking another is refused with a clear error.
-public let ipcProtocolVersion: UInt16 = 3
+public let ipcProtocolVersion: UInt16 = 4
 
 /// Who is on the other end of an IPC connection.
 public enum IPCRole: UInt8, Sendable {
@@ -181,6 +181,13 @@ public enum IPCMessage: Sendable, Equatable {
     /// Handle everything the gateway sent so far, then say so (an old layout at a rescale's switch).
     case finishDispatch
     case dispatchFinished
+    /// A webhook-mode worker is ready for its shard's events (worker to supervisor).
+    case webhookAttach
+    /// The shard's event stream from the supervisor's ingress: its id, the seq up to which every event was handled
+    /// (the events after it follow), and whether the stream is new (the first worker it ever had).
+    case webhookStart(streamID: String, seq: Int64, fresh: Bool)
+    /// One event of the stream: its seq there, the platform's event id, type and the raw `d` JSON.
+    case webhookDispatch(seq: Int64, eventID: String, name: String, payload: String)
     /// The worker's session and the seq up to which every dispatch is handled.
     case sessionCommitted(sessionID: String, seq: Int64)
     case sessionInvalidated
@@ -234,6 +241,9 @@ public enum IPCMessage: Sendable, Equatable {
         case .startDispatch: return "startDispatch"
         case .finishDispatch: return "finishDispatch"
         case .dispatchFinished: return "dispatchFinished"
+        case .webhookAttach: return "webhookAttach"
+        case .webhookStart: return "webhookStart"
+        case .webhookDispatch: return "webhookDispatch"
         case .usersChanged: return "usersChanged"
         case .usersInvalidate: return "usersInvalidate"
         case .userQuery: return "userQuery"

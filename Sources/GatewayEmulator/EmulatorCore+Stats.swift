@@ -29,6 +29,7 @@ extension EmulatorCore {
         s.messagesRepliedMoreThanOnce = more
         s.messagesUnreplied = unreplied
         s.sessionStartRemaining = remaining
+        s.webhookWaiting = webhookWaiting
         return s
     }
 }

@@ -5,6 +5,10 @@ import Foundation
 extension EmulatorCore {
     /// Appends a dispatch to every session that should get it. Returns whether anyone got it.
     mutating func route(message index: Int, event: String, eventID: String, payload: String, guild: UInt64?, now: Int64, wake: inout [Int]) {
+        if config.delivery == .webhook {
+            queueWebhook(message: index, event: event, eventID: eventID, payload: payload, now: now)
+            return
+        }
         let needed: GatewayIntents = event == "AT_MESSAGE_CREATE" ? .publicGuildMessages : .groupAndC2CEvent
         for sessionID in sessionOrder {
             guard let session = sessions[sessionID] else { continue }

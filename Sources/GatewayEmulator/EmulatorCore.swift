@@ -114,6 +114,15 @@ struct EmulatorCore {
     var currentSecond: Int64 = -1
     var requestsThisSecond = 0
 
+    // webhook delivery (see EmulatorCore+Webhook)
+    var webhookQueue: [WebhookDelivery] = []
+    var webhookHead = 0
+    var webhookRetries: [WebhookDelivery] = []
+    var webhookSeq = 0
+    /// The callback URL, and whether it answered op 13 with the right signature.
+    var webhookURL: String?
+    var webhookValidated = false
+
     var listeningURL = "ws://127.0.0.1:0/websocket"
     /// When the emulator started: the zero of the stats clock.
     var startedAt: Int64 = 0
@@ -137,6 +146,7 @@ struct EmulatorCore {
         startedAt = now
         wallClockAtStart = wallClockMs
         stats.sessionStartRemaining = remaining
+        webhookURL = config.webhook.url
     }
 
     /// Milliseconds since the emulator started.

@@ -48,6 +48,21 @@ public struct EmulatorStats: Codable, Sendable, Equatable {
     public var renames: Int = 0
     /// Messages pushed twice on purpose (duplicateShare).
     public var duplicatePushes: Int = 0
+    /// Webhook delivery: POSTs of dispatches made (first deliveries and retries).
+    public var webhookPosts: Int = 0
+    /// POSTs the bot acknowledged (op 12, d 0, with a 2xx status).
+    public var webhookAcked: Int = 0
+    /// POSTs not acknowledged (another status, d 1, no answer in time).
+    public var webhookNotAcked: Int = 0
+    /// Deliveries scheduled again after one was not acknowledged (same id).
+    public var webhookRetries: Int = 0
+    /// Events given up after `retryLimit` retries.
+    public var webhookGaveUp: Int = 0
+    /// Events waiting for a first POST or a retry.
+    public var webhookWaiting: Int = 0
+    /// op 13 validations the bot answered correctly, and ones refused (a wrong signature or token, no answer).
+    public var webhookValidations: Int = 0
+    public var webhookValidationsRefused: Int = 0
     /// Daily session starts left.
     public var sessionStartRemaining: Int = 0
     /// Milliseconds since the emulator started, now (the clock of the two fields below).

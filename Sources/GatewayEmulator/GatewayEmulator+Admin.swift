@@ -64,6 +64,18 @@ extension GatewayEmulator {
             }
             return jsonResponse("{\"ok\":true,\"guildID\":\"\(self.guildID(guild))\"}")
         }
+        router.post("/emulator/webhook") { request, _ in
+            try self.authorizeAdmin(request)
+            let body = try await Self.jsonBody(request)
+            guard self.config.delivery == .webhook else {
+                throw PlatformError(status: .conflict, code: 40012, message: "this emulator delivers by websocket (emulator.delivery)")
+            }
+            guard let url = body["url"]?.stringValue, url.hasPrefix("http://") || url.hasPrefix("https://"), url.utf8.count <= 2048 else {
+                throw PlatformError(status: .badRequest, code: 40012, message: "url must be the http(s) callback URL")
+            }
+            self.setWebhook(url: url)
+            return jsonResponse("{\"ok\":true}")
+        }
         router.post("/emulator/rename") { request, _ in
             try self.authorizeAdmin(request)
             let body = try await Self.jsonBody(request)

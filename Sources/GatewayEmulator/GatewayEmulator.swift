@@ -24,6 +24,7 @@ public struct EmulatorSetupError: Error, Sendable, CustomStringConvertible {
 public final class GatewayEmulator: Service, Sendable {
     let core: Mutex<EmulatorCore>
     let config: EmulatorConfig
+    let app: AppConfig
     let logger: Logger
     let listening = AsyncSignal<Int>()
     let connections = ConnectionRegistry()
@@ -31,6 +32,7 @@ public final class GatewayEmulator: Service, Sendable {
     /// An emulator for the bot `app`, configured by cluster.json's `emulator` section; nothing listens before `run()`.
     public init(config: EmulatorConfig, app: AppConfig, logger: Logger) {
         self.config = config
+        self.app = app
         self.logger = logger
         core = Mutex(EmulatorCore(config: config, app: app, now: MonotonicInstant.now().nanoseconds, wallClockMs: wallClockMilliseconds()))
     }
@@ -110,6 +112,7 @@ public final class GatewayEmulator: Service, Sendable {
             try await withThrowingDiscardingTaskGroup { group in
                 group.addTask { try await self.runTraffic() }
                 group.addTask { try await self.runSweeper() }
+                group.addTask { try await self.runWebhookDelivery() }
                 // The server returns on graceful shutdown and throws on cancellation; the loops end with it. Stopped
                 // by cancellation, it would still wait for every open connection to end: close them.
                 try await withTaskCancellationHandler {

@@ -14,6 +14,26 @@ public struct GatewayDispatch: Sendable {
     public var eventID: String?
     public var payload: JSONValue
     public var receivedAt: MonotonicInstant
+
+    /// A dispatch of `name` with `seq` in its session, received at `receivedAt`.
+    public init(seq: Int, name: String, eventID: String?, payload: JSONValue, receivedAt: MonotonicInstant) {
+        self.seq = seq
+        self.name = name
+        self.eventID = eventID
+        self.payload = payload
+        self.receivedAt = receivedAt
+    }
+}
+
+/// Where a shard's events come from: a websocket session (`GatewayClient`), or the supervisor's webhook ingress.
+public protocol EventSource: Sendable {
+    /// Delivers events in order until stopped or failed for good.
+    func run(onEvent: @escaping @Sendable (GatewayClientEvent) async -> Void) async -> GatewayClientOutcome
+    /// The session and the seq of the last event delivered before this call's moment: handling up to it handles
+    /// everything this source had received (a rescale's retiring layout waits for that).
+    func fence() async -> (sessionID: String?, seq: Int?)
+    /// Stops delivering; `run` returns.
+    func stop()
 }
 
 /// What the client tells its owner.
@@ -38,7 +58,7 @@ public enum GatewayClientOutcome: Sendable, Equatable {
 
 /// One gateway shard's connection: the session state machine driven over a real websocket (ws or wss) on the
 /// NIO event loop, with heartbeats, zombie detection, resume, identify permits and backoff.
-public final class GatewayClient: Sendable {
+public final class GatewayClient: EventSource {
     /// What a client connects to and how: URL, shard, intents, the session's timing, TLS and proxies.
     public struct Configuration: Sendable {
         /// The gateway's websocket URL (from `/gateway/bot`).

@@ -26,6 +26,28 @@ public final class ClusterMetrics: Sendable {
     let startsRemaining: Gauge
     let shardStates: [WorkerState: Gauge]
     let workers: Mutex<WorkerCounts>
+    let webhookRequests: [WebhookOutcome: Counter]
+    let webhookQueued: Gauge
+
+    /// What became of a request to the webhook ingress.
+    public enum WebhookOutcome: String, CaseIterable, Sendable {
+        /// A dispatch acknowledged (op 12, d 0): in its shard's stream and handed to its worker.
+        case acked
+        /// An op 13 URL validation answered.
+        case validated
+        /// Asked to retry: the streams hold `webhook.queueLimit` events, or the shard's `webhook.streamLimit`.
+        case retryFull = "retry_full"
+        /// Asked to retry: it could not be written to cluster.sqlite (a full disk, a lock held elsewhere).
+        case retryNotRecorded = "retry_not_recorded"
+        /// Refused (401): missing, malformed or wrong signature.
+        case refusedSignature = "refused_signature"
+        /// Refused (401): a timestamp that is not a number, or outside `webhook.timestampWindow` (a replay).
+        case refusedTimestamp = "refused_timestamp"
+        /// Refused (413): a body over `webhook.maxBodyBytes`.
+        case refusedSize = "refused_size"
+        /// Refused (400): a signed body that is not JSON, or a dispatch without an id, a type or a `d` object.
+        case refusedPayload = "refused_payload"
+    }
 
     /// The workers' counts: by live process (generation), and the sum of the processes that are gone.
     struct WorkerCounts {
@@ -46,7 +68,7 @@ public final class ClusterMetrics: Sendable {
 
     /// Metrics for a cluster whose REST budget allows `restRate` requests per second, started at `now` (the first
     /// scrape's budget rate is the rate since then).
-    public init(restRate: Double, now: MonotonicInstant = .now()) {
+    public init(restRate: Double, mode: GatewayMode = .websocket, now: MonotonicInstant = .now()) {
         workers = Mutex(WorkerCounts(grantSamples: [(now, 0)]))
         func name(_ metric: String, _ unit: String = "", _ help: String) -> MetricNameDescriptor {
             MetricNameDescriptor(namespace: "botcluster", metricName: metric, unitName: unit, helpText: help)
@@ -73,6 +95,19 @@ public final class ClusterMetrics: Sendable {
             states[state] = registry.makeGauge(descriptor: name("shards", "", "Shards of the serving layout, by worker state."), labels: [("state", state.rawValue)])
         }
         shardStates = states
+        var webhookRequests: [WebhookOutcome: Counter] = [:]
+        for outcome in WebhookOutcome.allCases {
+            webhookRequests[outcome] = registry.makeCounter(
+                descriptor: name("webhook_requests", "total", "Requests to the webhook ingress, by outcome (refused ones reached no handler)."),
+                labels: [("outcome", outcome.rawValue)]
+            )
+        }
+        self.webhookRequests = webhookRequests
+        webhookQueued = registry.makeGauge(descriptor: name("webhook_queued_events", "", "Webhook events acknowledged and not yet handled, in every shard's stream."))
+        for known in [GatewayMode.websocket, .webhook] {
+            registry.makeGauge(descriptor: name("gateway_mode", "", "How events arrive: 1 for the configured mode (websocket sessions or webhook callbacks)."), labels: [("mode", known.rawValue)])
+                .set(to: known == mode ? 1 : 0)
+        }
         // Every kind and outcome from the start: a series that appears only when it first counts hides its
         // first increase from rate() and increase().
         for kind in ["scale", "rolling_restart"] {
@@ -102,6 +137,11 @@ public final class ClusterMetrics: Sendable {
         (resumed ? resumes : identifies).increment()
     }
 
+    /// A request to the webhook ingress ended so.
+    public func webhookRequest(_ outcome: WebhookOutcome) {
+        webhookRequests[outcome]?.increment()
+    }
+
     /// The platform answered 429.
     public func rateLimitedOnce() {
         rateLimited.increment()
@@ -119,6 +159,8 @@ public final class ClusterMetrics: Sendable {
         public var startsRemaining: Int
         public var budgetGranted: Int
         public var now: MonotonicInstant
+        /// Webhook events held in the streams (0 with websocket sessions).
+        public var webhookQueued: Int = 0
     }
 
     /// The workers' answers (by generation, with their shard); `live`: every generation with a process now.
@@ -178,6 +220,7 @@ public final class ClusterMetrics: Sendable {
         for worker in snapshot.workers { byState[worker.state, default: 0] += 1 }
         for (state, gauge) in shardStates { gauge.set(to: Double(byState[state] ?? 0)) }
         startsRemaining.set(to: Double(snapshot.startsRemaining))
+        webhookQueued.set(to: Double(snapshot.webhookQueued))
         let (grantedDelta, rate, gauges, dropped) = workers.withLock { counts in
             let delta = max(0, snapshot.budgetGranted - counts.grantedExported)
             counts.grantedExported = max(counts.grantedExported, snapshot.budgetGranted)

@@ -36,6 +36,8 @@ public final class ClusterStore: Sendable {
         var forgottenLayouts: Set<Int> = []
         /// The file was damaged and made anew since the owner last asked.
         var recovered = false
+        /// Webhook events handled, whose inbox rows are to be deleted.
+        var webhookDone: [String] = []
     }
 
     /// The most handled keys kept pending while writes fail (a full disk for a long time): the oldest go first.
@@ -103,6 +105,18 @@ public final class ClusterStore: Sendable {
             }
             try db.create(index: "handled_events_by_time", on: "handled_events", columns: ["handled_at"])
         }
+        // Webhook events acknowledged to the platform and not yet handled: written before the acknowledgement, deleted
+        // once handled, read back at start (a supervisor that died keeps them).
+        migrator.registerMigration("v4-webhook-inbox") { db in
+            try db.create(table: "webhook_inbox") { t in
+                t.column("platform", .text).notNull()
+                t.column("event_id", .text).notNull()
+                t.column("name", .text).notNull()
+                t.column("payload", .text).notNull()
+                t.column("received_at", .double).notNull()
+                t.primaryKey(["platform", "event_id"])
+            }
+        }
         return migrator
     }
 
@@ -137,6 +151,44 @@ public final class ClusterStore: Sendable {
                 let age = now - (row["handled_at"] as Double)
                 return (row["key"], monotonicNow - .milliseconds(Int64(age * 1000)))
             }
+        }
+    }
+
+    /// The webhook events acknowledged and not handled when the last supervisor stopped, oldest first.
+    public func webhookInbox() -> [(id: String, name: String, payload: String)] {
+        read("the webhook inbox", empty: []) { db in
+            try Row.fetchAll(
+                db, sql: "SELECT event_id, name, payload FROM webhook_inbox WHERE platform = ? ORDER BY received_at", arguments: [platform]
+            ).map { ($0["event_id"], $0["name"], $0["payload"]) }
+        }
+    }
+
+    /// Writes webhook events before they are acknowledged, in one transaction (the ingress batches them: one commit
+    /// for every request that came while the last one ran). Throws when they are not on disk; nothing is
+    /// acknowledged then.
+    public func recordWebhook(_ events: [(id: String, name: String, payload: String)]) async throws {
+        let pool = state.withLock { $0.pool }
+        let platform = platform
+        do {
+            try await pool.write { db in
+                let now = Date().timeIntervalSince1970
+                let insert = try db.cachedStatement(sql: "INSERT OR IGNORE INTO webhook_inbox (platform, event_id, name, payload, received_at) VALUES (?, ?, ?, ?, ?)")
+                for event in events { try insert.execute(arguments: [platform, event.id, event.name, event.payload, now]) }
+            }
+        } catch {
+            if SQLiteFailure(error) == .damaged { recover(error) }
+            throw error
+        }
+    }
+
+    /// Queues the deletion of handled webhook events' rows for the next flush.
+    public func webhookHandled(_ ids: [String]) {
+        guard !ids.isEmpty else { return }
+        state.withLock { state in
+            state.webhookDone += ids
+            // While writes fail for long: the oldest deletions go (their rows only come back at a restart, where
+            // the claims skip what was handled).
+            if state.webhookDone.count > Self.maxPendingHandled { state.webhookDone.removeFirst(state.webhookDone.count - Self.maxPendingHandled) }
         }
     }
 
@@ -199,17 +251,17 @@ public final class ClusterStore: Sendable {
 
     /// Whether writes are waiting (a full disk, a lock held by another process).
     public var hasPending: Bool {
-        state.withLock { !$0.sessions.isEmpty || !$0.handled.isEmpty || !$0.forgottenLayouts.isEmpty }
+        state.withLock { !$0.sessions.isEmpty || !$0.handled.isEmpty || !$0.forgottenLayouts.isEmpty || !$0.webhookDone.isEmpty }
     }
 
     /// Writes what is pending in one transaction (on the database's own queue: a lock held elsewhere makes this
     /// wait up to the busy timeout, suspended, never blocking a thread the cluster needs). On failure it all stays
     /// pending for the next flush.
     public func flush() async {
-        let (pool, sessions, handled, layouts, ttl) = state.withLock { state in
-            (state.pool, state.sessions, state.handled, state.forgottenLayouts, state.handledTTL)
+        let (pool, sessions, handled, layouts, ttl, webhookDone) = state.withLock { state in
+            (state.pool, state.sessions, state.handled, state.forgottenLayouts, state.handledTTL, state.webhookDone)
         }
-        guard !sessions.isEmpty || !handled.isEmpty || !layouts.isEmpty else { return }
+        guard !sessions.isEmpty || !handled.isEmpty || !layouts.isEmpty || !webhookDone.isEmpty else { return }
         let platform = platform
         do {
             try await pool.write { db in
@@ -236,6 +288,10 @@ public final class ClusterStore: Sendable {
                     }
                     try db.execute(sql: "DELETE FROM handled_events WHERE handled_at < ?", arguments: [now - ttl.seconds])
                 }
+                // In the same transaction as the handled keys: a row still here after a crash is an event not
+                // handled, or one whose key says so (the claims skip it).
+                let delete = try db.cachedStatement(sql: "DELETE FROM webhook_inbox WHERE platform = ? AND event_id = ?")
+                for id in webhookDone { try delete.execute(arguments: [platform, id]) }
             }
         } catch is CancellationError {
             // The flusher stops; what is pending stays for the last flush.
@@ -261,6 +317,7 @@ public final class ClusterStore: Sendable {
             }
             state.handled.removeFirst(min(handled.count, state.handled.count))
             state.forgottenLayouts.subtract(layouts)
+            state.webhookDone.removeFirst(min(webhookDone.count, state.webhookDone.count))
         }
     }
 

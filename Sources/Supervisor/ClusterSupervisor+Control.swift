@@ -173,7 +173,7 @@ extension ClusterSupervisor {
             Set(state.core.layouts.layouts.flatMap { $0.machine.workers.filter { $0.pid != nil }.map(\.generation) })
         }
         metrics.collect(collected, live: live)
-        return metrics.render(.init(workers: snapshot, startsRemaining: ledger.snapshot.remaining, budgetGranted: budget.snapshot.granted, now: .now()))
+        return metrics.render(.init(workers: snapshot, startsRemaining: ledger.snapshot.remaining, budgetGranted: budget.snapshot.granted, now: .now(), webhookQueued: webhook?.queued ?? 0))
     }
 
     /// Waits for each worker's answer until `deadline`: the answers that came, by ordinal (a fan-out's partial
@@ -245,7 +245,7 @@ extension ClusterSupervisor {
             }
         }
         let budgetSnapshot = budget.snapshot
-        return ClusterStatus(
+        var status = ClusterStatus(
             supervisor: .init(pid: getpid(), uptimeSeconds: rounded((now - startedAt).seconds), shards: shardCount, socket: setup.config.supervisor.socket),
             identify: .init(maxConcurrency: identify.maxConcurrency, remainingToday: identify.remaining, granted: identify.granted, waiting: identify.waiting),
             rateBudget: .init(rate: setup.config.rateBudget.globalRate, granted: budgetSnapshot.granted, waiting: budgetSnapshot.waiting),
@@ -254,6 +254,9 @@ extension ClusterSupervisor {
             otherLayouts: all.filter { $0.0 != activeID }.flatMap { entries($0.0, $0.2, role: $0.1) },
             unresponsive: missing, startup: startup(now: now)
         )
+        status.mode = setup.config.gateway.mode.rawValue
+        status.webhook = webhook.map { ClusterStatus.Webhook(queued: $0.queued, limit: setup.config.webhook.queueLimit) }
+        return status
     }
 
     /// The layout on its way up — the launch until the cluster is first ready, then a rescale's new layout — with

@@ -39,12 +39,16 @@ extension ClusterSupervisor {
         let identify = ledger.snapshot
         let window = setup.config.effectiveIdentifyWindow + setup.config.identify.margin
         let rounds = (target + identify.maxConcurrency - 1) / identify.maxConcurrency
-        let plan = "scale \(current) -> \(target) shards: a new layout of shards [0..\(target - 1)]/\(target) identifies while the current one serves, "
-            + "then takes over; \(target) identifies at max_concurrency \(identify.maxConcurrency) take at least \(DurationFormat.human(window * (rounds - 1))); "
-            + "session starts left today afterwards: \(identify.remaining - target)"
+        let webhookMode = setup.config.gateway.mode == .webhook
+        let plan = webhookMode
+            ? "scale \(current) -> \(target) shards: a new layout of shards [0..\(target - 1)]/\(target) attaches to the webhook ingress while the current one serves, "
+                + "then new events go to it and the current one handles what it holds; no gateway session is started"
+            : "scale \(current) -> \(target) shards: a new layout of shards [0..\(target - 1)]/\(target) identifies while the current one serves, "
+                + "then takes over; \(target) identifies at max_concurrency \(identify.maxConcurrency) take at least \(DurationFormat.human(window * (rounds - 1))); "
+                + "session starts left today afterwards: \(identify.remaining - target)"
         if planOnly { return (true, plan) }
         guard target != current else { return (false, "the cluster already runs \(current) shards") }
-        guard identify.remaining >= target else {
+        guard webhookMode || identify.remaining >= target else {
             return (false, "cannot scale to \(target) shards: the platform allows \(identify.remaining) more session starts today")
         }
         // The new layout's workers start beside the current ones, which the observed usage already counts.

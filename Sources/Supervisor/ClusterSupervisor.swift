@@ -113,6 +113,8 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
     let liveness: LivenessTable
     /// What a Prometheus scrape sees (see `metricsText()`).
     public let metrics: ClusterMetrics
+    /// The webhook ingress's event streams (`gateway.mode: "webhook"`); nil with websocket sessions.
+    public let webhook: WebhookRouter?
     /// What happened lately, for the status page.
     public let events = ClusterEventFeed()
     /// One metrics collection at a time (see `metricsText`).
@@ -125,7 +127,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         self.store = store
         let sessions = store.sessions(total: setup.shards)
         liveness = try LivenessTable.create()
-        metrics = ClusterMetrics(restRate: setup.config.rateBudget.globalRate)
+        metrics = ClusterMetrics(restRate: setup.config.rateBudget.globalRate, mode: setup.config.gateway.mode)
         state = Mutex(State(core: SupervisorCore(
             active: ClusterStateMachine(
                 shards: setup.shards, timings: .init(setup.config.supervisor), restart: setup.config.restart,
@@ -134,6 +136,22 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             ),
             changeTimings: .init(setup.config)
         )))
+        if setup.config.gateway.mode == .webhook {
+            let router = WebhookRouter(
+                layout: state.withLock { $0.core.layouts.active.id }, total: setup.shards,
+                limit: setup.config.webhook.queueLimit, streamLimit: setup.config.webhook.streamLimit,
+                record: { events in try await store.recordWebhook(events.map { ($0.id, $0.name, $0.payload) }) },
+                onHandled: { store.webhookHandled($0) }
+            )
+            let acknowledged = store.webhookInbox()
+            if !acknowledged.isEmpty {
+                logger.info("webhook events acknowledged before the last stop and not handled: their workers get them", metadata: ["events": "\(acknowledged.count)"])
+                router.restore(acknowledged.map { WebhookJournal.Event(id: $0.id, name: $0.name, payload: $0.payload) })
+            }
+            webhook = router
+        } else {
+            webhook = nil
+        }
         var claimLedger = ClaimLedger(ttl: setup.config.exactlyOnce.ttl)
         claimLedger.remember(store.handledEvents(within: setup.config.exactlyOnce.ttl))
         claims = ClaimService(ledger: claimLedger)
@@ -274,6 +292,11 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             case .worker(let layout, let action):
                 perform(action, in: layout)
             case .startDispatch(let layout):
+                // Webhook mode: new events go to the new layout from here on; what the old one's streams hold, its
+                // workers handle before they answer the fence (sent after this).
+                if let webhook, let total = state.withLock({ $0.core.layouts.layout(layout)?.machine.workers.count }) {
+                    webhook.serve(layout: layout, total: total)
+                }
                 for connection in workerConnections(of: layout).values { connection.send(.startDispatch) }
             case .finishDispatch(let layout):
                 let connections = workerConnections(of: layout).values
@@ -478,9 +501,18 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         let generation = hello.generation
         switch message {
         case .heartbeat(let progress):
+            if let webhook, let session = progress.session {
+                webhook.commit(layout: ClusterLayouts.layoutID(ofGeneration: generation), ordinal: ordinal, streamID: session.id, seq: session.seq)
+            }
             handle(.cluster(.progress(ordinal: ordinal, generation: generation, progress))) { state, now in
                 Self.recordRate(&state, generation, progress, now: now)
             }
+        case .webhookAttach:
+            guard let webhook else {
+                logger.warning("webhookAttach from a worker while the gateway mode is websocket, ignored", metadata: ["worker.ordinal": "\(ordinal)"])
+                return
+            }
+            webhook.attach(layout: ClusterLayouts.layoutID(ofGeneration: generation), ordinal: ordinal, connection: connection)
         case .ping(let id):
             connection.send(.pong(id: id))
         case .pong(let id):
@@ -504,14 +536,19 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         case .identifyCancel(let id):
             ledger.cancel(from: connection, correlation: id)
         case .sessionCommitted(let id, let seq):
+            webhook?.commit(layout: ClusterLayouts.layoutID(ofGeneration: generation), ordinal: ordinal, streamID: id, seq: seq)
             dispatch(.sessionCommitted(ordinal: ordinal, generation: generation, id: id, seq: Int(max(0, seq))))
         case .sessionInvalidated:
             dispatch(.sessionInvalidated(ordinal: ordinal, generation: generation))
         case .gatewayState(.ready), .gatewayState(.resumed):
             var resumed = false
             if case .gatewayState(.resumed) = message { resumed = true }
-            metrics.sessionStarted(resumed: resumed)
-            if resumed { events.post("resume", "worker \(ordinal) resumed its session") }
+            if webhook == nil {
+                metrics.sessionStarted(resumed: resumed)
+                if resumed { events.post("resume", "worker \(ordinal) resumed its session") }
+            } else if resumed {
+                events.post("resume", "worker \(ordinal) took over its shard's event stream")
+            }
             dispatch(.gatewayReady(ordinal: ordinal, generation: generation))
         case .gatewayState(.failed(let failure, let code)):
             let what: String
@@ -527,6 +564,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         case .dispatchFinished:
             handle(.dispatchFinished(generation: generation))
         case .drained(let id, let seq):
+            if let id { webhook?.commit(layout: ClusterLayouts.layoutID(ofGeneration: generation), ordinal: ordinal, streamID: id, seq: seq) }
             if let id { dispatch(.sessionCommitted(ordinal: ordinal, generation: generation, id: id, seq: Int(max(0, seq)))) }
         case .budgetRequest(let id, let route, let count):
             budget.request(from: connection, id: id, route: route, count: Int(count))
@@ -584,6 +622,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         ledger.connectionClosed(connection)
         budget.connectionClosed(connection)
         claims.connectionClosed(connection)
+        webhook?.detach(connection)
         guard let hello = connection.hello, hello.role == .worker else { return }
         let layout = ClusterLayouts.layoutID(ofGeneration: hello.generation)
         state.withLock { state in

@@ -91,12 +91,15 @@ public final class ClusterWorker: Service {
         }
         let resume = assignment.resumeSessionID.map { (id: $0, seq: Int(assignment.resumeSeq)) }
         let claims = ClusterEventClaims(client: client)
+        // Webhook mode: the shard's events come from the supervisor's ingress, not a websocket of its own.
+        let feed = config.gateway.mode == .webhook ? WebhookFeed { [client] in client.send(.webhookAttach) } : nil
         let runtime = ShardRuntime.make(
             config: config, clients: clients, gatewayURL: assignment.gatewayURL, shard: shard, handler: handler, resume: resume,
-            permit: link, claims: claims, users: users, observer: link, logger: logger, holdDispatch: assignment.holdDispatch
+            permit: link, claims: claims, users: users, observer: link, logger: logger, holdDispatch: assignment.holdDispatch,
+            source: feed
         )
         link.watch(runtime.sessionMoved)
-        let parts = Parts(link: link, budget: budget, users: users, claims: claims, runtime: runtime, rest: clients.api.tally)
+        let parts = Parts(link: link, budget: budget, users: users, claims: claims, runtime: runtime, rest: clients.api.tally, feed: feed)
         let outcome = await runShard(runtime, drainTimeout: config.worker.drainTimeout, onStop: { link.gatewayState = .draining }, onDeadline: { sessionID, seq in
             self.logger.warning("handlers still running at the drain deadline were abandoned; exiting", metadata: ["session.seq": "\(seq)"])
             _ = try? await self.client.sendFlushed(.drained(sessionID: sessionID, seq: Int64(seq)), within: .milliseconds(500))
@@ -123,6 +126,8 @@ public final class ClusterWorker: Service {
         let claims: ClusterEventClaims
         let runtime: ShardRuntime
         let rest: RESTTally
+        /// The shard's event stream in webhook mode.
+        let feed: WebhookFeed?
 
         /// What this process counted since it started, for the supervisor's metrics.
         var metrics: WorkerMetrics {
@@ -226,7 +231,7 @@ public final class ClusterWorker: Service {
                         self.client.send(.dispatchFinished)
                     }
                 default:
-                    break
+                    _ = parts.feed?.deliver(message)
                 }
             }
             group.cancelAll()

@@ -7,12 +7,20 @@ import QQGateway
 import UserCache
 
 extension ShardRuntime {
-    /// Builds the runtime of one shard from the cluster configuration.
+    /// Builds the runtime of one shard from the cluster configuration: its events come from `source`, or from a
+    /// websocket session of its own when that is nil.
     public static func make(
         config: ClusterConfig, clients: PlatformClients, gatewayURL: String, shard: ShardID, handler: any EventHandler,
         resume: (id: String, seq: Int)?, permit: any IdentifyPermit, claims: any EventClaims, users: UserDirectory?,
-        observer: (any RuntimeObserver)?, logger: Logger, holdDispatch: Bool = false
+        observer: (any RuntimeObserver)?, logger: Logger, holdDispatch: Bool = false, source: (any EventSource)? = nil
     ) -> ShardRuntime {
+        if let source {
+            return ShardRuntime(
+                configuration: .init(shard: shard, maxInFlight: config.worker.maxInFlight, drainTimeout: config.worker.drainTimeout),
+                handler: handler, client: source, api: clients.api, claims: claims, users: users, observer: observer, logger: logger,
+                holdDispatch: holdDispatch
+            )
+        }
         var clientConfiguration = GatewayClient.Configuration(url: gatewayURL, shard: shard, intents: config.gateway.intents, resume: resume)
         clientConfiguration.session.seed = UInt64(truncatingIfNeeded: MonotonicInstant.now().nanoseconds) ^ UInt64(shard.id)
         clientConfiguration.tls = clients.http.tls

@@ -98,7 +98,7 @@ public final class ShardRuntime: Sendable {
 
     let configuration: Configuration
     let handler: any EventHandler
-    let client: GatewayClient
+    let client: any EventSource
     let api: OpenAPIClient
     let claims: any EventClaims
     let users: UserDirectory?
@@ -119,7 +119,7 @@ public final class ShardRuntime: Sendable {
 
     /// Creates the runtime; with `holdDispatch`, events wait for `startDispatch()` (a rescale's new layout).
     public init(
-        configuration: Configuration, handler: any EventHandler, client: GatewayClient, api: OpenAPIClient,
+        configuration: Configuration, handler: any EventHandler, client: any EventSource, api: OpenAPIClient,
         claims: any EventClaims, users: UserDirectory? = nil, observer: (any RuntimeObserver)?, logger: Logger,
         holdDispatch: Bool = false
     ) {

@@ -14,6 +14,7 @@ public struct ClusterConfig: Sendable {
     public var emulator: EmulatorConfig
     public var log: LogConfig
     public var http: HTTPConfig
+    public var webhook: WebhookConfig
 
     /// The normalized document: every key with its effective value, secrets redacted.
     public var normalized: JSONValue
@@ -43,11 +44,16 @@ extension ClusterConfig {
         let emulator = EmulatorConfig(reading: root.object("emulator"))
         let log = LogConfig(reading: root.object("log"))
         let http = HTTPConfig(reading: root.object("http"))
+        let webhook = WebhookConfig(reading: root.object("webhook"))
+        if gateway.mode == .webhook, let status = http.listen, status.port != 0, status.port == webhook.listen.port,
+            status.host == webhook.listen.host || ["0.0.0.0", "::"].contains(status.host) || ["0.0.0.0", "::"].contains(webhook.listen.host) {
+            root.report("webhook.listen", "uses the port of http.listen (\(status)): give one of them another port")
+        }
         root.finish()
         return ClusterConfig(
             app: app, gateway: gateway, shards: shards, supervisor: supervisor, restart: restart,
             identify: identify, worker: worker, cache: cache, rateBudget: rateBudget, exactlyOnce: exactlyOnce,
-            scale: scale, emulator: emulator, log: log, http: http, normalized: .object(root.normalized)
+            scale: scale, emulator: emulator, log: log, http: http, webhook: webhook, normalized: .object(root.normalized)
         )
     }
 }

@@ -27,6 +27,28 @@ public struct EmulatorConfig: Sendable {
     public var tls: TLSFiles?
     /// The bearer token the admin API (`POST /emulator/...`) requires; without one the admin API is off.
     public var adminToken: Secret?
+    /// How events reach the bot: websocket sessions, or signed POSTs to a callback URL.
+    public var delivery: GatewayMode
+    public var webhook: EmulatorWebhookConfig
+}
+
+/// How the emulator delivers by webhook, as the platform does: op 13 validation first, then every dispatch signed,
+/// redelivered with the same id until acknowledged.
+public struct EmulatorWebhookConfig: Sendable {
+    /// The callback URL; without one, deliveries wait until it is set (`POST /emulator/webhook`, or the embedded
+    /// gateway's own ingress).
+    public var url: String?
+    /// Deliveries of one event after the first, before it is given up (and counted).
+    public var retryLimit: Int
+    /// The first retry's delay; each next one doubles, up to `retryMax`.
+    public var retryBase: Duration
+    public var retryMax: Duration
+    /// POSTs in flight at once.
+    public var concurrency: Int
+    /// How long a POST may take before it counts as not acknowledged.
+    public var timeout: Duration
+    /// A PEM file of certificate authorities trusted for an https callback URL, besides the system's.
+    public var trustRoots: String?
 }
 
 /// A certificate chain and its private key, as PEM files.
@@ -100,6 +122,18 @@ extension EmulatorConfig {
             tlsReader.finish()
         }
         let adminToken = reader.optionalSecret("adminToken")
+        let delivery = GatewayMode(rawValue: reader.choice("delivery", default: "websocket", among: ["websocket", "webhook"])) ?? .websocket
+        let wh = reader.object("webhook")
+        let webhook = EmulatorWebhookConfig(
+            url: wh.url("url", schemes: ["http", "https"], default: nil),
+            retryLimit: wh.int("retryLimit", default: 8, range: 0...1000),
+            retryBase: wh.duration("retryBase", default: .milliseconds(200), min: .milliseconds(1)),
+            retryMax: wh.duration("retryMax", default: .seconds(5), min: .milliseconds(1)),
+            concurrency: wh.int("concurrency", default: 32, range: 1...1024),
+            timeout: wh.duration("timeout", default: .seconds(5), min: .milliseconds(10), max: .seconds(120)),
+            trustRoots: wh.readableFile("trustRoots")
+        )
+        wh.finish()
         self.init(
             host: reader.string("host", default: "127.0.0.1"),
             port: reader.int("port", default: 0, range: 0...65535),
@@ -119,7 +153,9 @@ extension EmulatorConfig {
             unrepliedGrace: reader.duration("unrepliedGrace", default: .seconds(10), min: .milliseconds(1)),
             traffic: traffic,
             tls: tls,
-            adminToken: adminToken
+            adminToken: adminToken,
+            delivery: delivery,
+            webhook: webhook
         )
         if heartbeatTimeout <= heartbeatInterval {
             reader.report("heartbeatTimeout", "must be longer than heartbeatInterval (\(DurationFormat.format(heartbeatInterval)))")

@@ -1,5 +1,15 @@
+/// How the platform delivers events.
+public enum GatewayMode: String, Sendable, Equatable {
+    /// Each worker holds a websocket session of its shard.
+    case websocket
+    /// The platform POSTs every event to the supervisor's ingress (`webhook`), which hands it to its shard's worker.
+    case webhook
+}
+
 /// Where the gateway and OpenAPI are.
 public struct GatewayConfig: Sendable {
+    /// How events arrive: websocket sessions (the default) or HTTP callbacks.
+    public var mode: GatewayMode
     /// Run the bundled emulator in-process and point every worker at it.
     public var embedded: Bool
     /// The OpenAPI base URL (`https://api.sgroup.qq.com`, or `http://127.0.0.1:8080` for an emulator elsewhere).
@@ -18,6 +28,7 @@ public struct GatewayConfig: Sendable {
 extension GatewayConfig {
     /// Reads the section from `reader`, reporting what is wrong there and recording the effective values.
     init(reading reader: ConfigReader) {
+        let mode = GatewayMode(rawValue: reader.choice("mode", default: "websocket", among: ["websocket", "webhook"])) ?? .websocket
         let embedded = reader.bool("embedded", default: true)
         let url = reader.url("url", schemes: ["http", "https"], default: embedded ? nil : GatewayConfig.platformURL)
         let tokenURL = reader.url("tokenURL", schemes: ["http", "https"], default: embedded ? nil : GatewayConfig.platformTokenURL)
@@ -27,7 +38,7 @@ extension GatewayConfig {
             reader.report("embedded", "is true, so url and tokenURL would be ignored: set \"embedded\": false to use them")
         }
         reader.finish()
-        self.init(embedded: embedded, url: url, tokenURL: tokenURL, intents: intents, trustRoots: trustRoots)
+        self.init(mode: mode, embedded: embedded, url: url, tokenURL: tokenURL, intents: intents, trustRoots: trustRoots)
     }
 }
 

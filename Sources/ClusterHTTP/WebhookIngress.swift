@@ -1,0 +1,223 @@
+import ClusterCore
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdCore
+import HummingbirdTLS
+import Logging
+import NIOCore
+import NIOSSL
+import ServiceLifecycle
+import Supervisor
+
+/// The webhook ingress (`gateway.mode: "webhook"`): where the platform POSTs the bot's events.
+///
+/// Every request is verified before its body is parsed: a body over `webhook.maxBodyBytes` is refused (413), a
+/// missing or malformed signature or timestamp, a timestamp outside `webhook.timestampWindow` (a replay) or a
+/// signature that is not the app key's over the timestamp and the raw body is refused (401), and a signed body
+/// that is not a well-formed event is refused (400). A refused request reaches nothing else and is counted.
+///
+/// op 13 (URL validation) is answered with the signature of `event_ts + plain_token`. A dispatch is
+/// acknowledged (op 12, d 0) once it is written to cluster.sqlite (one commit for every request that came while
+/// the last one ran) and in its shard's stream, handed to the shard's worker when one is attached. The stream
+/// keeps it until the worker has handled it, and the row until then, so neither a worker's crash nor the
+/// supervisor's after the acknowledgement loses it (a restarted supervisor reads the rows back). While the shard's worker is away (restarting, rolling) its events wait in the stream. With the streams
+/// full (`webhook.queueLimit`, `webhook.streamLimit`) the answer is 503 with op 12 d 1, and the platform delivers
+/// again later (never a silent drop); a redelivery of an event still in its stream adds nothing.
+public final class WebhookIngress: Service, Sendable {
+    let router: WebhookRouter
+    let metrics: ClusterMetrics
+    let config: WebhookConfig
+    let key: WebhookKey
+    let logger: Logger
+    /// The bound port, once listening.
+    public let listening = AsyncSignal<Int>()
+    /// Where the bot's platform-facing clock is read (seconds since 1970); injected by tests.
+    let clock: @Sendable () -> Int64
+
+    /// Why the ingress cannot start.
+    public struct SetupError: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// An ingress for the app whose secret is `secret`, handing events to `router`.
+    public init(router: WebhookRouter, metrics: ClusterMetrics, config: WebhookConfig, secret: Secret, logger: Logger, clock: @escaping @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970) }) throws {
+        guard let key = WebhookKey(secret: secret) else { throw SetupError(description: "app.secret: webhook mode needs the app secret (the signing key is derived from it)") }
+        self.router = router
+        self.metrics = metrics
+        self.config = config
+        self.key = key
+        self.logger = logger
+        self.clock = clock
+    }
+
+    /// Serves until cancelled. A port that cannot be bound, or TLS files that cannot be read, end it with the reason.
+    public func run() async throws {
+        let routes = Router(context: BasicRequestContext.self)
+        routes.post(RouterPath(config.path)) { request, _ in await self.answer(request) }
+        let server: HTTPServerBuilder
+        let scheme: String
+        do {
+            if let files = config.tls {
+                server = try .tls(.http1(configuration: .init(idleTimeout: .seconds(75))), tlsConfiguration: try Self.serverTLS(files))
+                scheme = "https"
+            } else {
+                server = .http1(configuration: .init(idleTimeout: .seconds(75)))
+                scheme = "http"
+            }
+        } catch {
+            listening.fail(error)
+            throw error
+        }
+        let host = config.listen.host
+        let app = Application(
+            router: routes,
+            server: server,
+            configuration: .init(address: .hostname(config.listen.host, port: config.listen.port), serverName: nil),
+            onServerRunning: { channel in
+                let port = channel.localAddress?.port ?? 0
+                let shown = host.contains(":") ? "[\(host)]" : host
+                OutputWriter.standardOutput.write("webhook listening on \(scheme)://\(shown):\(port)\n")
+                self.listening.set(port)
+            },
+            logger: logger
+        )
+        do {
+            try await app.run()
+        } catch is CancellationError {
+        } catch {
+            listening.fail(error)
+            throw SetupError(description: "webhook: cannot serve on \(config.listen) (webhook.listen): \(error)")
+        }
+    }
+
+    /// The server's TLS from `webhook.tls`.
+    static func serverTLS(_ files: TLSFiles) throws -> TLSConfiguration {
+        let chain: [NIOSSLCertificate]
+        let key: NIOSSLPrivateKey
+        do {
+            chain = try NIOSSLCertificate.fromPEMFile(files.certificate)
+        } catch {
+            throw SetupError(description: "webhook.tls.certificate: cannot read PEM certificates from \(files.certificate): \(error)")
+        }
+        do {
+            key = try NIOSSLPrivateKey(file: files.key, format: .pem)
+        } catch {
+            throw SetupError(description: "webhook.tls.key: cannot read a PEM private key from \(files.key): \(error)")
+        }
+        guard !chain.isEmpty else { throw SetupError(description: "webhook.tls.certificate: \(files.certificate) holds no certificate") }
+        return TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
+    }
+
+    static let signatureHeader = HTTPField.Name("X-Signature-Ed25519")!
+    static let timestampHeader = HTTPField.Name("X-Signature-Timestamp")!
+
+    /// What the ingress answers a request, and why.
+    enum Verdict: Equatable {
+        case refused(HTTPResponse.Status, WebhookOutcomeReason, String)
+        case validation(plainToken: String, eventTS: String)
+        case dispatch(id: String, name: String, route: WebhookRoute, payload: String)
+        /// Another op, signed and well formed: acknowledged, nothing done (the platform sends only 0 and 13).
+        case ignored(op: Int)
+    }
+
+    typealias WebhookOutcomeReason = ClusterMetrics.WebhookOutcome
+
+    /// Checks a request in the order that does the least work for a forger: size, headers, time, signature, JSON.
+    func verdict(body: [UInt8], signature: String?, timestamp: String?) -> Verdict {
+        guard let timestamp, (1...12).contains(timestamp.utf8.count), timestamp.utf8.allSatisfy({ (0x30...0x39).contains($0) }),
+            let seconds = Int64(timestamp)
+        else {
+            return .refused(.unauthorized, .refusedTimestamp, "X-Signature-Timestamp must be unix seconds")
+        }
+        let now = clock()
+        guard abs(now - seconds) <= config.timestampWindow.nanoseconds / 1_000_000_000 else {
+            return .refused(.unauthorized, .refusedTimestamp, "X-Signature-Timestamp is outside the accepted window")
+        }
+        guard let signature, let bytes = WebhookKey.bytes(hex: signature), bytes.count == 64 else {
+            return .refused(.unauthorized, .refusedSignature, "X-Signature-Ed25519 must be 64 bytes of hex")
+        }
+        guard key.verify(signature: bytes, timestamp: Array(timestamp.utf8), body: body) else {
+            return .refused(.unauthorized, .refusedSignature, "the signature does not verify")
+        }
+        let document: JSONValue
+        do {
+            document = try JSONValue.parse(bytes: body)
+        } catch {
+            return .refused(.badRequest, .refusedPayload, "the body is not JSON: \(error)")
+        }
+        guard let op = document["op"]?.intValue else { return .refused(.badRequest, .refusedPayload, "op is missing") }
+        switch op {
+        case 13:
+            guard let token = document["d"]?["plain_token"]?.stringValue, let ts = document["d"]?["event_ts"]?.stringValue,
+                token.utf8.count <= 256, ts.utf8.count <= 32
+            else {
+                return .refused(.badRequest, .refusedPayload, "op 13 needs d.plain_token and d.event_ts")
+            }
+            return .validation(plainToken: token, eventTS: ts)
+        case 0:
+            guard let id = document["id"]?.stringValue, (1...256).contains(id.utf8.count),
+                let name = document["t"]?.stringValue, (1...64).contains(name.utf8.count),
+                let d = document["d"], case .object = d
+            else {
+                return .refused(.badRequest, .refusedPayload, "a dispatch needs id, t and a d object")
+            }
+            return .dispatch(id: id, name: name, route: WebhookRoute.of(d), payload: d.serialized())
+        default:
+            return .ignored(op: op)
+        }
+    }
+
+    func answer(_ request: Request) async -> Response {
+        let body: ByteBuffer
+        do {
+            var request = request
+            body = try await request.collectBody(upTo: config.maxBodyBytes)
+        } catch {
+            metrics.webhookRequest(.refusedSize)
+            return Self.text(.contentTooLarge, "the body is over \(config.maxBodyBytes) bytes (webhook.maxBodyBytes)\n")
+        }
+        let verdict = verdict(
+            body: Array(body.readableBytesView),
+            signature: request.headers[Self.signatureHeader], timestamp: request.headers[Self.timestampHeader]
+        )
+        switch verdict {
+        case .refused(let status, let outcome, let why):
+            metrics.webhookRequest(outcome)
+            return Self.text(status, why + "\n")
+        case .validation(let token, let ts):
+            metrics.webhookRequest(.validated)
+            var json = "{\"plain_token\":"
+            JSONValue.writeQuoted(token, into: &json)
+            json += ",\"signature\":\"\(key.validationSignature(eventTS: ts, plainToken: token))\"}"
+            return Self.json(.ok, json)
+        case .ignored:
+            return Self.json(.ok, Self.ack)
+        case .dispatch(let id, let name, let route, let payload):
+            switch await router.offer(route: route, eventID: id, name: name, payload: payload) {
+            case .accepted:
+                metrics.webhookRequest(.acked)
+                return Self.json(.ok, Self.ack)
+            case .full:
+                metrics.webhookRequest(.retryFull)
+                return Self.json(.serviceUnavailable, Self.retry)
+            case .notRecorded:
+                metrics.webhookRequest(.retryNotRecorded)
+                return Self.json(.serviceUnavailable, Self.retry)
+            }
+        }
+    }
+
+    /// Acknowledged: the platform does not deliver it again.
+    static let ack = "{\"op\":12,\"d\":0}"
+    /// Not acknowledged: the platform delivers it again, with the same id.
+    static let retry = "{\"op\":12,\"d\":1}"
+
+    static func json(_ status: HTTPResponse.Status, _ text: String) -> Response {
+        Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: text)))
+    }
+
+    static func text(_ status: HTTPResponse.Status, _ text: String) -> Response {
+        Response(status: status, headers: [.contentType: "text/plain; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: text)))
+    }
+}

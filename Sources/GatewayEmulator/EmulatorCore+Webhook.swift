@@ -1,0 +1,68 @@
+import ClusterCore
+
+/// One event on its way to the bot's callback URL.
+struct WebhookDelivery: Sendable {
+    var message: Int32
+    var body: [UInt8]
+    /// POSTs made so far.
+    var attempts = 0
+    var dueAt: Int64
+}
+
+/// Webhook delivery (`emulator.delivery: "webhook"`): every dispatch is queued for a signed POST instead of going
+/// to a session; one not acknowledged is delivered again with the same id, with backoff, up to `retryLimit` times.
+extension EmulatorCore {
+    /// Queues a dispatch for the callback URL (it waits until the URL is set and validated).
+    mutating func queueWebhook(message index: Int, event: String, eventID: String, payload: String, now: Int64) {
+        webhookSeq += 1
+        var body = "{\"id\":"
+        JSONValue.writeQuoted(eventID, into: &body)
+        body += ",\"op\":0,\"d\":\(payload),\"s\":\(webhookSeq),\"t\":\"\(event)\"}"
+        webhookQueue.append(WebhookDelivery(message: Int32(index), body: Array(body.utf8), dueAt: now))
+        messages[index].holders += 1
+    }
+
+    /// The next delivery due at `now`, first attempts in order after retries that are due; or when the next retry
+    /// is due.
+    mutating func takeDueWebhook(now: Int64) -> (WebhookDelivery?, nextDue: Int64?) {
+        if let index = webhookRetries.firstIndex(where: { $0.dueAt <= now }) {
+            return (webhookRetries.remove(at: index), nil)
+        }
+        if webhookHead < webhookQueue.count {
+            let delivery = webhookQueue[webhookHead]
+            webhookHead += 1
+            if webhookHead >= 4096 {
+                webhookQueue.removeFirst(webhookHead)
+                webhookHead = 0
+            }
+            // The first POST delivers it: from here, no reply within the grace counts as unreplied.
+            markDelivered(Int(delivery.message), now: now, releasingHolder: true)
+            return (delivery, nil)
+        }
+        return (nil, webhookRetries.map(\.dueAt).min())
+    }
+
+    /// How a POST of `delivery` ended.
+    mutating func finishWebhook(_ delivery: WebhookDelivery, acked: Bool, now: Int64) {
+        stats.webhookPosts += 1
+        if acked {
+            stats.webhookAcked += 1
+            return
+        }
+        stats.webhookNotAcked += 1
+        var next = delivery
+        next.attempts += 1
+        guard next.attempts <= config.webhook.retryLimit else {
+            stats.webhookGaveUp += 1
+            return
+        }
+        let shift = min(next.attempts - 1, 20)
+        let delay = min(config.webhook.retryBase.nanoseconds << shift, config.webhook.retryMax.nanoseconds)
+        next.dueAt = now + delay
+        webhookRetries.append(next)
+        stats.webhookRetries += 1
+    }
+
+    /// Deliveries not yet acknowledged or given up (queued, or waiting for a retry).
+    var webhookWaiting: Int { webhookQueue.count - webhookHead + webhookRetries.count }
+}
