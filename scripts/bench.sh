@@ -2,7 +2,7 @@
 # Measures botcluster's figures in release builds and prints them as a table, each beside its goal or its peer
 # measured in the same run (the machines are shared and noisy: compare within one run, not across runs).
 #
-# usage: scripts/bench.sh [--rounds N] [--only emulator|worker|supervisor|rescale|shared|scale]... [--scale "16 256 1024"]
+# usage: scripts/bench.sh [--rounds N] [--only emulator|worker|supervisor|rescale|webhook|shared|scale]... [--scale "16 256 1024"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +14,7 @@ while (($#)); do
     --rounds) ROUNDS="$2"; shift 2 ;;
     --only) ONLY+=("$2"); shift 2 ;;
     --scale) SCALE_SHARDS="$2"; shift 2 ;;
-    *) echo "usage: scripts/bench.sh [--rounds N] [--only emulator|worker|supervisor|rescale|shared|scale]... [--scale \"16 256 1024\"]" >&2; exit 2 ;;
+    *) echo "usage: scripts/bench.sh [--rounds N] [--only emulator|worker|supervisor|rescale|webhook|shared|scale]... [--scale \"16 256 1024\"]" >&2; exit 2 ;;
   esac
 done
 # want SECTION: whether to run a section (all of them unless --only names some).
@@ -336,6 +336,35 @@ for n in $SCALE_SHARDS; do
     "$(judge "$per_event" "$(awk -v b="$per_event_base" 'BEGIN { print 2 * b }')")"
   row "$n shards, under load: /metrics scrape p50 (ms)" "$scrape_ms" "< 1000 (the workers' deadline)" "$(judge "$scrape_ms" 999)"
 done
+fi
+
+# --- webhook delivery beside websocket sessions: a burst of 20000 through a 4-worker cluster, each way, same run ---
+# Webhook: every event a signed POST (32 at once, as the emulator's platform sends them), verified, written to
+# cluster.sqlite (one commit per batch) and acknowledged, handed to its worker over IPC, replied to.
+if want webhook; then
+start_emulator scripts/bench/e2e-emulator.json
+dir=$(cluster_dir 4); start_cluster "$dir"
+for _ in $(seq 1 "$ROUNDS"); do
+  "$BENCH" e2e --url "$EMU_URL" --count 20000 --replies 20000 --sessions 4 --label cluster-websocket | tee -a "$OUT/webhook.txt" >&2
+done
+stop_cluster
+stop_emulator
+sed 's#"emulator": {#"emulator": {"delivery": "webhook",#' scripts/bench/e2e-emulator.json >"$OUT/webhook-emulator.json"
+start_emulator "$OUT/webhook-emulator.json"
+dir=$(cluster_dir 4 '"webhook": {"listen": "127.0.0.1:0", "queueLimit": 100000, "streamLimit": 100000},')
+sed -i 's#"embedded": false#"embedded": false, "mode": "webhook"#' "$dir/cluster.json"
+start_cluster "$dir"
+ingress=$(sed -n 's/^webhook listening on //p' "$dir/launch.out")
+"$BENCH" admin --url "$EMU_URL" --path /emulator/webhook --body "{\"url\": \"$ingress/qqbot/callback\"}" >/dev/null
+for _ in $(seq 1 "$ROUNDS"); do
+  "$BENCH" e2e --url "$EMU_URL" --count 20000 --replies 20000 --sessions 0 --label cluster-webhook | tee -a "$OUT/webhook.txt" >&2
+done
+stop_cluster
+stop_emulator
+ws=$(awk '$1 == "e2e.cluster-websocket.rate" { print $2 }' "$OUT/webhook.txt" | median)
+wh=$(awk '$1 == "e2e.cluster-webhook.rate" { print $2 }' "$OUT/webhook.txt" | median)
+row "4 workers, burst of 20000: websocket events/s" "$ws" "" ""
+row "4 workers, burst of 20000: webhook events/s" "$wh ($(awk -v a="$wh" -v b="$ws" 'BEGIN { printf "%.2f", a / b }')x)" "(beside websocket, same run)" ""
 fi
 
 # --- shared state: the user cache and the REST budget ---
