@@ -58,6 +58,10 @@ stop_emulator() {
 peak_rss_mib() { awk '/^VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 # pss_private_mib PID: proportional set size / private (unshared) memory now, in MiB.
 pss_private_mib() { awk '/^Pss:/ { p = $2 } /^Private_(Clean|Dirty):/ { u += $2 } END { printf "%.1f / %.1f", p / 1024, u / 1024 }' "/proc/$1/smaps_rollup"; }
+# cpu_ticks PID...: user + system clock ticks the processes have used.
+cpu_ticks() { printf '/proc/%s/stat\n' "$@" | xargs cat 2>/dev/null | awk '{ s += $14 + $15 } END { print s + 0 }'; }
+now_ns() { date +%s%N; }
+HZ=$(getconf CLK_TCK)
 # median of numbers on stdin
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
@@ -267,13 +271,9 @@ fi
 # heartbeat). Launch time beside the least the limits allow, then CPU over 20 s of idle (all processes, and the
 # supervisor alone, in % of one core) and PSS (all processes) per shard. The goals are those of 1024 shards.
 if want scale; then
-# cpu_ticks PID...: user + system time of the processes so far, in clock ticks (one read of all of them).
-cpu_ticks() { printf '/proc/%s/stat\n' "$@" | xargs cat 2>/dev/null | awk '{ s += $14 + $15 } END { print s + 0 }'; }
 # pss_kib PID...: the processes' proportional set sizes, summed, in KiB.
 pss_kib() { printf '/proc/%s/smaps_rollup\n' "$@" | xargs cat 2>/dev/null | awk '/^Pss:/ { s += $2 } END { print s + 0 }'; }
 # now_ns: the clock in nanoseconds, to divide by the time a sample really took.
-now_ns() { date +%s%N; }
-HZ=$(getconf CLK_TCK)
 # replied_count: the emulator's count of messages replied to.
 replied_count() { python3 -c 'import json, sys, urllib.request; print(json.load(urllib.request.urlopen(sys.argv[1] + "/emulator/stats"))["messagesReplied"])' "$EMU_URL"; }
 for n in $SCALE_SHARDS; do
@@ -340,13 +340,22 @@ fi
 
 # --- webhook delivery beside websocket sessions: a burst of 20000 through a 4-worker cluster, each way, same run ---
 # Webhook: every event a signed POST (32 at once, as the emulator's platform sends them), verified, written to
-# cluster.sqlite (one commit per batch) and acknowledged, handed to its worker over IPC, replied to.
+# cluster.sqlite (one commit per batch) and acknowledged, handed to its worker over IPC, replied to. Beside the rate
+# (the emulator's signing shares the two cores), the supervisor's CPU per event, each way.
 if want webhook; then
+# webhook_bursts LABEL SESSIONS: ROUNDS bursts through the cluster running now; the supervisor's ticks go to
+# $OUT/LABEL.ticks.
+webhook_bursts() {
+  for _ in $(seq 1 "$ROUNDS"); do
+    local t0; t0=$(cpu_ticks "$CLUSTER")
+    "$BENCH" e2e --url "$EMU_URL" --count 20000 --replies 20000 --sessions "$2" --label "$1" | tee -a "$OUT/webhook.txt" >&2
+    echo $(( $(cpu_ticks "$CLUSTER") - t0 )) >>"$OUT/$1.ticks"
+  done
+}
+per_event_us() { median <"$OUT/$1.ticks" | awk -v hz="$HZ" '{ printf "%.0f", $1 / hz * 1e6 / 20000 }'; }
 start_emulator scripts/bench/e2e-emulator.json
 dir=$(cluster_dir 4); start_cluster "$dir"
-for _ in $(seq 1 "$ROUNDS"); do
-  "$BENCH" e2e --url "$EMU_URL" --count 20000 --replies 20000 --sessions 4 --label cluster-websocket | tee -a "$OUT/webhook.txt" >&2
-done
+webhook_bursts cluster-websocket 4
 stop_cluster
 stop_emulator
 sed 's#"emulator": {#"emulator": {"delivery": "webhook",#' scripts/bench/e2e-emulator.json >"$OUT/webhook-emulator.json"
@@ -356,15 +365,14 @@ sed -i 's#"embedded": false#"embedded": false, "mode": "webhook"#' "$dir/cluster
 start_cluster "$dir"
 ingress=$(sed -n 's/^webhook listening on //p' "$dir/launch.out")
 "$BENCH" admin --url "$EMU_URL" --path /emulator/webhook --body "{\"url\": \"$ingress/qqbot/callback\"}" >/dev/null
-for _ in $(seq 1 "$ROUNDS"); do
-  "$BENCH" e2e --url "$EMU_URL" --count 20000 --replies 20000 --sessions 0 --label cluster-webhook | tee -a "$OUT/webhook.txt" >&2
-done
+webhook_bursts cluster-webhook 0
 stop_cluster
 stop_emulator
 ws=$(awk '$1 == "e2e.cluster-websocket.rate" { print $2 }' "$OUT/webhook.txt" | median)
 wh=$(awk '$1 == "e2e.cluster-webhook.rate" { print $2 }' "$OUT/webhook.txt" | median)
 row "4 workers, burst of 20000: websocket events/s" "$ws" "" ""
 row "4 workers, burst of 20000: webhook events/s" "$wh ($(awk -v a="$wh" -v b="$ws" 'BEGIN { printf "%.2f", a / b }')x)" "(beside websocket, same run)" ""
+row "  supervisor CPU per event (us), ws / webhook" "$(per_event_us cluster-websocket) / $(per_event_us cluster-webhook)" "(webhook: verify, write, route)" ""
 fi
 
 # --- shared state: the user cache and the REST budget ---

@@ -9,6 +9,7 @@ import NIOCore
 import NIOSSL
 import ServiceLifecycle
 import Supervisor
+import Synchronization
 
 /// The webhook ingress (`gateway.mode: "webhook"`): where the platform POSTs the bot's events.
 ///
@@ -59,10 +60,10 @@ public final class WebhookIngress: Service, Sendable {
         let scheme: String
         do {
             if let files = config.tls {
-                server = try .tls(.http1(configuration: .init(idleTimeout: .seconds(75))), tlsConfiguration: try Self.serverTLS(files))
+                server = try .tls(.http1(configuration: .init(idleTimeout: Self.idleTimeout)), tlsConfiguration: try Self.serverTLS(files))
                 scheme = "https"
             } else {
-                server = .http1(configuration: .init(idleTimeout: .seconds(75)))
+                server = .http1(configuration: .init(idleTimeout: Self.idleTimeout))
                 scheme = "http"
             }
         } catch {
@@ -91,6 +92,9 @@ public final class WebhookIngress: Service, Sendable {
         }
     }
 
+    /// A connection with nothing read or written for this long is closed (a slow upload holds a request's memory).
+    static let idleTimeout: TimeAmount = .seconds(30)
+
     /// The server's TLS from `webhook.tls`.
     static func serverTLS(_ files: TLSFiles) throws -> TLSConfiguration {
         let chain: [NIOSSLCertificate]
@@ -116,7 +120,7 @@ public final class WebhookIngress: Service, Sendable {
     enum Verdict: Equatable {
         case refused(HTTPResponse.Status, WebhookOutcomeReason, String)
         case validation(plainToken: String, eventTS: String)
-        case dispatch(id: String, name: String, route: WebhookRoute, payload: String)
+        case dispatch(id: String, name: String, route: WebhookRoute)
         /// Another op, signed and well formed: acknowledged, nothing done (the platform sends only 0 and 13).
         case ignored(op: Int)
     }
@@ -162,13 +166,29 @@ public final class WebhookIngress: Service, Sendable {
             else {
                 return .refused(.badRequest, .refusedPayload, "a dispatch needs id, t and a d object")
             }
-            return .dispatch(id: id, name: name, route: WebhookRoute.of(d), payload: d.serialized())
+            return .dispatch(id: id, name: name, route: WebhookRoute.of(d))
         default:
             return .ignored(op: op)
         }
     }
 
+    /// Requests being answered now: past `maxInFlight` the answer is 503 before the body is read (each holds up to
+    /// `webhook.maxBodyBytes` in memory, and any host that reaches the port can open connections).
+    let inFlight = Atomic<Int>(0)
+    static let maxInFlight = 256
+    static let contentLength = HTTPField.Name("Content-Length")!
+
     func answer(_ request: Request) async -> Response {
+        guard inFlight.add(1, ordering: .relaxed).newValue <= Self.maxInFlight else {
+            inFlight.subtract(1, ordering: .relaxed)
+            metrics.webhookRequest(.retryBusy)
+            return Self.json(.serviceUnavailable, Self.retry)
+        }
+        defer { inFlight.subtract(1, ordering: .relaxed) }
+        if let length = request.headers[Self.contentLength].flatMap(Int.init), length > config.maxBodyBytes {
+            metrics.webhookRequest(.refusedSize)
+            return Self.text(.contentTooLarge, "the body is over \(config.maxBodyBytes) bytes (webhook.maxBodyBytes)\n")
+        }
         let body: ByteBuffer
         do {
             var request = request
@@ -177,8 +197,9 @@ public final class WebhookIngress: Service, Sendable {
             metrics.webhookRequest(.refusedSize)
             return Self.text(.contentTooLarge, "the body is over \(config.maxBodyBytes) bytes (webhook.maxBodyBytes)\n")
         }
+        let bytes = Array(body.readableBytesView)
         let verdict = verdict(
-            body: Array(body.readableBytesView),
+            body: bytes,
             signature: request.headers[Self.signatureHeader], timestamp: request.headers[Self.timestampHeader]
         )
         switch verdict {
@@ -193,8 +214,9 @@ public final class WebhookIngress: Service, Sendable {
             return Self.json(.ok, json)
         case .ignored:
             return Self.json(.ok, Self.ack)
-        case .dispatch(let id, let name, let route, let payload):
-            switch await router.offer(route: route, eventID: id, name: name, payload: payload) {
+        case .dispatch(let id, let name, let route):
+            // The body goes on as it came (it parsed as JSON, so it is UTF-8): the worker reads what was signed.
+            switch await router.offer(route: route, eventID: id, name: name, body: String(decoding: bytes, as: UTF8.self)) {
             case .accepted:
                 metrics.webhookRequest(.acked)
                 return Self.json(.ok, Self.ack)

@@ -186,7 +186,8 @@ public enum IPCMessage: Sendable, Equatable {
     /// The shard's event stream from the supervisor's ingress: its id, the seq up to which every event was handled
     /// (the events after it follow), and whether the stream is new (the first worker it ever had).
     case webhookStart(streamID: String, seq: Int64, fresh: Bool)
-    /// One event of the stream: its seq there, the platform's event id, type and the raw `d` JSON.
+    /// One event of the stream: its seq there, the platform's event id and type, and the request's body as the
+    /// platform sent it (its `d` is the event).
     case webhookDispatch(seq: Int64, eventID: String, name: String, payload: String)
     /// The worker's session and the seq up to which every dispatch is handled.
     case sessionCommitted(sessionID: String, seq: Int64)

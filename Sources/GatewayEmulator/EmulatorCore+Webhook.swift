@@ -25,8 +25,8 @@ extension EmulatorCore {
     /// The next delivery due at `now`, first attempts in order after retries that are due; or when the next retry
     /// is due.
     mutating func takeDueWebhook(now: Int64) -> (WebhookDelivery?, nextDue: Int64?) {
-        if let index = webhookRetries.firstIndex(where: { $0.dueAt <= now }) {
-            return (webhookRetries.remove(at: index), nil)
+        if let first = webhookRetries.first, first.dueAt <= now {
+            return (webhookRetries.popFirst(), nil)
         }
         if webhookHead < webhookQueue.count {
             let delivery = webhookQueue[webhookHead]
@@ -39,7 +39,7 @@ extension EmulatorCore {
             markDelivered(Int(delivery.message), now: now, releasingHolder: true)
             return (delivery, nil)
         }
-        return (nil, webhookRetries.map(\.dueAt).min())
+        return (nil, webhookRetries.first?.dueAt)
     }
 
     /// How a POST of `delivery` ended.
@@ -56,13 +56,53 @@ extension EmulatorCore {
             stats.webhookGaveUp += 1
             return
         }
-        let shift = min(next.attempts - 1, 20)
-        let delay = min(config.webhook.retryBase.nanoseconds << shift, config.webhook.retryMax.nanoseconds)
+        // Doubling, capped (both bounded by the configuration: no overflow).
+        let shift = min(next.attempts - 1, 30)
+        let (doubled, overflow) = config.webhook.retryBase.nanoseconds.multipliedReportingOverflow(by: Int64(1) << shift)
+        let delay = overflow ? config.webhook.retryMax.nanoseconds : min(doubled, config.webhook.retryMax.nanoseconds)
         next.dueAt = now + delay
-        webhookRetries.append(next)
+        webhookRetries.insert(next)
         stats.webhookRetries += 1
     }
 
     /// Deliveries not yet acknowledged or given up (queued, or waiting for a retry).
     var webhookWaiting: Int { webhookQueue.count - webhookHead + webhookRetries.count }
+}
+
+/// Deliveries waiting for a retry, earliest due first: a binary heap (while the bot asks for retries, every event
+/// may be here; a scan per delivery would be quadratic).
+struct RetryQueue: Sendable {
+    private var heap: [WebhookDelivery] = []
+
+    var count: Int { heap.count }
+    var first: WebhookDelivery? { heap.first }
+
+    mutating func insert(_ delivery: WebhookDelivery) {
+        heap.append(delivery)
+        var child = heap.count - 1
+        while child > 0 {
+            let parent = (child - 1) / 2
+            guard heap[child].dueAt < heap[parent].dueAt else { break }
+            heap.swapAt(child, parent)
+            child = parent
+        }
+    }
+
+    mutating func popFirst() -> WebhookDelivery? {
+        guard !heap.isEmpty else { return nil }
+        heap.swapAt(0, heap.count - 1)
+        let top = heap.removeLast()
+        var parent = 0
+        while true {
+            let left = 2 * parent + 1
+            let right = left + 1
+            var smallest = parent
+            if left < heap.count && heap[left].dueAt < heap[smallest].dueAt { smallest = left }
+            if right < heap.count && heap[right].dueAt < heap[smallest].dueAt { smallest = right }
+            guard smallest != parent else { break }
+            heap.swapAt(parent, smallest)
+            parent = smallest
+        }
+        return top
+    }
 }

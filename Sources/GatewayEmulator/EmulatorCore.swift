@@ -117,7 +117,7 @@ struct EmulatorCore {
     // webhook delivery (see EmulatorCore+Webhook)
     var webhookQueue: [WebhookDelivery] = []
     var webhookHead = 0
-    var webhookRetries: [WebhookDelivery] = []
+    var webhookRetries = RetryQueue()
     var webhookSeq = 0
     /// The callback URL, and whether it answered op 13 with the right signature.
     var webhookURL: String?

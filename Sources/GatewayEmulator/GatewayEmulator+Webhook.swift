@@ -86,14 +86,15 @@ extension GatewayEmulator {
         return request
     }
 
-    /// POSTs one dispatch; true when the bot acknowledged it (a 2xx answer of op 12 with d 0).
+    /// POSTs one dispatch; true when the bot acknowledged it (a 2xx answer of op 12 with d 0; d 1 or none asks
+    /// for a retry).
     func post(_ body: [UInt8], to url: String, key: WebhookKey, client: HTTPClient) async -> Bool {
         do {
             let response = try await client.execute(signedRequest(body, to: url, key: key), timeout: .nanoseconds(config.webhook.timeout.nanoseconds))
             let answer = try await response.body.collect(upTo: 64 * 1024)
             guard (200..<300).contains(response.status.code) else { return false }
             let json = try JSONValue.parse(bytes: Array(answer.readableBytesView))
-            return json["op"]?.intValue == 12 && (json["d"]?.intValue ?? 0) == 0
+            return json["op"]?.intValue == 12 && json["d"]?.intValue == 0
         } catch {
             return false
         }

@@ -37,6 +37,8 @@ public final class ClusterMetrics: Sendable {
         case validated
         /// Asked to retry: the streams hold `webhook.queueLimit` events, or the shard's `webhook.streamLimit`.
         case retryFull = "retry_full"
+        /// Asked to retry before the body was read: 256 requests were being answered already.
+        case retryBusy = "retry_busy"
         /// Asked to retry: it could not be written to cluster.sqlite (a full disk, a lock held elsewhere).
         case retryNotRecorded = "retry_not_recorded"
         /// Refused (401): missing, malformed or wrong signature.

@@ -154,12 +154,23 @@ public final class ClusterStore: Sendable {
         }
     }
 
-    /// The webhook events acknowledged and not handled when the last supervisor stopped, oldest first.
-    public func webhookInbox() -> [(id: String, name: String, payload: String)] {
-        read("the webhook inbox", empty: []) { db in
-            try Row.fetchAll(
-                db, sql: "SELECT event_id, name, payload FROM webhook_inbox WHERE platform = ? ORDER BY received_at", arguments: [platform]
-            ).map { ($0["event_id"], $0["name"], $0["payload"]) }
+    /// The webhook events acknowledged and not handled when the last supervisor stopped, in the order they were
+    /// written. Throws, naming the file, when it cannot be read (locked past the busy timeout): acknowledged events
+    /// must not be forgotten by starting without them. A damaged file is moved aside (and read as empty, logged).
+    public func webhookInbox() throws -> [(id: String, name: String, payload: String)] {
+        let pool = state.withLock { $0.pool }
+        do {
+            return try pool.read { db in
+                try Row.fetchAll(
+                    db, sql: "SELECT event_id, name, payload FROM webhook_inbox WHERE platform = ? ORDER BY rowid", arguments: [platform]
+                ).map { ($0["event_id"], $0["name"], $0["payload"]) }
+            }
+        } catch where SQLiteFailure(error) == .damaged {
+            logger.error("\(path) is damaged: the webhook events it held (acknowledged, not handled) cannot be read; moving it aside", metadata: ["error": "\(error)"])
+            recover(error)
+            return []
+        } catch {
+            throw ClusterStoreError(description: "cannot read the webhook events acknowledged before the last stop from \(path): \(error)")
         }
     }
 
@@ -333,4 +344,9 @@ public final class ClusterStore: Sendable {
             }
         }
     }
+}
+
+/// Why the cluster database cannot be used as the cluster needs.
+public struct ClusterStoreError: Error, CustomStringConvertible {
+    public var description: String
 }

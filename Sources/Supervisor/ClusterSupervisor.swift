@@ -143,7 +143,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
                 record: { events in try await store.recordWebhook(events.map { ($0.id, $0.name, $0.payload) }) },
                 onHandled: { store.webhookHandled($0) }
             )
-            let acknowledged = store.webhookInbox()
+            let acknowledged = try store.webhookInbox()
             if !acknowledged.isEmpty {
                 logger.info("webhook events acknowledged before the last stop and not handled: their workers get them", metadata: ["events": "\(acknowledged.count)"])
                 router.restore(acknowledged.map { WebhookJournal.Event(id: $0.id, name: $0.name, payload: $0.payload) })
@@ -311,6 +311,8 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
                 for generation in unreachable { handle(.disconnected(generation: generation)) }
             case .retireClaims(let layout):
                 for connection in workerConnections(of: layout).values { claims.retire(connection) }
+                // Webhook mode: what the retired workers' streams still hold goes to the serving layout.
+                webhook?.retire(layout: layout)
             case .forgetStoredLayout(let total):
                 store.forgetLayout(total: total)
             case .changeProgress(let line):
@@ -440,6 +442,13 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             for (shard, session) in sessions { store.save(shard: shard, id: session.id, seq: session.seq) }
             store.saveHandled(claims.allRemembered(), ttl: ttl)
             await store.flush()
+            if let webhook {
+                do {
+                    try await store.recordWebhook(webhook.held.map { ($0.id, $0.name, $0.payload) })
+                } catch {
+                    logger.error("cannot write the webhook events held to the new cluster database; a supervisor crash now would lose them", metadata: ["error": "\(error)"])
+                }
+            }
         }
     }
 

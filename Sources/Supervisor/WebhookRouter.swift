@@ -1,14 +1,16 @@
 import ClusterCore
 import ClusterIPC
 import ClusterProtocol
+import NIOCore
 import Synchronization
 
 /// The webhook ingress's side in the supervisor: `WebhookStreams` behind a lock, with the worker connections the
 /// streams go to, and the journal every event is written to before it is acknowledged.
 ///
-/// Sends happen under the lock, so each stream reaches its worker in seq order (a worker's committed seq may only
-/// pass an event it has seen; out of order, a later event's commit would trim an earlier one not yet handled).
-/// A send is one `writeAndFlush` handed to the connection's event loop: nothing waits under the lock.
+/// Each stream must reach its worker in seq order (a worker's committed seq may only pass an event it has seen; out
+/// of order, a later event's commit would trim an earlier one not yet handled). Sends are queued on the
+/// connection's event loop while the lock is held: in lock order, first in first out, and never a write (nor the
+/// channel close a failed write brings, which comes back here through `detach`) inside the lock.
 public final class WebhookRouter: Sendable {
     struct State {
         var streams: WebhookStreams
@@ -46,53 +48,71 @@ public final class WebhookRouter: Sendable {
     /// Events held, cluster-wide.
     public var queued: Int { state.withLock { $0.streams.queued } }
 
+    /// Every event held (to write them down again when the database was made anew).
+    public var held: [WebhookJournal.Event] {
+        state.withLock { $0.streams.allEntries.map { WebhookJournal.Event(id: $0.eventID, name: $0.name, payload: $0.payload) } }
+    }
+
     /// Writes an event down (unless its stream has it already or has no room), then adds it to its shard's stream
-    /// and hands it to the shard's worker when one is attached.
-    public func offer(route: WebhookRoute, eventID: String, name: String, payload: String) async -> Outcome {
+    /// and hands it to the shard's worker when one is attached. `body` is the request's body as the platform sent it.
+    public func offer(route: WebhookRoute, eventID: String, name: String, body: String) async -> Outcome {
         switch state.withLock({ $0.streams.check(route: route, eventID: eventID) }) {
         case .duplicate?: return .accepted
         case .full?: return .full
         default: break
         }
-        if let journal, await !journal.record(.init(id: eventID, name: name, payload: payload)) { return .notRecorded }
-        let outcome = place(route: route, eventID: eventID, name: name, payload: payload)
-        // Written, then no room after all (others took it meanwhile): the row goes, the platform delivers again.
-        if outcome == .full { onHandled([eventID]) }
+        if let journal, await !journal.record(.init(id: eventID, name: name, payload: body)) { return .notRecorded }
+        let (outcome, forget) = place(route: route, eventID: eventID, name: name, body: body)
+        // Written, then no room after all (others took it meanwhile): the row goes, unless another delivery of the
+        // same event is in a stream (its row is this one), and the platform delivers again.
+        if forget { onHandled([eventID]) }
         return outcome
     }
 
     /// Adds events written down by an earlier supervisor (acknowledged, never handled), without writing them again.
     public func restore(_ events: [WebhookJournal.Event]) {
         for event in events {
-            let route = (try? JSONValue.parse(event.payload)).map(WebhookRoute.of) ?? .unrouted
-            _ = place(route: route, eventID: event.id, name: event.name, payload: event.payload, ignoringLimits: true)
+            _ = place(route: Self.route(ofBody: event.payload), eventID: event.id, name: event.name, body: event.payload, ignoringLimits: true)
         }
     }
 
-    func place(route: WebhookRoute, eventID: String, name: String, payload: String, ignoringLimits: Bool = false) -> Outcome {
-        state.withLock { state -> Outcome in
-            switch state.streams.offer(route: route, eventID: eventID, name: name, payload: payload, ignoringLimits: ignoringLimits) {
+    /// The route of a body as the platform sent it (its `d`).
+    static func route(ofBody body: String) -> WebhookRoute {
+        (try? JSONValue.parse(body)).flatMap { $0["d"] }.map(WebhookRoute.of) ?? .unrouted
+    }
+
+    func place(route: WebhookRoute, eventID: String, name: String, body: String, ignoringLimits: Bool = false) -> (Outcome, forget: Bool) {
+        state.withLock { state -> (Outcome, Bool) in
+            switch state.streams.offer(route: route, eventID: eventID, name: name, payload: body, ignoringLimits: ignoringLimits) {
             case .send(let connection, let entry):
-                state.connections[connection]?.send(.webhookDispatch(seq: entry.seq, eventID: entry.eventID, name: entry.name, payload: entry.payload))
-                return .accepted
+                if let target = state.connections[connection] { Self.send(entry, to: target) }
+                return (.accepted, false)
             case .queued, .duplicate:
-                return .accepted
+                return (.accepted, false)
             case .full:
-                return .full
+                return (.full, !state.streams.holds(eventID))
             }
         }
+    }
+
+    static func send(_ entry: WebhookStreams.Entry, to connection: IPCConnection) {
+        send(.webhookDispatch(seq: entry.seq, eventID: entry.eventID, name: entry.name, payload: entry.payload), to: connection)
+    }
+
+    static func send(_ message: IPCMessage, to connection: IPCConnection) {
+        connection.channel.eventLoop.execute { connection.send(message) }
     }
 
     /// A worker asks for its stream: it is told where the stream stands, gets what it holds, then every new event.
+    /// A connection asks once (a second ask would replay the whole stream again): the rest are ignored.
     public func attach(layout: Int, ordinal: Int, connection: IPCConnection) {
         let key = WebhookStreams.Key(layout: layout, ordinal: ordinal)
         state.withLock { state in
+            guard !state.streams.isAttached(connection.id) else { return }
             let attachment = state.streams.attach(key, connection: connection.id)
             state.connections[connection.id] = connection
-            connection.send(.webhookStart(streamID: attachment.streamID, seq: attachment.mark, fresh: attachment.fresh))
-            for entry in attachment.replay {
-                connection.send(.webhookDispatch(seq: entry.seq, eventID: entry.eventID, name: entry.name, payload: entry.payload))
-            }
+            Self.send(.webhookStart(streamID: attachment.streamID, seq: attachment.mark, fresh: attachment.fresh), to: connection)
+            for entry in attachment.replay { Self.send(entry, to: connection) }
         }
     }
 
@@ -114,6 +134,22 @@ public final class WebhookRouter: Sendable {
     public func serve(layout: Int, total: Int) {
         state.withLock { $0.streams.serve(layout: layout, total: total) }
     }
+
+    /// The workers of `layout` handle nothing more (a rescale retired their claims after the fence): what its
+    /// streams still hold — a fence that timed out, a worker that died while fencing — goes to the serving layout's
+    /// streams, where the claims keep whatever was handled meanwhile from being handled again.
+    public func retire(layout: Int) {
+        state.withLock { state in
+            for entry in state.streams.removeLayout(layout) {
+                let route = Self.route(ofBody: entry.payload)
+                if case .send(let connection, let moved) = state.streams.offer(route: route, eventID: entry.eventID, name: entry.name, payload: entry.payload, ignoringLimits: true),
+                    let target = state.connections[connection]
+                {
+                    Self.send(moved, to: target)
+                }
+            }
+        }
+    }
 }
 
 /// Writes webhook events down before they are acknowledged, in batches: while one write runs, the requests that
@@ -124,9 +160,10 @@ public final class WebhookJournal: Sendable {
     public struct Event: Sendable, Equatable {
         public var id: String
         public var name: String
+        /// The request's body as the platform sent it (never re-encoded: what the worker parses is what was signed).
         public var payload: String
 
-        /// The event `id` of type `name` with the raw `d` JSON `payload`.
+        /// The event `id` of type `name`, whose request body was `payload`.
         public init(id: String, name: String, payload: String) {
             self.id = id
             self.name = name

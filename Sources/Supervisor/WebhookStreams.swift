@@ -127,26 +127,39 @@ public struct WebhookStreams: Sendable {
     /// `ignoringLimits`: events acknowledged by an earlier supervisor, which must all find room.
     public mutating func offer(route: WebhookRoute, eventID: String, name: String, payload: String, ignoringLimits: Bool = false) -> Offer {
         let key = Key(layout: serving.layout, ordinal: route.shard(total: serving.total))
-        var stream = streams[key] ?? Stream(id: streamID(key))
-        defer { streams[key] = stream }
+        let id = streamID(key)
+        let room = queued < limit
+        // Mutated in place (through the dictionary's default subscript): a copy of a stream would copy its
+        // entries, an O(events waiting) cost per event.
+        let offer = Self.offer(to: &streams[key, default: Stream(id: id)], eventID: eventID, name: name, payload: payload, room: ignoringLimits || room, streamLimit: ignoringLimits ? Int.max : streamLimit)
+        switch offer {
+        case .send, .queued: queued += 1
+        case .duplicate, .full: break
+        }
+        return offer
+    }
+
+    static func offer(to stream: inout Stream, eventID: String, name: String, payload: String, room: Bool, streamLimit: Int) -> Offer {
         if stream.ids[eventID] != nil { return .duplicate }
-        guard ignoringLimits || (queued < limit && stream.pending < streamLimit) else { return .full }
+        guard room, stream.pending < streamLimit else { return .full }
         let entry = Entry(seq: stream.next, eventID: eventID, name: name, payload: payload)
         stream.next += 1
         stream.entries.append(entry)
         stream.ids[eventID] = entry.seq
-        queued += 1
         guard let connection = stream.attached else { return .queued }
         return .send(connection: connection, entry)
     }
 
     /// A worker of `key` on `connection` asks for its stream: from now on it gets its events.
     public mutating func attach(_ key: Key, connection: UInt64) -> Attachment {
-        var stream = streams[key] ?? Stream(id: streamID(key))
+        let id = streamID(key)
+        return Self.attach(&streams[key, default: Stream(id: id)], connection: connection)
+    }
+
+    static func attach(_ stream: inout Stream, connection: UInt64) -> Attachment {
         let fresh = !stream.everAttached
         stream.attached = connection
         stream.everAttached = true
-        streams[key] = stream
         return Attachment(streamID: stream.id, mark: stream.mark, fresh: fresh, replay: Array(stream.entries[stream.head...]))
     }
 
@@ -166,21 +179,26 @@ public struct WebhookStreams: Sendable {
     /// The worker of `key` handled every event of `streamID` up to `seq`: they leave the stream. Returns their ids.
     @discardableResult
     public mutating func commit(_ key: Key, streamID: String, seq: Int64) -> [String] {
-        guard var stream = streams[key], stream.id == streamID, seq > stream.mark else { return [] }
+        guard streams[key] != nil else { return [] }
+        let handled = Self.commit(&streams[key]!, streamID: streamID, seq: seq)
+        queued -= handled.count
+        return handled
+    }
+
+    static func commit(_ stream: inout Stream, streamID: String, seq: Int64) -> [String] {
+        guard stream.id == streamID, seq > stream.mark else { return [] }
         let upTo = min(seq, stream.next - 1)
         var handled: [String] = []
         while stream.head < stream.entries.count, stream.entries[stream.head].seq <= upTo {
             handled.append(stream.entries[stream.head].eventID)
             stream.ids[stream.entries[stream.head].eventID] = nil
             stream.head += 1
-            queued -= 1
         }
         stream.mark = upTo
         if stream.head >= 1024 || stream.head == stream.entries.count {
             stream.entries.removeFirst(stream.head)
             stream.head = 0
         }
-        streams[key] = stream
         return handled
     }
 
@@ -192,6 +210,35 @@ public struct WebhookStreams: Sendable {
         streams = streams.filter { key, stream in
             key.layout == layout || key.layout == previous || stream.pending > 0 || stream.attached != nil
         }
+    }
+
+    /// Whether any stream, of any layout, holds `eventID`.
+    public func holds(_ eventID: String) -> Bool {
+        streams.values.contains { $0.ids[eventID] != nil }
+    }
+
+    /// Takes the streams of a layout whose workers no longer handle anything (a rescale's retired layout) and
+    /// returns what they held and was not handled, oldest first per stream: it goes to the serving layout.
+    public mutating func removeLayout(_ layout: Int) -> [Entry] {
+        var left: [Entry] = []
+        for key in streams.keys.filter({ $0.layout == layout }).sorted(by: { $0.ordinal < $1.ordinal }) {
+            guard let stream = streams.removeValue(forKey: key) else { continue }
+            left += stream.entries[stream.head...]
+            queued -= stream.pending
+        }
+        return left
+    }
+
+    /// Every event held, for writing them down again (a database made anew).
+    public var allEntries: [Entry] {
+        streams.keys.sorted { ($0.layout, $0.ordinal) < ($1.layout, $1.ordinal) }.flatMap { key in
+            streams[key].map { Array($0.entries[$0.head...]) } ?? []
+        }
+    }
+
+    /// Whether `connection` is attached to a stream already.
+    public func isAttached(_ connection: UInt64) -> Bool {
+        streams.values.contains { $0.attached == connection }
     }
 
     /// Events waiting in `key`'s stream (sent or not, not yet handled).

@@ -41,15 +41,10 @@ public final class WebhookFeed: EventSource {
             state.withLock { $0.streamID = streamID; $0.lastReceived = Int(seq) }
             continuation.yield(.start(streamID: streamID, seq: Int(max(0, seq)), fresh: fresh))
             return true
-        case .webhookDispatch(let seq, let eventID, let name, let payload):
-            let value: JSONValue
-            do {
-                value = try JSONValue.parse(payload)
-            } catch {
-                // The ingress parsed it before it was acknowledged; a frame that does not parse is skipped as an
-                // undecodable event would be (its seq still counts, so the stream moves on).
-                value = .null
-            }
+        case .webhookDispatch(let seq, let eventID, let name, let body):
+            // The request body as the platform sent it (the ingress parsed it before it acknowledged it); one that
+            // does not parse here is skipped as an undecodable event would be (its seq still counts).
+            let value = (try? JSONValue.parse(body))?["d"] ?? .null
             state.withLock { $0.lastReceived = Int(seq) }
             continuation.yield(.dispatch(GatewayDispatch(seq: Int(seq), name: name, eventID: eventID, payload: value, receivedAt: .now())))
             return true

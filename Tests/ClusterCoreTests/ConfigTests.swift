@@ -297,3 +297,47 @@ struct HTTPConfigTests {
         #expect(String(decoding: buffer[0..<max(0, count)], as: UTF8.self) == "READY=1\nSTATUS=ready")
     }
 }
+
+@Suite("cluster.json: webhook mode")
+struct WebhookConfigTests {
+    func issues(_ text: String) -> [String] {
+        do {
+            _ = try ClusterConfig.parse(text, source: "cluster.json")
+            return []
+        } catch {
+            return error.issues.map(\.description)
+        }
+    }
+
+    @Test func theDefaultsAreTheWebsocketWithAnIngressReadyOnThePlatformsPort() throws {
+        let config = try ClusterConfig.parse("{}")
+        #expect(config.gateway.mode == .websocket)
+        #expect(config.webhook.listen == ListenAddress(host: "0.0.0.0", port: 8443))
+        #expect(config.webhook.path == "/qqbot/callback")
+        #expect(config.webhook.tls == nil)
+        #expect(config.emulator.delivery == .websocket)
+        let webhook = try ClusterConfig.parse(#"{"gateway": {"mode": "webhook"}, "webhook": {"listen": "127.0.0.1:0", "streamLimit": 10}}"#)
+        #expect(webhook.gateway.mode == .webhook && webhook.webhook.listen.port == 0 && webhook.webhook.streamLimit == 10)
+        #expect(webhook.normalized["gateway"]?["mode"]?.stringValue == "webhook")
+    }
+
+    @Test func aWrongModePathBodyLimitOrHalfATLSPairIsNamed() {
+        #expect(issues(#"{"gateway": {"mode": "http"}}"#).contains { $0.contains("gateway.mode") && $0.contains("\"webhook\"") })
+        #expect(issues(#"{"webhook": {"path": "callback"}}"#).contains { $0.contains("webhook.path") && $0.contains("absolute path") })
+        #expect(issues(#"{"webhook": {"maxBodyBytes": 10}}"#).contains { $0.contains("webhook.maxBodyBytes") })
+        #expect(issues(#"{"webhook": {"tls": {"certificate": "/etc/hostname"}}}"#).contains { $0.contains("webhook.tls") && $0.contains("both certificate and key") })
+        #expect(issues(#"{"emulator": {"delivery": "pigeon"}}"#).contains { $0.contains("emulator.delivery") })
+    }
+
+    @Test func theIngressMayNotTakeTheStatusPortNorOutliveTheMemoryOfHandledIDs() {
+        #expect(issues(#"{"gateway": {"mode": "webhook"}, "http": {"listen": "0.0.0.0:9000"}, "webhook": {"listen": "127.0.0.1:9000"}}"#).contains {
+            $0.contains("webhook.listen") && $0.contains("http.listen")
+        })
+        // The same port in websocket mode: the ingress does not run.
+        #expect(issues(#"{"http": {"listen": "0.0.0.0:9000"}, "webhook": {"listen": "127.0.0.1:9000"}}"#).isEmpty)
+        #expect(issues(#"{"gateway": {"mode": "webhook"}, "exactlyOnce": {"ttl": "5m"}}"#).contains {
+            $0.contains("exactlyOnce.ttl") && $0.contains("twice webhook.timestampWindow")
+        })
+        #expect(issues(#"{"gateway": {"mode": "webhook"}, "exactlyOnce": {"ttl": "5m"}, "webhook": {"timestampWindow": "2m"}}"#).isEmpty)
+    }
+}

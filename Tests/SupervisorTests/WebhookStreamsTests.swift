@@ -1,5 +1,6 @@
 import ClusterCore
 import Supervisor
+import Synchronization
 import Testing
 
 @Suite("webhook streams: routing, hand-off, commits, limits")
@@ -105,5 +106,73 @@ struct WebhookStreamsTests {
         s.serve(layout: 3, total: 1)
         #expect(s.pending(Key(layout: 0, ordinal: 0)) == 0)
         #expect(s.attach(Key(layout: 0, ordinal: 0), connection: 9).fresh)
+    }
+}
+
+@Suite("webhook streams: a retired layout, hostile workers")
+struct WebhookStreamsRetireTests {
+    @Test func whatARetiredLayoutsStreamsStillHoldIsTakenInOrderAndNothingElse() {
+        var s = WebhookStreams(layout: 0, total: 2, limit: 100, streamLimit: 100, instance: "t")
+        let zero = s.attach(.init(layout: 0, ordinal: 0), connection: 1)
+        for id in ["a", "b", "c"] { _ = s.offer(route: .unrouted, eventID: id, name: "T", payload: "{}") }
+        s.commit(.init(layout: 0, ordinal: 0), streamID: zero.streamID, seq: 2)
+        s.serve(layout: 1, total: 3)
+        _ = s.offer(route: .unrouted, eventID: "new", name: "T", payload: "{}")
+        #expect(s.holds("b") && s.holds("new") && !s.holds("a"))
+        #expect(s.allEntries.map(\.eventID) == ["b", "c", "new"])
+        let left = s.removeLayout(0)
+        #expect(left.map(\.eventID) == ["b", "c"])
+        #expect(s.queued == 1 && !s.holds("b"))
+        // A commit for the removed stream (the retired worker, late) trims nothing.
+        #expect(s.commit(.init(layout: 0, ordinal: 0), streamID: zero.streamID, seq: 100).isEmpty)
+        #expect(s.queued == 1)
+    }
+
+    @Test func aConnectionIsAttachedOnce() {
+        var s = WebhookStreams(layout: 0, total: 2, limit: 100, streamLimit: 100, instance: "t")
+        #expect(!s.isAttached(5))
+        _ = s.attach(.init(layout: 0, ordinal: 1), connection: 5)
+        #expect(s.isAttached(5))
+        s.detach(connection: 5)
+        #expect(!s.isAttached(5))
+    }
+}
+
+@Suite("webhook router: written before acknowledged, moved at retirement")
+struct WebhookRouterTests {
+    @Test func anEventIsWrittenOnceAndARedeliveryIsNotWrittenAgain() async {
+        let written = Mutex<[String]>([])
+        let router = WebhookRouter(layout: 0, total: 1, limit: 10, streamLimit: 10, record: { events in written.withLock { $0 += events.map(\.id) } })
+        #expect(await router.offer(route: .unrouted, eventID: "a", name: "T", body: "{}") == .accepted)
+        #expect(await router.offer(route: .unrouted, eventID: "a", name: "T", body: "{}") == .accepted)
+        #expect(written.withLock { $0 } == ["a"])
+        #expect(router.queued == 1)
+    }
+
+    @Test func aFailedWriteIsNeverAcknowledgedAndLeavesNothingBehind() async {
+        struct DiskFull: Error {}
+        let router = WebhookRouter(layout: 0, total: 1, limit: 10, streamLimit: 10, record: { _ in throw DiskFull() })
+        #expect(await router.offer(route: .unrouted, eventID: "a", name: "T", body: "{}") == .notRecorded)
+        #expect(router.queued == 0)
+    }
+
+    @Test func aFullStreamIsAskedToRetryBeforeAnythingIsWritten() async {
+        let written = Mutex(0)
+        let router = WebhookRouter(layout: 0, total: 1, limit: 10, streamLimit: 1, record: { events in written.withLock { $0 += events.count } })
+        #expect(await router.offer(route: .unrouted, eventID: "a", name: "T", body: "{}") == .accepted)
+        #expect(await router.offer(route: .unrouted, eventID: "b", name: "T", body: "{}") == .full)
+        #expect(written.withLock { $0 } == 1)
+    }
+
+    @Test func aRetiredLayoutsEventsMoveToTheServingLayoutAndKeepTheirRows() async {
+        let handled = Mutex<[String]>([])
+        let router = WebhookRouter(layout: 0, total: 2, limit: 10, streamLimit: 10, record: { _ in }, onHandled: { ids in handled.withLock { $0 += ids } })
+        #expect(await router.offer(route: .guild(7 << 22), eventID: "a", name: "T", body: #"{"d":{"guild_id":"29360128"}}"#) == .accepted)
+        #expect(await router.offer(route: .unrouted, eventID: "b", name: "T", body: "{}") == .accepted)
+        router.serve(layout: 1, total: 4)
+        router.retire(layout: 0)
+        #expect(router.queued == 2)
+        #expect(router.held.map(\.id).sorted() == ["a", "b"])
+        #expect(handled.withLock { $0 }.isEmpty, "nothing was handled: no row goes")
     }
 }

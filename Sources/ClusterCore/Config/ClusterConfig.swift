@@ -49,6 +49,14 @@ extension ClusterConfig {
             status.host == webhook.listen.host || ["0.0.0.0", "::"].contains(status.host) || ["0.0.0.0", "::"].contains(webhook.listen.host) {
             root.report("webhook.listen", "uses the port of http.listen (\(status)): give one of them another port")
         }
+        // A signed request can be replayed while its timestamp is in the window (either way): the event ids handled
+        // must be remembered at least that long, or a replay is handled again.
+        if gateway.mode == .webhook, exactlyOnce.ttl < webhook.timestampWindow * 2 {
+            root.report(
+                "exactlyOnce.ttl",
+                "must be at least twice webhook.timestampWindow (\(DurationFormat.format(webhook.timestampWindow * 2))) in webhook mode: a replayed request is refused only while its event id is remembered"
+            )
+        }
         root.finish()
         return ClusterConfig(
             app: app, gateway: gateway, shards: shards, supervisor: supervisor, restart: restart,

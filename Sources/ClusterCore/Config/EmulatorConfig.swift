@@ -127,8 +127,8 @@ extension EmulatorConfig {
         let webhook = EmulatorWebhookConfig(
             url: wh.url("url", schemes: ["http", "https"], default: nil),
             retryLimit: wh.int("retryLimit", default: 8, range: 0...1000),
-            retryBase: wh.duration("retryBase", default: .milliseconds(200), min: .milliseconds(1)),
-            retryMax: wh.duration("retryMax", default: .seconds(5), min: .milliseconds(1)),
+            retryBase: wh.duration("retryBase", default: .milliseconds(200), min: .milliseconds(1), max: .seconds(60)),
+            retryMax: wh.duration("retryMax", default: .seconds(5), min: .milliseconds(1), max: .seconds(3600)),
             concurrency: wh.int("concurrency", default: 32, range: 1...1024),
             timeout: wh.duration("timeout", default: .seconds(5), min: .milliseconds(10), max: .seconds(120)),
             trustRoots: wh.readableFile("trustRoots")
