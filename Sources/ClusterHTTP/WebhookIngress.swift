@@ -92,8 +92,10 @@ public final class WebhookIngress: Service, Sendable {
         }
     }
 
-    /// A connection with nothing read or written for this long is closed (a slow upload holds a request's memory).
+    /// A connection with nothing read or written for this long is closed.
     static let idleTimeout: TimeAmount = .seconds(30)
+    /// How long a request's whole body may take to arrive.
+    static let bodyDeadline: Duration = .seconds(5)
 
     /// The server's TLS from `webhook.tls`.
     static func serverTLS(_ files: TLSFiles) throws -> TLSConfiguration {
@@ -191,8 +193,16 @@ public final class WebhookIngress: Service, Sendable {
         }
         let body: ByteBuffer
         do {
-            var request = request
-            body = try await request.collectBody(upTo: config.maxBodyBytes)
+            // With a deadline for the whole body: a slow upload (a byte now and then keeps a connection from idling
+            // out) holds one of the requests in progress only this long.
+            let limit = config.maxBodyBytes
+            body = try await withTimeout(Self.bodyDeadline, "the request body") {
+                var request = request
+                return try await request.collectBody(upTo: limit)
+            }
+        } catch is TimeoutError {
+            metrics.webhookRequest(.refusedSize)
+            return Self.text(.requestTimeout, "the body did not arrive within \(DurationFormat.human(Self.bodyDeadline))\n")
         } catch {
             metrics.webhookRequest(.refusedSize)
             return Self.text(.contentTooLarge, "the body is over \(config.maxBodyBytes) bytes (webhook.maxBodyBytes)\n")

@@ -115,6 +115,8 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
     public let metrics: ClusterMetrics
     /// The webhook ingress's event streams (`gateway.mode: "webhook"`); nil with websocket sessions.
     public let webhook: WebhookRouter?
+    /// The events the router holds are to be written again (the database was made anew).
+    let webhookRewrite = Atomic<Bool>(false)
     /// What happened lately, for the status page.
     public let events = ClusterEventFeed()
     /// One metrics collection at a time (see `metricsText`).
@@ -300,7 +302,11 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
                 for connection in workerConnections(of: layout).values { connection.send(.startDispatch) }
             case .finishDispatch(let layout):
                 let connections = workerConnections(of: layout).values
-                for connection in connections { connection.send(.finishDispatch) }
+                for connection in connections {
+                    // Webhook mode: queued behind the stream's events already queued for the worker, so that its fence
+                    // (the last seq it got) covers them.
+                    if webhook != nil { WebhookRouter.send(.finishDispatch, to: connection) } else { connection.send(.finishDispatch) }
+                }
                 // A retiring worker whose connection closed before the switch cannot answer: the fence does not
                 // wait for it (its `.disconnected` came while no fence was running).
                 let connected = Set(connections.compactMap { $0.hello?.generation })
@@ -310,9 +316,11 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
                 }
                 for generation in unreachable { handle(.disconnected(generation: generation)) }
             case .retireClaims(let layout):
-                for connection in workerConnections(of: layout).values { claims.retire(connection) }
-                // Webhook mode: what the retired workers' streams still hold goes to the serving layout.
+                // Webhook mode, first: what the retiring workers' streams still hold goes to the serving layout. Only
+                // then are their claims refused: an event they claim from here on is skipped and committed past,
+                // which must trim nothing that is not also in a serving stream.
                 webhook?.retire(layout: layout)
+                for connection in workerConnections(of: layout).values { claims.retire(connection) }
             case .forgetStoredLayout(let total):
                 store.forgetLayout(total: total)
             case .changeProgress(let line):
@@ -442,12 +450,16 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             for (shard, session) in sessions { store.save(shard: shard, id: session.id, seq: session.seq) }
             store.saveHandled(claims.allRemembered(), ttl: ttl)
             await store.flush()
-            if let webhook {
-                do {
-                    try await store.recordWebhook(webhook.held.map { ($0.id, $0.name, $0.payload) })
-                } catch {
-                    logger.error("cannot write the webhook events held to the new cluster database; a supervisor crash now would lose them", metadata: ["error": "\(error)"])
-                }
+            if webhook != nil { webhookRewrite.store(true, ordering: .relaxed) }
+        }
+        // The events held, into a database made anew: tried at every flush until it works (a crash meanwhile would
+        // lose what has no row).
+        if let webhook, webhookRewrite.load(ordering: .relaxed) {
+            do {
+                try await store.recordWebhook(webhook.held.map { ($0.id, $0.name, $0.payload) })
+                webhookRewrite.store(false, ordering: .relaxed)
+            } catch {
+                logger.error("cannot write the webhook events held to the new cluster database yet; trying again at the next flush", metadata: ["error": "\(error)"])
             }
         }
     }

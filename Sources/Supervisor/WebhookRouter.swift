@@ -62,18 +62,25 @@ public final class WebhookRouter: Sendable {
         default: break
         }
         if let journal, await !journal.record(.init(id: eventID, name: name, payload: body)) { return .notRecorded }
-        let (outcome, forget) = place(route: route, eventID: eventID, name: name, body: body)
-        // Written, then no room after all (others took it meanwhile): the row goes, unless another delivery of the
-        // same event is in a stream (its row is this one), and the platform delivers again.
-        if forget { onHandled([eventID]) }
-        return outcome
+        // Written, then no room after all (others took it meanwhile): the platform delivers it again. Its row stays
+        // (a retry of it uses the same row, and one deleted later by id could be that retry's): at worst a row a
+        // later start hands out again, which the claims skip if it was handled.
+        return place(route: route, eventID: eventID, name: name, body: body)
     }
 
     /// Adds events written down by an earlier supervisor (acknowledged, never handled), without writing them again.
     public func restore(_ events: [WebhookJournal.Event]) {
         for event in events {
-            _ = place(route: Self.route(ofBody: event.payload), eventID: event.id, name: event.name, body: event.payload, ignoringLimits: true)
+            let body = Self.envelope(event.payload)
+            _ = place(route: Self.route(ofBody: body), eventID: event.id, name: event.name, body: body, ignoringLimits: true)
         }
+    }
+
+    /// A row's payload as a body: the whole request as the platform sent it, or (written by the first release of
+    /// this ingress) the bare `d`, put back in an envelope.
+    static func envelope(_ payload: String) -> String {
+        guard let value = try? JSONValue.parse(payload), case .object = value, value["d"] == nil else { return payload }
+        return "{\"op\":0,\"d\":" + payload + "}"
     }
 
     /// The route of a body as the platform sent it (its `d`).
@@ -81,16 +88,16 @@ public final class WebhookRouter: Sendable {
         (try? JSONValue.parse(body)).flatMap { $0["d"] }.map(WebhookRoute.of) ?? .unrouted
     }
 
-    func place(route: WebhookRoute, eventID: String, name: String, body: String, ignoringLimits: Bool = false) -> (Outcome, forget: Bool) {
-        state.withLock { state -> (Outcome, Bool) in
+    func place(route: WebhookRoute, eventID: String, name: String, body: String, ignoringLimits: Bool = false) -> Outcome {
+        state.withLock { state -> Outcome in
             switch state.streams.offer(route: route, eventID: eventID, name: name, payload: body, ignoringLimits: ignoringLimits) {
             case .send(let connection, let entry):
                 if let target = state.connections[connection] { Self.send(entry, to: target) }
-                return (.accepted, false)
+                return .accepted
             case .queued, .duplicate:
-                return (.accepted, false)
+                return .accepted
             case .full:
-                return (.full, !state.streams.holds(eventID))
+                return .full
             }
         }
     }

@@ -176,3 +176,21 @@ struct WebhookRouterTests {
         #expect(handled.withLock { $0 }.isEmpty, "nothing was handled: no row goes")
     }
 }
+
+@Suite("webhook router: rows read back at start")
+struct WebhookRestoreTests {
+    @Test func aRowIsRoutedByItsBodyAndABareDIsPutBackInAnEnvelope() {
+        let router = WebhookRouter(layout: 0, total: 4, limit: 1, streamLimit: 1)
+        let guild: UInt64 = 4_412_000_003 << 22
+        router.restore([
+            .init(id: "a", name: "AT_MESSAGE_CREATE", payload: #"{"op":0,"id":"a","t":"AT_MESSAGE_CREATE","d":{"guild_id":"\#(guild)"}}"#),
+            .init(id: "b", name: "AT_MESSAGE_CREATE", payload: #"{"guild_id":"\#(guild)"}"#),
+            .init(id: "c", name: "C2C_MESSAGE_CREATE", payload: #"{"op":0,"d":{"author":{"user_openid":"U1"}}}"#),
+        ])
+        // Beyond the limits (1): they were acknowledged.
+        #expect(router.queued == 3)
+        let held = router.held
+        #expect(held.first { $0.id == "b" }?.payload == #"{"op":0,"d":{"guild_id":"\#(guild)"}}"#)
+        #expect(Set(held.map(\.id)) == ["a", "b", "c"])
+    }
+}
