@@ -75,7 +75,9 @@ extension RealProcesses {
 
                 try await cluster.drainTraffic()
                 let stats = try await emulator.stats()
-                #expect(stats["messagesRepliedMoreThanOnce"] == 0)
+                // Two hard kills (kill -9, and the hung worker's SIGKILL): each may repeat the one reply that left
+                // before its completion reached the supervisor (the bound the README states); nothing else may.
+                #expect(stats["messagesRepliedMoreThanOnce"] ?? 0 <= 2, "\(stats)")
                 #expect(stats["messagesUnreplied"] == 0)
                 #expect(stats["messagesUndelivered"] == 0)
                 #expect(stats["webhookGaveUp"] == 0)
