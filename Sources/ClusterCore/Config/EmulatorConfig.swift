@@ -63,6 +63,23 @@ public struct TLSFiles: Sendable, Equatable {
     }
 }
 
+extension ConfigReader {
+    /// A `{"certificate", "key"}` pair of readable PEM files under `key`, when the key is there; half a pair, or a
+    /// file that cannot be read, is reported.
+    func tlsFiles(_ key: String) -> TLSFiles? {
+        guard raw(key) != nil else { return nil }
+        let reader = object(key)
+        defer { reader.finish() }
+        let certificate = reader.readableFile("certificate")
+        let privateKey = reader.readableFile("key")
+        if let certificate, let privateKey { return TLSFiles(certificate: certificate, key: privateKey) }
+        if reader.issues.allSatisfy({ !$0.path.hasPrefix(keyPath(key)) }) {
+            reader.report(nil, "needs both certificate and key (PEM files)")
+        }
+        return nil
+    }
+}
+
 /// The emulator's simulated community and its message traffic.
 public struct TrafficConfig: Sendable {
     public var guilds: Int
@@ -109,18 +126,7 @@ extension EmulatorConfig {
             seed: tr.int("seed", default: 1, range: 0...Int(Int32.max))
         )
         tr.finish()
-        var tls: TLSFiles?
-        if reader.raw("tls") != nil {
-            let tlsReader = reader.object("tls")
-            let certificate = tlsReader.readableFile("certificate")
-            let key = tlsReader.readableFile("key")
-            if let certificate, let key {
-                tls = TLSFiles(certificate: certificate, key: key)
-            } else if tlsReader.issues.allSatisfy({ !$0.path.hasPrefix("emulator.tls") }) {
-                tlsReader.report(nil, "needs both certificate and key (PEM files)")
-            }
-            tlsReader.finish()
-        }
+        let tls = reader.tlsFiles("tls")
         let adminToken = reader.optionalSecret("adminToken")
         let delivery = GatewayMode(rawValue: reader.choice("delivery", default: "websocket", among: ["websocket", "webhook"])) ?? .websocket
         let wh = reader.object("webhook")

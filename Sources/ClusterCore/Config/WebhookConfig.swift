@@ -30,18 +30,7 @@ extension WebhookConfig {
         if !path.hasPrefix("/") || path.contains(" ") || path.contains("?") {
             reader.report("path", "must be an absolute path such as \"\(Self.defaultPath)\", got \"\(path.prefix(80))\"")
         }
-        var tls: TLSFiles?
-        if reader.raw("tls") != nil {
-            let tlsReader = reader.object("tls")
-            let certificate = tlsReader.readableFile("certificate")
-            let key = tlsReader.readableFile("key")
-            if let certificate, let key {
-                tls = TLSFiles(certificate: certificate, key: key)
-            } else if tlsReader.issues.allSatisfy({ !$0.path.hasPrefix("webhook.tls") }) {
-                tlsReader.report(nil, "needs both certificate and key (PEM files)")
-            }
-            tlsReader.finish()
-        }
+        let tls = reader.tlsFiles("tls")
         self.init(
             listen: listen, path: path, tls: tls,
             maxBodyBytes: reader.int("maxBodyBytes", default: 256 * 1024, range: 1024...(512 * 1024)),
