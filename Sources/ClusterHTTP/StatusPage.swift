@@ -46,6 +46,7 @@ enum StatusPage {
       <div class="card"><span>REST budget in use</span><b id="budget">–</b></div>
       <div class="card"><span>user cache hits</span><b id="cache">–</b></div>
       <div class="card"><span>supervisor up</span><b id="uptime">–</b></div>
+      <div class="card"><span>events arrive by</span><b id="mode">–</b></div>
     </div>
     <div id="startup"></div>
     <div class="columns">
@@ -89,6 +90,7 @@ enum StatusPage {
       $("rate").textContent = rate.toFixed(1);
       $("identify").textContent = status.identify.remainingToday + " (max_concurrency " + status.identify.maxConcurrency + ")";
       $("uptime").textContent = human(status.supervisor.uptimeSeconds);
+      $("mode").textContent = status.webhook ? "webhook (" + status.webhook.queued + " not yet handled)" : "websocket";
       $("startup").textContent = status.startup ? "starting: ready " + status.startup.ready + "/" + status.startup.total + (status.startup.secondsLeft >= 1 ? " · about " + human(status.startup.secondsLeft) + " left" : "") : "";
       const body = document.createElement("tbody");
       body.id = "workers";
