@@ -175,12 +175,19 @@ extension RealProcesses {
                 let (first, _) = try await Self.launch(in: dir, emulator: emulator, shards: 2)
                 try await emulator.waitFor("100 replies") { $0["messagesReplied"] ?? 0 >= 100 }
                 let workers = try await pids(first)
+                // Worker 0 stops: the events of its shard are acknowledged and wait in its stream (and on disk).
+                kill(workers[0], SIGSTOP)
+                try await poll("events acknowledged and waiting", timeout: .seconds(30), read: { try await scrape(first) }) { text in
+                    text.split(separator: "\n").contains { $0.hasPrefix("botcluster_webhook_queued_events ") && (Double($0.split(separator: " ").last!) ?? 0) >= 3 }
+                }
                 first.supervisor.signal(SIGKILL)
                 _ = await first.supervisor.waitForExit()
                 try await waitUntilGone(workers, within: .seconds(5))
                 let rows = try await DatabaseQueue(path: dir + "/run/cluster.sqlite").read { db in
                     try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM webhook_inbox") ?? 0
                 }
+                // Acknowledged, so the platform does not deliver them again: only the rows can bring them back.
+                #expect(rows >= 3)
                 let (second, _) = try await Self.launch(in: dir, emulator: emulator, shards: 2)
                 try await second.drainTraffic()
                 let stats = try await emulator.stats()
