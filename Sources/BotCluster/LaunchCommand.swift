@@ -129,28 +129,28 @@ final class LaunchService: Service {
             // Webhook mode: the platform's POSTs come in here. Without it the cluster gets no event, so a port
             // that cannot be bound stops the launch.
             let ingress = try supervisor.webhook.map { router in
-                let ingress = try WebhookIngress(router: router, metrics: supervisor.metrics, config: config.webhook, secret: config.app.secret, logger: logger)
-                return (ingress, Task.detached {
+                try WebhookIngress(router: router, metrics: supervisor.metrics, config: config.webhook, secret: config.app.secret, logger: logger)
+            }
+            let ingressTask = ingress.map { ingress in
+                Task.detached {
                     do {
                         try await ingress.run()
                     } catch {
                         printError("\(error)")
                         supervisor.stop()
                     }
-                })
+                }
             }
             if let ingress, let emulator = gateway.emulator {
                 // The embedded platform delivers to this ingress, as the platform's console would be told to.
                 Task {
-                    guard let port = try? await ingress.0.listening.wait() else { return }
-                    let host = ["0.0.0.0", "::"].contains(config.webhook.listen.host) ? "127.0.0.1" : config.webhook.listen.host
-                    let shown = host.contains(":") ? "[\(host)]" : host
-                    emulator.setWebhook(url: "\(config.webhook.tls == nil ? "http" : "https")://\(shown):\(port)\(config.webhook.path)")
+                    guard let port = try? await ingress.listening.wait() else { return }
+                    emulator.setWebhook(url: ingress.localCallbackURL(port: port))
                 }
             }
             let notifications = Task.detached { await supervisor.notifyServiceManager(SystemdNotifier()) }
             defer {
-                ingress?.1.cancel()
+                ingressTask?.cancel()
                 http?.cancel()
                 notifications.cancel()
             }

@@ -12,11 +12,7 @@ public struct WebhookKey: Sendable {
 
     /// The key pair of the bot whose app secret is `secret` (empty secrets get no key).
     public init?(secret: Secret) {
-        self.init(secretText: secret.reveal())
-    }
-
-    init?(secretText: String) {
-        let bytes = Array(secretText.utf8)
+        let bytes = Array(secret.reveal().utf8)
         guard !bytes.isEmpty else { return nil }
         var seed = bytes
         while seed.count < 32 { seed += bytes }
@@ -29,12 +25,17 @@ public struct WebhookKey: Sendable {
 
     /// The signature of `timestamp` followed by `body`, 64 bytes.
     public func sign(timestamp: some Collection<UInt8>, body: some Collection<UInt8>) -> [UInt8] {
+        // Ed25519 signing only fails for a malformed key, which `init` cannot make.
+        (try? Array(privateKey.signature(for: Self.message(timestamp, body)))) ?? []
+    }
+
+    /// What is signed: the timestamp's bytes, then the body's.
+    static func message(_ timestamp: some Collection<UInt8>, _ body: some Collection<UInt8>) -> [UInt8] {
         var message = [UInt8]()
         message.reserveCapacity(timestamp.count + body.count)
         message += timestamp
         message += body
-        // Ed25519 signing only fails for a malformed key, which `init` cannot make.
-        return (try? Array(privateKey.signature(for: message))) ?? []
+        return message
     }
 
     /// The hex signature of the op 13 answer: over `event_ts` followed by `plain_token`.
@@ -46,11 +47,7 @@ public struct WebhookKey: Sendable {
     /// has any of the top three bits set is refused before the curve arithmetic, as the platform's own code does.
     public func verify(signature: [UInt8], timestamp: some Collection<UInt8>, body: some Collection<UInt8>) -> Bool {
         guard signature.count == 64, signature[63] & 0xE0 == 0 else { return false }
-        var message = [UInt8]()
-        message.reserveCapacity(timestamp.count + body.count)
-        message += timestamp
-        message += body
-        return privateKey.publicKey.isValidSignature(signature, for: message)
+        return privateKey.publicKey.isValidSignature(signature, for: Self.message(timestamp, body))
     }
 
     /// Lower-case hex of `bytes`.

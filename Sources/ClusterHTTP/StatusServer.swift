@@ -33,38 +33,26 @@ public final class StatusServer: Service, Sendable {
     public func run() async throws {
         let router = Router(context: BasicRequestContext.self)
         addRoutes(to: router)
-        let host = address.host
-        let app = Application(
-            router: router,
-            server: .http1(configuration: .init(idleTimeout: .seconds(75))),
-            configuration: .init(address: .hostname(address.host, port: address.port), serverName: nil),
-            onServerRunning: { channel in
-                let port = channel.localAddress?.port ?? 0
-                let shown = host.contains(":") ? "[\(host)]" : host
-                OutputWriter.standardOutput.write("http listening on http://\(shown):\(port)\n")
-                self.listening.set(port)
-            },
-            logger: logger
-        )
         do {
-            try await app.run()
-        } catch is CancellationError {
+            try await HTTPServing.run(
+                router, server: .http1(configuration: .init(idleTimeout: .seconds(75))), address: address, what: "http", scheme: "http",
+                listening: listening, logger: logger
+            )
         } catch {
             logger.error("http: cannot serve on \(address) (http.listen; \"off\" turns it off): \(error)")
-            listening.fail(error)
         }
     }
 
     func addRoutes(to router: Router<BasicRequestContext>) {
         router.get("/healthz") { _, _ in
-            Self.text("ok\n")
+            Response.text("ok\n")
         }
         router.get("/readyz") { _, _ in
             let readiness = self.supervisor.readiness()
-            return Self.json(Self.encode(readiness), status: readiness.ready ? .ok : .serviceUnavailable)
+            return Response.json(Self.encode(readiness), status: readiness.ready ? .ok : .serviceUnavailable)
         }
         router.get("/status") { _, _ in
-            Self.json(Self.encode(Self.public(await self.statuses.value { await self.supervisor.status() })))
+            Response.json(Self.encode(Self.public(await self.statuses.value { await self.supervisor.status() })))
         }
         router.get("/metrics") { _, _ in
             let text = await self.supervisor.metricsText()
@@ -130,11 +118,4 @@ public final class StatusServer: Service, Sendable {
         return (try? encoder.encode(value)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
     }
 
-    static func json(_ body: String, status: HTTPResponse.Status = .ok) -> Response {
-        Response(status: status, headers: [.contentType: "application/json; charset=utf-8", .cacheControl: "no-cache"], body: .init(byteBuffer: ByteBuffer(string: body + "\n")))
-    }
-
-    static func text(_ body: String) -> Response {
-        Response(status: .ok, headers: [.contentType: "text/plain; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: body)))
-    }
 }

@@ -33,8 +33,6 @@ public final class WebhookIngress: Service, Sendable {
     let logger: Logger
     /// The bound port, once listening.
     public let listening = AsyncSignal<Int>()
-    /// Where the bot's platform-facing clock is read (seconds since 1970); injected by tests.
-    let clock: @Sendable () -> Int64
 
     /// Why the ingress cannot start.
     public struct SetupError: Error, CustomStringConvertible {
@@ -42,14 +40,13 @@ public final class WebhookIngress: Service, Sendable {
     }
 
     /// An ingress for the app whose secret is `secret`, handing events to `router`.
-    public init(router: WebhookRouter, metrics: ClusterMetrics, config: WebhookConfig, secret: Secret, logger: Logger, clock: @escaping @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970) }) throws {
+    public init(router: WebhookRouter, metrics: ClusterMetrics, config: WebhookConfig, secret: Secret, logger: Logger) throws {
         guard let key = WebhookKey(secret: secret) else { throw SetupError(description: "app.secret: webhook mode needs the app secret (the signing key is derived from it)") }
         self.router = router
         self.metrics = metrics
         self.config = config
         self.key = key
         self.logger = logger
-        self.clock = clock
     }
 
     /// Serves until cancelled. A port that cannot be bound, or TLS files that cannot be read, end it with the reason.
@@ -70,26 +67,18 @@ public final class WebhookIngress: Service, Sendable {
             listening.fail(error)
             throw error
         }
-        let host = config.listen.host
-        let app = Application(
-            router: routes,
-            server: server,
-            configuration: .init(address: .hostname(config.listen.host, port: config.listen.port), serverName: nil),
-            onServerRunning: { channel in
-                let port = channel.localAddress?.port ?? 0
-                let shown = host.contains(":") ? "[\(host)]" : host
-                OutputWriter.standardOutput.write("webhook listening on \(scheme)://\(shown):\(port)\n")
-                self.listening.set(port)
-            },
-            logger: logger
-        )
         do {
-            try await app.run()
-        } catch is CancellationError {
+            try await HTTPServing.run(routes, server: server, address: config.listen, what: "webhook", scheme: scheme, listening: listening, logger: logger)
         } catch {
-            listening.fail(error)
             throw SetupError(description: "webhook: cannot serve on \(config.listen) (webhook.listen): \(error)")
         }
+    }
+
+    /// The callback URL this process reaches the ingress at on `port` (loopback for a wildcard listen address): what
+    /// the embedded platform is told.
+    public func localCallbackURL(port: Int) -> String {
+        let host = ["0.0.0.0", "::"].contains(config.listen.host) ? "127.0.0.1" : config.listen.host
+        return "\(config.tls == nil ? "http" : "https")://\(ListenAddress(host: host, port: port))\(config.path)"
     }
 
     /// A connection with nothing read or written for this long is closed.
@@ -120,14 +109,12 @@ public final class WebhookIngress: Service, Sendable {
 
     /// What the ingress answers a request, and why.
     enum Verdict: Equatable {
-        case refused(HTTPResponse.Status, WebhookOutcomeReason, String)
+        case refused(HTTPResponse.Status, ClusterMetrics.WebhookOutcome, String)
         case validation(plainToken: String, eventTS: String)
         case dispatch(id: String, name: String, route: WebhookRoute)
         /// Another op, signed and well formed: acknowledged, nothing done (the platform sends only 0 and 13).
-        case ignored(op: Int)
+        case ignored
     }
-
-    typealias WebhookOutcomeReason = ClusterMetrics.WebhookOutcome
 
     /// Checks a request in the order that does the least work for a forger: size, headers, time, signature, JSON.
     func verdict(body: [UInt8], signature: String?, timestamp: String?) -> Verdict {
@@ -136,7 +123,7 @@ public final class WebhookIngress: Service, Sendable {
         else {
             return .refused(.unauthorized, .refusedTimestamp, "X-Signature-Timestamp must be unix seconds")
         }
-        let now = clock()
+        let now = Int64(Date().timeIntervalSince1970)
         guard abs(now - seconds) <= config.timestampWindow.nanoseconds / 1_000_000_000 else {
             return .refused(.unauthorized, .refusedTimestamp, "X-Signature-Timestamp is outside the accepted window")
         }
@@ -170,7 +157,7 @@ public final class WebhookIngress: Service, Sendable {
             }
             return .dispatch(id: id, name: name, route: WebhookRoute.of(d))
         default:
-            return .ignored(op: op)
+            return .ignored
         }
     }
 
@@ -184,12 +171,13 @@ public final class WebhookIngress: Service, Sendable {
         guard inFlight.add(1, ordering: .relaxed).newValue <= Self.maxInFlight else {
             inFlight.subtract(1, ordering: .relaxed)
             metrics.webhookRequest(.retryBusy)
-            return Self.json(.serviceUnavailable, Self.retry)
+            return Response.json(Self.retry, status: .serviceUnavailable)
         }
         defer { inFlight.subtract(1, ordering: .relaxed) }
+        let tooLarge = Response.text("the body is over \(config.maxBodyBytes) bytes (webhook.maxBodyBytes)\n", status: .contentTooLarge)
         if let length = request.headers[Self.contentLength].flatMap(Int.init), length > config.maxBodyBytes {
             metrics.webhookRequest(.refusedSize)
-            return Self.text(.contentTooLarge, "the body is over \(config.maxBodyBytes) bytes (webhook.maxBodyBytes)\n")
+            return tooLarge
         }
         let body: ByteBuffer
         do {
@@ -202,10 +190,10 @@ public final class WebhookIngress: Service, Sendable {
             }
         } catch is TimeoutError {
             metrics.webhookRequest(.refusedSize)
-            return Self.text(.requestTimeout, "the body did not arrive within \(DurationFormat.human(Self.bodyDeadline))\n")
+            return Response.text("the body did not arrive within \(DurationFormat.human(Self.bodyDeadline))\n", status: .requestTimeout)
         } catch {
             metrics.webhookRequest(.refusedSize)
-            return Self.text(.contentTooLarge, "the body is over \(config.maxBodyBytes) bytes (webhook.maxBodyBytes)\n")
+            return tooLarge
         }
         let bytes = Array(body.readableBytesView)
         let verdict = verdict(
@@ -215,27 +203,27 @@ public final class WebhookIngress: Service, Sendable {
         switch verdict {
         case .refused(let status, let outcome, let why):
             metrics.webhookRequest(outcome)
-            return Self.text(status, why + "\n")
+            return Response.text(why + "\n", status: status)
         case .validation(let token, let ts):
             metrics.webhookRequest(.validated)
             var json = "{\"plain_token\":"
             JSONValue.writeQuoted(token, into: &json)
             json += ",\"signature\":\"\(key.validationSignature(eventTS: ts, plainToken: token))\"}"
-            return Self.json(.ok, json)
+            return Response.json(json)
         case .ignored:
-            return Self.json(.ok, Self.ack)
+            return Response.json(Self.ack)
         case .dispatch(let id, let name, let route):
             // The body goes on as it came (it parsed as JSON, so it is UTF-8): the worker reads what was signed.
             switch await router.offer(route: route, eventID: id, name: name, body: String(decoding: bytes, as: UTF8.self)) {
             case .accepted:
                 metrics.webhookRequest(.acked)
-                return Self.json(.ok, Self.ack)
+                return Response.json(Self.ack)
             case .full:
                 metrics.webhookRequest(.retryFull)
-                return Self.json(.serviceUnavailable, Self.retry)
+                return Response.json(Self.retry, status: .serviceUnavailable)
             case .notRecorded:
                 metrics.webhookRequest(.retryNotRecorded)
-                return Self.json(.serviceUnavailable, Self.retry)
+                return Response.json(Self.retry, status: .serviceUnavailable)
             }
         }
     }
@@ -244,12 +232,4 @@ public final class WebhookIngress: Service, Sendable {
     static let ack = "{\"op\":12,\"d\":0}"
     /// Not acknowledged: the platform delivers it again, with the same id.
     static let retry = "{\"op\":12,\"d\":1}"
-
-    static func json(_ status: HTTPResponse.Status, _ text: String) -> Response {
-        Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: text)))
-    }
-
-    static func text(_ status: HTTPResponse.Status, _ text: String) -> Response {
-        Response(status: status, headers: [.contentType: "text/plain; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: text)))
-    }
 }

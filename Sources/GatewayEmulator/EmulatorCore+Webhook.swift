@@ -20,6 +20,13 @@ extension EmulatorCore {
         body += ",\"op\":0,\"d\":\(payload),\"s\":\(webhookSeq),\"t\":\"\(event)\"}"
         webhookQueue.append(WebhookDelivery(message: Int32(index), body: Array(body.utf8), dueAt: now))
         messages[index].holders += 1
+        webhookQueuedSincePoke = true
+    }
+
+    /// Whether deliveries were queued since the last call (the delivery loop is then poked).
+    mutating func takeWebhookQueued() -> Bool {
+        defer { webhookQueuedSincePoke = false }
+        return webhookQueuedSincePoke
     }
 
     /// The next delivery due at `now`, first attempts in order after retries that are due; or when the next retry

@@ -119,6 +119,7 @@ struct EmulatorCore {
     var webhookHead = 0
     var webhookRetries = RetryQueue()
     var webhookSeq = 0
+    var webhookQueuedSincePoke = false
     /// The callback URL, and whether it answered op 13 with the right signature.
     var webhookURL: String?
     var webhookValidated = false

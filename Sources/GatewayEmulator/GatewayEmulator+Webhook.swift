@@ -17,6 +17,7 @@ extension GatewayEmulator {
             core.webhookURL = url
             core.webhookValidated = false
         }
+        webhookWork.poke()
         logger.info("webhook callback URL set", metadata: ["url": "\(url)"])
     }
 
@@ -38,7 +39,8 @@ extension GatewayEmulator {
             while !Task.isCancelled {
                 let (url, validated) = core.withLock { ($0.webhookURL, $0.webhookValidated) }
                 guard let url else {
-                    try? await Task.sleep(for: .milliseconds(50))
+                    // Until `setWebhook` pokes.
+                    await webhookWork.wait(until: nil)
                     continue
                 }
                 if !validated {
@@ -47,7 +49,7 @@ extension GatewayEmulator {
                         if ok { core.stats.webhookValidations += 1 } else { core.stats.webhookValidationsRefused += 1 }
                         if core.webhookURL == url { core.webhookValidated = ok }
                     }
-                    if !ok { try? await Task.sleep(for: .seconds(1)) }
+                    if !ok { await webhookWork.wait(until: .now() + .seconds(1)) }
                     continue
                 }
                 guard (try? await permits.acquire()) != nil else { break }
@@ -55,15 +57,16 @@ extension GatewayEmulator {
                 let (due, nextDue) = core.withLock { $0.takeDueWebhook(now: now) }
                 guard let delivery = due else {
                     permits.release()
-                    let idle = Int64(5_000_000)
-                    let wait = min(nextDue.map { max(0, $0 - now) } ?? idle, idle)
-                    try? await Task.sleep(for: .nanoseconds(wait))
+                    // Until the next retry is due, or something is queued (a poke).
+                    await webhookWork.wait(until: nextDue.map(MonotonicInstant.init(nanoseconds:)))
                     continue
                 }
                 group.addTask {
                     defer { permits.release() }
                     let acked = await self.post(delivery.body, to: url, key: key, client: client)
                     self.core.withLock { $0.finishWebhook(delivery, acked: acked, now: Self.now()) }
+                    // A retry may now be due earlier than the loop is waiting for.
+                    if !acked { self.webhookWork.poke() }
                 }
             }
             group.cancelAll()

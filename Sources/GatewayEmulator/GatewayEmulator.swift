@@ -27,6 +27,8 @@ public final class GatewayEmulator: Service, Sendable {
     let app: AppConfig
     let logger: Logger
     let listening = AsyncSignal<Int>()
+    /// Poked when webhook deliveries are queued or the callback URL is set: the delivery loop sleeps until then.
+    let webhookWork = Wakeup()
     let connections = ConnectionRegistry()
 
     /// An emulator for the bot `app`, configured by cluster.json's `emulator` section; nothing listens before `run()`.
@@ -133,12 +135,13 @@ public final class GatewayEmulator: Service, Sendable {
 
     /// Runs `body` under the lock; connections it lists in `wake` get their pending frames handed over outside it.
     func withCore<T>(_ body: (inout EmulatorCore, inout [Int]) -> T) -> T {
-        let (result, resumptions) = core.withLock { core -> (T, [(CheckedContinuation<OutboxBatch, Never>, OutboxBatch)]) in
+        let (result, resumptions, queued) = core.withLock { core -> (T, [(CheckedContinuation<OutboxBatch, Never>, OutboxBatch)], Bool) in
             var wake: [Int] = []
             let result = body(&core, &wake)
-            return (result, wake.compactMap { core.claimWaiter($0) })
+            return (result, wake.compactMap { core.claimWaiter($0) }, core.takeWebhookQueued())
         }
         for (waiter, batch) in resumptions { waiter.resume(returning: batch) }
+        if queued { webhookWork.poke() }
         return result
     }
 

@@ -45,7 +45,7 @@ public final class ClusterMetrics: Sendable {
         case refusedSignature = "refused_signature"
         /// Refused (401): a timestamp that is not a number, or outside `webhook.timestampWindow` (a replay).
         case refusedTimestamp = "refused_timestamp"
-        /// Refused (413): a body over `webhook.maxBodyBytes`.
+        /// Refused: a body over `webhook.maxBodyBytes` (413), or one that did not arrive within 5 s (408).
         case refusedSize = "refused_size"
         /// Refused (400): a signed body that is not JSON, or a dispatch without an id, a type or a `d` object.
         case refusedPayload = "refused_payload"

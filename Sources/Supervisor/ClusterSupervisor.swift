@@ -343,6 +343,9 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             kill(-pid, SIGKILL)
         case .persistSession(let shard, let id, let seq):
             store.save(shard: shard, id: id, seq: seq)
+            // Webhook mode: the session is the shard's stream, and what it committed leaves the stream (worker K
+            // runs shard K, so the shard names the stream in its layout).
+            webhook?.commit(layout: layout, ordinal: shard.id, streamID: id, seq: Int64(seq))
         case .forgetSession(let shard):
             store.forget(shard: shard)
         case .log(let level, let message):
@@ -522,9 +525,6 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         let generation = hello.generation
         switch message {
         case .heartbeat(let progress):
-            if let webhook, let session = progress.session {
-                webhook.commit(layout: ClusterLayouts.layoutID(ofGeneration: generation), ordinal: ordinal, streamID: session.id, seq: session.seq)
-            }
             handle(.cluster(.progress(ordinal: ordinal, generation: generation, progress))) { state, now in
                 Self.recordRate(&state, generation, progress, now: now)
             }
@@ -557,7 +557,6 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         case .identifyCancel(let id):
             ledger.cancel(from: connection, correlation: id)
         case .sessionCommitted(let id, let seq):
-            webhook?.commit(layout: ClusterLayouts.layoutID(ofGeneration: generation), ordinal: ordinal, streamID: id, seq: seq)
             dispatch(.sessionCommitted(ordinal: ordinal, generation: generation, id: id, seq: Int(max(0, seq))))
         case .sessionInvalidated:
             dispatch(.sessionInvalidated(ordinal: ordinal, generation: generation))
@@ -585,7 +584,6 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         case .dispatchFinished:
             handle(.dispatchFinished(generation: generation))
         case .drained(let id, let seq):
-            if let id { webhook?.commit(layout: ClusterLayouts.layoutID(ofGeneration: generation), ordinal: ordinal, streamID: id, seq: seq) }
             if let id { dispatch(.sessionCommitted(ordinal: ordinal, generation: generation, id: id, seq: Int(max(0, seq)))) }
         case .budgetRequest(let id, let route, let count):
             budget.request(from: connection, id: id, route: route, count: Int(count))

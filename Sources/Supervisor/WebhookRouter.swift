@@ -71,21 +71,9 @@ public final class WebhookRouter: Sendable {
     /// Adds events written down by an earlier supervisor (acknowledged, never handled), without writing them again.
     public func restore(_ events: [WebhookJournal.Event]) {
         for event in events {
-            let body = Self.envelope(event.payload)
-            _ = place(route: Self.route(ofBody: body), eventID: event.id, name: event.name, body: body, ignoringLimits: true)
+            let route = (try? JSONValue.parse(event.payload)).flatMap { $0["d"] }.map(WebhookRoute.of) ?? .unrouted
+            _ = place(route: route, eventID: event.id, name: event.name, body: event.payload, ignoringLimits: true)
         }
-    }
-
-    /// A row's payload as a body: the whole request as the platform sent it, or (written by the first release of
-    /// this ingress) the bare `d`, put back in an envelope.
-    static func envelope(_ payload: String) -> String {
-        guard let value = try? JSONValue.parse(payload), case .object = value, value["d"] == nil else { return payload }
-        return "{\"op\":0,\"d\":" + payload + "}"
-    }
-
-    /// The route of a body as the platform sent it (its `d`).
-    static func route(ofBody body: String) -> WebhookRoute {
-        (try? JSONValue.parse(body)).flatMap { $0["d"] }.map(WebhookRoute.of) ?? .unrouted
     }
 
     func place(route: WebhookRoute, eventID: String, name: String, body: String, ignoringLimits: Bool = false) -> Outcome {
@@ -148,8 +136,7 @@ public final class WebhookRouter: Sendable {
     public func retire(layout: Int) {
         state.withLock { state in
             for entry in state.streams.removeLayout(layout) {
-                let route = Self.route(ofBody: entry.payload)
-                if case .send(let connection, let moved) = state.streams.offer(route: route, eventID: entry.eventID, name: entry.name, payload: entry.payload, ignoringLimits: true),
+                if case .send(let connection, let moved) = state.streams.offer(route: entry.route, eventID: entry.eventID, name: entry.name, payload: entry.payload, ignoringLimits: true),
                     let target = state.connections[connection]
                 {
                     Self.send(moved, to: target)

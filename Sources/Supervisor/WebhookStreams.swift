@@ -61,6 +61,8 @@ public struct WebhookStreams: Sendable {
         public var eventID: String
         public var name: String
         public var payload: String
+        /// Where it was routed from (kept: a retired layout's leftovers are routed again without parsing them).
+        public var route: WebhookRoute
     }
 
     struct Stream {
@@ -123,29 +125,42 @@ public struct WebhookStreams: Sendable {
 
     func streamID(_ key: Key) -> String { "webhook-\(instance)-\(key.layout)-\(key.ordinal)" }
 
-    /// Adds an event to its shard's stream in the serving layout (or finds it there: a redelivery).
-    /// `ignoringLimits`: events acknowledged by an earlier supervisor, which must all find room.
-    public mutating func offer(route: WebhookRoute, eventID: String, name: String, payload: String, ignoringLimits: Bool = false) -> Offer {
-        let key = Key(layout: serving.layout, ordinal: route.shard(total: serving.total))
-        let id = streamID(key)
-        let room = queued < limit
-        // Mutated in place (through the dictionary's default subscript): a copy of a stream would copy its
-        // entries, an O(events waiting) cost per event.
-        let offer = Self.offer(to: &streams[key, default: Stream(id: id)], eventID: eventID, name: name, payload: payload, room: ignoringLimits || room, streamLimit: ignoringLimits ? Int.max : streamLimit)
-        switch offer {
-        case .send, .queued: queued += 1
-        case .duplicate, .full: break
-        }
-        return offer
+    /// The stream of the serving layout that `route` goes to.
+    func key(for route: WebhookRoute) -> Key {
+        Key(layout: serving.layout, ordinal: route.shard(total: serving.total))
     }
 
-    static func offer(to stream: inout Stream, eventID: String, name: String, payload: String, room: Bool, streamLimit: Int) -> Offer {
-        if stream.ids[eventID] != nil { return .duplicate }
-        guard room, stream.pending < streamLimit else { return .full }
-        let entry = Entry(seq: stream.next, eventID: eventID, name: name, payload: payload)
+    /// Why an event would not be added: it is in its stream already, or there is no room (unless `ignoringLimits`).
+    func refusal(_ key: Key, eventID: String, ignoringLimits: Bool) -> Offer? {
+        if streams[key]?.ids[eventID] != nil { return .duplicate }
+        if !ignoringLimits && (queued >= limit || (streams[key]?.pending ?? 0) >= streamLimit) { return .full }
+        return nil
+    }
+
+    /// Whether an event would be taken (nil), or why not: a redelivery, or no room. Changes nothing.
+    public func check(route: WebhookRoute, eventID: String) -> Offer? {
+        refusal(key(for: route), eventID: eventID, ignoringLimits: false)
+    }
+
+    /// Adds an event to its shard's stream in the serving layout (or finds it there: a redelivery).
+    /// `ignoringLimits`: events acknowledged already (by an earlier supervisor, or to a retired layout), which must
+    /// all find room.
+    public mutating func offer(route: WebhookRoute, eventID: String, name: String, payload: String, ignoringLimits: Bool = false) -> Offer {
+        let key = key(for: route)
+        if let refusal = refusal(key, eventID: eventID, ignoringLimits: ignoringLimits) { return refusal }
+        queued += 1
+        let id = streamID(key)
+        // Mutated in place (through the dictionary's default subscript): a copy of a stream would copy its
+        // entries, an O(events waiting) cost per event.
+        return Self.append(to: &streams[key, default: Stream(id: id)], Entry(seq: 0, eventID: eventID, name: name, payload: payload, route: route))
+    }
+
+    static func append(to stream: inout Stream, _ event: Entry) -> Offer {
+        var entry = event
+        entry.seq = stream.next
         stream.next += 1
         stream.entries.append(entry)
-        stream.ids[eventID] = entry.seq
+        stream.ids[entry.eventID] = entry.seq
         guard let connection = stream.attached else { return .queued }
         return .send(connection: connection, entry)
     }
@@ -166,14 +181,6 @@ public struct WebhookStreams: Sendable {
     /// The connection closed: its streams wait for the next worker.
     public mutating func detach(connection: UInt64) {
         for (key, stream) in streams where stream.attached == connection { streams[key]?.attached = nil }
-    }
-
-    /// Whether an event would be taken: not in its stream already, and room for it.
-    public func check(route: WebhookRoute, eventID: String) -> Offer? {
-        let key = Key(layout: serving.layout, ordinal: route.shard(total: serving.total))
-        if streams[key]?.ids[eventID] != nil { return .duplicate }
-        if queued >= limit || (streams[key]?.pending ?? 0) >= streamLimit { return .full }
-        return nil
     }
 
     /// The worker of `key` handled every event of `streamID` up to `seq`: they leave the stream. Returns their ids.
@@ -210,11 +217,6 @@ public struct WebhookStreams: Sendable {
         streams = streams.filter { key, stream in
             key.layout == layout || key.layout == previous || stream.pending > 0 || stream.attached != nil
         }
-    }
-
-    /// Whether any stream, of any layout, holds `eventID`.
-    public func holds(_ eventID: String) -> Bool {
-        streams.values.contains { $0.ids[eventID] != nil }
     }
 
     /// Takes the streams of a layout whose workers no longer handle anything (a rescale's retired layout) and

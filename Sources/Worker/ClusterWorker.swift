@@ -231,7 +231,7 @@ public final class ClusterWorker: Service {
                         self.client.send(.dispatchFinished)
                     }
                 default:
-                    _ = parts.feed?.deliver(message)
+                    parts.feed?.deliver(message)
                 }
             }
             group.cancelAll()

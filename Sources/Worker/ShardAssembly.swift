@@ -14,18 +14,13 @@ extension ShardRuntime {
         resume: (id: String, seq: Int)?, permit: any IdentifyPermit, claims: any EventClaims, users: UserDirectory?,
         observer: (any RuntimeObserver)?, logger: Logger, holdDispatch: Bool = false, source: (any EventSource)? = nil
     ) -> ShardRuntime {
-        if let source {
-            return ShardRuntime(
-                configuration: .init(shard: shard, maxInFlight: config.worker.maxInFlight, drainTimeout: config.worker.drainTimeout),
-                handler: handler, client: source, api: clients.api, claims: claims, users: users, observer: observer, logger: logger,
-                holdDispatch: holdDispatch
-            )
-        }
-        var clientConfiguration = GatewayClient.Configuration(url: gatewayURL, shard: shard, intents: config.gateway.intents, resume: resume)
-        clientConfiguration.session.seed = UInt64(truncatingIfNeeded: MonotonicInstant.now().nanoseconds) ^ UInt64(shard.id)
-        clientConfiguration.tls = clients.http.tls
-        clientConfiguration.proxies = clients.http.proxies
-        let client = GatewayClient(configuration: clientConfiguration, tokens: clients.tokens, permit: permit, logger: logger)
+        let client = source ?? {
+            var clientConfiguration = GatewayClient.Configuration(url: gatewayURL, shard: shard, intents: config.gateway.intents, resume: resume)
+            clientConfiguration.session.seed = UInt64(truncatingIfNeeded: MonotonicInstant.now().nanoseconds) ^ UInt64(shard.id)
+            clientConfiguration.tls = clients.http.tls
+            clientConfiguration.proxies = clients.http.proxies
+            return GatewayClient(configuration: clientConfiguration, tokens: clients.tokens, permit: permit, logger: logger)
+        }()
         return ShardRuntime(
             configuration: .init(shard: shard, maxInFlight: config.worker.maxInFlight, drainTimeout: config.worker.drainTimeout),
             handler: handler, client: client, api: clients.api, claims: claims, users: users, observer: observer, logger: logger,

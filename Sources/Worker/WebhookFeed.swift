@@ -34,22 +34,20 @@ public final class WebhookFeed: EventSource {
         (items, continuation) = AsyncStream.makeStream()
     }
 
-    /// Routes a message of the supervisor's; false when it is not the feed's.
-    public func deliver(_ message: IPCMessage) -> Bool {
+    /// Takes the supervisor's messages of the stream (`webhookStart`, `webhookDispatch`); ignores any other.
+    public func deliver(_ message: IPCMessage) {
         switch message {
         case .webhookStart(let streamID, let seq, let fresh):
             state.withLock { $0.streamID = streamID; $0.lastReceived = Int(seq) }
             continuation.yield(.start(streamID: streamID, seq: Int(max(0, seq)), fresh: fresh))
-            return true
         case .webhookDispatch(let seq, let eventID, let name, let body):
             // The request body as the platform sent it (the ingress parsed it before it acknowledged it); one that
             // does not parse here is skipped as an undecodable event would be (its seq still counts).
             let value = (try? JSONValue.parse(body))?["d"] ?? .null
             state.withLock { $0.lastReceived = Int(seq) }
             continuation.yield(.dispatch(GatewayDispatch(seq: Int(seq), name: name, eventID: eventID, payload: value, receivedAt: .now())))
-            return true
         default:
-            return false
+            break
         }
     }
 
@@ -57,17 +55,16 @@ public final class WebhookFeed: EventSource {
     /// successor) and its events in order, until stopped.
     public func run(onEvent: @escaping @Sendable (GatewayClientEvent) async -> Void) async -> GatewayClientOutcome {
         attach()
-        var sessionID: String?
         for await item in items {
             switch item {
             case .start(let streamID, let seq, let fresh):
-                sessionID = streamID
                 await onEvent(fresh ? .ready(sessionID: streamID, shard: nil) : .resumed(sessionID: streamID, seq: seq))
             case .dispatch(let dispatch):
                 await onEvent(.dispatch(dispatch))
             }
         }
-        return .stopped(sessionID: sessionID, seq: state.withLock { $0.lastReceived })
+        // Where a successor resumes is the runtime's committed seq, not what was received: no seq is claimed here.
+        return .stopped(sessionID: state.withLock { $0.streamID }, seq: nil)
     }
 
     /// The stream and the seq of the last event the supervisor sent before this call: the supervisor moves new

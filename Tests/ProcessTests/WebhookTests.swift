@@ -85,7 +85,6 @@ extension RealProcesses {
                 #expect(stats["duplicatePushes"] ?? 0 > 0, "the platform redelivered some events with the same id")
                 #expect(stats["identifies"] == 0, "webhook mode starts no gateway session")
                 #expect(stats["resumes"] == 0)
-                kill(stopped, SIGCONT)
                 try await cluster.stop(workerPIDs: Array(Set(seen)))
             }
         }
@@ -121,7 +120,7 @@ extension RealProcesses {
                     request.body = .bytes(ByteBuffer(bytes: bytes))
                     let response = try await client.execute(request, timeout: .seconds(10))
                     let answer = try await response.body.collect(upTo: 1 << 16)
-                    return (Int(response.status.code), String(buffer: answer))
+                    return (Int(response.status.code), String(buffer: answer).trimmingCharacters(in: .whitespacesAndNewlines))
                 }
                 let event = #"{"id":"forged-1","op":0,"s":1,"t":"AT_MESSAGE_CREATE","d":{"id":"m1","channel_id":"1","guild_id":"18505170944","content":"x","author":{"id":"1","username":"u"}}}"#
                 let stranger = try #require(WebhookKey(secret: Secret("not-this-apps-secret")))

@@ -128,7 +128,7 @@ extension EmulatorConfig {
         tr.finish()
         let tls = reader.tlsFiles("tls")
         let adminToken = reader.optionalSecret("adminToken")
-        let delivery = GatewayMode(rawValue: reader.choice("delivery", default: "websocket", among: ["websocket", "webhook"])) ?? .websocket
+        let delivery = reader.mode("delivery")
         let wh = reader.object("webhook")
         let webhook = EmulatorWebhookConfig(
             url: wh.url("url", schemes: ["http", "https"], default: nil),

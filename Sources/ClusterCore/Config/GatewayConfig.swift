@@ -1,5 +1,5 @@
 /// How the platform delivers events.
-public enum GatewayMode: String, Sendable, Equatable {
+public enum GatewayMode: String, Sendable, Equatable, CaseIterable {
     /// Each worker holds a websocket session of its shard.
     case websocket
     /// The platform POSTs every event to the supervisor's ingress (`webhook`), which hands it to its shard's worker.
@@ -28,7 +28,7 @@ public struct GatewayConfig: Sendable {
 extension GatewayConfig {
     /// Reads the section from `reader`, reporting what is wrong there and recording the effective values.
     init(reading reader: ConfigReader) {
-        let mode = GatewayMode(rawValue: reader.choice("mode", default: "websocket", among: ["websocket", "webhook"])) ?? .websocket
+        let mode = reader.mode("mode")
         let embedded = reader.bool("embedded", default: true)
         let url = reader.url("url", schemes: ["http", "https"], default: embedded ? nil : GatewayConfig.platformURL)
         let tokenURL = reader.url("tokenURL", schemes: ["http", "https"], default: embedded ? nil : GatewayConfig.platformTokenURL)
@@ -43,6 +43,11 @@ extension GatewayConfig {
 }
 
 extension ConfigReader {
+    /// How events arrive: `"websocket"` (the default) or `"webhook"`.
+    func mode(_ key: String) -> GatewayMode {
+        GatewayMode(rawValue: choice(key, default: GatewayMode.websocket.rawValue, among: GatewayMode.allCases.map(\.rawValue))) ?? .websocket
+    }
+
     /// Reads a list of intent names; an unknown name is reported with the nearest known one.
     func intents(_ key: String, default defaultValue: GatewayIntents) -> GatewayIntents {
         var result = defaultValue
