@@ -31,6 +31,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     ],
     targets: [
         .target(
@@ -85,7 +86,7 @@ let package = Package(
         .target(
             name: "Supervisor",
             dependencies: [
-                "ClusterCore", "ClusterIPC", "ClusterProtocol", "QQGateway", "RateBudget", "SQLiteSupport", "CBotSystem",
+                "ClusterCore", "ClusterIPC", "ClusterProtocol", "QQGateway", "RateBudget", "SQLiteSupport", "CBotSystem", "ClusterPostgres",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -107,6 +108,18 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // PostgreSQL as the authority of a cluster that spans hosts: shard leases, sessions, identify slots, claims.
+        .target(
+            name: "ClusterPostgres",
+            dependencies: [
+                "ClusterCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
             ]
         ),
         .target(
@@ -213,6 +226,10 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ]
+        ),
+        .testTarget(
+            name: "ClusterPostgresTests",
+            dependencies: ["ClusterPostgres", "ClusterCore", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(
             name: "QQGatewayTests",

@@ -22,9 +22,19 @@ struct LaunchCommand: AsyncParsableCommand {
 
     @OptionGroup var options: CommonOptions
 
+    @Option(name: .customLong("host-id"), help: "This host's id (0...999) in a cluster of several hosts sharing store.postgres (default: $BOTCLUSTER_HOST_ID, as a Kubernetes StatefulSet's pod index).")
+    var hostID: String?
+
     func run() async throws {
         let config = try options.loadConfig()
         let logger = makeLogger("botcluster.supervisor", config: config)
+        let host: Int?
+        switch Self.hostID(option: hostID, environment: ProcessInfo.processInfo.environment, postgres: config.store.postgres != nil) {
+        case .success(let id): host = id
+        case .failure(let error):
+            printError(error.description)
+            throw ExitCode(1)
+        }
         let lock: SupervisorLock
         do {
             try RunDirectory.checkSocketPath(config.supervisor.socket)
@@ -42,7 +52,7 @@ struct LaunchCommand: AsyncParsableCommand {
             throw ExitCode(1)
         }
         let gateway = ResolvedGateway.resolve(config, logger: makeLogger("emulator", config: config))
-        let launch = LaunchService(config: config, configPath: absolutePath(options.config), gateway: gateway, logger: logger)
+        let launch = LaunchService(config: config, configPath: absolutePath(options.config), gateway: gateway, hostID: host, logger: logger)
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         if let emulator = gateway.emulator { services.append(.init(service: emulator)) }
         services.append(.init(service: launch, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup))
@@ -50,6 +60,22 @@ struct LaunchCommand: AsyncParsableCommand {
         try await group.run()
         withExtendedLifetime(lock) {}
         if let status = launch.exitStatus.current, status != 0 { throw ExitCode(status) }
+    }
+}
+
+extension LaunchCommand {
+    /// The host id from `--host-id`, else `BOTCLUSTER_HOST_ID`: required (0...999) when the store is PostgreSQL,
+    /// nil on one host.
+    static func hostID(option: String?, environment: [String: String], postgres: Bool) -> Result<Int?, ClusterStoreError> {
+        let (text, source) = option.map { ($0, "--host-id") } ?? (environment["BOTCLUSTER_HOST_ID"].map { ($0, "BOTCLUSTER_HOST_ID") } ?? (nil, ""))
+        guard postgres else { return .success(nil) }
+        guard let text else {
+            return .failure(.init(description: "store is PostgreSQL: give this host its id with --host-id N or BOTCLUSTER_HOST_ID (0...999; in Kubernetes, the pod's apps.kubernetes.io/pod-index label)"))
+        }
+        guard let id = Int(text), (0...999).contains(id) else {
+            return .failure(.init(description: "\(source) must be a number 0...999, got \"\(text.prefix(20))\""))
+        }
+        return .success(id)
     }
 }
 
@@ -64,8 +90,10 @@ final class LaunchService: Service {
     let gateway: ResolvedGateway
     let logger: Logger
     let exitStatus = AsyncSignal<Int32>()
+    let hostID: Int?
 
-    init(config: ClusterConfig, configPath: String, gateway: ResolvedGateway, logger: Logger) {
+    init(config: ClusterConfig, configPath: String, gateway: ResolvedGateway, hostID: Int?, logger: Logger) {
+        self.hostID = hostID
         self.config = config
         self.configPath = configPath
         self.gateway = gateway
@@ -110,14 +138,18 @@ final class LaunchService: Service {
             return
         }
         let stored = store.sessions(total: shards).count
-        // Webhook mode starts no gateway session at all.
-        let needed = config.gateway.mode == .webhook ? 0 : max(0, shards - stored)
+        // Webhook mode starts no gateway session at all; several hosts count their session starts in the store.
+        let needed = config.gateway.mode == .webhook || hostID != nil ? 0 : max(0, shards - stored)
         guard needed <= info.remaining else {
             printError("cannot start \(shards) shards: they need \(needed) new sessions and the platform allows \(info.remaining) more today (of \(info.total); resets in \(DurationFormat.human(info.resetAfter))). Lower shards.count or wait for the reset.")
             exitStatus.set(1)
             return
         }
-        let setup = SupervisorSetup(config: config, configPath: configPath, apiBase: endpoints.apiBase, tokenURL: endpoints.tokenURL, gateway: info, shards: shards)
+        let address = "\(ProcessInfo.processInfo.hostName)\(config.http.listen.map { " http \($0)" } ?? "")"
+        let setup = SupervisorSetup(
+            config: config, configPath: configPath, apiBase: endpoints.apiBase, tokenURL: endpoints.tokenURL, gateway: info, shards: shards,
+            hostID: hostID, hostAddress: address
+        )
         let supervisor: ClusterSupervisor
         do {
             supervisor = try ClusterSupervisor(setup: setup, store: store, logger: logger)

@@ -1,27 +1,77 @@
 import ClusterCore
 import ClusterIPC
+import ClusterPostgres
 import ClusterProtocol
+import Logging
 import Synchronization
 
 /// The claim ledger served over IPC, answered on the event loop: a batch of claims gets its decisions in one
 /// reply; a key another worker holds is decided later, when that worker completes or releases it.
+///
+/// With several hosts (`StoreClaims`), the local ledger still orders this host's workers, and what it would
+/// grant at once is asked of the store first (`wait`, then `claimResolved`): claims that arrive while one batch
+/// is in flight go together in the next, so a busy cluster spends less than one round trip per event.
 final class ClaimService: Sendable {
+    /// The store every host's claims go through, and the lease token each shard is held under here.
+    struct StoreClaims: Sendable {
+        let authority: PostgresAuthority
+        let host: Int
+        let shards: Int
+        /// The token of this host's lease of a shard, nil when it holds none.
+        let token: @Sendable (Int) -> Int64?
+        let ttl: Duration
+        let logger: Logger
+    }
+
+    struct Pending {
+        var claims: [(key: String, requester: UInt64, shard: Int)] = []
+        var completes: [String] = []
+    }
+
     let ledger: Mutex<ClaimLedger>
     let connections = Mutex<[UInt64: IPCConnection]>([:])
+    let store: StoreClaims?
+    let pending = Mutex(Pending())
+    let wakeup = Wakeup()
+    let failures = RateLimitedLog()
+    /// Completions kept for the store at most (past it the oldest are dropped, and logged: those events could be
+    /// handled twice if a host that dies replays them).
+    static let completeLimit = 100_000
 
-    init(ledger: ClaimLedger) {
+    init(ledger: ClaimLedger, store: StoreClaims? = nil) {
         self.ledger = Mutex(ledger)
+        self.store = store
     }
 
     var remembered: Int { ledger.withLock { $0.remembered } }
 
     func claim(_ keys: [String], by connection: IPCConnection) -> [ClaimDecision] {
         connections.withLock { $0[connection.id] = connection }
-        return ledger.withLock { $0.claim(keys, by: connection.id, now: .now()) }
+        var decisions = ledger.withLock { $0.claim(keys, by: connection.id, now: .now()) }
+        guard store != nil else { return decisions }
+        let shard = Int(connection.hello?.ordinal ?? -1)
+        var asked: [(key: String, requester: UInt64, shard: Int)] = []
+        for i in decisions.indices where decisions[i] == .handle {
+            decisions[i] = .wait
+            asked.append((keys[i], connection.id, shard))
+        }
+        ask(asked)
+        return decisions
     }
 
     func complete(_ keys: [String], by connection: IPCConnection) {
         deliver(ledger.withLock { $0.complete(keys, by: connection.id, now: .now()) })
+        guard store != nil, !keys.isEmpty else { return }
+        let dropped = pending.withLock { pending -> Int in
+            pending.completes += keys
+            let over = pending.completes.count - Self.completeLimit
+            if over > 0 { pending.completes.removeFirst(over) }
+            return max(0, over)
+        }
+        if dropped > 0, let store {
+            failures.log(store.logger, .error, "the store has not taken \(Self.completeLimit) handled events; the oldest are dropped (a replay of them could be handled again)")
+        }
+        wakeup.poke()
     }
 
     func release(_ keys: [String], by connection: IPCConnection) {
@@ -49,8 +99,107 @@ final class ClaimService: Sendable {
     func deliver(_ resolutions: [ClaimLedger.Resolution]) {
         guard !resolutions.isEmpty else { return }
         let targets = connections.withLock { $0 }
+        var asked: [(key: String, requester: UInt64, shard: Int)] = []
         for resolution in resolutions {
-            targets[resolution.requester]?.send(.claimResolved(key: resolution.key, decision: resolution.decision))
+            guard let connection = targets[resolution.requester] else { continue }
+            if store != nil, resolution.decision == .handle {
+                asked.append((resolution.key, resolution.requester, Int(connection.hello?.ordinal ?? -1)))
+            } else {
+                connection.send(.claimResolved(key: resolution.key, decision: resolution.decision))
+            }
         }
+        ask(asked)
+    }
+
+    /// Queues claims the local ledger granted for the store's word.
+    func ask(_ claims: [(key: String, requester: UInt64, shard: Int)]) {
+        guard !claims.isEmpty else { return }
+        pending.withLock { $0.claims += claims }
+        wakeup.poke()
+    }
+
+    /// Sends the store what waits for it, one batch of claims and one of completions per round trip, until
+    /// cancelled; forgets handled events past the ttl once a minute.
+    func runStore() async {
+        guard let store else { return }
+        var lastExpiry = MonotonicInstant.now()
+        while !Task.isCancelled {
+            let batch = pending.withLock { pending in
+                defer { pending = Pending() }
+                return pending
+            }
+            if batch.claims.isEmpty && batch.completes.isEmpty {
+                if MonotonicInstant.now() - lastExpiry > .seconds(60) {
+                    lastExpiry = .now()
+                    try? await store.authority.expireClaims(olderThan: store.ttl)
+                }
+                await wakeup.wait(until: .now() + .seconds(60))
+                continue
+            }
+            var retry = Pending()
+            do {
+                try await store.authority.completeClaims(batch.completes)
+            } catch {
+                retry.completes = batch.completes
+                failures.log(store.logger, .error, "cannot record handled events in the store; trying again", metadata: ["error": "\(String(describing: error).prefix(300))"])
+            }
+            var held: [(key: String, requester: UInt64, shard: Int)] = []
+            var unheld: [(key: String, requester: UInt64)] = []
+            var claims: [PostgresAuthority.Claim] = []
+            for claim in batch.claims {
+                if let token = store.token(claim.shard) {
+                    held.append(claim)
+                    claims.append(.init(key: claim.key, shard: claim.shard, token: token))
+                } else {
+                    unheld.append((claim.key, claim.requester))
+                }
+            }
+            // No lease here (fenced, or handed over): the worker skips the event and the ledger forgets the claim,
+            // so the host that runs the shard now, or this one with a new lease, decides it in the store.
+            answer(unheld.map { ($0.key, $0.requester, false) })
+            if !claims.isEmpty {
+                do {
+                    let granted = try await store.authority.claim(claims, host: store.host, shards: store.shards)
+                    answer(held.map { ($0.key, $0.requester, granted.contains($0.key)) })
+                } catch {
+                    retry.claims = held
+                    failures.log(store.logger, .error, "cannot claim events in the store; their handlers wait", metadata: ["error": "\(String(describing: error).prefix(300))"])
+                }
+            }
+            if !retry.claims.isEmpty || !retry.completes.isEmpty {
+                pending.withLock { pending in
+                    pending.claims = retry.claims + pending.claims
+                    pending.completes = retry.completes + pending.completes
+                }
+                try? await Task.sleep(for: .milliseconds(200))
+            }
+        }
+    }
+
+    /// At shutdown, after the workers stopped: the handled events not yet recorded go to the store once.
+    func flushStore() async {
+        guard let store else { return }
+        let completes = pending.withLock { pending in
+            defer { pending.completes = [] }
+            return pending.completes
+        }
+        do {
+            try await store.authority.completeClaims(completes)
+        } catch {
+            store.logger.error("cannot record the last handled events in the store", metadata: ["events": "\(completes.count)", "error": "\(String(describing: error).prefix(300))"])
+        }
+    }
+
+    /// The store's word on claims: handle, or skip (another host handled the event, holds a newer lease of its
+    /// shard, or this host holds none); a skipped claim leaves the local ledger.
+    func answer(_ decided: [(key: String, requester: UInt64, granted: Bool)]) {
+        guard !decided.isEmpty else { return }
+        let targets = connections.withLock { $0 }
+        var resolutions: [ClaimLedger.Resolution] = []
+        for (key, requester, granted) in decided {
+            targets[requester]?.send(.claimResolved(key: key, decision: granted ? .handle : .skip))
+            if !granted { resolutions += ledger.withLock { $0.release([key], by: requester) } }
+        }
+        deliver(resolutions)
     }
 }

@@ -25,7 +25,8 @@ public enum WorkerSignal: Sendable, Equatable {
 /// A worker's lifecycle state, as `botcluster status` shows it.
 public enum WorkerState: String, Sendable, Equatable, CaseIterable {
     /// `queued`: waiting for its turn to start (a launch starts at most `startLimit` workers at a time).
-    case queued, spawning, connected, identifying, ready, draining, stopped, backoff, failed
+    /// `elsewhere`: in a cluster of several hosts, this host does not hold the shard's lease (another one runs it).
+    case queued, spawning, connected, identifying, ready, draining, stopped, backoff, failed, elsewhere
 
     var isLive: Bool { self == .spawning || self == .connected || self == .identifying || self == .ready || self == .draining }
 }
@@ -59,6 +60,8 @@ public struct WorkerRecord: Sendable {
     var fatal: String?
     /// Respawn at once when the process exits (a requested restart, not a crash).
     var respawnWhenExited = false
+    /// The shard is being handed to another host: when the process exits, the slot goes `elsewhere`.
+    var handingOver = false
 
     /// Spawned and not yet ready for the first time: taking a start slot.
     var isStarting: Bool { state.isLive && state != .draining && readyAt == nil }
@@ -104,6 +107,12 @@ public struct ClusterStateMachine: Sendable {
         case tick
         /// Replace a worker's process (drain, then respawn at once).
         case restart(ordinal: Int)
+        /// This host now holds the shard's lease (several hosts): start a worker, resuming `session` if there is one.
+        case leaseGained(ordinal: Int, session: (id: String, seq: Int)?)
+        /// The shard's lease is lost, or about to expire unrenewed: kill its worker now (the fence), no restart.
+        case leaseLost(ordinal: Int, reason: String)
+        /// Hand the shard to another host: drain its worker; once it has exited, the slot is `elsewhere`.
+        case handOver(ordinal: Int)
         /// Drain every worker and end.
         case stop
     }
@@ -154,7 +163,8 @@ public struct ClusterStateMachine: Sendable {
 
     /// - Parameter generationBase: where this layout's generation numbers start (layouts never share one).
     /// - Parameter startLimit: how many workers may be starting at once (see `startLimit`).
-    public init(shards: Int, timings: Timings, restart: RestartConfig, seed: UInt64 = 1, sessions: [Int: (id: String, seq: Int)] = [:], generationBase: UInt64 = 0, startLimit: Int = .max) {
+    /// - Parameter leased: several hosts share the shards: every slot starts `elsewhere` until its lease is gained.
+    public init(shards: Int, timings: Timings, restart: RestartConfig, seed: UInt64 = 1, sessions: [Int: (id: String, seq: Int)] = [:], generationBase: UInt64 = 0, startLimit: Int = .max, leased: Bool = false) {
         self.timings = timings
         self.restart = restart
         self.startLimit = max(1, startLimit)
@@ -163,12 +173,13 @@ public struct ClusterStateMachine: Sendable {
         workers = (0..<shards).map { ordinal in
             var record = WorkerRecord(ordinal: ordinal, shard: ShardID(ordinal, of: shards), policy: RestartPolicy(config: restart))
             record.session = sessions[ordinal]
+            if leased { record.state = .elsewhere }
             return record
         }
     }
 
-    /// Every worker is ready.
-    public var allReady: Bool { workers.allSatisfy { $0.state == .ready } }
+    /// Every worker this host runs is ready (a slot another host holds does not count).
+    public var allReady: Bool { workers.allSatisfy { $0.state == .ready || $0.state == .elsewhere } }
 
     /// A worker of this layout is failed for good or stuck in a crash loop.
     public var firstFailure: (ordinal: Int, reason: String)? {
@@ -235,10 +246,19 @@ public struct ClusterStateMachine: Sendable {
         switch event {
         case .start:
             // Everyone queues, and the first `startLimit` start at once: those with a session to resume first.
-            return workers.indices.flatMap { enqueue($0) }
+            return workers.indices.filter { workers[$0].state != .elsewhere }.flatMap { enqueue($0) }
         case .spawned(let ordinal, let generation, let pid):
+            if workers.indices.contains(ordinal), workers[ordinal].generation == generation, workers[ordinal].state == .elsewhere {
+                // Fenced while its spawn was under way: the process must not run.
+                return [.killGroup(pid: pid)]
+            }
             guard let i = index(ordinal, generation) else { return [] }
             workers[i].pid = pid
+            if workers[i].handingOver, workers[i].stopRequestedAt == nil {
+                workers[i].state = .draining
+                workers[i].stopRequestedAt = now
+                return [.signal(pid: pid, signal: .terminate)]
+            }
             return []
         case .spawnFailed(let ordinal, let generation, let reason):
             guard let i = index(ordinal, generation) else { return [] }
@@ -297,6 +317,8 @@ public struct ClusterStateMachine: Sendable {
             switch workers[ordinal].state {
             case .queued:
                 return []
+            case .elsewhere:
+                return [.log(.info, "worker \(ordinal): not restarted: another host holds the shard's lease")]
             case .backoff, .failed, .stopped:
                 workers[ordinal].failure = nil
                 workers[ordinal].policy = RestartPolicy(config: restart)
@@ -309,17 +331,44 @@ public struct ClusterStateMachine: Sendable {
                     workers[ordinal].respawnWhenExited = true
                     return []
                 }
-                workers[ordinal].respawnWhenExited = true
+                workers[ordinal].respawnWhenExited = !workers[ordinal].handingOver
                 workers[ordinal].state = .draining
                 workers[ordinal].stopRequestedAt = now
                 return [.log(.info, "worker \(ordinal): restarting on request (draining pid \(pid))"), .signal(pid: pid, signal: .terminate)]
             }
+        case .leaseGained(let ordinal, let session):
+            guard workers.indices.contains(ordinal), workers[ordinal].state == .elsewhere, !stopping else { return [] }
+            workers[ordinal].session = session
+            workers[ordinal].failure = nil
+            workers[ordinal].handingOver = false
+            workers[ordinal].policy = RestartPolicy(config: restart)
+            return [.log(.info, "shard \(workers[ordinal].shard): lease gained\(session.map { "; resuming session \(String($0.id.prefix(8))) at seq \($0.seq)" } ?? "")")] + enqueue(ordinal)
+        case .leaseLost(let ordinal, let reason):
+            guard workers.indices.contains(ordinal), workers[ordinal].state != .elsewhere else { return [] }
+            return fence(ordinal, reason: reason, now: now)
+        case .handOver(let ordinal):
+            guard workers.indices.contains(ordinal), workers[ordinal].state != .elsewhere else { return [] }
+            workers[ordinal].handingOver = true
+            workers[ordinal].respawnWhenExited = false
+            guard workers[ordinal].state.isLive, let pid = workers[ordinal].pid else {
+                // Nothing runs (queued, backing off, failed, or spawning without a pid yet): hand it over now.
+                if workers[ordinal].state.isLive { return [] }
+                return settleElsewhere(ordinal) + [.log(.info, "shard \(workers[ordinal].shard): handed over")]
+            }
+            if workers[ordinal].stopRequestedAt == nil {
+                workers[ordinal].state = .draining
+                workers[ordinal].stopRequestedAt = now
+                return [.log(.info, "shard \(workers[ordinal].shard): handing over to another host (draining pid \(pid))"), .signal(pid: pid, signal: .terminate)]
+            }
+            return []
         case .stop:
             guard !stopping else { return [] }
             stopping = true
             var actions: [Action] = []
             for i in workers.indices {
                 switch workers[i].state {
+                case .elsewhere:
+                    continue
                 case .queued, .backoff, .failed, .stopped:
                     workers[i].state = .stopped
                     workers[i].respawnAt = nil
@@ -368,6 +417,34 @@ public struct ClusterStateMachine: Sendable {
         return [.spawn(ordinal: i, generation: nextGeneration, shard: workers[i].shard)]
     }
 
+    /// The slot is no longer this host's: nothing runs or waits in it.
+    mutating func settleElsewhere(_ i: Int) -> [Action] {
+        if workers[i].state == .queued { queuedCount -= 1 }
+        workers[i].state = .elsewhere
+        workers[i].pid = nil
+        workers[i].respawnAt = nil
+        workers[i].readyAt = nil
+        workers[i].respawnWhenExited = false
+        return []
+    }
+
+    /// The lease is lost (or about to expire unrenewed): the worker dies now, before another host can take the
+    /// shard, and the slot is `elsewhere` at once. A process-group kill is immediate; its gateway socket closes
+    /// with it, so two sessions of one shard never overlap.
+    mutating func fence(_ i: Int, reason: String, now: MonotonicInstant) -> [Action] {
+        var actions: [Action] = [.log(.warning, "shard \(workers[i].shard): \(reason); fencing: worker \(workers[i].ordinal) stopped")]
+        if workers[i].state.isLive, let pid = workers[i].pid {
+            actions.append(.killGroup(pid: pid))
+        }
+        let wasLive = workers[i].state.isLive
+        actions += settleElsewhere(i)
+        workers[i].handingOver = false
+        workers[i].progress = nil
+        workers[i].killedAt = wasLive ? now : nil
+        if stopping, workers.allSatisfy({ !$0.state.isLive }) { actions.append(.allStopped) }
+        return actions
+    }
+
     /// The worker's committed session, to store when it moved (a report repeats it while it stands still).
     mutating func commit(_ i: Int, id: String, seq: Int) -> [Action] {
         if let session = workers[i].session, session.id == id, session.seq == seq { return [] }
@@ -380,7 +457,7 @@ public struct ClusterStateMachine: Sendable {
         workers[i].state = .ready
         if workers[i].readyAt == nil { workers[i].readyAt = now }
         workers[i].policy.ready(now: now)
-        if !announcedReady && workers.allSatisfy({ $0.state == .ready }) {
+        if !announcedReady && allReady {
             announcedReady = true
             return [.clusterReady]
         }
@@ -399,9 +476,12 @@ public struct ClusterStateMachine: Sendable {
             actions.append(.killGroup(pid: pid))
         }
         if stopping {
-            workers[i].state = .stopped
+            workers[i].state = workers[i].handingOver ? .elsewhere : .stopped
             if workers.allSatisfy({ !$0.state.isLive }) { actions.append(.allStopped) }
             return actions
+        }
+        if workers[i].handingOver {
+            return actions + settleElsewhere(i) + [.log(.info, "shard \(workers[i].shard): handed over (worker \(ordinal) ended with \(status))")]
         }
         if workers[i].respawnWhenExited {
             workers[i].restarts += 1

@@ -349,4 +349,9 @@ public final class ClusterStore: Sendable {
 /// Why the cluster database cannot be used as the cluster needs.
 public struct ClusterStoreError: Error, CustomStringConvertible {
     public var description: String
+
+    /// An error that says `description`.
+    public init(description: String) {
+        self.description = description
+    }
 }

@@ -326,7 +326,7 @@ extension ClusterSupervisor {
     /// The serving layout's readiness, from what the supervisor holds (no worker is asked: a probe stays cheap).
     public func readiness() -> Readiness {
         let workers = state.withLock { $0.core.layouts.active.machine.workers }
-        let notReady = workers.filter { $0.state != .ready }.map { worker -> Readiness.Shard in
+        let notReady = workers.filter { $0.state != .ready && $0.state != .elsewhere }.map { worker -> Readiness.Shard in
             let why: String
             switch worker.state {
             case .queued: why = "waiting for its turn to start"
@@ -337,7 +337,7 @@ extension ClusterSupervisor {
             case .backoff: why = "restarting after \(worker.lastExit?.description ?? "an exit")"
             case .failed: why = worker.failure ?? "failed"
             case .stopped: why = "stopped"
-            case .ready: why = ""
+            case .ready, .elsewhere: why = ""
             }
             return .init(ordinal: worker.ordinal, state: worker.state.rawValue, why: why)
         }

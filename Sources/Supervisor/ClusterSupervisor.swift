@@ -1,5 +1,6 @@
 import ClusterCore
 import ClusterIPC
+import ClusterPostgres
 import ClusterProtocol
 import Foundation
 import Logging
@@ -20,9 +21,15 @@ public struct SupervisorSetup: Sendable {
     public var tokenURL: String
     public var gateway: GatewayBotInfo
     public var shards: Int
+    /// This host's id in a cluster of several hosts (`store.postgres`); nil on one host.
+    public var hostID: Int?
+    /// What the other hosts' status shows of this one (its name and status address).
+    public var hostAddress: String
 
     /// A setup from its parts; `configPath` must be absolute, as workers load the file from it.
-    public init(config: ClusterConfig, configPath: String, apiBase: String, tokenURL: String, gateway: GatewayBotInfo, shards: Int) {
+    public init(config: ClusterConfig, configPath: String, apiBase: String, tokenURL: String, gateway: GatewayBotInfo, shards: Int, hostID: Int? = nil, hostAddress: String = "") {
+        self.hostID = hostID
+        self.hostAddress = hostAddress
         self.config = config
         self.configPath = configPath
         self.apiBase = apiBase
@@ -121,20 +128,30 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
     public let events = ClusterEventFeed()
     /// One metrics collection at a time (see `metricsText`).
     let scrapes = SingleFlight<String>(freshFor: .seconds(1))
+    /// This host's shard leases, when several hosts share the cluster through PostgreSQL; nil on one host.
+    let leases: LeaseService?
 
     /// A supervisor for `setup` resuming what `store` holds; throws if the platform clients cannot be set up.
     public init(setup: SupervisorSetup, store: ClusterStore, logger: Logger) throws {
         self.setup = setup
         self.logger = logger
         self.store = store
-        let sessions = store.sessions(total: setup.shards)
+        if let postgres = setup.config.store.postgres {
+            guard let host = setup.hostID else { throw ClusterStoreError(description: "store is PostgreSQL: this host needs an id (--host-id N, or BOTCLUSTER_HOST_ID)") }
+            let authority = try PostgresAuthority(config: postgres, cluster: setup.config.app.id, logger: logger)
+            leases = LeaseService(authority: authority, config: postgres, host: host, address: setup.hostAddress, shards: setup.shards, logger: logger)
+        } else {
+            leases = nil
+        }
+        // Several hosts: the sessions are the leases' (read when one is gained), never this host's file.
+        let sessions = leases == nil ? store.sessions(total: setup.shards) : [:]
         liveness = try LivenessTable.create()
         metrics = ClusterMetrics(restRate: setup.config.rateBudget.globalRate, mode: setup.config.gateway.mode)
         state = Mutex(State(core: SupervisorCore(
             active: ClusterStateMachine(
                 shards: setup.shards, timings: .init(setup.config.supervisor), restart: setup.config.restart,
                 seed: UInt64(truncatingIfNeeded: MonotonicInstant.now().nanoseconds), sessions: sessions,
-                startLimit: Self.startLimit(setup)
+                startLimit: Self.startLimit(setup), leased: leases != nil
             ),
             changeTimings: .init(setup.config)
         )))
@@ -156,7 +173,13 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         }
         var claimLedger = ClaimLedger(ttl: setup.config.exactlyOnce.ttl)
         claimLedger.remember(store.handledEvents(within: setup.config.exactlyOnce.ttl))
-        claims = ClaimService(ledger: claimLedger)
+        claims = ClaimService(ledger: claimLedger, store: leases.map { leases in
+            ClaimService.StoreClaims(
+                authority: leases.authority, host: leases.host, shards: setup.shards,
+                token: { shard in leases.state.withLock { $0.keeper.held[shard]?.token } },
+                ttl: setup.config.exactlyOnce.ttl, logger: logger
+            )
+        })
         platform = try PlatformClients(
             config: setup.config, endpoints: GatewayEndpoints(apiBase: setup.apiBase, tokenURL: setup.tokenURL),
             budget: LocalRateBudget(rate: 1, burst: 2), logger: logger, maxConnections: 1
@@ -167,7 +190,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
                 margin: setup.config.identify.margin, slotTimeout: setup.config.identify.slotTimeout
             ),
             remaining: setup.gateway.remaining
-        ))
+        ), authority: leases.map { IdentifyLedgerService.ClusterSlots(authority: $0.authority, holderPrefix: "\($0.host)/\(UInt32.random(in: 0...UInt32.max))") })
         budget = BudgetService(configuration: .init(
             rate: setup.config.rateBudget.globalRate, burst: setup.config.rateBudget.globalBurst,
             leaseSize: setup.config.rateBudget.leaseSize, leaseTTL: setup.config.rateBudget.leaseTTL
@@ -200,6 +223,8 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             self.handle(.cluster(.exited(pid: pid, status: status))) { state, _ in state.releaseSlot(of: generation) }
         }
         state.withLock { $0.spawner = spawner }
+        // The store's connections outlive the workers: the leases are released after the last one stopped.
+        let storePool = Task { [leases] in await leases?.authority.run() }
         logger.info("supervisor started", metadata: ["shards": "\(setup.shards)", "socket": "\(setup.config.supervisor.socket)", "max_concurrency": "\(setup.gateway.maxConcurrency)"])
         await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
@@ -207,6 +232,10 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
                 group.addTask { await self.budget.run() }
                 group.addTask { await self.runTimer() }
                 group.addTask { await self.runStoreFlusher() }
+                if leases != nil {
+                    group.addTask { await self.runLeases() }
+                    group.addTask { await self.claims.runStore() }
+                }
                 group.addTask { await self.showLaunchProgress() }
                 group.addTask {
                     await withDiscardingTaskGroup { outputs in
@@ -232,7 +261,13 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         }
         // The last flush runs in a task of its own: cancelled by a shutdown that ran out of time, this task's writes
         // would end at once, and what was pending would be lost.
-        await Task { await self.persist() }.value
+        await Task {
+            await self.persist()
+            await self.claims.flushStore()
+            await self.leases?.releaseAll(sessionOf: self.storedSession)
+        }.value
+        storePool.cancel()
+        await storePool.value
         await server.close()
         await platform.shutdown()
         logger.info("supervisor stopped")
@@ -343,11 +378,13 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             kill(-pid, SIGKILL)
         case .persistSession(let shard, let id, let seq):
             store.save(shard: shard, id: id, seq: seq)
+            leases?.sessionMoved(shard: shard.id, id: id, seq: seq)
             // Webhook mode: the session is the shard's stream, and what it committed leaves the stream (worker K
             // runs shard K, so the shard names the stream in its layout).
             webhook?.commit(layout: layout, ordinal: shard.id, streamID: id, seq: Int64(seq))
         case .forgetSession(let shard):
             store.forget(shard: shard)
+            leases?.sessionMoved(shard: shard.id, id: "", seq: 0)
         case .log(let level, let message):
             switch level {
             case .info: logger.info("\(message)")

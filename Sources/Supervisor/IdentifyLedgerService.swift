@@ -1,11 +1,24 @@
 import ClusterCore
 import ClusterIPC
+import ClusterPostgres
 import ClusterProtocol
+import Logging
 import Synchronization
 
 /// The identify ledger served over IPC: requests are answered on the event loop that received them when a slot
 /// is free, or by the ledger's own clock when one comes free.
+///
+/// With several hosts (`ClusterSlots`), the local ledger orders this host's requests and a grant is only the
+/// right to ask the store: the bucket's slot is reserved in SQL, cluster-wide, before the worker hears of it, and
+/// given back when its Identify left (or never will).
 final class IdentifyLedgerService: Sendable {
+    /// The store that every host's identifies go through.
+    struct ClusterSlots: Sendable {
+        let authority: PostgresAuthority
+        /// Unique to this supervisor's life: `host/random`, then the request's id.
+        let holderPrefix: String
+    }
+
     struct Request {
         var connection: IPCConnection
         var correlation: UInt64
@@ -16,13 +29,20 @@ final class IdentifyLedgerService: Sendable {
         var ledger: IdentifyLedger
         var requests: [IdentifyLedger.RequestID: Request] = [:]
         var nextID: IdentifyLedger.RequestID = 0
+        /// Requests holding a cluster-wide slot (several hosts), by id: their bucket.
+        var clusterHeld: [IdentifyLedger.RequestID: Int] = [:]
     }
 
     let state: Mutex<State>
     let wakeup = Wakeup()
+    let cluster: ClusterSlots?
+    let logger: Logger
+    let failures = RateLimitedLog()
 
-    init(ledger: IdentifyLedger) {
+    init(ledger: IdentifyLedger, authority: ClusterSlots? = nil, logger: Logger = Logger(label: "botcluster.identify")) {
         state = Mutex(State(ledger: ledger))
+        cluster = authority
+        self.logger = logger
     }
 
     var snapshot: (remaining: Int, waiting: Int, granted: Int, maxConcurrency: Int) {
@@ -54,6 +74,7 @@ final class IdentifyLedgerService: Sendable {
         let decisions = state.withLock { state -> [IdentifyLedger.Decision] in
             guard let id = state.requests.first(where: { $0.value.connection == connection && $0.value.shard == shard })?.key else { return [] }
             state.requests[id] = nil
+            giveBack(id, &state)
             return state.ledger.sent(id, now: .now())
         }
         deliver(decisions)
@@ -65,6 +86,7 @@ final class IdentifyLedgerService: Sendable {
         let decisions = state.withLock { state -> [IdentifyLedger.Decision] in
             guard let id = state.requests.first(where: { $0.value.connection == connection && $0.value.correlation == correlation })?.key else { return [] }
             state.requests[id] = nil
+            giveBack(id, &state)
             return state.ledger.cancel(id, now: .now())
         }
         deliver(decisions)
@@ -77,6 +99,7 @@ final class IdentifyLedgerService: Sendable {
             var decisions: [IdentifyLedger.Decision] = []
             for (id, request) in state.requests where request.connection == connection {
                 state.requests[id] = nil
+                giveBack(id, &state)
                 decisions += state.ledger.cancel(id, now: .now())
             }
             return decisions
@@ -89,6 +112,12 @@ final class IdentifyLedgerService: Sendable {
         let replies = state.withLock { state -> [(IPCConnection, IPCMessage)] in
             decisions.compactMap { decision in
                 switch decision {
+                case .granted(let id) where cluster != nil:
+                    // The store decides: the worker hears once the cluster-wide slot is this request's.
+                    if let request = state.requests[id] {
+                        Task { await self.reserve(id, shard: Int(request.shard)) }
+                    }
+                    return nil
                 case .granted(let id):
                     // Granted requests stay until the worker reports its Identify left (`sent`).
                     return state.requests[id].map { ($0.connection, .identifyGrant(id: $0.correlation)) }
@@ -98,6 +127,66 @@ final class IdentifyLedgerService: Sendable {
             }
         }
         for (connection, message) in replies { connection.send(message) }
+    }
+
+    /// The store's slot of `shard`'s bucket for request `id`: asked until granted (then the worker hears), spent
+    /// (the worker is denied), or the request is gone. A store that does not answer is asked again each second.
+    func reserve(_ id: IdentifyLedger.RequestID, shard: Int) async {
+        guard let cluster else { return }
+        let (maxConcurrency, spacing, slotTimeout) = state.withLock {
+            ($0.ledger.configuration.maxConcurrency, $0.ledger.configuration.window + $0.ledger.configuration.margin, $0.ledger.configuration.slotTimeout)
+        }
+        let bucket = ShardMath.bucket(ofShard: shard, maxConcurrency: maxConcurrency)
+        let holder = "\(cluster.holderPrefix)/\(id)"
+        while state.withLock({ $0.requests[id] != nil }) {
+            let answer: PostgresAuthority.IdentifySlot
+            do {
+                answer = try await cluster.authority.reserveIdentify(bucket: bucket, holder: holder, spacing: spacing, slotTimeout: slotTimeout)
+                failures.reset()
+            } catch {
+                failures.log(logger, .error, "cannot reserve an identify slot in the store; asking again", metadata: ["error": "\(String(describing: error).prefix(300))"])
+                try? await Task.sleep(for: .seconds(1))
+                continue
+            }
+            switch answer {
+            case .wait(let delay):
+                try? await Task.sleep(for: min(delay, .seconds(1)))
+            case .spent:
+                let request = state.withLock { $0.requests.removeValue(forKey: id) }
+                let decisions = state.withLock { $0.ledger.cancel(id, now: .now()) }
+                request?.connection.send(.identifyDenied(id: request!.correlation, reason: "the daily session start limit is spent (cluster-wide)"))
+                deliver(decisions)
+                return
+            case .granted:
+                let request = state.withLock { state -> Request? in
+                    guard let request = state.requests[id] else { return nil }
+                    state.clusterHeld[id] = bucket
+                    return request
+                }
+                if let request {
+                    request.connection.send(.identifyGrant(id: request.correlation))
+                } else {
+                    // Gone while the slot was reserved: give it back now.
+                    try? await cluster.authority.identifyDone(bucket: bucket, holder: holder, spacing: spacing)
+                }
+                return
+            }
+        }
+    }
+
+    /// Request `id` holds a cluster-wide slot no more (its Identify left, or it is gone): the store hears it.
+    func giveBack(_ id: IdentifyLedger.RequestID, _ state: inout State) {
+        guard let cluster, let bucket = state.clusterHeld.removeValue(forKey: id) else { return }
+        let spacing = state.ledger.configuration.window + state.ledger.configuration.margin
+        let holder = "\(cluster.holderPrefix)/\(id)"
+        Task {
+            do {
+                try await cluster.authority.identifyDone(bucket: bucket, holder: holder, spacing: spacing)
+            } catch {
+                // The slot stays held until its timeout: the bucket waits, nothing overlaps.
+                self.failures.log(self.logger, .warning, "cannot report an identify to the store; its bucket waits for the slot timeout", metadata: ["error": "\(String(describing: error).prefix(300))"])
+            }
+        }
     }
 
     /// Runs the ledger's clock for the life of the supervisor.

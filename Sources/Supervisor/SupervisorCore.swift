@@ -228,7 +228,8 @@ public struct SupervisorCore: Sendable {
         case .replacing(let ordinals, let before, let replaced):
             let machine = layouts.active.machine
             let states = ordinals.map { machine.worker(ordinal: $0) }
-            if zip(states, before).allSatisfy({ worker, old in worker.map { $0.generation != old && $0.state == .ready } ?? false }) {
+            // A slot another host holds (several hosts) is not this host's to replace: it counts as done.
+            if zip(states, before).allSatisfy({ worker, old in worker.map { $0.state == .elsewhere || ($0.generation != old && $0.state == .ready) } ?? false }) {
                 let done = replaced + ordinals.count
                 if done >= change.from {
                     return ([.changeProgress("replaced \(done)/\(change.from)")] + finish(ok: true, "rolled \(change.from) workers in \(DurationFormat.human(now - change.started))"), true)

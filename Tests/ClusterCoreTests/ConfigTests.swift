@@ -341,3 +341,46 @@ struct WebhookConfigTests {
         #expect(issues(#"{"gateway": {"mode": "webhook"}, "exactlyOnce": {"ttl": "5m"}, "webhook": {"timestampWindow": "2m"}}"#).isEmpty)
     }
 }
+
+@Suite("cluster.json: the store")
+struct StoreConfigTests {
+    func issues(_ text: String, environment: [String: String] = [:]) -> [String] {
+        do {
+            _ = try ClusterConfig.parse(text, source: "cluster.json", environment: environment)
+            return []
+        } catch {
+            return error.issues.map(\.description)
+        }
+    }
+
+    @Test func sqliteIsTheDefaultAndPostgresTakesAURLAndAPasswordFromTheEnvironment() throws {
+        let config = try ClusterConfig.parse("{}")
+        #expect(config.store.postgres == nil)
+        #expect(config.normalized["store"]?.stringValue == "sqlite")
+        let shared = try ClusterConfig.parse(
+            #"{"store": {"postgres": "postgres://bot@db.internal/botcluster", "password": "env:PGPASS", "tls": "require"}}"#,
+            environment: ["PGPASS": "hunter2"]
+        )
+        let postgres = try #require(shared.store.postgres)
+        #expect(postgres.host == "db.internal" && postgres.port == 5432 && postgres.user == "bot" && postgres.database == "botcluster")
+        #expect(postgres.password?.reveal() == "hunter2" && postgres.tls)
+        #expect(postgres.leaseTTL == .seconds(10) && postgres.renewInterval == .seconds(2) && postgres.fenceMargin == .seconds(2))
+        // The normalized document (what `config check` prints) never shows the password.
+        let printed = shared.normalized.serialized()
+        #expect(!printed.contains("hunter2") && printed.contains("env:PGPASS"))
+        let v6 = try #require(try ClusterConfig.parse(#"{"store": {"postgres": "postgresql://bot@[::1]:6543/db"}}"#).store.postgres)
+        #expect(v6.host == "::1" && v6.port == 6543 && v6.displayURL == "postgres://bot@[::1]:6543/db")
+    }
+
+    @Test func aPasswordInTheURLAMissingPartOrTimingsThatCannotRenewAreNamed() {
+        #expect(issues(#"{"store": {"postgres": "postgres://bot:secret@db/x"}}"#).contains { $0.contains("store.postgres") && $0.contains("env:NAME") && !$0.contains("secret@") })
+        #expect(issues(#"{"store": {"postgres": "postgres://db:5432/x"}}"#).contains { $0.contains("store.postgres") && $0.contains("names no user") })
+        #expect(issues(#"{"store": {"postgres": "postgres://bot@db:5432"}}"#).contains { $0.contains("names no database") })
+        #expect(issues(#"{"store": {"postgres": "mysql://bot@db/x"}}"#).contains { $0.contains("must start with postgres://") })
+        #expect(issues(#"{"store": "redis"}"#).contains { $0.contains("store") && $0.contains("\"sqlite\"") })
+        #expect(issues(#"{"store": {"password": "env:X"}}"#, environment: ["X": "y"]).contains { $0.contains("store.postgres") && $0.contains("is required") })
+        #expect(issues(#"{"store": {"postgres": "postgres://bot@db/x", "leaseTTL": "3s", "renewInterval": "1s", "fenceMargin": "1s", "timeout": "1s"}}"#)
+            .contains { $0.contains("store.leaseTTL") && $0.contains("two renewals") })
+        #expect(issues(#"{"store": {"postgres": "postgres://bot@db/x", "password": "env:UNSET_PASSWORD"}}"#).contains { $0.contains("UNSET_PASSWORD") && $0.contains("not set") })
+    }
+}

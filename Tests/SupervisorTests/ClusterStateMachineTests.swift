@@ -11,14 +11,14 @@ struct Cluster {
     var now = MonotonicInstant(nanoseconds: 1_000_000_000)
     var nextPID: Int32 = 1000
 
-    init(shards: Int = 2, sessions: [Int: (id: String, seq: Int)] = [:], startLimit: Int = .max) {
+    init(shards: Int = 2, sessions: [Int: (id: String, seq: Int)] = [:], startLimit: Int = .max, leased: Bool = false) {
         var supervisor = ClusterConfig.defaults.supervisor
         supervisor.heartbeatInterval = .milliseconds(100)
         supervisor.heartbeatMisses = 4
         supervisor.helloTimeout = .seconds(2)
         supervisor.abortGrace = .milliseconds(300)
         supervisor.stopGrace = .seconds(3)
-        machine = ClusterStateMachine(shards: shards, timings: .init(supervisor), restart: restartConfig, seed: 7, sessions: sessions, startLimit: startLimit)
+        machine = ClusterStateMachine(shards: shards, timings: .init(supervisor), restart: restartConfig, seed: 7, sessions: sessions, startLimit: startLimit, leased: leased)
     }
 
     mutating func feed(_ event: ClusterStateMachine.Event) -> [ClusterStateMachine.Action] {

@@ -15,6 +15,8 @@ public struct ClusterConfig: Sendable {
     public var log: LogConfig
     public var http: HTTPConfig
     public var webhook: WebhookConfig
+    /// Where the cluster's authority lives: SQLite on one host, or PostgreSQL shared by several.
+    public var store: StoreConfig
 
     /// The normalized document: every key with its effective value, secrets redacted.
     public var normalized: JSONValue
@@ -45,6 +47,7 @@ extension ClusterConfig {
         let log = LogConfig(reading: root.object("log"))
         let http = HTTPConfig(reading: root.object("http"))
         let webhook = WebhookConfig(reading: root.object("webhook"))
+        let store = StoreConfig.read(root)
         if gateway.mode == .webhook, let status = http.listen, status.port != 0, status.port == webhook.listen.port,
             status.host == webhook.listen.host || ["0.0.0.0", "::"].contains(status.host) || ["0.0.0.0", "::"].contains(webhook.listen.host) {
             root.report("webhook.listen", "uses the port of http.listen (\(status)): give one of them another port")
@@ -61,7 +64,7 @@ extension ClusterConfig {
         return ClusterConfig(
             app: app, gateway: gateway, shards: shards, supervisor: supervisor, restart: restart,
             identify: identify, worker: worker, cache: cache, rateBudget: rateBudget, exactlyOnce: exactlyOnce,
-            scale: scale, emulator: emulator, log: log, http: http, webhook: webhook, normalized: .object(root.normalized)
+            scale: scale, emulator: emulator, log: log, http: http, webhook: webhook, store: store, normalized: .object(root.normalized)
         )
     }
 }

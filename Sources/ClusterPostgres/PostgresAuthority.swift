@@ -1,0 +1,381 @@
+import ClusterCore
+import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+import PostgresNIO
+
+/// PostgreSQL as the authority of a cluster that spans hosts: the hosts' heartbeats, the shard leases with their
+/// fencing tokens and sessions, the identify slots and the day's session starts. Every supervisor started with
+/// the same database and app id is one cluster.
+///
+/// Every expiry is on the database's clock (`now()`, the transaction's start, or `clock_timestamp()`); a host
+/// turns the answers into deadlines of its own clock conservatively (see `LeaseKeeper`). Every operation has a
+/// deadline (`timeout`); a failed one changes nothing, and the pool reconnects on its own after the server
+/// restarts.
+public final class PostgresAuthority: Sendable {
+    /// One lease round: what this host renews, releases and writes, and what the store answered.
+    public struct Round: Sendable {
+        /// Shards renewed (their tokens matched and the leases had not expired).
+        public var renewed: Set<Int>
+        /// Leases granted in this round: token and stored session, by shard.
+        public var acquired: [Int: (token: Int64, session: (id: String, seq: Int)?)]
+        /// Leases released in this round.
+        public var released: Set<Int>
+        /// Live hosts: id and the status address each registered.
+        public var hosts: [Int: String]
+        /// The holder of every unexpired lease.
+        public var holders: [Int: Int]
+        /// When each unexpired lease expires, in seconds after the round's database time.
+        public var expiresIn: [Int: Double]
+    }
+
+    /// A session to store for a shard held under `token` (an empty id forgets the session).
+    public struct SessionWrite: Sendable, Equatable {
+        public var shard: Int
+        public var token: Int64
+        public var id: String
+        public var seq: Int
+
+        /// The session `id` at `seq` of `shard`, written only while `token` is the shard's current token.
+        public init(shard: Int, token: Int64, id: String, seq: Int) {
+            self.shard = shard
+            self.token = token
+            self.id = id
+            self.seq = seq
+        }
+    }
+
+    /// The answer to an identify slot request.
+    public enum IdentifySlot: Sendable, Equatable {
+        /// The slot is this holder's: the Identify may leave now.
+        case granted
+        /// Another Identify of the bucket is due or in flight: ask again after this long.
+        case wait(Duration)
+        /// The day's session starts are spent.
+        case spent
+    }
+
+    let client: PostgresClient
+    let cluster: String
+    let logger: Logger
+    let timeout: Duration
+    /// What the status shows of the database (never the password).
+    public let displayURL: String
+
+    /// A client for `config`, scoped to the cluster `cluster` (the app id). Nothing connects before `run()`.
+    public init(config: PostgresStoreConfig, cluster: String, logger: Logger) throws {
+        var tls = PostgresClient.Configuration.TLS.disable
+        if config.tls {
+            var tlsConfig = TLSConfiguration.makeClientConfiguration()
+            if let roots = config.trustRoots {
+                tlsConfig.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(roots))
+            }
+            tls = .require(tlsConfig)
+        }
+        var configuration = PostgresClient.Configuration(
+            host: config.host, port: config.port, username: config.user, password: config.password?.reveal(),
+            database: config.database, tls: tls
+        )
+        configuration.options.connectTimeout = config.timeout
+        configuration.options.minimumConnections = 1
+        configuration.options.maximumConnections = 8
+        configuration.options.keepAliveBehavior = .init(frequency: .seconds(10))
+        // The pool logs every failed connection attempt; while the server is away, the lease rounds say so once.
+        var background = logger
+        background.logLevel = max(logger.logLevel, .warning)
+        client = PostgresClient(configuration: configuration, eventLoopGroup: MultiThreadedEventLoopGroup.singleton, backgroundLogger: background)
+        self.cluster = cluster
+        self.logger = logger
+        timeout = config.timeout
+        displayURL = config.displayURL
+    }
+
+    /// Runs the connection pool until the task is cancelled.
+    public func run() async {
+        await client.run()
+    }
+
+    /// Runs `body` in a transaction, within the deadline.
+    func transaction<T: Sendable>(_ what: String, _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+        try await withTimeout(timeout, what) { [client, logger] in
+            try await client.withTransaction(logger: logger) { connection in try await body(connection) }
+        }
+    }
+
+    // MARK: schema
+
+    /// Creates the tables when missing (one host at a time, under an advisory lock) and the lease rows of a
+    /// `shards`-shard layout.
+    public func prepare(shards: Int) async throws {
+        let cluster = self.cluster
+        try await transaction("creating the store's tables") { connection in
+            try await connection.query("SELECT pg_advisory_xact_lock(7710420)", logger: Self.quiet)
+            for statement in Self.schema {
+                try await connection.query(PostgresQuery(unsafeSQL: statement), logger: Self.quiet)
+            }
+            try await connection.query(
+                """
+                INSERT INTO botcluster_leases (cluster, shards, shard)
+                SELECT \(cluster), \(Int32(shards)), g FROM generate_series(0, \(Int32(shards)) - 1) AS g
+                ON CONFLICT DO NOTHING
+                """, logger: Self.quiet)
+        }
+    }
+
+    static let schema = [
+        """
+        CREATE TABLE IF NOT EXISTS botcluster_hosts (
+            cluster text NOT NULL, host integer NOT NULL, address text NOT NULL DEFAULT '',
+            expires_at timestamptz NOT NULL, PRIMARY KEY (cluster, host))
+        """,
+        """
+        CREATE TABLE IF NOT EXISTS botcluster_leases (
+            cluster text NOT NULL, shards integer NOT NULL, shard integer NOT NULL,
+            owner integer, token bigint NOT NULL DEFAULT 0, expires_at timestamptz NOT NULL DEFAULT 'epoch',
+            session_id text NOT NULL DEFAULT '', seq bigint NOT NULL DEFAULT 0,
+            PRIMARY KEY (cluster, shards, shard))
+        """,
+        """
+        CREATE TABLE IF NOT EXISTS botcluster_identify (
+            cluster text NOT NULL, bucket integer NOT NULL, next_free timestamptz NOT NULL DEFAULT 'epoch',
+            holder text, held_until timestamptz NOT NULL DEFAULT 'epoch', PRIMARY KEY (cluster, bucket))
+        """,
+        """
+        CREATE TABLE IF NOT EXISTS botcluster_session_starts (
+            cluster text PRIMARY KEY, remaining integer NOT NULL, updated_at timestamptz NOT NULL)
+        """,
+        """
+        CREATE TABLE IF NOT EXISTS botcluster_claims (
+            cluster text NOT NULL, key text NOT NULL, shard integer NOT NULL, token bigint NOT NULL,
+            done boolean NOT NULL DEFAULT false, at timestamptz NOT NULL, PRIMARY KEY (cluster, key))
+        """,
+        "CREATE INDEX IF NOT EXISTS botcluster_claims_at ON botcluster_claims (cluster, at)",
+    ]
+
+    static let quiet = Logger(label: "botcluster.postgres.quiet", factory: { _ in SwiftLogNoOpLogHandler() })
+
+    // MARK: leases
+
+    /// One lease round for `host` in a `shards`-shard layout, in one transaction: the host's heartbeat, its
+    /// sessions written (fenced by token), its leases renewed and released, the view read, and the free shards
+    /// `wanted` picks from that view taken.
+    public func round(
+        host: Int, address: String, shards: Int, ttl: Duration, renew: [Int: Int64], release: [SessionWrite], sessions: [SessionWrite],
+        wanted: @escaping @Sendable (_ live: Set<Int>, _ holders: [Int: Int]) -> [Int]
+    ) async throws -> Round {
+        let cluster = self.cluster
+        let ttlSeconds = ttl.seconds
+        let n = Int32(shards)
+        let me = Int32(host)
+        return try await transaction("a lease round") { connection in
+            try await connection.query(
+                """
+                INSERT INTO botcluster_hosts (cluster, host, address, expires_at)
+                VALUES (\(cluster), \(me), \(address), now() + make_interval(secs => \(ttlSeconds)))
+                ON CONFLICT (cluster, host) DO UPDATE SET address = EXCLUDED.address, expires_at = EXCLUDED.expires_at
+                """, logger: Self.quiet)
+            if !sessions.isEmpty {
+                try await connection.query(
+                    """
+                    UPDATE botcluster_leases AS l SET session_id = u.id, seq = u.seq
+                    FROM unnest(\(sessions.map { Int32($0.shard) }), \(sessions.map(\.token)), \(sessions.map(\.id)), \(sessions.map { Int64($0.seq) }))
+                        AS u(shard, token, id, seq)
+                    WHERE l.cluster = \(cluster) AND l.shards = \(n) AND l.shard = u.shard AND l.owner = \(me) AND l.token = u.token
+                    """, logger: Self.quiet)
+            }
+            var renewed: Set<Int> = []
+            if !renew.isEmpty {
+                let rows = try await connection.query(
+                    """
+                    UPDATE botcluster_leases AS l SET expires_at = now() + make_interval(secs => \(ttlSeconds))
+                    FROM unnest(\(renew.keys.map { Int32($0) }), \(renew.keys.map { renew[$0]! })) AS u(shard, token)
+                    WHERE l.cluster = \(cluster) AND l.shards = \(n) AND l.shard = u.shard AND l.owner = \(me)
+                        AND l.token = u.token AND l.expires_at > now()
+                    RETURNING l.shard
+                    """, logger: Self.quiet)
+                for try await shard in rows.decode(Int32.self) { renewed.insert(Int(shard)) }
+            }
+            var released: Set<Int> = []
+            if !release.isEmpty {
+                let rows = try await connection.query(
+                    """
+                    UPDATE botcluster_leases AS l SET owner = NULL, expires_at = 'epoch', session_id = u.id, seq = u.seq
+                    FROM unnest(\(release.map { Int32($0.shard) }), \(release.map(\.token)), \(release.map(\.id)), \(release.map { Int64($0.seq) }))
+                        AS u(shard, token, id, seq)
+                    WHERE l.cluster = \(cluster) AND l.shards = \(n) AND l.shard = u.shard AND l.owner = \(me) AND l.token = u.token
+                    RETURNING l.shard
+                    """, logger: Self.quiet)
+                for try await shard in rows.decode(Int32.self) { released.insert(Int(shard)) }
+            }
+            var hosts: [Int: String] = [:]
+            let hostRows = try await connection.query(
+                "SELECT host, address FROM botcluster_hosts WHERE cluster = \(cluster) AND expires_at > now()", logger: Self.quiet)
+            for try await (id, address) in hostRows.decode((Int32, String).self) { hosts[Int(id)] = address }
+            var holders: [Int: Int] = [:]
+            var expiresIn: [Int: Double] = [:]
+            let leaseRows = try await connection.query(
+                """
+                SELECT shard, owner, extract(epoch FROM expires_at - now())::float8 FROM botcluster_leases
+                WHERE cluster = \(cluster) AND shards = \(n) AND owner IS NOT NULL AND expires_at > now()
+                """, logger: Self.quiet)
+            for try await (shard, owner, left) in leaseRows.decode((Int32, Int32, Double).self) {
+                holders[Int(shard)] = Int(owner)
+                expiresIn[Int(shard)] = left
+            }
+            var acquired: [Int: (token: Int64, session: (id: String, seq: Int)?)] = [:]
+            let take = wanted(Set(hosts.keys), holders)
+            if !take.isEmpty {
+                let rows = try await connection.query(
+                    """
+                    UPDATE botcluster_leases SET owner = \(me), token = token + 1, expires_at = now() + make_interval(secs => \(ttlSeconds))
+                    WHERE cluster = \(cluster) AND shards = \(n) AND shard = ANY(\(take.map { Int32($0) })) AND expires_at <= now()
+                    RETURNING shard, token, session_id, seq
+                    """, logger: Self.quiet)
+                for try await (shard, token, id, seq) in rows.decode((Int32, Int64, String, Int64).self) {
+                    acquired[Int(shard)] = (token, id.isEmpty ? nil : (id, Int(seq)))
+                    holders[Int(shard)] = host
+                    expiresIn[Int(shard)] = ttlSeconds
+                }
+            }
+            return Round(renewed: renewed, acquired: acquired, released: released, hosts: hosts, holders: holders, expiresIn: expiresIn)
+        }
+    }
+
+    /// Leaves the cluster: the host's heartbeat is removed, so the others place its shards at once (its leases
+    /// must be released first, with `round`).
+    public func leave(host: Int) async throws {
+        let cluster = self.cluster
+        try await transaction("leaving the cluster") { connection in
+            try await connection.query("DELETE FROM botcluster_hosts WHERE cluster = \(cluster) AND host = \(Int32(host))", logger: Self.quiet)
+        }
+    }
+
+    // MARK: claims
+
+    /// An event claimed for a shard held under `token`.
+    public struct Claim: Sendable, Equatable {
+        public var key: String
+        public var shard: Int
+        public var token: Int64
+
+        /// `key` claimed by the holder of `shard`'s lease `token`.
+        public init(key: String, shard: Int, token: Int64) {
+            self.key = key
+            self.shard = shard
+            self.token = token
+        }
+    }
+
+    /// Claims events for handlers on `host`, in one statement: the keys granted. A claim is granted only while
+    /// its lease is current in the store (the fencing token checked where the record is kept), and only if no one
+    /// handled the event and no holder of a newer lease of the shard claimed it; a claim left by an older lease
+    /// (a host that died mid-handler) is taken over.
+    public func claim(_ claims: [Claim], host: Int, shards: Int) async throws -> Set<String> {
+        guard !claims.isEmpty else { return [] }
+        let cluster = self.cluster
+        return try await transaction("claiming events") { connection in
+            let rows = try await connection.query(
+                """
+                INSERT INTO botcluster_claims AS c (cluster, key, shard, token, at)
+                SELECT \(cluster), u.key, u.shard, u.token, now()
+                FROM unnest(\(claims.map(\.key)), \(claims.map { Int32($0.shard) }), \(claims.map(\.token))) AS u(key, shard, token)
+                JOIN botcluster_leases AS l ON l.cluster = \(cluster) AND l.shards = \(Int32(shards)) AND l.shard = u.shard
+                    AND l.owner = \(Int32(host)) AND l.token = u.token AND l.expires_at > now()
+                ON CONFLICT (cluster, key) DO UPDATE SET shard = EXCLUDED.shard, token = EXCLUDED.token, at = now()
+                    WHERE NOT c.done AND c.shard = EXCLUDED.shard AND c.token <= EXCLUDED.token
+                RETURNING c.key
+                """, logger: Self.quiet)
+            var granted: Set<String> = []
+            for try await key in rows.decode(String.self) { granted.insert(key) }
+            return granted
+        }
+    }
+
+    /// The events `keys` are handled: no one claims them again while they are remembered.
+    public func completeClaims(_ keys: [String]) async throws {
+        guard !keys.isEmpty else { return }
+        let cluster = self.cluster
+        try await transaction("completing claims") { connection in
+            try await connection.query(
+                "UPDATE botcluster_claims SET done = true, at = now() WHERE cluster = \(cluster) AND key = ANY(\(keys))", logger: Self.quiet)
+        }
+    }
+
+    /// Forgets handled events (and abandoned claims) older than `ttl`.
+    public func expireClaims(olderThan ttl: Duration) async throws {
+        let cluster = self.cluster
+        try await transaction("forgetting old claims") { connection in
+            try await connection.query(
+                "DELETE FROM botcluster_claims WHERE cluster = \(cluster) AND at < now() - make_interval(secs => \(ttl.seconds))", logger: Self.quiet)
+        }
+    }
+
+    // MARK: identify slots
+
+    /// Records the platform's count of session starts left today (from `/gateway/bot`).
+    public func setSessionStarts(remaining: Int) async throws {
+        let cluster = self.cluster
+        try await transaction("storing the session starts left") { connection in
+            try await connection.query(
+                """
+                INSERT INTO botcluster_session_starts (cluster, remaining, updated_at) VALUES (\(cluster), \(Int32(clamping: remaining)), now())
+                ON CONFLICT (cluster) DO UPDATE SET remaining = EXCLUDED.remaining, updated_at = now()
+                """, logger: Self.quiet)
+        }
+    }
+
+    /// Asks for bucket `bucket`'s identify slot for `holder`: granted when no Identify of the bucket left within
+    /// `spacing` and none is held (a holder that never reports counts as having left at `slotTimeout`); one of the
+    /// day's session starts is taken with it.
+    public func reserveIdentify(bucket: Int, holder: String, spacing: Duration, slotTimeout: Duration) async throws -> IdentifySlot {
+        let cluster = self.cluster
+        let space = spacing.seconds
+        let hold = slotTimeout.seconds
+        return try await transaction("reserving an identify slot") { connection in
+            try await connection.query(
+                "INSERT INTO botcluster_identify (cluster, bucket) VALUES (\(cluster), \(Int32(bucket))) ON CONFLICT DO NOTHING", logger: Self.quiet)
+            let rows = try await connection.query(
+                """
+                SELECT extract(epoch FROM greatest(next_free,
+                    CASE WHEN holder IS NULL THEN 'epoch'::timestamptz ELSE held_until + make_interval(secs => \(space)) END)
+                    - clock_timestamp())::float8
+                FROM botcluster_identify WHERE cluster = \(cluster) AND bucket = \(Int32(bucket)) FOR UPDATE
+                """, logger: Self.quiet)
+            var wait = 0.0
+            for try await left in rows.decode(Double.self) { wait = left }
+            if wait > 0 { return .wait(.milliseconds(Int64(min(wait, 60) * 1000) + 1)) }
+            let starts = try await connection.query(
+                "UPDATE botcluster_session_starts SET remaining = remaining - 1 WHERE cluster = \(cluster) AND remaining > 0 RETURNING remaining",
+                logger: Self.quiet)
+            var taken = false
+            for try await _ in starts.decode(Int32.self) { taken = true }
+            guard taken else { return .spent }
+            try await connection.query(
+                """
+                UPDATE botcluster_identify SET holder = \(holder), held_until = clock_timestamp() + make_interval(secs => \(hold))
+                WHERE cluster = \(cluster) AND bucket = \(Int32(bucket))
+                """, logger: Self.quiet)
+            return .granted
+        }
+    }
+
+    /// The Identify of `holder` left (or never will): the bucket's next slot is `spacing` from now.
+    public func identifyDone(bucket: Int, holder: String, spacing: Duration) async throws {
+        let cluster = self.cluster
+        let space = spacing.seconds
+        try await transaction("reporting an identify") { connection in
+            try await connection.query(
+                """
+                UPDATE botcluster_identify SET holder = NULL,
+                    next_free = greatest(next_free, clock_timestamp() + make_interval(secs => \(space)))
+                WHERE cluster = \(cluster) AND bucket = \(Int32(bucket)) AND holder = \(holder)
+                """, logger: Self.quiet)
+        }
+    }
+}
+
+extension Duration {
+    /// The duration in seconds, as a double (for intervals sent to the database).
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}

@@ -1,0 +1,154 @@
+import ClusterCore
+import ClusterPostgres
+import Foundation
+import Logging
+import Testing
+
+/// Against a real PostgreSQL: `BOTCLUSTER_TEST_POSTGRES` (scripts/postgres.sh starts one; scripts/test.sh and CI do
+/// it for you). Each test is a cluster of its own (a random app id) in the shared database.
+@Suite("PostgreSQL as the authority", .serialized)
+struct PostgresAuthorityTests {
+    static func authority(cluster: String, timeout: Duration = .seconds(15)) throws -> PostgresAuthority {
+        guard let url = ProcessInfo.processInfo.environment["BOTCLUSTER_TEST_POSTGRES"] else {
+            Issue.record("BOTCLUSTER_TEST_POSTGRES is not set: start a server with eval \"$(bash scripts/postgres.sh start)\"")
+            throw CancellationError()
+        }
+        let parsed = try PostgresStoreConfig.parseURL(url).get()
+        let config = PostgresStoreConfig(
+            host: parsed.host, port: parsed.port, user: parsed.user, password: nil, database: parsed.database, tls: false, trustRoots: nil,
+            leaseTTL: .seconds(10), renewInterval: .seconds(2), fenceMargin: .seconds(2), timeout: timeout
+        )
+        return try PostgresAuthority(config: config, cluster: cluster, logger: Logger(label: "test"))
+    }
+
+    /// Runs `body` with an authority whose pool runs beside it.
+    func withAuthority(shards: Int = 4, _ body: (PostgresAuthority) async throws -> Void) async throws {
+        let authority = try Self.authority(cluster: "test-\(UInt64.random(in: 0...UInt64.max))")
+        let pool = Task { await authority.run() }
+        defer { pool.cancel() }
+        try await authority.prepare(shards: shards)
+        try await body(authority)
+    }
+
+    func round(
+        _ a: PostgresAuthority, host: Int, ttl: Duration = .seconds(10), renew: [Int: Int64] = [:], release: [PostgresAuthority.SessionWrite] = [],
+        sessions: [PostgresAuthority.SessionWrite] = [], take: [Int] = []
+    ) async throws -> PostgresAuthority.Round {
+        try await a.round(host: host, address: "host-\(host)", shards: 4, ttl: ttl, renew: renew, release: release, sessions: sessions) { _, holders in
+            take.filter { holders[$0] == nil }
+        }
+    }
+
+    @Test func oneHolderPerShardAndTheTokenFencesEveryWrite() async throws {
+        try await withAuthority { a in
+            let first = try await round(a, host: 0, take: [0, 1])
+            #expect(Set(first.acquired.keys) == [0, 1])
+            #expect(first.hosts == [0: "host-0"])
+            let t0 = try #require(first.acquired[0]?.token)
+            // Host 1 sees them held, and cannot take them even when it asks for them directly.
+            let second = try await a.round(host: 1, address: "host-1", shards: 4, ttl: .seconds(10), renew: [:], release: [], sessions: []) { _, _ in [0, 2] }
+            #expect(Set(second.acquired.keys) == [2])
+            #expect(second.holders[0] == 0 && second.holders[2] == 1 && Set(second.hosts.keys) == [0, 1])
+            // A session written under the right token is stored; under a wrong one (or another host) it is not.
+            _ = try await round(a, host: 0, renew: [0: t0], sessions: [.init(shard: 0, token: t0, id: "good", seq: 5)])
+            _ = try await round(a, host: 0, renew: [0: t0], sessions: [.init(shard: 0, token: t0 + 1, id: "forged", seq: 99)])
+            _ = try await round(a, host: 1, sessions: [.init(shard: 0, token: t0, id: "other-host", seq: 7)])
+            // Released with its last session: the next holder gets it at once, with a newer token.
+            let released = try await round(a, host: 0, renew: [0: t0], release: [.init(shard: 0, token: t0, id: "good", seq: 6)])
+            #expect(released.released == [0])
+            let taken = try await round(a, host: 1, take: [0])
+            let lease = try #require(taken.acquired[0])
+            #expect(lease.token > t0)
+            #expect(lease.session?.id == "good" && lease.session?.seq == 6)
+            // The old holder's token renews nothing now.
+            #expect(try await round(a, host: 0, renew: [0: t0]).renewed.isEmpty)
+        }
+    }
+
+    @Test func anUnrenewedLeaseExpiresOnTheDatabasesClockAndIsTakenOverWithItsSession() async throws {
+        try await withAuthority { a in
+            let first = try await round(a, host: 0, ttl: .seconds(2), take: [3])
+            let t0 = try #require(first.acquired[3]?.token)
+            _ = try await round(a, host: 0, ttl: .seconds(2), renew: [3: t0], sessions: [.init(shard: 3, token: t0, id: "s", seq: 41)])
+            #expect(try await round(a, host: 1, take: [3]).acquired.isEmpty)
+            // Host 0 stops renewing: its lease (and heartbeat) expire, and host 1 takes the shard with its session.
+            var taken: (token: Int64, session: (id: String, seq: Int)?)?
+            let deadline = ContinuousClock.now + .seconds(10)
+            while taken == nil && ContinuousClock.now < deadline {
+                let r = try await round(a, host: 1, take: [3])
+                taken = r.acquired[3]
+                if taken == nil { try await Task.sleep(for: .milliseconds(50)) } else { #expect(r.hosts.keys.sorted() == [1]) }
+            }
+            let lease = try #require(taken)
+            #expect(lease.token == t0 + 1 && lease.session?.id == "s" && lease.session?.seq == 41)
+            // Too late for host 0: its renewal is refused.
+            #expect(try await round(a, host: 0, renew: [3: t0]).renewed.isEmpty)
+        }
+    }
+
+    @Test func aClaimNeedsACurrentLeaseAndAnEventIsHandledOnce() async throws {
+        try await withAuthority { a in
+            let t = try #require(try await round(a, host: 0, ttl: .seconds(2), take: [1]).acquired[1]?.token)
+            #expect(try await a.claim([.init(key: "e1", shard: 1, token: t), .init(key: "e2", shard: 1, token: t)], host: 0, shards: 4) == ["e1", "e2"])
+            // A claim under a token that is not the lease's, or by a host that holds none, is refused.
+            #expect(try await a.claim([.init(key: "e3", shard: 1, token: t + 5)], host: 0, shards: 4).isEmpty)
+            #expect(try await a.claim([.init(key: "e3", shard: 1, token: t)], host: 1, shards: 4).isEmpty)
+            try await a.completeClaims(["e1"])
+            // Host 0 dies mid-handler for e2. Host 1 takes the shard over after expiry: e1 is handled, e2 is its own.
+            var token: Int64?
+            let deadline = ContinuousClock.now + .seconds(10)
+            while token == nil && ContinuousClock.now < deadline {
+                token = try await round(a, host: 1, take: [1]).acquired[1]?.token
+                if token == nil { try await Task.sleep(for: .milliseconds(50)) }
+            }
+            let t1 = try #require(token)
+            #expect(try await a.claim([.init(key: "e1", shard: 1, token: t1), .init(key: "e2", shard: 1, token: t1)], host: 1, shards: 4) == ["e2"])
+            // The old holder can no longer claim anything, not even what it had begun.
+            #expect(try await a.claim([.init(key: "e2", shard: 1, token: t), .init(key: "e4", shard: 1, token: t)], host: 0, shards: 4).isEmpty)
+            try await a.expireClaims(olderThan: .seconds(600))
+            #expect(try await a.claim([.init(key: "e1", shard: 1, token: t1)], host: 1, shards: 4).isEmpty)
+        }
+    }
+
+    @Test func identifySlotsAreSpacedClusterWideAndTheDaysStartsCounted() async throws {
+        try await withAuthority { a in
+            try await a.setSessionStarts(remaining: 2)
+            let spacing = Duration.seconds(5)
+            #expect(try await a.reserveIdentify(bucket: 0, holder: "h0/1", spacing: spacing, slotTimeout: .seconds(10)) == .granted)
+            // Held: another host waits (at most the slot timeout plus the spacing), any bucket is independent.
+            guard case .wait(let held) = try await a.reserveIdentify(bucket: 0, holder: "h1/1", spacing: spacing, slotTimeout: .seconds(10)) else {
+                Issue.record("a held bucket was granted again"); return
+            }
+            #expect(held > .seconds(14) && held <= .seconds(15) + .milliseconds(1))
+            // The Identify left: the next one of the bucket is one spacing away.
+            try await a.identifyDone(bucket: 0, holder: "h0/1", spacing: spacing)
+            guard case .wait(let next) = try await a.reserveIdentify(bucket: 0, holder: "h1/1", spacing: spacing, slotTimeout: .seconds(10)) else {
+                Issue.record("a bucket was granted within its spacing"); return
+            }
+            #expect(next > .seconds(4) && next <= .seconds(5) + .milliseconds(1))
+            #expect(try await a.reserveIdentify(bucket: 1, holder: "h1/2", spacing: spacing, slotTimeout: .seconds(10)) == .granted)
+            // Two starts were left and both are taken: the day is spent, for every host.
+            #expect(try await a.reserveIdentify(bucket: 2, holder: "h2/1", spacing: spacing, slotTimeout: .seconds(10)) == .spent)
+        }
+    }
+
+    @Test func anUnreachableServerFailsWithinTheDeadlineAndNamesNoPassword() async throws {
+        // A port nothing listens on: the operation fails within its deadline with an error, never hangs.
+        var config = PostgresStoreConfig(
+            host: "127.0.0.1", port: 1, user: "bot", password: Secret("pw-never-shown"), database: "x", tls: false, trustRoots: nil,
+            leaseTTL: .seconds(10), renewInterval: .seconds(2), fenceMargin: .seconds(2), timeout: .milliseconds(500)
+        )
+        config.port = 1
+        let a = try PostgresAuthority(config: config, cluster: "unreachable", logger: Logger(label: "test"))
+        let pool = Task { await a.run() }
+        defer { pool.cancel() }
+        let started = ContinuousClock.now
+        do {
+            try await a.prepare(shards: 1)
+            Issue.record("a server that is not there answered")
+        } catch {
+            #expect(ContinuousClock.now - started < .seconds(5))
+            #expect(!String(describing: error).contains("pw-never-shown"))
+        }
+    }
+}

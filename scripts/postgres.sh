@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# A PostgreSQL server of the tests' own, in a temporary directory, on a free loopback port: no system service.
+#
+#   eval "$(bash scripts/postgres.sh start)"   # exports BOTCLUSTER_TEST_POSTGRES and BOTCLUSTER_TEST_POSTGRES_DIR
+#   bash scripts/postgres.sh stop "$BOTCLUSTER_TEST_POSTGRES_DIR"
+#
+# The server refuses to run as root: run as root, this script runs it as the user botcluster-test (created when
+# missing), which the process tests run as too. It listens on 0.0.0.0 so that hosts in network namespaces reach
+# it through their veth links; it trusts every connection (a throwaway test server, nothing else listens there).
+set -euo pipefail
+
+bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+[[ -n $bindir && -x $bindir/postgres ]] || { echo "postgres.sh: no PostgreSQL server (apt-get install postgresql)" >&2; exit 1; }
+
+as_user() {
+  if [[ $(id -u) -eq 0 ]]; then
+    if ! id -u botcluster-test >/dev/null 2>&1; then
+      useradd --system --create-home --home-dir /var/lib/botcluster-test --shell /bin/sh botcluster-test
+    fi
+    runuser -u botcluster-test -- "$@"
+  else
+    "$@"
+  fi
+}
+
+case "${1:-}" in
+start)
+  dir=$(mktemp -d /tmp/botcluster-postgres.XXXXXX)
+  [[ $(id -u) -eq 0 ]] && chown botcluster-test "$dir"
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  as_user "$bindir/initdb" -D "$dir/data" -U botcluster -A trust --no-sync >"$dir/initdb.log" 2>&1 \
+    || { cat "$dir/initdb.log" >&2; exit 1; }
+  as_user "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+    -o "-c listen_addresses=0.0.0.0 -p $port -k $dir -c fsync=off -c max_connections=200" start >/dev/null \
+    || { cat "$dir/server.log" >&2; exit 1; }
+  as_user "$bindir/createdb" -h 127.0.0.1 -p "$port" -U botcluster botcluster
+  echo "export BOTCLUSTER_TEST_POSTGRES=postgres://botcluster@127.0.0.1:$port/botcluster"
+  echo "export BOTCLUSTER_TEST_POSTGRES_DIR=$dir"
+  ;;
+stop)
+  dir=${2:?usage: postgres.sh stop DIR}
+  [[ -d $dir/data ]] && as_user "$bindir/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
+  rm -rf "$dir"
+  ;;
+*)
+  echo "usage: postgres.sh start | stop DIR" >&2
+  exit 2
+  ;;
+esac
