@@ -22,6 +22,20 @@ unit=$(mktemp -d)
 sed "s#/usr/local/bin/botcluster#$(swift build --show-bin-path)/botcluster#g" deploy/systemd/botcluster.service > "$unit/botcluster.service"
 systemd-analyze verify "$unit/botcluster.service"
 rm -rf "$unit"
+# The suites of the PostgreSQL store need a server: CI starts one (scripts/postgres.sh); without it, one of our own
+# runs for this script's life.
+own_postgres=""
+stage=""
+cleanup() {
+  [[ -n $stage ]] && rm -rf "$stage"
+  [[ -n $own_postgres ]] && bash scripts/postgres.sh stop "$own_postgres"
+  return 0
+}
+trap cleanup EXIT
+if [[ -z ${BOTCLUSTER_TEST_POSTGRES:-} ]]; then
+  eval "$(bash scripts/postgres.sh start)"
+  own_postgres=$BOTCLUSTER_TEST_POSTGRES_DIR
+fi
 # Unit and in-process suites run in parallel; the suites that run real clusters of processes run afterwards, on
 # their own, so that their bounds (a hang found within misses x interval, a rename served within 1 s) hold on a
 # busy two-core machine too.
@@ -35,7 +49,6 @@ if [[ $(id -u) -eq 0 ]]; then
   # The test bundle finds botcluster, botcluster-bench and botcluster-chaos beside itself: all go where the user
   # can run them.
   stage=$(mktemp -d /tmp/botcluster-process-tests.XXXXXX)
-  trap 'rm -rf "$stage"' EXIT
   bin=$(swift build --show-bin-path)
   cp "$bin/botclusterPackageTests.xctest" "$bin/botcluster" "$bin/botcluster-bench" "$bin/botcluster-chaos" "$stage/"
   # And the files the suites read: the dashboard and alert rules they check, the browser driver of the status page.
@@ -47,6 +60,7 @@ if [[ $(id -u) -eq 0 ]]; then
   echo "process tests as $user (uid $(id -u "$user")), not root"
   # In a directory of its own, with the system's PATH: this checkout and root's tools may be closed to it.
   runuser -u "$user" -- env -i -C "$stage" PATH=/usr/local/bin:/usr/bin:/bin HOME="/var/lib/$user" LANG=C.UTF-8 \
+    BOTCLUSTER_TEST_POSTGRES="$BOTCLUSTER_TEST_POSTGRES" \
     "$stage/botclusterPackageTests.xctest" --testing-library swift-testing --filter ProcessTests
 else
   swift test --skip-build --filter ProcessTests

@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 import PostgresNIO
+import Synchronization
 
 /// PostgreSQL as the authority of a cluster that spans hosts: the hosts' heartbeats, the shard leases with their
 /// fencing tokens and sessions, the identify slots and the day's session starts. Every supervisor started with
@@ -96,23 +97,53 @@ public final class PostgresAuthority: Sendable {
         await client.run()
     }
 
-    /// Runs `body` in a transaction, within the deadline.
+    /// Runs `body` in a transaction, within the deadline. A query in flight does not end when its task is
+    /// cancelled (a connection whose peer went silent would hold it until TCP gives up), so the deadline closes the
+    /// connection under it: the query fails at once, and the pool opens a new connection.
     func transaction<T: Sendable>(_ what: String, _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
-        try await withTimeout(timeout, what) { [client, logger] in
-            try await client.withTransaction(logger: logger) { connection in try await body(connection) }
+        try await withDeadline(timeout, what) { [client, logger] in
+            try await client.withConnection { connection in
+                try await withTaskCancellationHandler {
+                    try await connection.withTransaction(logger: logger) { connection in try await body(connection) }
+                } onCancel: {
+                    let closed: EventLoopFuture<Void> = connection.close()
+                    _ = closed
+                }
+            }
+        }
+    }
+
+    /// The cluster's shard count differs from this host's.
+    public struct LayoutMismatch: Error, CustomStringConvertible {
+        public var stored: Int
+        public var configured: Int
+        public var description: String {
+            "the cluster in the store runs \(stored) shards and this host is configured for \(configured): give every host the same shards.count (it changes when no host of the cluster is running)"
         }
     }
 
     // MARK: schema
 
     /// Creates the tables when missing (one host at a time, under an advisory lock) and the lease rows of a
-    /// `shards`-shard layout.
+    /// `shards`-shard layout. Every host of a cluster runs the same layout: a host configured for another shard
+    /// count is refused (`LayoutMismatch`) while any host of the cluster is live; with none live, the count is
+    /// this host's.
     public func prepare(shards: Int) async throws {
         let cluster = self.cluster
         try await transaction("creating the store's tables") { connection in
             try await connection.query("SELECT pg_advisory_xact_lock(7710420)", logger: Self.quiet)
             for statement in Self.schema {
                 try await connection.query(PostgresQuery(unsafeSQL: statement), logger: Self.quiet)
+            }
+            try await connection.query(
+                """
+                INSERT INTO botcluster_clusters AS c (cluster, shards) VALUES (\(cluster), \(Int32(shards)))
+                ON CONFLICT (cluster) DO UPDATE SET shards = EXCLUDED.shards
+                WHERE NOT EXISTS (SELECT 1 FROM botcluster_hosts WHERE cluster = \(cluster) AND expires_at > now())
+                """, logger: Self.quiet)
+            let rows = try await connection.query("SELECT shards FROM botcluster_clusters WHERE cluster = \(cluster)", logger: Self.quiet)
+            for try await stored in rows.decode(Int32.self) where Int(stored) != shards {
+                throw LayoutMismatch(stored: Int(stored), configured: shards)
             }
             try await connection.query(
                 """
@@ -124,6 +155,7 @@ public final class PostgresAuthority: Sendable {
     }
 
     static let schema = [
+        "CREATE TABLE IF NOT EXISTS botcluster_clusters (cluster text PRIMARY KEY, shards integer NOT NULL)",
         """
         CREATE TABLE IF NOT EXISTS botcluster_hosts (
             cluster text NOT NULL, host integer NOT NULL, address text NOT NULL DEFAULT '',
@@ -143,7 +175,7 @@ public final class PostgresAuthority: Sendable {
         """,
         """
         CREATE TABLE IF NOT EXISTS botcluster_session_starts (
-            cluster text PRIMARY KEY, remaining integer NOT NULL, updated_at timestamptz NOT NULL)
+            cluster text PRIMARY KEY, remaining integer NOT NULL, reset_at timestamptz NOT NULL)
         """,
         """
         CREATE TABLE IF NOT EXISTS botcluster_claims (
@@ -313,14 +345,19 @@ public final class PostgresAuthority: Sendable {
 
     // MARK: identify slots
 
-    /// Records the platform's count of session starts left today (from `/gateway/bot`).
-    public func setSessionStarts(remaining: Int) async throws {
+    /// Records the platform's count of session starts left today (`/gateway/bot`: `remaining`, reset after
+    /// `resetAfter`). Within the day the lower count stands (a host's older answer never gives back starts the
+    /// cluster spent since); once the stored day has reset, the new count replaces it.
+    public func setSessionStarts(remaining: Int, resetAfter: Duration) async throws {
         let cluster = self.cluster
         try await transaction("storing the session starts left") { connection in
             try await connection.query(
                 """
-                INSERT INTO botcluster_session_starts (cluster, remaining, updated_at) VALUES (\(cluster), \(Int32(clamping: remaining)), now())
-                ON CONFLICT (cluster) DO UPDATE SET remaining = EXCLUDED.remaining, updated_at = now()
+                INSERT INTO botcluster_session_starts AS s (cluster, remaining, reset_at)
+                VALUES (\(cluster), \(Int32(clamping: remaining)), now() + make_interval(secs => \(resetAfter.seconds)))
+                ON CONFLICT (cluster) DO UPDATE SET
+                    remaining = CASE WHEN s.reset_at <= now() THEN EXCLUDED.remaining ELSE least(s.remaining, EXCLUDED.remaining) END,
+                    reset_at = CASE WHEN s.reset_at <= now() THEN EXCLUDED.reset_at ELSE s.reset_at END
                 """, logger: Self.quiet)
         }
     }
@@ -339,11 +376,15 @@ public final class PostgresAuthority: Sendable {
                 """
                 SELECT extract(epoch FROM greatest(next_free,
                     CASE WHEN holder IS NULL THEN 'epoch'::timestamptz ELSE held_until + make_interval(secs => \(space)) END)
-                    - clock_timestamp())::float8
+                    - clock_timestamp())::float8, coalesce(holder, '')
                 FROM botcluster_identify WHERE cluster = \(cluster) AND bucket = \(Int32(bucket)) FOR UPDATE
                 """, logger: Self.quiet)
             var wait = 0.0
-            for try await left in rows.decode(Double.self) { wait = left }
+            for try await (left, current) in rows.decode((Double, String).self) {
+                // Already ours (an answer lost after the commit, asked again): the slot and its start are taken.
+                if current == holder { return .granted }
+                wait = left
+            }
             if wait > 0 { return .wait(.milliseconds(Int64(min(wait, 60) * 1000) + 1)) }
             let starts = try await connection.query(
                 "UPDATE botcluster_session_starts SET remaining = remaining - 1 WHERE cluster = \(cluster) AND remaining > 0 RETURNING remaining",
@@ -372,6 +413,68 @@ public final class PostgresAuthority: Sendable {
                 WHERE cluster = \(cluster) AND bucket = \(Int32(bucket)) AND holder = \(holder)
                 """, logger: Self.quiet)
         }
+    }
+}
+
+/// Runs `operation` with a deadline that holds even when the operation does not end on cancellation: at the
+/// deadline (or when the caller is cancelled) the caller gets `TimeoutError` (or `CancellationError`) at once, and
+/// the operation, cancelled, ends on its own. Seen here: a claims batch cancelled at shutdown never returned, and
+/// the supervisor's stop hung with it (the shared `withTimeout` waits for its child by design).
+func withDeadline<T: Sendable>(_ limit: Duration, _ what: String, _ operation: @escaping @Sendable () async throws -> T) async throws -> T {
+    let race = DeadlineRace<T>()
+    return try await withTaskCancellationHandler {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+            race.start(continuation, work: Task {
+                do { race.finish(.success(try await operation())) } catch { race.finish(.failure(error)) }
+            }, timer: Task {
+                try? await Task.sleep(for: limit)
+                race.finish(.failure(TimeoutError(what: what, limit: limit)))
+            })
+        }
+    } onCancel: {
+        race.finish(.failure(CancellationError()))
+    }
+}
+
+/// The first of an operation, its deadline and the caller's cancellation to finish: it resumes the caller, and
+/// the others are cancelled.
+final class DeadlineRace<T: Sendable>: Sendable {
+    struct State {
+        var continuation: CheckedContinuation<T, any Error>?
+        var early: Result<T, any Error>?
+        var tasks: [Task<Void, Never>] = []
+        var done = false
+    }
+
+    let state = Mutex(State())
+
+    func start(_ continuation: CheckedContinuation<T, any Error>, work: Task<Void, Never>, timer: Task<Void, Never>) {
+        let early = state.withLock { state -> Result<T, any Error>? in
+            state.tasks = [work, timer]
+            if let early = state.early { return early }
+            state.continuation = continuation
+            return nil
+        }
+        if let early {
+            work.cancel()
+            timer.cancel()
+            continuation.resume(with: early)
+        }
+    }
+
+    func finish(_ result: Result<T, any Error>) {
+        let (continuation, tasks) = state.withLock { state -> (CheckedContinuation<T, any Error>?, [Task<Void, Never>]) in
+            guard !state.done else { return (nil, []) }
+            state.done = true
+            guard let continuation = state.continuation else {
+                state.early = result
+                return (nil, [])
+            }
+            state.continuation = nil
+            return (continuation, state.tasks)
+        }
+        for task in tasks { task.cancel() }
+        continuation?.resume(with: result)
     }
 }
 

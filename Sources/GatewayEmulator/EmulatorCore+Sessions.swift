@@ -38,6 +38,7 @@ extension EmulatorCore {
             stats.identifyViolations += 1
             return .close(4008, "daily session start limit reached")
         }
+        countOverlap(shard: shard, connectionID: connectionID, except: nil)
         lastIdentifyAt[bucket] = now
         remaining -= 1
         stats.sessionStartRemaining = remaining
@@ -69,8 +70,11 @@ extension EmulatorCore {
             invalidate(sessionID, now: now)
             return .invalid(clientSeq > session.lastSeq ? "seq \(clientSeq) is ahead of the session" : "seq \(clientSeq) is no longer held")
         }
+        countOverlap(shard: session.shard, connectionID: connectionID, except: sessionID)
         var displaced: Int?
         if let old = session.connection, old != connectionID {
+            // The session is still attached to another live connection: two live sessions of one shard.
+            stats.sessionOverlaps += 1
             displaced = old
             connections[old]?.session = nil
         }
@@ -90,6 +94,14 @@ extension EmulatorCore {
         stats.lastResumeAtMs = clockMs(now)
         stats.dispatched += replay.count
         return .resumed(replay: replay, resumedSeq: session.lastSeq, displaced: displaced)
+    }
+
+    /// Counts a session starting on `connectionID` for `shard` while another session of the shard (not `except`)
+    /// is attached to another live connection.
+    mutating func countOverlap(shard: ShardID, connectionID: Int, except: String?) {
+        if sessions.values.contains(where: { $0.id != except && $0.shard == shard && $0.connection != nil && $0.connection != connectionID }) {
+            stats.sessionOverlaps += 1
+        }
     }
 
     /// Ends a session for good: its unsent messages become undelivered.

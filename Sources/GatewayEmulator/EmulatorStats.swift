@@ -48,6 +48,9 @@ public struct EmulatorStats: Codable, Sendable, Equatable {
     public var renames: Int = 0
     /// Messages pushed twice on purpose (duplicateShare).
     public var duplicatePushes: Int = 0
+    /// Sessions started (identified or resumed) for a shard while another connection still held a live session of
+    /// the same shard: two live sessions for one shard at once. A cluster that fences correctly never makes one.
+    public var sessionOverlaps: Int = 0
     /// Webhook delivery: POSTs of dispatches made (first deliveries and retries).
     public var webhookPosts: Int = 0
     /// POSTs the bot acknowledged (op 12, d 0, with a 2xx status).

@@ -26,6 +26,8 @@ final class ClaimService: Sendable {
     struct Pending {
         var claims: [(key: String, requester: UInt64, shard: Int)] = []
         var completes: [String] = []
+        /// Completions taken for the store and not yet written (or put back).
+        var completing = 0
     }
 
     let ledger: Mutex<ClaimLedger>
@@ -125,8 +127,11 @@ final class ClaimService: Sendable {
         var lastExpiry = MonotonicInstant.now()
         while !Task.isCancelled {
             let batch = pending.withLock { pending in
-                defer { pending = Pending() }
-                return pending
+                let batch = pending
+                pending.claims = []
+                pending.completes = []
+                pending.completing = batch.completes.count
+                return batch
             }
             if batch.claims.isEmpty && batch.completes.isEmpty {
                 if MonotonicInstant.now() - lastExpiry > .seconds(60) {
@@ -146,7 +151,15 @@ final class ClaimService: Sendable {
             var held: [(key: String, requester: UInt64, shard: Int)] = []
             var unheld: [(key: String, requester: UInt64)] = []
             var claims: [PostgresAuthority.Claim] = []
-            for claim in batch.claims {
+            // A claim whose worker is gone waits for no answer; a key asked twice (a retried batch, then the key
+            // handed to another worker) is asked once, for the latest asker: one statement cannot touch a row twice.
+            let live = connections.withLock { Set($0.keys) }
+            var latest: [String: Int] = [:]
+            for (i, claim) in batch.claims.enumerated() where live.contains(claim.requester) { latest[claim.key] = i }
+            let superseded = batch.claims.indices.filter { latest[batch.claims[$0].key] != $0 && live.contains(batch.claims[$0].requester) }
+            answer(superseded.map { (batch.claims[$0].key, batch.claims[$0].requester, false) })
+            for i in latest.values.sorted() {
+                let claim = batch.claims[i]
                 if let token = store.token(claim.shard) {
                     held.append(claim)
                     claims.append(.init(key: claim.key, shard: claim.shard, token: token))
@@ -166,14 +179,29 @@ final class ClaimService: Sendable {
                     failures.log(store.logger, .error, "cannot claim events in the store; their handlers wait", metadata: ["error": "\(String(describing: error).prefix(300))"])
                 }
             }
+            pending.withLock { pending in
+                pending.claims = retry.claims + pending.claims
+                pending.completes = retry.completes + pending.completes
+                pending.completing = 0
+            }
             if !retry.claims.isEmpty || !retry.completes.isEmpty {
-                pending.withLock { pending in
-                    pending.claims = retry.claims + pending.claims
-                    pending.completes = retry.completes + pending.completes
-                }
                 try? await Task.sleep(for: .milliseconds(200))
             }
         }
+    }
+
+    /// Waits (up to `limit`) until every event completed so far is recorded in the store: before a shard's lease
+    /// is released, so that the host that resumes it finds them handled. False when the store did not take them
+    /// in time (the lease is released anyway; the next holder may handle those events again).
+    func completionsRecorded(within limit: Duration) async -> Bool {
+        guard store != nil else { return true }
+        let deadline = MonotonicInstant.now() + limit
+        while MonotonicInstant.now() < deadline {
+            if pending.withLock({ $0.completes.isEmpty && $0.completing == 0 }) { return true }
+            wakeup.poke()
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        return false
     }
 
     /// At shutdown, after the workers stopped: the handled events not yet recorded go to the store once.
@@ -183,11 +211,18 @@ final class ClaimService: Sendable {
             defer { pending.completes = [] }
             return pending.completes
         }
-        do {
-            try await store.authority.completeClaims(completes)
-        } catch {
-            store.logger.error("cannot record the last handled events in the store", metadata: ["events": "\(completes.count)", "error": "\(String(describing: error).prefix(300))"])
+        // A connection closed under a cancelled batch may be the one the pool hands out first: a few tries.
+        var lastError: (any Error)?
+        for _ in 0..<3 {
+            do {
+                try await store.authority.completeClaims(completes)
+                return
+            } catch {
+                lastError = error
+                try? await Task.sleep(for: .milliseconds(50))
+            }
         }
+        store.logger.error("cannot record the last handled events in the store", metadata: ["events": "\(completes.count)", "error": "\(String(describing: lastError).prefix(300))"])
     }
 
     /// The store's word on claims: handle, or skip (another host handled the event, holds a newer lease of its

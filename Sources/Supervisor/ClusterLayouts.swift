@@ -94,7 +94,7 @@ public struct ClusterLayouts: Sendable {
         case .exited(let pid, _):
             guard let layout = layouts.first(where: { $0.machine.owns(pid: pid) }) else { return [] }
             return handle(event, in: layout.id, now: now)
-        case .restart, .leaseGained, .leaseLost, .handOver:
+        case .restart, .leases:
             return handle(event, in: active.id, now: now)
         case .start:
             return handle(event, in: active.id, now: now)

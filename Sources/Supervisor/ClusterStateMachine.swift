@@ -62,9 +62,32 @@ public struct WorkerRecord: Sendable {
     var respawnWhenExited = false
     /// The shard is being handed to another host: when the process exits, the slot goes `elsewhere`.
     var handingOver = false
+    /// The fencing token of the lease this slot runs under (several hosts); nil when it runs none.
+    public var leaseToken: Int64?
+    /// The slot went `elsewhere` by a handover (not a fence): its last process's session reports still count.
+    var handedOver = false
 
     /// Spawned and not yet ready for the first time: taking a start slot.
     var isStarting: Bool { state.isLive && state != .draining && readyAt == nil }
+}
+
+/// A lease this host holds, as the state machine sees it.
+public struct LeaseGrant: Sendable, Equatable {
+    /// The fencing token.
+    public var token: Int64
+    /// The session stored with the lease when it was taken (what a new worker resumes).
+    public var sessionID: String?
+    public var sessionSeq: Int
+    /// The shard is placed on another live host: drain it, then release.
+    public var handingOver: Bool
+
+    /// A grant of `token`, resuming `sessionID` at `sessionSeq` when there is a session.
+    public init(token: Int64, sessionID: String?, sessionSeq: Int, handingOver: Bool) {
+        self.token = token
+        self.sessionID = sessionID
+        self.sessionSeq = sessionSeq
+        self.handingOver = handingOver
+    }
 }
 
 /// The supervisor's decisions about its workers, as a pure state machine: spawns, exits, IPC events and timer
@@ -107,12 +130,11 @@ public struct ClusterStateMachine: Sendable {
         case tick
         /// Replace a worker's process (drain, then respawn at once).
         case restart(ordinal: Int)
-        /// This host now holds the shard's lease (several hosts): start a worker, resuming `session` if there is one.
-        case leaseGained(ordinal: Int, session: (id: String, seq: Int)?)
-        /// The shard's lease is lost, or about to expire unrenewed: kill its worker now (the fence), no restart.
-        case leaseLost(ordinal: Int, reason: String)
-        /// Hand the shard to another host: drain its worker; once it has exited, the slot is `elsewhere`.
-        case handOver(ordinal: Int)
+        /// The leases this host holds now (several hosts), as of `version` (an older version is ignored): a slot
+        /// whose lease is gone or was replaced is fenced (its worker killed now, no restart); a lease being handed
+        /// over drains its worker, and the slot is `elsewhere` once it exited; a new lease starts a worker that
+        /// resumes the lease's stored session.
+        case leases(version: UInt64, held: [Int: LeaseGrant])
         /// Drain every worker and end.
         case stop
     }
@@ -160,6 +182,8 @@ public struct ClusterStateMachine: Sendable {
     public private(set) var stopping = false
     var announcedReady = false
     var rng: SplitMix64
+    /// The version of the last lease set applied (several hosts).
+    var leaseVersion: UInt64 = 0
 
     /// - Parameter generationBase: where this layout's generation numbers start (layouts never share one).
     /// - Parameter startLimit: how many workers may be starting at once (see `startLimit`).
@@ -199,6 +223,14 @@ public struct ClusterStateMachine: Sendable {
     /// The worker whose current process has `generation`, if any.
     func index(_ ordinal: Int, _ generation: UInt64) -> Int? {
         guard workers.indices.contains(ordinal), workers[ordinal].generation == generation, workers[ordinal].state.isLive else { return nil }
+        return ordinal
+    }
+
+    /// The slot whose last process, `generation`, exited after a handover (its last words still arrive).
+    func handedOver(_ ordinal: Int, _ generation: UInt64) -> Int? {
+        guard workers.indices.contains(ordinal), workers[ordinal].generation == generation, workers[ordinal].state == .elsewhere,
+            workers[ordinal].handedOver
+        else { return nil }
         return ordinal
     }
 
@@ -248,8 +280,9 @@ public struct ClusterStateMachine: Sendable {
             // Everyone queues, and the first `startLimit` start at once: those with a session to resume first.
             return workers.indices.filter { workers[$0].state != .elsewhere }.flatMap { enqueue($0) }
         case .spawned(let ordinal, let generation, let pid):
-            if workers.indices.contains(ordinal), workers[ordinal].generation == generation, workers[ordinal].state == .elsewhere {
-                // Fenced while its spawn was under way: the process must not run.
+            if workers.indices.contains(ordinal), workers[ordinal].generation != generation || workers[ordinal].state == .elsewhere {
+                // Not the slot's process (fenced while its spawn was under way, and maybe started again since): it
+                // must not run.
                 return [.killGroup(pid: pid)]
             }
             guard let i = index(ordinal, generation) else { return [] }
@@ -269,7 +302,11 @@ public struct ClusterStateMachine: Sendable {
             if workers[i].state == .spawning { workers[i].state = .connected }
             return []
         case .progress(let ordinal, let generation, let progress):
-            guard let i = index(ordinal, generation) else { return [] }
+            guard let i = index(ordinal, generation) else {
+                // A worker handed over may be reaped before its last report is read: its session still counts.
+                if let i = handedOver(ordinal, generation), let session = progress.session { return commit(i, id: session.id, seq: Int(max(0, session.seq))) }
+                return []
+            }
             heard(i, now: now)
             workers[i].progress = progress
             workers[i].progressAt = now
@@ -296,7 +333,10 @@ public struct ClusterStateMachine: Sendable {
             heard(i, now: now)
             return markReady(i, now: now)
         case .sessionCommitted(let ordinal, let generation, let id, let seq):
-            guard let i = index(ordinal, generation) else { return [] }
+            guard let i = index(ordinal, generation) else {
+                if let i = handedOver(ordinal, generation) { return commit(i, id: id, seq: seq) }
+                return []
+            }
             heard(i, now: now)
             return commit(i, id: id, seq: seq)
         case .sessionInvalidated(let ordinal, let generation):
@@ -336,31 +376,14 @@ public struct ClusterStateMachine: Sendable {
                 workers[ordinal].stopRequestedAt = now
                 return [.log(.info, "worker \(ordinal): restarting on request (draining pid \(pid))"), .signal(pid: pid, signal: .terminate)]
             }
-        case .leaseGained(let ordinal, let session):
-            guard workers.indices.contains(ordinal), workers[ordinal].state == .elsewhere, !stopping else { return [] }
-            workers[ordinal].session = session
-            workers[ordinal].failure = nil
-            workers[ordinal].handingOver = false
-            workers[ordinal].policy = RestartPolicy(config: restart)
-            return [.log(.info, "shard \(workers[ordinal].shard): lease gained\(session.map { "; resuming session \(String($0.id.prefix(8))) at seq \($0.seq)" } ?? "")")] + enqueue(ordinal)
-        case .leaseLost(let ordinal, let reason):
-            guard workers.indices.contains(ordinal), workers[ordinal].state != .elsewhere else { return [] }
-            return fence(ordinal, reason: reason, now: now)
-        case .handOver(let ordinal):
-            guard workers.indices.contains(ordinal), workers[ordinal].state != .elsewhere else { return [] }
-            workers[ordinal].handingOver = true
-            workers[ordinal].respawnWhenExited = false
-            guard workers[ordinal].state.isLive, let pid = workers[ordinal].pid else {
-                // Nothing runs (queued, backing off, failed, or spawning without a pid yet): hand it over now.
-                if workers[ordinal].state.isLive { return [] }
-                return settleElsewhere(ordinal) + [.log(.info, "shard \(workers[ordinal].shard): handed over")]
+        case .leases(let version, let held):
+            guard version > leaseVersion else { return [] }
+            leaseVersion = version
+            var actions: [Action] = []
+            for i in workers.indices {
+                actions += reconcile(i, with: held[workers[i].ordinal], now: now)
             }
-            if workers[ordinal].stopRequestedAt == nil {
-                workers[ordinal].state = .draining
-                workers[ordinal].stopRequestedAt = now
-                return [.log(.info, "shard \(workers[ordinal].shard): handing over to another host (draining pid \(pid))"), .signal(pid: pid, signal: .terminate)]
-            }
-            return []
+            return actions
         case .stop:
             guard !stopping else { return [] }
             stopping = true
@@ -417,10 +440,50 @@ public struct ClusterStateMachine: Sendable {
         return [.spawn(ordinal: i, generation: nextGeneration, shard: workers[i].shard)]
     }
 
+    /// Brings slot `i` in line with the lease this host holds for it (nil: none).
+    mutating func reconcile(_ i: Int, with lease: LeaseGrant?, now: MonotonicInstant) -> [Action] {
+        var actions: [Action] = []
+        if workers[i].state != .elsewhere, lease?.token != workers[i].leaseToken || lease == nil {
+            actions += fence(i, reason: lease == nil ? "the lease is lost" : "the lease was replaced (token \(workers[i].leaseToken.map(String.init) ?? "none") → \(lease!.token))", now: now)
+        }
+        guard let lease else { return actions }
+        if workers[i].state == .elsewhere {
+            guard !lease.handingOver, !stopping else { return actions }
+            workers[i].leaseToken = lease.token
+            workers[i].handedOver = false
+            workers[i].session = lease.sessionID.map { ($0, lease.sessionSeq) }
+            workers[i].failure = nil
+            workers[i].handingOver = false
+            workers[i].policy = RestartPolicy(config: restart)
+            let resume = lease.sessionID.map { "; resuming session \(String($0.prefix(8))) at seq \(lease.sessionSeq)" } ?? ""
+            return actions + [.log(.info, "shard \(workers[i].shard): lease gained (token \(lease.token))\(resume)")] + enqueue(i)
+        }
+        if lease.handingOver && !workers[i].handingOver {
+            actions += handOver(i, now: now)
+        }
+        return actions
+    }
+
+    /// Hands slot `i`'s shard to another host: its worker drains; once it exited the slot is `elsewhere`.
+    mutating func handOver(_ i: Int, now: MonotonicInstant) -> [Action] {
+        workers[i].handingOver = true
+        workers[i].respawnWhenExited = false
+        guard workers[i].state.isLive, let pid = workers[i].pid else {
+            // Nothing runs (queued, backing off, failed), or its spawn is under way (`spawned` drains it).
+            if workers[i].state.isLive { return [] }
+            return settleElsewhere(i) + [.log(.info, "shard \(workers[i].shard): handed over")]
+        }
+        guard workers[i].stopRequestedAt == nil else { return [] }
+        workers[i].state = .draining
+        workers[i].stopRequestedAt = now
+        return [.log(.info, "shard \(workers[i].shard): handing over to another host (draining pid \(pid))"), .signal(pid: pid, signal: .terminate)]
+    }
+
     /// The slot is no longer this host's: nothing runs or waits in it.
     mutating func settleElsewhere(_ i: Int) -> [Action] {
         if workers[i].state == .queued { queuedCount -= 1 }
         workers[i].state = .elsewhere
+        workers[i].leaseToken = nil
         workers[i].pid = nil
         workers[i].respawnAt = nil
         workers[i].readyAt = nil
@@ -432,6 +495,7 @@ public struct ClusterStateMachine: Sendable {
     /// shard, and the slot is `elsewhere` at once. A process-group kill is immediate; its gateway socket closes
     /// with it, so two sessions of one shard never overlap.
     mutating func fence(_ i: Int, reason: String, now: MonotonicInstant) -> [Action] {
+        workers[i].handedOver = false
         var actions: [Action] = [.log(.warning, "shard \(workers[i].shard): \(reason); fencing: worker \(workers[i].ordinal) stopped")]
         if workers[i].state.isLive, let pid = workers[i].pid {
             actions.append(.killGroup(pid: pid))
@@ -481,6 +545,7 @@ public struct ClusterStateMachine: Sendable {
             return actions
         }
         if workers[i].handingOver {
+            defer { workers[i].handedOver = true }
             return actions + settleElsewhere(i) + [.log(.info, "shard \(workers[i].shard): handed over (worker \(ordinal) ended with \(status))")]
         }
         if workers[i].respawnWhenExited {

@@ -15,6 +15,7 @@ extension ClusterSupervisor {
     /// both layouts received to one handler), then drain and exit. A new
     /// layout that cannot get ready (budget, timeout, a worker that fails) is abandoned and the old one serves on.
     func scale(to requested: ControlCommand.ScaleTarget, planOnly: Bool, progress: @escaping @Sendable (String) -> Void) async -> (Bool, String) {
+        if leases != nil { return (false, Self.scaleAcrossHosts) }
         // The platform's word now: its recommendation, and the session starts left today (the day may have reset
         // since launch, and the ledger only counts down).
         var info: GatewayBotInfo?
@@ -116,6 +117,10 @@ extension ClusterSupervisor {
 
     /// A shard was closed with 4011 (too many guilds): reshard to the platform's recommendation, unless turned off.
     func reshardAfter4011() {
+        if leases != nil {
+            logger.error("a shard needs more shards (4011): \(Self.scaleAcrossHosts)")
+            return
+        }
         guard setup.config.scale.reshardOn4011 else {
             logger.error("a shard needs more shards (4011) and scale.reshardOn4011 is off: run botcluster scale")
             return
@@ -126,6 +131,12 @@ extension ClusterSupervisor {
             if ok { self.logger.info("reshard done: \(text)") } else { self.logger.error("reshard: \(text)") }
         }
     }
+}
+
+extension ClusterSupervisor {
+    /// Why a cluster of several hosts does not rescale from one of them: each host would start the new layout's
+    /// shards on its own, outside the leases.
+    static let scaleAcrossHosts = "a cluster of several hosts (store.postgres) cannot rescale while it runs yet: stop every host, give each the same new shards.count, and start them again (the sessions of the old layout are not resumed)"
 }
 
 /// Why a layout change cannot begin now.

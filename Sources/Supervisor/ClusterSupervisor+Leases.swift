@@ -1,4 +1,5 @@
 import ClusterCore
+import Foundation
 import ClusterPostgres
 import Logging
 import QQGateway
@@ -15,9 +16,15 @@ extension ClusterSupervisor {
             while !Task.isCancelled {
                 do {
                     try await leases.authority.prepare(shards: setup.shards)
-                    try await leases.authority.setSessionStarts(remaining: setup.gateway.remaining)
+                    // The platform's count now (the join may have waited), else the launch's.
+                    let info = (try? await platform.api.gatewayBot()) ?? setup.gateway
+                    try await leases.authority.setSessionStarts(remaining: info.remaining, resetAfter: info.resetAfter)
                     logger.info("joined the cluster of hosts", metadata: ["host": "\(leases.host)", "store": "\(leases.authority.displayURL)"])
                     break
+                } catch let mismatch as PostgresAuthority.LayoutMismatch {
+                    // Nothing runs yet (no lease was taken): the host cannot join this cluster as configured.
+                    printError("store: \(mismatch)")
+                    exit(1)
                 } catch {
                     attempt += 1
                     leases.failures.log(logger, .error, "cannot reach the store to join the cluster; trying again", metadata: [
@@ -28,21 +35,21 @@ extension ClusterSupervisor {
             }
             if !Task.isCancelled {
                 await leases.run(
+                    // Stopped for a release: the slot runs nothing, and its last worker's connection has closed, so
+                    // that everything the worker sent (its last session, its last handled events) was read first.
                     stoppedShards: { [self] in
                         state.withLock { state in
-                            Set(state.core.layouts.active.machine.workers.filter { $0.state == .elsewhere }.map(\.ordinal))
+                            let active = state.core.layouts.active
+                            return Set(active.machine.workers.filter { $0.state == .elsewhere && state.connections[active.id]?[$0.ordinal] == nil }.map(\.ordinal))
                         }
                     },
                     sessionOf: storedSession,
-                    apply: { [self] changes, sessions in
-                        for change in changes {
-                            switch change {
-                            case .gained(let shard, _): dispatch(.leaseGained(ordinal: shard, session: sessions[shard]))
-                            case .lost(let shard, let reason): dispatch(.leaseLost(ordinal: shard, reason: reason))
-                            case .handOver(let shard): dispatch(.handOver(ordinal: shard))
-                            }
+                    beforeRelease: { [self] in
+                        if await !claims.completionsRecorded(within: leases.config.timeout) {
+                            logger.warning("handing a shard over before the store took every handled event: the next host may handle some of them again")
                         }
-                    }
+                    },
+                    apply: { [self] version, held in dispatch(.leases(version: version, held: held)) }
                 )
             }
         }

@@ -223,8 +223,9 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             self.handle(.cluster(.exited(pid: pid, status: status))) { state, _ in state.releaseSlot(of: generation) }
         }
         state.withLock { $0.spawner = spawner }
-        // The store's connections outlive the workers: the leases are released after the last one stopped.
-        let storePool = Task { [leases] in await leases?.authority.run() }
+        // The store's connections outlive the workers: the leases are released after the last one stopped. Detached,
+        // so that the graceful shutdown (which the pool obeys) does not close it before then.
+        let storePool = Task.detached { [leases] in await leases?.authority.run() }
         logger.info("supervisor started", metadata: ["shards": "\(setup.shards)", "socket": "\(setup.config.supervisor.socket)", "max_concurrency": "\(setup.gateway.maxConcurrency)"])
         await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
@@ -306,7 +307,10 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
 
     /// A worker, process or timer event.
     func dispatch(_ event: ClusterStateMachine.Event) {
-        if case .stop = event { stopping.set(()) }
+        if case .stop = event {
+            stopping.set(())
+            leases?.stop()
+        }
         handle(.cluster(event))
     }
 
@@ -398,9 +402,13 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
                 let elapsed = MonotonicInstant.now() - startedAt
                 // On an IPC event loop: queued, never a write that could block on a stdout nobody reads.
                 let clear = isatty(STDOUT_FILENO) == 1 ? Self.clearLine : ""
-                OutputWriter.standardOutput.write(clear + "cluster ready: \(setup.shards) shards in \(DurationFormat.human(elapsed))\n")
+                // Several hosts: this host is ready with the shards it holds (the others report their own).
+                let held = state.withLock { $0.core.layouts.active.machine.workers.filter { $0.state != .elsewhere }.map(\.ordinal) }
+                let line = leases.map { "host \($0.host) ready: \(held.count) of \(setup.shards) shards \(held) in \(DurationFormat.human(elapsed))" }
+                    ?? "cluster ready: \(setup.shards) shards in \(DurationFormat.human(elapsed))"
+                OutputWriter.standardOutput.write(clear + line + "\n")
                 ready.set(elapsed)
-                events.post("ready", "cluster ready: \(setup.shards) shards in \(DurationFormat.human(elapsed))")
+                events.post("ready", line)
             }
         case .allStopped:
             if layout == state.withLock({ $0.core.layouts.active.id }) { stopped.set(()) }
@@ -418,6 +426,12 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
     var shardCount: Int { state.withLock { $0.core.layouts.active.machine.workers.count } }
 
     func spawn(_ request: (ordinal: Int, generation: UInt64, shard: ShardID), spawner: ProcessSpawner, group: inout DiscardingTaskGroup) async {
+        // A request the slot has moved past (fenced, or started again, while it waited): nothing to start.
+        let current = state.withLock { state in
+            state.core.layouts.layout(ClusterLayouts.layoutID(ofGeneration: request.generation))?.machine.worker(ordinal: request.ordinal)
+                .map { $0.generation == request.generation && $0.state == .spawning } ?? false
+        }
+        guard current else { return }
         // A slot no living process holds: nothing else writes it now.
         guard let slot = state.withLock({ $0.takeSlot(for: request.generation) }) else {
             dispatch(.spawnFailed(ordinal: request.ordinal, generation: request.generation, reason: "all \(LivenessTable.slotCount) liveness slots are held"))

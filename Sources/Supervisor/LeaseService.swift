@@ -6,17 +6,36 @@ import Synchronization
 /// This host's part of a cluster that spans hosts (`store.postgres`): lease rounds against the database every
 /// `renewInterval`, and a fence that kills a shard's worker when its lease would otherwise outlive this host's
 /// right to it. The decisions are `LeaseKeeper`'s; this is the I/O around it.
+///
+/// Both the rounds and the fence hand the workers' state machine the whole set of leases held, with the keeper's
+/// version: whichever of the two reports last, the machine applies the newest set only, and reconciles every slot
+/// with it (a slot running without a current lease is fenced).
 final class LeaseService: Sendable {
+    /// A session to store, under the token of the lease it was committed on.
+    struct PendingSession {
+        var token: Int64
+        var id: String
+        var seq: Int
+    }
+
     struct State {
         var keeper: LeaseKeeper
         /// Sessions to write at the next round, by shard (an empty id forgets the stored one).
-        var sessions: [Int: (id: String, seq: Int)] = [:]
+        var sessions: [Int: PendingSession] = [:]
         /// Whether the last round failed (logged once until one succeeds).
         var failing = false
         /// When the last round ran and what the store showed (for status).
         var lastRound: PostgresAuthority.Round?
         var lastRoundAt: MonotonicInstant?
+
+        /// Drops the sessions of leases no longer held under the token they were committed on.
+        mutating func dropStaleSessions() {
+            sessions = sessions.filter { keeper.held[$0.key]?.token == $0.value.token }
+        }
     }
+
+    /// What the workers are to run: the keeper's version and its leases.
+    typealias Apply = @Sendable (_ version: UInt64, _ held: [Int: LeaseGrant]) -> Void
 
     let authority: PostgresAuthority
     let config: PostgresStoreConfig
@@ -24,6 +43,8 @@ final class LeaseService: Sendable {
     let address: String
     let state: Mutex<State>
     let fenceWakeup = Wakeup()
+    /// Pokes the next round to run now (a new session to store: until it is, a takeover could not resume it).
+    let roundWakeup = Wakeup()
     let logger: Logger
     let failures = RateLimitedLog()
 
@@ -39,25 +60,39 @@ final class LeaseService: Sendable {
         )))
     }
 
-    /// A worker's committed session moved (or was forgotten): written, fenced by the lease's token, at the next round.
+    /// A worker's committed session moved (or was forgotten): written at the next round, under the token of the
+    /// lease held now (a session of a lease lost meanwhile is never written under a newer one).
     func sessionMoved(shard: Int, id: String, seq: Int) {
-        state.withLock { $0.sessions[shard] = (id, seq) }
+        let isNew = state.withLock { state -> Bool in
+            guard let lease = state.keeper.held[shard] else { return false }
+            let known = state.sessions[shard].map(\.id) ?? lease.sessionID
+            state.sessions[shard] = PendingSession(token: lease.token, id: id, seq: seq)
+            return known != id
+        }
+        if isNew { roundWakeup.poke() }
+    }
+
+    /// The host begins to stop: rounds keep renewing (the workers drain on their leases) but take and hand over
+    /// nothing.
+    func stop() {
+        state.withLock { $0.keeper.stop() }
     }
 
     /// Runs rounds until cancelled. `stoppedShards` names the shards that run nothing here now (for releases);
-    /// `sessionOf` the last committed session of a shard; `apply` carries out the keeper's changes.
+    /// `sessionOf` the last committed session of a shard; `apply` gives the workers the leases held.
+    /// `beforeRelease` runs before a round releases leases (the handled events recorded first).
     func run(
         stoppedShards: @escaping @Sendable () -> Set<Int>,
         sessionOf: @escaping @Sendable (Int) -> (id: String, seq: Int)?,
-        apply: @escaping @Sendable ([LeaseKeeper.Change], [Int: (id: String, seq: Int)]) -> Void
+        beforeRelease: @escaping @Sendable () async -> Void,
+        apply: @escaping Apply
     ) async {
         await withDiscardingTaskGroup { group in
             group.addTask { await self.runFence(apply: apply) }
             while !Task.isCancelled {
                 let started = MonotonicInstant.now()
-                await round(stoppedShards: stoppedShards(), sessionOf: sessionOf, apply: apply)
-                let left = started + config.renewInterval - MonotonicInstant.now()
-                if left > .zero { try? await Task.sleep(for: left) }
+                await round(stoppedShards: stoppedShards(), sessionOf: sessionOf, beforeRelease: beforeRelease, apply: apply)
+                await roundWakeup.wait(until: started + config.renewInterval)
             }
             group.cancelAll()
         }
@@ -65,44 +100,49 @@ final class LeaseService: Sendable {
 
     /// One round: renew, write sessions, release handed-over shards, take free ones placed here.
     func round(
-        stoppedShards: Set<Int>, sessionOf: @Sendable (Int) -> (id: String, seq: Int)?,
-        apply: @Sendable ([LeaseKeeper.Change], [Int: (id: String, seq: Int)]) -> Void
+        stoppedShards: Set<Int>, sessionOf: @Sendable (Int) -> (id: String, seq: Int)?, beforeRelease: @Sendable () async -> Void, apply: Apply
     ) async {
         let started = MonotonicInstant.now()
         let (keeper, pending) = state.withLock { ($0.keeper, $0.sessions) }
         let writes = pending.compactMap { shard, session in
-            keeper.held[shard].map { PostgresAuthority.SessionWrite(shard: shard, token: $0.token, id: session.id, seq: session.seq) }
+            keeper.held[shard]?.token == session.token
+                ? PostgresAuthority.SessionWrite(shard: shard, token: session.token, id: session.id, seq: session.seq) : nil
         }
         let releases = keeper.releasable(stopped: stoppedShards).map { shard, token in
-            let session = pending[shard] ?? sessionOf(shard) ?? ("", 0)
-            return PostgresAuthority.SessionWrite(shard: shard, token: token, id: session.id, seq: session.seq)
+            let session = sessionOf(shard) ?? pending[shard].map { ($0.id, $0.seq) } ?? ("", 0)
+            return PostgresAuthority.SessionWrite(shard: shard, token: token, id: session.0, seq: session.1)
         }
+        if !releases.isEmpty { await beforeRelease() }
         do {
             let round = try await authority.round(
                 host: host, address: address, shards: keeper.shards, ttl: config.leaseTTL, renew: keeper.renewals,
                 release: releases, sessions: writes,
                 wanted: { live, holders in keeper.wanted(in: .init(liveHosts: live, holders: holders)) }
             )
-            let (changes, wasFailing) = state.withLock { state -> ([LeaseKeeper.Change], Bool) in
-                for write in writes where state.sessions[write.shard].map({ $0.id == write.id && $0.seq == write.seq }) == true {
-                    state.sessions[write.shard] = nil
+            let (changes, version, held, wasFailing) = state.withLock { state in
+                for write in writes {
+                    if let now = state.sessions[write.shard], now.token == write.token, now.id == write.id, now.seq == write.seq {
+                        state.sessions[write.shard] = nil
+                    }
                 }
-                for shard in round.released { state.sessions[shard] = nil }
                 let changes = state.keeper.roundSucceeded(
-                    startedAt: started, renewed: round.renewed, acquired: round.acquired.mapValues(\.token), released: round.released,
+                    startedAt: started, renewed: round.renewed, acquired: round.acquired.mapValues(\.token),
+                    sessions: round.acquired.compactMapValues(\.session), released: round.released,
                     view: .init(liveHosts: Set(round.hosts.keys), holders: round.holders)
                 )
+                state.dropStaleSessions()
                 state.lastRound = round
                 state.lastRoundAt = started
                 defer { state.failing = false }
-                return (changes, state.failing)
+                return (changes, state.keeper.version, state.keeper.grants, state.failing)
             }
             if wasFailing {
                 failures.reset()
                 logger.info("the store answers again: leases renewed", metadata: ["store": "\(authority.displayURL)"])
             }
+            log(changes)
             fenceWakeup.poke()
-            apply(changes, round.acquired.compactMapValues(\.session))
+            apply(version, held)
         } catch {
             state.withLock { $0.failing = true }
             failures.log(logger, .error, "cannot renew the shard leases; the workers of shards whose lease runs out are stopped before it does", metadata: [
@@ -112,13 +152,26 @@ final class LeaseService: Sendable {
     }
 
     /// Stops the workers of leases that run out unrenewed, at the moment they do (see `LeaseKeeper`).
-    func runFence(apply: @Sendable ([LeaseKeeper.Change], [Int: (id: String, seq: Int)]) -> Void) async {
+    func runFence(apply: Apply) async {
         while !Task.isCancelled {
             let deadline = state.withLock { $0.keeper.nextExpiry }
             await fenceWakeup.wait(until: deadline)
             if Task.isCancelled { return }
-            let changes = state.withLock { $0.keeper.expire(now: .now()) }
-            if !changes.isEmpty { apply(changes, [:]) }
+            let (changes, version, held) = state.withLock { state in
+                let changes = state.keeper.expire(now: .now())
+                state.dropStaleSessions()
+                return (changes, state.keeper.version, state.keeper.grants)
+            }
+            if !changes.isEmpty {
+                log(changes)
+                apply(version, held)
+            }
+        }
+    }
+
+    func log(_ changes: [LeaseKeeper.Change]) {
+        for case .lost(let shard, let reason) in changes {
+            logger.warning("shard \(shard): \(reason); its worker is stopped now")
         }
     }
 
@@ -127,8 +180,8 @@ final class LeaseService: Sendable {
     func releaseAll(sessionOf: @Sendable (Int) -> (id: String, seq: Int)?) async {
         let (keeper, pending) = state.withLock { ($0.keeper, $0.sessions) }
         let releases = keeper.held.map { shard, lease in
-            let session = pending[shard] ?? sessionOf(shard) ?? ("", 0)
-            return PostgresAuthority.SessionWrite(shard: shard, token: lease.token, id: session.id, seq: session.seq)
+            let session = sessionOf(shard) ?? pending[shard].map { ($0.id, $0.seq) } ?? ("", 0)
+            return PostgresAuthority.SessionWrite(shard: shard, token: lease.token, id: session.0, seq: session.1)
         }
         do {
             _ = try await authority.round(

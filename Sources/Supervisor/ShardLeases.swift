@@ -62,6 +62,9 @@ public struct LeaseKeeper: Sendable {
         public var validUntil: MonotonicInstant
         /// The shard is being handed to its placed host: released once its worker has stopped.
         public var handingOver: Bool
+        /// The session stored with the lease when it was taken.
+        public var sessionID: String?
+        public var sessionSeq = 0
     }
 
     /// What the store showed in a round: the live hosts and who holds each unexpired lease.
@@ -99,6 +102,10 @@ public struct LeaseKeeper: Sendable {
     public private(set) var view = View(liveHosts: [], holders: [:])
     /// When the last round succeeded.
     public private(set) var lastRenewal: MonotonicInstant?
+    /// Grows with every change of `held`: the workers apply the latest set only.
+    public private(set) var version: UInt64 = 0
+    /// The host is stopping: it takes no shard and hands none over (it releases everything at the end).
+    public private(set) var stopping = false
 
     /// A keeper for `host` in a cluster of `shards` shards, holding nothing yet.
     public init(configuration: Configuration, host: Int, shards: Int) {
@@ -113,7 +120,7 @@ public struct LeaseKeeper: Sendable {
     /// The shards to try to take, given the round's view: free ones placed here. Nothing in the first round: hosts
     /// that start together see one another's heartbeats first, instead of the first one taking every shard.
     public func wanted(in view: View) -> [Int] {
-        guard lastRenewal != nil else { return [] }
+        guard lastRenewal != nil, !stopping else { return [] }
         var live = view.liveHosts
         live.insert(host)
         let owner = ShardPlacement.assignment(shards: shards, liveHosts: live)
@@ -129,8 +136,10 @@ public struct LeaseKeeper: Sendable {
     /// A round that started at `startedAt` succeeded: `renewed` are the shards whose tokens the store renewed,
     /// `acquired` the leases it granted, `released` those it let go, and `view` what it showed.
     public mutating func roundSucceeded(
-        startedAt: MonotonicInstant, renewed: Set<Int>, acquired: [Int: Int64], released: Set<Int>, view: View
+        startedAt: MonotonicInstant, renewed: Set<Int>, acquired: [Int: Int64], sessions: [Int: (id: String, seq: Int)] = [:],
+        released: Set<Int>, view: View
     ) -> [Change] {
+        defer { version += 1 }
         var changes: [Change] = []
         let validUntil = startedAt + configuration.ttl - configuration.fenceMargin
         for shard in released { held[shard] = nil }
@@ -143,7 +152,7 @@ public struct LeaseKeeper: Sendable {
             }
         }
         for (shard, token) in acquired.sorted(by: { $0.key < $1.key }) where shard >= 0 && shard < shards {
-            held[shard] = Lease(token: token, validUntil: validUntil, handingOver: false)
+            held[shard] = Lease(token: token, validUntil: validUntil, handingOver: false, sessionID: sessions[shard]?.id, sessionSeq: sessions[shard]?.seq ?? 0)
             changes.append(.gained(shard: shard, token: token))
         }
         self.view = view
@@ -151,7 +160,7 @@ public struct LeaseKeeper: Sendable {
         var live = view.liveHosts
         live.insert(host)
         let owner = ShardPlacement.assignment(shards: shards, liveHosts: live)
-        for (shard, lease) in held.sorted(by: { $0.key < $1.key }) where !lease.handingOver {
+        for (shard, lease) in held.sorted(by: { $0.key < $1.key }) where !lease.handingOver && !stopping {
             let placed = owner[shard]
             if placed != host, view.liveHosts.contains(placed) {
                 held[shard]!.handingOver = true
@@ -164,6 +173,7 @@ public struct LeaseKeeper: Sendable {
     /// The leases whose validity ends by `now` without a renewal: their workers must stop now.
     public mutating func expire(now: MonotonicInstant) -> [Change] {
         var changes: [Change] = []
+        defer { if !changes.isEmpty { version += 1 } }
         for (shard, lease) in held.sorted(by: { $0.key < $1.key }) where lease.validUntil <= now {
             held[shard] = nil
             changes.append(.lost(shard: shard, reason: "the lease could not be renewed in time"))
@@ -171,9 +181,20 @@ public struct LeaseKeeper: Sendable {
         return changes
     }
 
+    /// The host begins to stop: from now on it takes nothing and hands nothing over.
+    public mutating func stop() {
+        stopping = true
+    }
+
     /// Gives up every lease (this host is stopping and has released them, or must not run anything).
     public mutating func dropAll() {
         held = [:]
+        version += 1
+    }
+
+    /// The leases as the workers' state machine takes them.
+    public var grants: [Int: LeaseGrant] {
+        held.mapValues { LeaseGrant(token: $0.token, sessionID: $0.sessionID, sessionSeq: $0.sessionSeq, handingOver: $0.handingOver) }
     }
 
     /// When the next lease runs out unrenewed, if any is held.

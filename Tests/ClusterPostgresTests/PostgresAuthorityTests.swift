@@ -112,7 +112,9 @@ struct PostgresAuthorityTests {
 
     @Test func identifySlotsAreSpacedClusterWideAndTheDaysStartsCounted() async throws {
         try await withAuthority { a in
-            try await a.setSessionStarts(remaining: 2)
+            try await a.setSessionStarts(remaining: 2, resetAfter: .seconds(3600))
+            // A host's older, higher count does not give back what the cluster spent within the day.
+            try await a.setSessionStarts(remaining: 1000, resetAfter: .seconds(3600))
             let spacing = Duration.seconds(5)
             #expect(try await a.reserveIdentify(bucket: 0, holder: "h0/1", spacing: spacing, slotTimeout: .seconds(10)) == .granted)
             // Held: another host waits (at most the slot timeout plus the spacing), any bucket is independent.

@@ -160,52 +160,92 @@ struct LeaseKeeperTests {
 
 @Suite("the state machine under leases")
 struct LeasedStateMachineTests {
-    @Test func nothingStartsUntilALeaseIsGainedAndThenItResumes() {
+    /// Feeds the lease set `held` (token by ordinal) as the next version.
+    static func leases(_ c: inout Cluster, _ held: [Int: Int64], handingOver: Set<Int> = [], sessions: [Int: (String, Int)] = [:], version: inout UInt64) -> [ClusterStateMachine.Action] {
+        version += 1
+        let grants = held.reduce(into: [Int: LeaseGrant]()) { grants, lease in
+            grants[lease.key] = LeaseGrant(token: lease.value, sessionID: sessions[lease.key]?.0, sessionSeq: sessions[lease.key]?.1 ?? 0, handingOver: handingOver.contains(lease.key))
+        }
+        return c.feed(.leases(version: version, held: grants))
+    }
+
+    @Test func nothingStartsUntilALeaseIsHeldAndThenItResumesTheStoredSession() {
         var c = Cluster(shards: 3, leased: true)
+        var v: UInt64 = 0
         #expect(c.feed(.start).isEmpty)
         #expect(c.machine.workers.allSatisfy { $0.state == .elsewhere })
         #expect(c.machine.allReady)
-        let actions = c.feed(.leaseGained(ordinal: 1, session: ("s1", 42)))
+        let actions = Self.leases(&c, [1: 7], sessions: [1: ("s1", 42)], version: &v)
         #expect(ClusterStateMachineTests.spawnedOrdinals(actions) == [1])
-        #expect(c.machine.worker(ordinal: 1)?.session?.seq == 42)
+        #expect(c.machine.worker(ordinal: 1)?.session?.seq == 42 && c.machine.worker(ordinal: 1)?.leaseToken == 7)
         #expect(!c.machine.allReady)
+        // The same set again starts nothing more.
+        #expect(ClusterStateMachineTests.spawnedOrdinals(Self.leases(&c, [1: 7], version: &v)).isEmpty)
     }
 
     @Test func aLostLeaseKillsTheWorkerAtOnceAndItIsNotRestarted() {
         var c = Cluster(shards: 2, leased: true)
-        _ = c.spawned(c.feed(.leaseGained(ordinal: 0, session: nil)))
+        var v: UInt64 = 0
+        _ = c.spawned(Self.leases(&c, [0: 1], version: &v))
         let pid = c.machine.worker(ordinal: 0)!.pid!
-        let actions = c.feed(.leaseLost(ordinal: 0, reason: "the lease could not be renewed in time"))
+        let actions = Self.leases(&c, [:], version: &v)
         #expect(actions.contains(.killGroup(pid: pid)))
         #expect(c.machine.worker(ordinal: 0)?.state == .elsewhere)
         // Its exit restarts nothing, counts no crash.
-        let after = c.feed(.exited(pid: pid, status: .signaled(9)))
-        #expect(ClusterStateMachineTests.spawnedOrdinals(after).isEmpty)
+        #expect(ClusterStateMachineTests.spawnedOrdinals(c.feed(.exited(pid: pid, status: .signaled(9)))).isEmpty)
         #expect(c.machine.worker(ordinal: 0)?.restarts == 0)
-        // A worker whose spawn was under way when the lease went is killed as soon as it has a pid.
-        _ = c.feed(.leaseGained(ordinal: 1, session: nil))
-        let generation = c.gen(1)
-        _ = c.feed(.leaseLost(ordinal: 1, reason: "lost"))
-        #expect(c.feed(.spawned(ordinal: 1, generation: generation, pid: 4242)) == [.killGroup(pid: 4242)])
+    }
+
+    @Test func anOlderSetIsIgnoredAndAReplacedTokenFencesThenStartsAgain() {
+        var c = Cluster(shards: 2, leased: true)
+        var v: UInt64 = 0
+        _ = c.spawned(Self.leases(&c, [0: 1], version: &v))
+        let pid = c.machine.worker(ordinal: 0)!.pid!
+        // A report that was overtaken (an older version) changes nothing.
+        #expect(c.feed(.leases(version: v - 1, held: [:])).isEmpty)
+        #expect(c.machine.worker(ordinal: 0)?.pid == pid)
+        // Lost and taken again between two reports: the old worker dies, a new one starts on the new token.
+        let actions = Self.leases(&c, [0: 3], version: &v)
+        #expect(actions.contains(.killGroup(pid: pid)))
+        #expect(ClusterStateMachineTests.spawnedOrdinals(actions) == [0])
+        #expect(c.machine.worker(ordinal: 0)?.leaseToken == 3)
+    }
+
+    @Test func aWorkerWhoseLeaseWentWhileItSpawnedIsKilledWhenItsPidComes() {
+        var c = Cluster(shards: 2, leased: true)
+        var v: UInt64 = 0
+        _ = Self.leases(&c, [1: 1], version: &v)
+        let first = c.gen(1)
+        _ = Self.leases(&c, [:], version: &v)
+        #expect(c.feed(.spawned(ordinal: 1, generation: first, pid: 4242)) == [.killGroup(pid: 4242)])
+        // Taken again before the first pid arrived: the first process is still not the slot's.
+        _ = Self.leases(&c, [1: 2], version: &v)
+        #expect(c.gen(1) != first)
+        #expect(c.feed(.spawned(ordinal: 1, generation: first, pid: 4243)) == [.killGroup(pid: 4243)])
+        #expect(c.feed(.spawned(ordinal: 1, generation: c.gen(1), pid: 4244)).isEmpty)
     }
 
     @Test func aHandOverDrainsTheWorkerAndLeavesTheSlotElsewhere() {
         var c = Cluster(shards: 2, leased: true)
-        _ = c.spawned(c.feed(.leaseGained(ordinal: 0, session: nil)))
+        var v: UInt64 = 0
+        _ = c.spawned(Self.leases(&c, [0: 1], version: &v))
         let pid = c.machine.worker(ordinal: 0)!.pid!
-        #expect(c.feed(.handOver(ordinal: 0)).contains(.signal(pid: pid, signal: .terminate)))
+        #expect(Self.leases(&c, [0: 1], handingOver: [0], version: &v).contains(.signal(pid: pid, signal: .terminate)))
         #expect(c.machine.worker(ordinal: 0)?.state == .draining)
+        // Still held while it drains: nothing is killed, nothing restarted.
+        #expect(Self.leases(&c, [0: 1], handingOver: [0], version: &v).isEmpty)
         let after = c.feed(.exited(pid: pid, status: .exited(0)))
         #expect(ClusterStateMachineTests.spawnedOrdinals(after).isEmpty)
         #expect(c.machine.worker(ordinal: 0)?.state == .elsewhere)
-        // A restart request for a slot another host holds does nothing.
+        // A lease being handed over is not started again; a restart request for a slot another host holds does nothing.
+        #expect(ClusterStateMachineTests.spawnedOrdinals(Self.leases(&c, [0: 1], handingOver: [0], version: &v)).isEmpty)
         #expect(ClusterStateMachineTests.spawnedOrdinals(c.feed(.restart(ordinal: 0))).isEmpty)
         // Handed over while queued: elsewhere at once.
         var q = Cluster(shards: 2, startLimit: 1, leased: true)
-        _ = q.spawned(q.feed(.leaseGained(ordinal: 0, session: nil)))
-        _ = q.feed(.leaseGained(ordinal: 1, session: nil))
+        var w: UInt64 = 0
+        _ = q.spawned(Self.leases(&q, [0: 1, 1: 1], version: &w))
         #expect(q.machine.worker(ordinal: 1)?.state == .queued)
-        _ = q.feed(.handOver(ordinal: 1))
+        _ = Self.leases(&q, [0: 1, 1: 1], handingOver: [1], version: &w)
         #expect(q.machine.worker(ordinal: 1)?.state == .elsewhere)
     }
 }
