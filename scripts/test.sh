@@ -22,6 +22,14 @@ unit=$(mktemp -d)
 sed "s#/usr/local/bin/botcluster#$(swift build --show-bin-path)/botcluster#g" deploy/systemd/botcluster.service > "$unit/botcluster.service"
 systemd-analyze verify "$unit/botcluster.service"
 rm -rf "$unit"
+# The Python tools of the checks: the official SDK (the interop check at the end) and Kubernetes' schemas.
+if ! .venv/bin/python -c "import botpy" >/dev/null 2>&1; then
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet qq-botpy==1.2.1
+fi
+[[ -x .venv/bin/kubernetes-validate ]] || .venv/bin/pip install --quiet kubernetes-validate==1.31.0
+# deploy/kubernetes/ against Kubernetes' own schemas, offline, and its cluster.json through config check.
+.venv/bin/python scripts/check-kubernetes.py --validator .venv/bin/kubernetes-validate --botcluster "$(swift build --show-bin-path)/botcluster"
 # The suites of the PostgreSQL store need a server: CI starts one (scripts/postgres.sh); without it, one of our own
 # runs for this script's life.
 own_postgres=""
@@ -66,8 +74,4 @@ else
   swift test --skip-build --filter ProcessTests
 fi
 
-if ! .venv/bin/python -c "import botpy" >/dev/null 2>&1; then
-  python3 -m venv .venv
-  .venv/bin/pip install --quiet qq-botpy==1.2.1
-fi
 .venv/bin/python scripts/interop/botpy_probe.py --botcluster .build/debug/botcluster

@@ -123,6 +123,7 @@ struct StatusCommand: AsyncParsableCommand {
         if let webhook = status.webhook {
             lines.append("events by webhook: \(webhook.queued) acknowledged and not yet handled (limit \(webhook.limit))")
         }
+        if let cluster = status.cluster { lines += cluster.lines }
         if !status.unresponsive.isEmpty {
             lines.append("not answering IPC: workers \(status.unresponsive.map(String.init).joined(separator: ", "))")
         }

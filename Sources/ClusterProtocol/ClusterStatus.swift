@@ -164,6 +164,59 @@ public struct ClusterStatus: Codable, Sendable, Equatable {
     public var mode: String = "websocket"
     /// The webhook ingress's streams, in webhook mode.
     public var webhook: Webhook?
+    /// Several hosts: every host of the cluster, its shards and leases; nil on one host.
+    public var cluster: Cluster?
+
+    /// A cluster of several hosts sharing a PostgreSQL store: every host the store knows, as of this host's last
+    /// lease round.
+    public struct Cluster: Codable, Sendable, Equatable {
+        /// One host: its id, what it registered (name and status address), whether its heartbeat is current, the
+        /// shards whose leases it holds and when the first of them expires unrenewed.
+        public struct Host: Codable, Sendable, Equatable {
+            public var id: Int
+            public var address: String
+            public var live: Bool
+            public var shards: [Int]
+            public var leasesExpireInSeconds: Double?
+
+            /// Host `id` as the store shows it.
+            public init(id: Int, address: String, live: Bool, shards: [Int], leasesExpireInSeconds: Double?) {
+                self.id = id
+                self.address = address
+                self.live = live
+                self.shards = shards
+                self.leasesExpireInSeconds = leasesExpireInSeconds
+            }
+        }
+
+        /// The host that answered.
+        public var thisHost: Int
+        /// The store, without its password.
+        public var store: String
+        /// Seconds since the last lease round that succeeded (nil: none yet).
+        public var lastRoundSecondsAgo: Double?
+        public var hosts: [Host]
+
+        /// The cluster as `thisHost` sees it.
+        public init(thisHost: Int, store: String, lastRoundSecondsAgo: Double?, hosts: [Host]) {
+            self.thisHost = thisHost
+            self.store = store
+            self.lastRoundSecondsAgo = lastRoundSecondsAgo
+            self.hosts = hosts
+        }
+
+        /// The lines `status` prints: one per host.
+        public var lines: [String] {
+            let round = lastRoundSecondsAgo.map { "last lease round \($0) s ago" } ?? "no lease round yet"
+            var lines = ["hosts sharing \(store) (this is host \(thisHost); \(round)):"]
+            for host in hosts {
+                let shards = host.shards.isEmpty ? "no shards" : "shards " + host.shards.map(String.init).joined(separator: ",")
+                let expiry = host.leasesExpireInSeconds.map { "leases expire in \($0) s" } ?? ""
+                lines.append("  host \(host.id)  \(host.live ? "live" : "gone")  \(shards)  \(expiry)  \(host.address)")
+            }
+            return lines
+        }
+    }
 
     /// The webhook ingress as it stands.
     public struct Webhook: Codable, Sendable, Equatable {

@@ -79,6 +79,23 @@ public struct BudgetAuthority: Sendable {
         global = GCRA(rate: configuration.rate, burst: configuration.burst)
     }
 
+    /// This authority's part of the whole budget, 0...1 (1: all of it; several hosts: the share of the shards
+    /// this host runs).
+    public private(set) var share = 1.0
+
+    /// Spends only `share` of the configured budget from now on (its rate and its burst). What the bucket owes
+    /// stays owed: a smaller share does not turn spent tokens into new ones.
+    public mutating func setShare(_ share: Double, now: MonotonicInstant) {
+        let share = min(1, max(0, share))
+        guard share != self.share else { return }
+        self.share = share
+        // A rate of zero is a bucket that refills once a day: nothing to spend without a shard.
+        let rate = max(configuration.rate * share, 1.0 / 86_400)
+        var bucket = GCRA(rate: rate, burst: max(1, Int((Double(configuration.burst) * share).rounded(.down))))
+        bucket.tat = max(global.tat, now.nanoseconds.saturatingSubtract(bucket.tolerance))
+        global = bucket
+    }
+
     /// Requests waiting for tokens.
     public var waiting: Int { queue.count }
 

@@ -20,6 +20,15 @@ public final class BudgetService: Sendable {
         authority.withLock { ($0.granted, $0.waiting) }
     }
 
+    /// Spends `share` of the configured budget from now on (several hosts: the share of the shards run here).
+    public func setShare(_ share: Double) {
+        authority.withLock { $0.setShare(share, now: .now()) }
+        wakeup.poke()
+    }
+
+    /// The part of the configured budget this host spends.
+    public var share: Double { authority.withLock { $0.share } }
+
     /// Tokens granted per worker connection so far.
     public var grantedTo: [UInt64: Int] { authority.withLock { $0.grantedTo } }
 

@@ -1,5 +1,6 @@
 import ClusterCore
 import ClusterIPC
+import ClusterPostgres
 import ClusterProtocol
 import Foundation
 import QQGateway
@@ -92,7 +93,12 @@ extension ClusterSupervisor {
         let answers = await firstAnswers(signals, within: deadline)
         // What did not answer in time is forgotten: a worker that never answers grows nothing.
         state.withLock { state in for id in ids { state.pings[id] = nil } }
-        return (answers, (0..<shardCount).filter { answers[$0] == nil })
+        return (answers, runHere.filter { answers[$0] == nil })
+    }
+
+    /// The active layout's ordinals this host runs (all of them, unless another host holds some).
+    var runHere: [Int] {
+        state.withLock { $0.core.layouts.active.machine.workers.filter { $0.state != .elsewhere }.map(\.ordinal) }
     }
 
     /// Asks every connected worker what its cache serves for a user, waiting up to `deadline`: the answers (nil =
@@ -100,7 +106,7 @@ extension ClusterSupervisor {
     func askWorkers(about userID: String, deadline: Duration) async -> (answers: [Int: String?], missing: [Int]) {
         let targets = workerConnections(of: state.withLock { $0.core.layouts.active.id })
         let answers = await ask(targets, within: deadline, pending: \.userQueries) { .userQuery(id: $0, userID: userID) }
-        return (answers, (0..<shardCount).filter { answers[$0] == nil })
+        return (answers, runHere.filter { answers[$0] == nil })
     }
 
     /// Sends each of `targets` (by any key) the question `message` makes of a correlation id and waits up to
@@ -248,7 +254,7 @@ extension ClusterSupervisor {
         var status = ClusterStatus(
             supervisor: .init(pid: getpid(), uptimeSeconds: rounded((now - startedAt).seconds), shards: shardCount, socket: setup.config.supervisor.socket),
             identify: .init(maxConcurrency: identify.maxConcurrency, remainingToday: identify.remaining, granted: identify.granted, waiting: identify.waiting),
-            rateBudget: .init(rate: setup.config.rateBudget.globalRate, granted: budgetSnapshot.granted, waiting: budgetSnapshot.waiting),
+            rateBudget: .init(rate: setup.config.rateBudget.globalRate * budget.share, granted: budgetSnapshot.granted, waiting: budgetSnapshot.waiting),
             exactlyOnce: .init(remembered: claims.remembered),
             workers: all.filter { $0.0 == activeID }.flatMap { entries($0.0, $0.2, role: .active) },
             otherLayouts: all.filter { $0.0 != activeID }.flatMap { entries($0.0, $0.2, role: $0.1) },
@@ -256,7 +262,25 @@ extension ClusterSupervisor {
         )
         status.mode = setup.config.gateway.mode.rawValue
         status.webhook = webhook.map { ClusterStatus.Webhook(queued: $0.queued, limit: setup.config.webhook.queueLimit) }
+        status.cluster = leases.map { clusterStatus($0, now: now) }
         return status
+    }
+
+    /// Every host of the cluster as this host's last lease round saw it: live hosts, and hosts gone whose leases
+    /// have not expired yet.
+    func clusterStatus(_ leases: LeaseService, now: MonotonicInstant) -> ClusterStatus.Cluster {
+        let (_, round, at) = leases.snapshot
+        let age = at.map { (now - $0).seconds }
+        var hosts: [ClusterStatus.Cluster.Host] = []
+        if let round {
+            let ids = Set(round.hosts.keys).union(round.holders.values)
+            for id in ids.sorted() {
+                let shards = round.holders.filter { $0.value == id }.keys.sorted()
+                let expiry = shards.compactMap { round.expiresIn[$0] }.min().map { max(0, $0 - (age ?? 0)) }
+                hosts.append(.init(id: id, address: round.hosts[id] ?? "", live: round.hosts[id] != nil, shards: shards, leasesExpireInSeconds: expiry.map { ($0 * 10).rounded() / 10 }))
+            }
+        }
+        return ClusterStatus.Cluster(thisHost: leases.host, store: leases.authority.displayURL, lastRoundSecondsAgo: age.map { ($0 * 10).rounded() / 10 }, hosts: hosts)
     }
 
     /// The layout on its way up — the launch until the cluster is first ready, then a rescale's new layout — with

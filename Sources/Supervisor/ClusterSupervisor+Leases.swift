@@ -49,7 +49,12 @@ extension ClusterSupervisor {
                             logger.warning("handing a shard over before the store took every handled event: the next host may handle some of them again")
                         }
                     },
-                    apply: { [self] version, held in dispatch(.leases(version: version, held: held)) }
+                    apply: { [self] version, held in
+                        // The REST budget is the cluster's: each host spends the share of the shards whose leases it
+                        // holds (leases never overlap, so the shares never add up to more than the whole).
+                        budget.setShare(Double(held.count) / Double(max(1, setup.shards)))
+                        dispatch(.leases(version: version, held: held))
+                    }
                 )
             }
         }

@@ -195,6 +195,8 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             rate: setup.config.rateBudget.globalRate, burst: setup.config.rateBudget.globalBurst,
             leaseSize: setup.config.rateBudget.leaseSize, leaseTTL: setup.config.rateBudget.leaseTTL
         ))
+        // Several hosts: nothing to spend until a lease is held (see `runLeases`).
+        if leases != nil { budget.setShare(0) }
         (spawnRequests, spawnContinuation) = AsyncStream.makeStream()
         (controlRequests, controlContinuation) = AsyncStream.makeStream()
         if !sessions.isEmpty {

@@ -88,6 +88,15 @@ struct MultiHostTests {
             try await hosts.waitForPlacement([0: [0, 1], 1: [2, 3], 2: [4, 5]])
             try await hosts.emulator.waitFor("traffic replied") { ($0["messagesReplied"] ?? 0) >= 60 }
             #expect(try await hosts.emulator.stats()["identifies"] == 6)
+            // Any host's status shows every host, its shards and its leases; each spends its share of the REST budget.
+            let (ok, body) = try await IPCClient.control(path: hosts.hostDirectory(0) + "/run/botcluster.sock", .status)
+            let status = try JSONValue.parse(body)
+            #expect(ok && status["cluster"]?["thisHost"]?.intValue == 0)
+            guard case .array(let listed) = status["cluster"]?["hosts"] ?? .null else { Issue.record("no hosts in \(body)"); return }
+            #expect(listed.map { $0["id"]?.intValue } == [0, 1, 2])
+            #expect(listed.allSatisfy { $0["live"] == .bool(true) && ($0["leasesExpireInSeconds"]?.doubleValue ?? 0) > 0 })
+            #expect(listed.compactMap { host -> [Int]? in guard case .array(let s) = host["shards"] ?? .null else { return nil }; return s.compactMap(\.intValue) } == [[0, 1], [2, 3], [4, 5]])
+            #expect(status["rateBudget"]?["rate"]?.doubleValue == 2000.0 * 2 / 6)
 
             // A fourth host (id 3): four ranges now, and shards 1, 3 and 5 change hands by handover (drained,
             // released with their sessions, resumed). When it leaves (SIGTERM), it releases shard 5 and the ranges

@@ -47,6 +47,27 @@ struct BudgetAuthorityTests {
         #expect(total >= 50 * 10)
     }
 
+    /// Several hosts: each authority spends its share of the whole; the shares' sum never exceeds it.
+    @Test func hostsSpendTheirSharesAndTogetherNoMoreThanTheWhole() {
+        var a = authority(rate: 60, burst: 12)
+        var b = authority(rate: 60, burst: 12)
+        a.setShare(1.0 / 3, now: t0)
+        b.setShare(2.0 / 3, now: t0)
+        let fromA = saturate(&a, workers: 2, seconds: 10).values.reduce(0, +)
+        let fromB = saturate(&b, workers: 4, seconds: 10).values.reduce(0, +)
+        #expect(fromA >= 20 * 10 && fromA <= 4 + 20 * 10)
+        #expect(fromB >= 40 * 10 && fromB <= 8 + 40 * 10)
+        #expect(fromA + fromB <= 12 + 60 * 10)
+        // A host without shards spends nothing; a smaller share does not refill what was spent.
+        var idle = authority(rate: 60, burst: 12)
+        idle.setShare(0, now: t0)
+        #expect(saturate(&idle, workers: 2, seconds: 10).values.reduce(0, +) <= 1)
+        var shrinking = authority(rate: 60, burst: 12)
+        #expect(!shrinking.request(request(1, 1, count: 4), now: t0).isEmpty)
+        shrinking.setShare(0.5, now: t0)
+        #expect(shrinking.share == 0.5)
+    }
+
     @Test func equalDemandGetsEqualShares() {
         var a = authority()
         let got = saturate(&a, workers: 4, seconds: 10)
