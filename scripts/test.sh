@@ -61,7 +61,7 @@ if [[ $(id -u) -eq 0 ]]; then
   cp "$bin/botclusterPackageTests.xctest" "$bin/botcluster" "$bin/botcluster-bench" "$bin/botcluster-chaos" "$stage/"
   # And the files the suites read: the dashboard and alert rules they check, the browser driver of the status page.
   mkdir -p "$stage/scripts" "$stage/deploy"
-  cp scripts/page_driver.py "$stage/scripts/"
+  cp scripts/page_driver.py scripts/tcp_cut.py "$stage/scripts/"
   cp -r deploy/grafana deploy/prometheus "$stage/deploy/"
   chown -R "$user" "$stage"
   chmod 700 "$stage"
