@@ -477,8 +477,3 @@ final class DeadlineRace<T: Sendable>: Sendable {
         continuation?.resume(with: result)
     }
 }
-
-extension Duration {
-    /// The duration in seconds, as a double (for intervals sent to the database).
-    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
-}

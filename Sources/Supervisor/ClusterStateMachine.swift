@@ -287,11 +287,7 @@ public struct ClusterStateMachine: Sendable {
             }
             guard let i = index(ordinal, generation) else { return [] }
             workers[i].pid = pid
-            if workers[i].handingOver, workers[i].stopRequestedAt == nil {
-                workers[i].state = .draining
-                workers[i].stopRequestedAt = now
-                return [.signal(pid: pid, signal: .terminate)]
-            }
+            if workers[i].handingOver, workers[i].stopRequestedAt == nil { return drain(i, pid: pid, now: now) }
             return []
         case .spawnFailed(let ordinal, let generation, let reason):
             guard let i = index(ordinal, generation) else { return [] }
@@ -372,9 +368,7 @@ public struct ClusterStateMachine: Sendable {
                     return []
                 }
                 workers[ordinal].respawnWhenExited = !workers[ordinal].handingOver
-                workers[ordinal].state = .draining
-                workers[ordinal].stopRequestedAt = now
-                return [.log(.info, "worker \(ordinal): restarting on request (draining pid \(pid))"), .signal(pid: pid, signal: .terminate)]
+                return [.log(.info, "worker \(ordinal): restarting on request (draining pid \(pid))")] + drain(ordinal, pid: pid, now: now)
             }
         case .leases(let version, let held):
             guard version > leaseVersion else { return [] }
@@ -474,9 +468,14 @@ public struct ClusterStateMachine: Sendable {
             return settleElsewhere(i) + [.log(.info, "shard \(workers[i].shard): handed over")]
         }
         guard workers[i].stopRequestedAt == nil else { return [] }
+        return [.log(.info, "shard \(workers[i].shard): handing over to another host (draining pid \(pid))")] + drain(i, pid: pid, now: now)
+    }
+
+    /// SIGTERM to worker `i`'s process `pid`: it drains and exits; the stop grace runs from now.
+    mutating func drain(_ i: Int, pid: Int32, now: MonotonicInstant) -> [Action] {
         workers[i].state = .draining
         workers[i].stopRequestedAt = now
-        return [.log(.info, "shard \(workers[i].shard): handing over to another host (draining pid \(pid))"), .signal(pid: pid, signal: .terminate)]
+        return [.signal(pid: pid, signal: .terminate)]
     }
 
     /// The slot is no longer this host's: nothing runs or waits in it.

@@ -269,7 +269,7 @@ extension ClusterSupervisor {
     /// Every host of the cluster as this host's last lease round saw it: live hosts, and hosts gone whose leases
     /// have not expired yet.
     func clusterStatus(_ leases: LeaseService, now: MonotonicInstant) -> ClusterStatus.Cluster {
-        let (_, round, at) = leases.snapshot
+        let (round, at) = leases.lastRound
         let age = at.map { (now - $0).seconds }
         var hosts: [ClusterStatus.Cluster.Host] = []
         if let round {

@@ -108,10 +108,7 @@ final class LeaseService: Sendable {
             keeper.held[shard]?.token == session.token
                 ? PostgresAuthority.SessionWrite(shard: shard, token: session.token, id: session.id, seq: session.seq) : nil
         }
-        let releases = keeper.releasable(stopped: stoppedShards).map { shard, token in
-            let session = sessionOf(shard) ?? pending[shard].map { ($0.id, $0.seq) } ?? ("", 0)
-            return PostgresAuthority.SessionWrite(shard: shard, token: token, id: session.0, seq: session.1)
-        }
+        let releases = keeper.releasable(stopped: stoppedShards).map { Self.release($0.key, token: $0.value, pending: pending, sessionOf: sessionOf) }
         if !releases.isEmpty { await beforeRelease() }
         do {
             let round = try await authority.round(
@@ -179,10 +176,7 @@ final class LeaseService: Sendable {
     /// heartbeat removed, so the other hosts take the shards over at once. Best effort: what fails here expires.
     func releaseAll(sessionOf: @Sendable (Int) -> (id: String, seq: Int)?) async {
         let (keeper, pending) = state.withLock { ($0.keeper, $0.sessions) }
-        let releases = keeper.held.map { shard, lease in
-            let session = sessionOf(shard) ?? pending[shard].map { ($0.id, $0.seq) } ?? ("", 0)
-            return PostgresAuthority.SessionWrite(shard: shard, token: lease.token, id: session.0, seq: session.1)
-        }
+        let releases = keeper.held.map { Self.release($0.key, token: $0.value.token, pending: pending, sessionOf: sessionOf) }
         do {
             _ = try await authority.round(
                 host: host, address: address, shards: keeper.shards, ttl: config.leaseTTL, renew: [:], release: releases, sessions: [],
@@ -196,8 +190,17 @@ final class LeaseService: Sendable {
         }
     }
 
-    /// What this host holds and sees, for status.
-    var snapshot: (keeper: LeaseKeeper, round: PostgresAuthority.Round?, at: MonotonicInstant?) {
-        state.withLock { ($0.keeper, $0.lastRound, $0.lastRoundAt) }
+    /// The release of `shard` with its last session: the state machine's (the worker's last commit), else the one
+    /// waiting to be written, else none.
+    static func release(
+        _ shard: Int, token: Int64, pending: [Int: PendingSession], sessionOf: (Int) -> (id: String, seq: Int)?
+    ) -> PostgresAuthority.SessionWrite {
+        let session = sessionOf(shard) ?? pending[shard].map { ($0.id, $0.seq) } ?? ("", 0)
+        return PostgresAuthority.SessionWrite(shard: shard, token: token, id: session.0, seq: session.1)
+    }
+
+    /// What the store showed at the last successful round, and when it began (for status).
+    var lastRound: (round: PostgresAuthority.Round?, at: MonotonicInstant?) {
+        state.withLock { ($0.lastRound, $0.lastRoundAt) }
     }
 }

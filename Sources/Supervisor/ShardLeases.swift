@@ -121,10 +121,13 @@ public struct LeaseKeeper: Sendable {
     /// that start together see one another's heartbeats first, instead of the first one taking every shard.
     public func wanted(in view: View) -> [Int] {
         guard lastRenewal != nil, !stopping else { return [] }
-        var live = view.liveHosts
-        live.insert(host)
-        let owner = ShardPlacement.assignment(shards: shards, liveHosts: live)
+        let owner = placement(in: view)
         return owner.indices.filter { owner[$0] == host && view.holders[$0] == nil && held[$0] == nil }
+    }
+
+    /// Who should run each shard, by `view`'s live hosts and this one (which is live as it asks).
+    func placement(in view: View) -> [Int] {
+        ShardPlacement.assignment(shards: shards, liveHosts: view.liveHosts.union([host]))
     }
 
     /// The handed-over shards whose workers have stopped (`stopped` says which shards run nothing here): the
@@ -157,9 +160,7 @@ public struct LeaseKeeper: Sendable {
         }
         self.view = view
         lastRenewal = startedAt
-        var live = view.liveHosts
-        live.insert(host)
-        let owner = ShardPlacement.assignment(shards: shards, liveHosts: live)
+        let owner = placement(in: view)
         for (shard, lease) in held.sorted(by: { $0.key < $1.key }) where !lease.handingOver && !stopping {
             let placed = owner[shard]
             if placed != host, view.liveHosts.contains(placed) {

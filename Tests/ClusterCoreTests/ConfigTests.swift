@@ -345,12 +345,7 @@ struct WebhookConfigTests {
 @Suite("cluster.json: the store")
 struct StoreConfigTests {
     func issues(_ text: String, environment: [String: String] = [:]) -> [String] {
-        do {
-            _ = try ClusterConfig.parse(text, source: "cluster.json", environment: environment)
-            return []
-        } catch {
-            return error.issues.map(\.description)
-        }
+        ConfigTests().issues(text, environment: environment)
     }
 
     @Test func sqliteIsTheDefaultAndPostgresTakesAURLAndAPasswordFromTheEnvironment() throws {

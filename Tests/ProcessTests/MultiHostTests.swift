@@ -14,19 +14,27 @@ struct TestHosts {
     let shards: Int
     var supervisors: [Int: BotclusterProcess] = [:]
 
-    /// A database of its own in the test server (`BOTCLUSTER_TEST_POSTGRES`), so tests share nothing.
-    static func freshDatabase() throws -> String {
+    /// The test server (`BOTCLUSTER_TEST_POSTGRES`).
+    static func server() throws -> String {
         guard let server = ProcessInfo.processInfo.environment["BOTCLUSTER_TEST_POSTGRES"] else {
             Issue.record("BOTCLUSTER_TEST_POSTGRES is not set: start a server with eval \"$(bash scripts/postgres.sh start)\"")
             throw CancellationError()
         }
+        return server
+    }
+
+    /// Runs one statement on the test server's own database with psql.
+    static func psql(_ statement: String) async throws {
+        let psql = try BotclusterProcess(["psql", "-q", "-v", "ON_ERROR_STOP=1", try server(), "-c", statement], directory: "/", executable: "/usr/bin/env")
+        let status = await psql.waitForExit(within: .seconds(30))
+        try #require(status == 0, "psql: \(statement): \(psql.output.joined(separator: "\n"))")
+    }
+
+    /// A database of its own in the test server, so tests share nothing (dropped by `stopAll`).
+    static func freshDatabase() async throws -> String {
         let name = "hosts_\(UInt32.random(in: 0...UInt32.max))"
-        let psql = Process()
-        psql.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        psql.arguments = ["psql", "-q", "-v", "ON_ERROR_STOP=1", server, "-c", "CREATE DATABASE \(name)"]
-        try psql.run()
-        psql.waitUntilExit()
-        try #require(psql.terminationStatus == 0, "psql could not create a database in \(server)")
+        try await psql("CREATE DATABASE \(name)")
+        let server = try server()
         let slash = try #require(server.lastIndex(of: "/"))
         return server[..<slash] + "/" + name
     }
@@ -36,7 +44,7 @@ struct TestHosts {
 
     static func start(in directory: String, shards: Int) async throws -> TestHosts {
         let emulator = try await EmulatorProcess.start(config: TestCluster.emulatorConfig, directory: directory)
-        return TestHosts(directory: directory, emulator: emulator, store: try freshDatabase(), shards: shards)
+        return TestHosts(directory: directory, emulator: emulator, store: try await freshDatabase(), shards: shards)
     }
 
     /// Puts a forwarder between `host` and the database: the host's store URL goes through it from its launch on.
@@ -97,6 +105,7 @@ struct TestHosts {
         }
         emulator.process.signal(SIGTERM)
         _ = await emulator.process.waitForExit()
+        try await Self.psql("DROP DATABASE \(store.split(separator: "/").last!) WITH (FORCE)")
     }
 
     /// Waits until each host in `expected` runs exactly the shards given, every one ready.
