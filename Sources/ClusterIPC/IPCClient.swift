@@ -46,7 +46,11 @@ public final class IPCClient: Sendable {
     /// URLs the app secret, so it must not talk to whatever took the socket path).
     public static func connect(path: String, hello: Hello, supervisorPID: Int32? = nil, maxFrameSize: Int = 1 << 20) async throws -> IPCClient {
         let clientBox = Mutex<IPCClient?>(nil)
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        // The credentials are read on the event loop in the step that completes the connect: read later, from a task
+        // the shared pool resumes late, the server may have closed the connection for want of a hello meanwhile,
+        // and a closed channel has no credentials to read (seen in a busy test run as "a process the kernel cannot
+        // name").
+        let (channel, peer) = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let client = IPCClient(channel: channel)
@@ -56,12 +60,12 @@ public final class IPCClient: Sendable {
                 }
             }
             .connect(unixDomainSocketPath: path)
+            .flatMap { channel in PeerCredentials.of(channel).map { (channel, $0) } }
             .get()
         guard let client = clientBox.withLock({ $0 }) else {
             try? await channel.close()
             throw IPCRequestError("IPC client was not set up")
         }
-        let peer = try await PeerCredentials.of(channel).get()
         guard let peer, peer.uid == getuid(), supervisorPID.map({ $0 == peer.pid }) ?? true else {
             try? await channel.close()
             let who = peer.map { "pid \($0.pid) of uid \($0.uid)" } ?? "a process the kernel cannot name"
