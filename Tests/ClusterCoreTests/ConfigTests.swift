@@ -377,5 +377,8 @@ struct StoreConfigTests {
         #expect(issues(#"{"store": {"postgres": "postgres://bot@db/x", "leaseTTL": "3s", "renewInterval": "1s", "fenceMargin": "1s", "timeout": "1s"}}"#)
             .contains { $0.contains("store.leaseTTL") && $0.contains("two renewals") })
         #expect(issues(#"{"store": {"postgres": "postgres://bot@db/x", "password": "env:UNSET_PASSWORD"}}"#).contains { $0.contains("UNSET_PASSWORD") && $0.contains("not set") })
+        #expect(issues(#"{"gateway": {"mode": "webhook"}, "store": {"postgres": "postgres://bot@db/x"}}"#)
+            .contains { $0.contains("gateway.mode") && $0.contains("store.postgres") && $0.contains("\"websocket\"") })
+        #expect(issues(#"{"gateway": {"mode": "webhook"}}"#).isEmpty)
     }
 }

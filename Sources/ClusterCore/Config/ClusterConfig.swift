@@ -60,6 +60,12 @@ extension ClusterConfig {
                 "must be at least twice webhook.timestampWindow (\(DurationFormat.format(webhook.timestampWindow * 2))) in webhook mode: a replayed request is refused only while its event id is remembered"
             )
         }
+        // Across hosts the platform's callbacks reach whichever host its load balancer picks, but each host keeps the
+        // events it acknowledged, and their order per stream, in its own memory and file: an event redelivered to
+        // another host would be handled twice. Until that record lives in the store, several hosts take websockets.
+        if gateway.mode == .webhook, store.postgres != nil {
+            root.report("gateway.mode", "\"webhook\" cannot run with store.postgres: each host keeps the events it acknowledged to itself, so a redelivery to another host would be handled twice; use \"websocket\" with several hosts")
+        }
         root.finish()
         return ClusterConfig(
             app: app, gateway: gateway, shards: shards, supervisor: supervisor, restart: restart,
