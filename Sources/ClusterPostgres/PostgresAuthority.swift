@@ -61,6 +61,7 @@ public final class PostgresAuthority: Sendable {
     let cluster: String
     let logger: Logger
     let timeout: Duration
+    let connectFailures: ConnectFailures
     /// What the status shows of the database (never the password).
     public let displayURL: String
 
@@ -82,10 +83,13 @@ public final class PostgresAuthority: Sendable {
         configuration.options.minimumConnections = 1
         configuration.options.maximumConnections = 8
         configuration.options.keepAliveBehavior = .init(frequency: .seconds(10))
-        // The pool logs every failed connection attempt; while the server is away, the lease rounds say so once.
-        var background = logger
-        background.logLevel = max(logger.logLevel, .warning)
+        // The pool logs every failed connection attempt; while the server is away, the lease rounds say so once,
+        // naming the last attempt's failure (kept by `PoolLogHandler`).
+        let failures = ConnectFailures(password: config.password?.reveal())
+        let pass = max(logger.logLevel, .warning)
+        let background = Logger(label: logger.label) { [handler = logger.handler] _ in PoolLogHandler(next: handler, passLevel: pass, failures: failures) }
         client = PostgresClient(configuration: configuration, eventLoopGroup: MultiThreadedEventLoopGroup.singleton, backgroundLogger: background)
+        connectFailures = failures
         self.cluster = cluster
         self.logger = logger
         timeout = config.timeout
@@ -100,17 +104,32 @@ public final class PostgresAuthority: Sendable {
     /// Runs `body` in a transaction, within the deadline. A query in flight does not end when its task is
     /// cancelled (a connection whose peer went silent would hold it until TCP gives up), so the deadline closes the
     /// connection under it: the query fails at once, and the pool opens a new connection.
+    ///
+    /// A call that found no connection within its deadline says why the last connection attempt failed (refused,
+    /// authentication, no such database), when one failed within the last minute.
     func transaction<T: Sendable>(_ what: String, _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
-        try await withDeadline(timeout, what) { [client, logger] in
-            try await client.withConnection { connection in
-                try await withTaskCancellationHandler {
-                    try await connection.withTransaction(logger: logger) { connection in try await body(connection) }
-                } onCancel: {
-                    let closed: EventLoopFuture<Void> = connection.close()
-                    _ = closed
+        do {
+            return try await withDeadline(timeout, what) { [client, logger] in
+                try await client.withConnection { connection in
+                    try await withTaskCancellationHandler {
+                        try await connection.withTransaction(logger: logger) { connection in try await body(connection) }
+                    } onCancel: {
+                        let closed: EventLoopFuture<Void> = connection.close()
+                        _ = closed
+                    }
                 }
             }
+        } catch let error as TimeoutError {
+            guard let reason = connectFailures.recent(within: .seconds(60)) else { throw error }
+            throw StoreUnreachable(timeout: error, lastConnectFailure: reason)
         }
+    }
+
+    /// A store call that got no connection in time, and why the last attempt to connect failed.
+    public struct StoreUnreachable: Error, CustomStringConvertible {
+        public var timeout: TimeoutError
+        public var lastConnectFailure: String
+        public var description: String { "\(timeout) (the last connection attempt failed: \(lastConnectFailure))" }
     }
 
     /// The cluster's shard count differs from this host's.
@@ -475,5 +494,64 @@ final class DeadlineRace<T: Sendable>: Sendable {
         }
         for task in tasks { task.cancel() }
         continuation?.resume(with: result)
+    }
+}
+
+/// The last failed connection attempt of the pool, for the errors of the calls that waited for a connection.
+final class ConnectFailures: Sendable {
+    let last = Mutex<(reason: String, at: ContinuousClock.Instant)?>(nil)
+    let password: String?
+
+    init(password: String?) { self.password = password }
+
+    /// Keeps `description` (the server's message when it sent one), the password blanked should any part of it
+    /// carry it.
+    func record(_ description: String) {
+        var reason = Self.serverMessage(description) ?? String(description.prefix(300))
+        if let password, !password.isEmpty { reason = reason.replacingOccurrences(of: password, with: "<password>") }
+        last.withLock { $0 = (reason, .now) }
+    }
+
+    /// The last failure, if it came within `window`.
+    func recent(within window: Duration) -> String? {
+        last.withLock { last in last.flatMap { .now - $0.at <= window ? $0.reason : nil } }
+    }
+
+    /// The `message` field of a server error in postgres-nio's description of a `PSQLError`
+    /// (`serverInfo: [..., message: TEXT, routine: ...]`; the text itself may hold commas).
+    static func serverMessage(_ description: String) -> String? {
+        guard let start = description.range(of: "serverInfo: ["), let field = description[start.upperBound...].range(of: "message: ") else { return nil }
+        let rest = description[field.upperBound...]
+        let end = rest.firstRange(of: /, [a-zA-Z]+: |\]/)?.lowerBound ?? rest.endIndex
+        let message = rest[..<end].trimmingCharacters(in: .whitespaces)
+        return message.isEmpty ? nil : message
+    }
+}
+
+/// The pool's background log, read for what an operator needs to know. postgres-nio reports a failed connection
+/// attempt only as an info line of this log (a client cannot set its observability delegate), and a store call that
+/// waits for a connection then ends at its deadline with nothing but "no answer": this handler keeps each failure
+/// in `failures`, and passes lines at `passLevel` and above to `next` (the supervisor's log).
+struct PoolLogHandler: LogHandler {
+    var next: any LogHandler
+    let passLevel: Logger.Level
+    let failures: ConnectFailures
+    var logLevel: Logger.Level = .info
+
+    var metadata: Logger.Metadata {
+        get { next.metadata }
+        set { next.metadata = newValue }
+    }
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { next[metadataKey: key] }
+        set { next[metadataKey: key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        if event.message.description == "Connection creation failed", let error = event.metadata?["psql_error"] {
+            failures.record("\(error)")
+        }
+        if event.level >= passLevel { next.log(event: event) }
     }
 }

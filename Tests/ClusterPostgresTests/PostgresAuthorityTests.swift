@@ -8,14 +8,14 @@ import Testing
 /// it for you). Each test is a cluster of its own (a random app id) in the shared database.
 @Suite("PostgreSQL as the authority", .serialized)
 struct PostgresAuthorityTests {
-    static func authority(cluster: String, timeout: Duration = .seconds(15)) throws -> PostgresAuthority {
+    static func authority(cluster: String, timeout: Duration = .seconds(15), database: String? = nil) throws -> PostgresAuthority {
         guard let url = ProcessInfo.processInfo.environment["BOTCLUSTER_TEST_POSTGRES"] else {
             Issue.record("BOTCLUSTER_TEST_POSTGRES is not set: start a server with eval \"$(bash scripts/postgres.sh start)\"")
             throw CancellationError()
         }
         let parsed = try PostgresStoreConfig.parseURL(url).get()
         let config = PostgresStoreConfig(
-            host: parsed.host, port: parsed.port, user: parsed.user, password: nil, database: parsed.database, tls: false, trustRoots: nil,
+            host: parsed.host, port: parsed.port, user: parsed.user, password: nil, database: database ?? parsed.database, tls: false, trustRoots: nil,
             leaseTTL: .seconds(10), renewInterval: .seconds(2), fenceMargin: .seconds(2), timeout: timeout
         )
         return try PostgresAuthority(config: config, cluster: cluster, logger: Logger(label: "test"))
@@ -152,5 +152,25 @@ struct PostgresAuthorityTests {
             #expect(ContinuousClock.now - started < .seconds(5))
             #expect(!String(describing: error).contains("pw-never-shown"))
         }
+    }
+
+    /// A server that turns the connection away (here: no such database; alike for an authentication failure or a
+    /// pg_hba.conf rule): the calls end at their deadline and say what the server said, not only "no answer".
+    @Test func aServerThatRefusesTheConnectionIsNamedInTheError() async throws {
+        let a = try Self.authority(cluster: "refused", timeout: .seconds(2), database: "no_such_database_here")
+        let pool = Task { await a.run() }
+        defer { pool.cancel() }
+        var seen = ""
+        // The first call may end before the first attempt failed; the pool tries again at once.
+        for _ in 0..<5 where !seen.contains("does not exist") {
+            do {
+                try await a.prepare(shards: 1)
+                Issue.record("a database that does not exist answered")
+                return
+            } catch {
+                seen = String(describing: error)
+            }
+        }
+        #expect(seen.contains(#"database "no_such_database_here" does not exist"#), "\(seen)")
     }
 }
