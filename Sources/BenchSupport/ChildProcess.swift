@@ -14,8 +14,10 @@ public final class ChildProcess: Sendable {
     public let process: Process
     public let lines: AsyncStream<String>
 
-    /// Starts `executable` in `directory`, this environment plus `environment`; standard error is discarded.
-    public init(_ executable: String, _ arguments: [String], directory: String, environment: [String: String] = [:]) throws {
+    /// Starts `executable` in `directory`, this environment plus `environment`. Standard error is discarded, or
+    /// appended to the file `errorLog` (created when missing), or read with standard output when `errorLog` is
+    /// `ChildProcess.mergeErrors`.
+    public init(_ executable: String, _ arguments: [String], directory: String, environment: [String: String] = [:], errorLog: String? = nil) throws {
         process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
@@ -23,7 +25,16 @@ public final class ChildProcess: Sendable {
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         let pipe = Pipe()
         process.standardOutput = pipe
-        process.standardError = FileHandle.nullDevice
+        switch errorLog {
+        case nil: process.standardError = FileHandle.nullDevice
+        case Self.mergeErrors?: process.standardError = pipe
+        case let path?:
+            guard FileManager.default.fileExists(atPath: path) || FileManager.default.createFile(atPath: path, contents: nil),
+                let file = FileHandle(forWritingAtPath: path)
+            else { throw BenchError("cannot write \(path)") }
+            file.seekToEndOfFile()
+            process.standardError = file
+        }
         let (lines, continuation) = AsyncStream<String>.makeStream()
         self.lines = lines
         let pending = Mutex(LineSplitter(maxLine: 1 << 20))
@@ -39,6 +50,9 @@ public final class ChildProcess: Sendable {
         }
         try process.run()
     }
+
+    /// `errorLog` for standard error read with standard output.
+    public static let mergeErrors = "<standard output>"
 
     /// The first line (from now) containing `text`, or nil once the output ends.
     public func waitForLine(containing text: String) async -> String? {

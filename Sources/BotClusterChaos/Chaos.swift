@@ -15,8 +15,12 @@ struct Chaos: AsyncParsableCommand {
     @Option(help: "Seconds of faults.") var duration = 60
     @Option(help: "Seed of the random choices.") var seed = 1
     @Option(help: "The botcluster executable.") var botcluster = "botcluster"
-    @Option(help: "Shards at launch.") var shards = 4
+    @Option(help: "Shards at launch (4; with --hosts, two per host).") var shards: Int?
     @Option(help: "How events arrive: websocket or webhook.") var mode: GatewayMode = .websocket
+    @Option(help: "Supervisors sharing a PostgreSQL store, each in a network namespace of its own (run as root).") var hosts = 1
+    @Option(help: "With --hosts: the PostgreSQL server, postgres://USER@127.0.0.1:PORT/DATABASE.") var postgres: String?
+    @Option(help: "With --hosts: the server's directory (scripts/postgres.sh), so that it can be restarted.") var postgresDirectory: String?
+    @Option(help: "With --hosts: the user the supervisors run as.") var user = "botcluster-test"
 
     enum Action: String, CaseIterable {
         case kill9, sigstop, reconnect, invalidSession, drop, stopAcks, close4009, scaleUp, scaleDown, rolling
@@ -30,11 +34,24 @@ struct Chaos: AsyncParsableCommand {
     }
 
     func run() async throws {
+        if hosts > 1 {
+            guard geteuid() == 0 else { throw ValidationError("--hosts puts each host in a network namespace of its own: run it as root (the hosts run as --user)") }
+            guard mode == .websocket else { throw ValidationError("--hosts runs the websocket mode: several hosts do not take webhook delivery") }
+            guard let postgres else { throw ValidationError("--hosts needs --postgres (scripts/chaos.sh starts a server when it is not given)") }
+            // The hosts start in directories of their own: a relative path would not be found from there.
+            let executable = botcluster.hasPrefix("/") ? botcluster : FileManager.default.currentDirectoryPath + "/" + botcluster
+            let chaos = HostsChaos(
+                hosts: hosts, shards: shards ?? 2 * hosts, duration: duration, seed: seed, botcluster: executable,
+                postgres: postgres, postgresDirectory: postgresDirectory, user: try RunAs(user)
+            )
+            throw ExitCode(try await chaos.run())
+        }
+        let shards = self.shards ?? 4
         let dir = NSTemporaryDirectory() + "botcluster-chaos-\(getpid())"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         var rng = SplitMix64(seed: UInt64(seed))
-        let log = { (line: String) in print("chaos: \(line)") }
+        let log = { (line: String) in say("chaos: \(line)") }
 
         let delivery = mode == .webhook
             ? #""delivery": "webhook", "webhook": {"retryBase": "100ms", "retryMax": "2s", "retryLimit": 30}, "#
@@ -152,8 +169,8 @@ struct Chaos: AsyncParsableCommand {
             ("webhook POSTs", n("webhookPosts")), ("webhook acknowledged", n("webhookAcked")), ("webhook redelivered (not acknowledged)", n("webhookRetries")),
             ("webhook pushed twice (same id)", n("duplicatePushes")), ("webhook given up", n("webhookGaveUp")),
         ] : [])
-        print("\nchaos ground truth (\(mode.rawValue), seed \(seed), \(duration) s of faults: \(counts.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\($0.key.rawValue) \($0.value)" }.joined(separator: ", ")))")
-        for (name, value) in rows { print("  \(name.padding(toLength: 42, withPad: " ", startingAt: 0)) \(value)") }
+        say("\nchaos ground truth (\(mode.rawValue), seed \(seed), \(duration) s of faults: \(counts.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\($0.key.rawValue) \($0.value)" }.joined(separator: ", ")))")
+        for (name, value) in rows { say("  \(name.padding(toLength: 42, withPad: " ", startingAt: 0)) \(value)") }
         var failures: [String] = []
         if n("messagesUnreplied") > 0 { failures.append("\(n("messagesUnreplied")) messages unreplied") }
         if n("messagesRepliedMoreThanOnce") > hardKills { failures.append("\(n("messagesRepliedMoreThanOnce")) messages replied more than once, more than the \(hardKills) hard kills") }
@@ -163,8 +180,8 @@ struct Chaos: AsyncParsableCommand {
         if n("webhookGaveUp") > 0 { failures.append("\(n("webhookGaveUp")) webhook deliveries given up") }
         if !left.isEmpty { failures.append("processes left behind: \(left.sorted())") }
         if supervisorStatus != 0 { failures.append("the supervisor exited with \(supervisorStatus)") }
-        for failure in failures { print("FAIL: \(failure)") }
-        if failures.isEmpty { print("PASS") }
+        for failure in failures { say("FAIL: \(failure)") }
+        if failures.isEmpty { say("PASS") }
         throw ExitCode(failures.isEmpty ? 0 : 1)
     }
 
@@ -179,4 +196,10 @@ struct Chaos: AsyncParsableCommand {
             return (false, "\(error)")
         }
     }
+}
+
+/// Writes a line to standard output at once (stdio would hold it in its buffer when the output is a pipe or a file,
+/// and a run that hangs or is killed would not show how far it got).
+func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }

@@ -1,0 +1,356 @@
+import BenchSupport
+import ClusterCore
+import ClusterProtocol
+import Foundation
+
+/// scripts/chaos.sh --hosts N: several supervisors sharing one PostgreSQL store, each in a network namespace of its
+/// own (run as an unprivileged user), against one emulator that counts; at seeded random moments a worker is killed
+/// or stopped, the platform drops or ends a session, a supervisor is killed with SIGKILL (and started again later),
+/// a host's link to the database is cut (and mended later), or the database restarts. At the end the emulator's
+/// ground truth decides, as in the one-host run, and no two sessions of one shard may ever have been live at once.
+struct HostsChaos {
+    let hosts: Int
+    let shards: Int
+    let duration: Int
+    let seed: Int
+    let botcluster: String
+    /// The server, on loopback, as its owner may reach it (`postgres://USER@127.0.0.1:PORT/DB`).
+    let postgres: String
+    /// The server's directory (scripts/postgres.sh's), for restarts; without it the database is not restarted.
+    let postgresDirectory: String?
+    let user: RunAs
+
+    enum Action: String, CaseIterable {
+        case kill9, sigstop, reconnect, invalidSession, drop, stopAcks, close4009, killHost, cutStore, restartStore
+
+        /// Faults that take a whole host (or the store) away: one at a time, so the cluster always has hosts left.
+        var isHostFault: Bool { [.killHost, .cutStore, .restartStore].contains(self) }
+    }
+
+    /// A host that is away (killed or cut off), and when it comes back.
+    struct Away {
+        var action: Action
+        var until: MonotonicInstant
+    }
+
+    /// The state of a run: the hosts, what is away, and what was done.
+    final class Run {
+        var supervisors: [Int: ChildProcess] = [:]
+        var away: [Int: Away] = [:]
+        var seenPIDs = Set<Int32>()
+        var workerKills = 0
+        var killedWithSupervisor = 0
+        var counts: [Action: Int] = [:]
+        var supervisorExits: [String] = []
+    }
+
+    func log(_ line: String) { say("chaos: \(line)") }
+
+    func run() async throws -> Int32 {
+        let dir = NSTemporaryDirectory() + "botcluster-chaos-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        chmod(dir, 0o755)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let network = HostNetwork(hosts: hosts)
+        await network.remove()
+        // Interrupted (Ctrl-C, a timeout's SIGTERM), the run still removes what it made outside its processes.
+        let interrupts = [SIGINT, SIGTERM].map { signo in
+            signal(signo, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: signo, queue: .global())
+            source.setEventHandler {
+                say("chaos: interrupted: removing the network namespaces")
+                network.removeNow()
+                exit(1)
+            }
+            source.resume()
+            return source
+        }
+        defer { interrupts.forEach { $0.cancel() } }
+        try await network.create()
+        let database = "chaos_\(getpid())"
+        var emulator: ChildProcess?
+        let state = Run()
+        do {
+            _ = try await runCommand(["psql", "-q", "-v", "ON_ERROR_STOP=1", postgres, "-c", "CREATE DATABASE \(database)"])
+            let (child, url) = try await startEmulator(dir, network)
+            emulator = child
+            let result = try await faults(dir, network, url, database, state)
+            await stopEverything(state, emulator, network)
+            _ = try? await runCommand(["psql", "-q", postgres, "-c", "DROP DATABASE \(database) WITH (FORCE)"])
+            return result
+        } catch {
+            for host in 0..<hosts { printLogTail(dir, host) }
+            await stopEverything(state, emulator, network)
+            _ = try? await runCommand(["psql", "-q", postgres, "-c", "DROP DATABASE IF EXISTS \(database) WITH (FORCE)"])
+            throw error
+        }
+    }
+
+    func startEmulator(_ dir: String, _ network: HostNetwork) async throws -> (ChildProcess, String) {
+        let emulatorConfig = #"{"emulator": {"host": "\#(network.platformAddress)", "adminToken": "env:BOTCLUSTER_BENCH_ADMIN_TOKEN", "identifyWindow": "200ms", "restRate": 200, "heartbeatInterval": "1s", "heartbeatTimeout": "10s", "unrepliedGrace": "3s", "sessionTTL": "1m", "sessionStartLimit": {"maxConcurrency": 2}, "traffic": {"rate": 20, "groupRate": 2, "c2cRate": 2, "renameShare": 0.1, "renameEvery": "5s"}}, "log": {"level": "warning"}}"#
+        try emulatorConfig.write(toFile: dir + "/emulator.json", atomically: true, encoding: .utf8)
+        let emulator = try ChildProcess(botcluster, ["emulator", "--config", "emulator.json", "--port", "0"], directory: dir, environment: ["BOTCLUSTER_BENCH_ADMIN_TOKEN": benchAdminToken], errorLog: dir + "/emulator.log")
+        guard let line = await emulator.waitForLine(containing: "emulator listening on ") else { throw BenchError("the emulator did not start") }
+        return (emulator, String(line.split(separator: " ").last!))
+    }
+
+    func hostDirectory(_ dir: String, _ host: Int) -> String { dir + "/host\(host)" }
+
+    func faults(_ dir: String, _ network: HostNetwork, _ url: String, _ database: String, _ state: Run) async throws -> Int32 {
+        let port = postgres.split(separator: "@").last!.split(separator: "/").first!.split(separator: ":").last!
+        let store = "postgres://botcluster@\(network.storeAddress):\(port)/\(database)"
+        for host in 0..<hosts {
+            let home = hostDirectory(dir, host)
+            try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true)
+            let clusterConfig = #"""
+                {"gateway": {"embedded": false, "url": "\#(url)", "tokenURL": "\#(url)/app/getAppAccessToken"},
+                 "app": {"id": "102000001", "secret": "env:CHAOS_APP_SECRET"},
+                 "shards": {"count": \#(shards)},
+                 "identify": {"window": "200ms", "margin": "20ms"},
+                 "supervisor": {"heartbeat": {"interval": "100ms", "misses": 5}, "abortGrace": "200ms", "stopGrace": "5s"},
+                 "restart": {"baseDelay": "100ms", "maxDelay": "2s", "resetAfter": "1s", "maxCrashes": 50, "crashWindow": "1m"},
+                 "rateBudget": {"global": {"rate": 150, "burst": 20}},
+                 "store": {"postgres": "\#(store)", "leaseTTL": "4s", "renewInterval": "400ms", "fenceMargin": "800ms", "timeout": "1s"},
+                 "http": {"listen": "off"},
+                 "log": {"level": "warning"}}
+                """#
+            try clusterConfig.write(toFile: home + "/cluster.json", atomically: true, encoding: .utf8)
+            try user.own(home)
+            try user.own(home + "/cluster.json")
+        }
+        for host in 0..<hosts { try launch(dir, network, host, state) }
+        try await waitUntilEveryShardIsReady(dir, state, within: .seconds(120))
+        log("\(hosts) hosts (network namespaces \(network.namespace(0))...), \(shards) shards, store \(store); faults for \(duration) s, seed \(seed)")
+
+        var rng = SplitMix64(seed: UInt64(seed))
+        let end = MonotonicInstant.now() + .seconds(duration)
+        while MonotonicInstant.now() < end {
+            try await Task.sleep(for: .milliseconds(500 + Int64(rng.next() % 2500)))
+            try await bringBack(dir, network, state, all: false)
+            var workers: [(host: Int, worker: ClusterStatus.Worker)] = []
+            for host in 0..<hosts where state.away[host] == nil {
+                for worker in (await status(dir, host))?.workers ?? [] {
+                    if let pid = worker.pid { state.seenPIDs.insert(pid) }
+                    workers.append((host, worker))
+                }
+            }
+            var action = Action.allCases[Int(rng.next() % UInt64(Action.allCases.count))]
+            let possible: [Action] = postgresDirectory == nil ? [.killHost, .cutStore] : [.killHost, .cutStore, .restartStore]
+            if action.isHostFault && (!state.away.isEmpty || !possible.contains(action)) { action = .kill9 }
+            // A short run still has each host fault once: one not yet done comes while there is time to bring the
+            // host back before the end.
+            let missing = possible.filter { state.counts[$0] == nil }
+            if state.away.isEmpty, let first = missing.first, end - MonotonicInstant.now() < .seconds(12 * missing.count) { action = first }
+            state.counts[action, default: 0] += 1
+            let ready = workers.filter { $0.worker.state == "ready" }
+            let target = ready.isEmpty ? nil : ready[Int(rng.next() % UInt64(ready.count))]
+            let shard = target?.worker.ordinal ?? 0
+            switch action {
+            case .kill9, .sigstop:
+                guard let pid = target?.worker.pid else { continue }
+                kill(pid, action == .kill9 ? SIGKILL : SIGSTOP)
+                state.workerKills += 1
+                log("\(action.rawValue) worker of shard \(shard) on host \(target!.host) (pid \(pid))")
+            case .reconnect, .invalidSession, .drop, .stopAcks:
+                _ = try await postAdmin(url + "/emulator/faults", #"{"kind": "\#(action.rawValue)", "shard": \#(shard), "total": \#(shards)}"#)
+                log("\(action.rawValue) on shard \(shard)")
+            case .close4009:
+                _ = try await postAdmin(url + "/emulator/faults", #"{"kind": "close", "code": 4009, "shard": \#(shard), "total": \#(shards)}"#)
+                log("close 4009 on shard \(shard)")
+            case .killHost:
+                let host = Int(rng.next() % UInt64(hosts))
+                let running = workers.filter { $0.host == host && $0.worker.pid != nil }.count
+                state.supervisors[host]?.kill()
+                if let supervisor = state.supervisors[host] {
+                    guard await exitStatus(supervisor, within: .seconds(10)) != nil else { throw BenchError("host \(host) outlived SIGKILL") }
+                }
+                state.killedWithSupervisor += running
+                state.away[host] = Away(action: action, until: MonotonicInstant.now() + .milliseconds(2000 + Int64(rng.next() % 4000)))
+                log("kill -9 the supervisor of host \(host) (\(running) workers with it)")
+            case .cutStore:
+                let host = Int(rng.next() % UInt64(hosts))
+                try await network.setStoreLink(host, up: false)
+                state.away[host] = Away(action: action, until: MonotonicInstant.now() + .milliseconds(2000 + Int64(rng.next() % 6000)))
+                log("cut host \(host) off from the store")
+            case .restartStore:
+                let started = MonotonicInstant.now()
+                try await restartStore()
+                log("restarted PostgreSQL (\(DurationFormat.human(MonotonicInstant.now() - started)))")
+            }
+        }
+
+        // Everything back, every shard running again, then the traffic drains.
+        try await bringBack(dir, network, state, all: true)
+        try await waitUntilEveryShardIsReady(dir, state, within: .seconds(120))
+        _ = try await postAdmin(url + "/emulator/traffic", #"{"rate": 0, "groupRate": 0, "c2cRate": 0}"#)
+        let drainUntil = MonotonicInstant.now() + .seconds(60)
+        var stats = try await get(url + "/emulator/stats")
+        while MonotonicInstant.now() < drainUntil {
+            stats = try await get(url + "/emulator/stats")
+            if stats["messagesPending"]?.intValue == 0 && stats["messagesReplied"]?.intValue == stats["messagesDelivered"]?.intValue { break }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        try await Task.sleep(for: .seconds(3))
+        stats = try await get(url + "/emulator/stats")
+        for host in 0..<hosts {
+            for worker in (await status(dir, host))?.workers ?? [] { if let pid = worker.pid { state.seenPIDs.insert(pid) } }
+        }
+        // Every host leaves with SIGTERM and must exit 0.
+        for (host, supervisor) in state.supervisors.sorted(by: { $0.key < $1.key }) {
+            supervisor.signal(SIGTERM)
+            let status = await exitStatus(supervisor, within: .seconds(30))
+            if status != 0 { state.supervisorExits.append("host \(host) exited with \(status.map(String.init) ?? "nothing within 30 s")") }
+        }
+        let deadline = MonotonicInstant.now() + .seconds(5)
+        var left = state.seenPIDs.filter(processAlive)
+        while !left.isEmpty && MonotonicInstant.now() < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+            left = state.seenPIDs.filter(processAlive)
+        }
+        var inNamespaces: [Int32] = []
+        for host in 0..<hosts { inNamespaces += await network.processes(in: host) }
+
+        var fenced = 0
+        var taken = 0
+        for host in 0..<hosts {
+            let text = (try? String(contentsOfFile: hostDirectory(dir, host) + "/supervisor.log", encoding: .utf8)) ?? ""
+            for line in text.split(separator: "\n") {
+                if line.contains("the lease could not be renewed in time") { fenced += 1 }
+                if line.contains("the lease was taken by another host") { taken += 1 }
+            }
+        }
+        let hardKills = state.workerKills + state.killedWithSupervisor + fenced
+        func n(_ key: String) -> Int { stats[key]?.intValue ?? 0 }
+        let rows: [(String, Int)] = [
+            ("messages generated", n("messagesGenerated")), ("undelivered (platform ended the session)", n("messagesUndelivered")),
+            ("delivered", n("messagesDelivered")), ("replied once", n("messagesReplied") - n("messagesRepliedMoreThanOnce")),
+            ("replied more than once", n("messagesRepliedMoreThanOnce")), ("unreplied", n("messagesUnreplied")),
+            ("duplicate replies refused by msg_seq", n("repliesRefusedDuplicateSeq")), ("429s", n("rateLimited")),
+            ("identify violations", n("identifyViolations")), ("identifies", n("identifies")), ("resumes", n("resumes")),
+            ("two live sessions of one shard", n("sessionOverlaps")),
+            ("workers killed (-9, SIGSTOP)", state.workerKills), ("workers killed with their supervisor", state.killedWithSupervisor),
+            ("workers fenced (lease not renewed in time)", fenced), ("leases found taken by another host", taken),
+            ("processes left behind", left.count + inNamespaces.count),
+        ]
+        let done = state.counts.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\($0.key.rawValue) \($0.value)" }.joined(separator: ", ")
+        say("\nchaos ground truth (\(hosts) hosts, seed \(seed), \(duration) s of faults: \(done))")
+        for (name, value) in rows { say("  \(name.padding(toLength: 44, withPad: " ", startingAt: 0)) \(value)") }
+        var failures: [String] = []
+        if n("messagesUnreplied") > 0 { failures.append("\(n("messagesUnreplied")) messages unreplied") }
+        if n("messagesRepliedMoreThanOnce") > hardKills {
+            failures.append("\(n("messagesRepliedMoreThanOnce")) messages replied more than once, more than the \(hardKills) workers killed, killed with their supervisor or fenced")
+        }
+        if n("sessionOverlaps") > 0 { failures.append("\(n("sessionOverlaps")) times two sessions of one shard were live at once") }
+        if n("rateLimited") > 0 { failures.append("\(n("rateLimited")) requests answered 429") }
+        if n("identifyViolations") > 0 { failures.append("\(n("identifyViolations")) identify violations") }
+        if !left.isEmpty || !inNamespaces.isEmpty { failures.append("processes left behind: \((Set(left).union(inNamespaces)).sorted())") }
+        failures += state.supervisorExits
+        for failure in failures { say("FAIL: \(failure)") }
+        if !failures.isEmpty { for host in 0..<hosts { printLogTail(dir, host) } }
+        if failures.isEmpty { say("PASS") }
+        return failures.isEmpty ? 0 : 1
+    }
+
+    /// Starts host `host`'s supervisor in its namespace, as the run's user; its log goes to supervisor.log.
+    func launch(_ dir: String, _ network: HostNetwork, _ host: Int, _ state: Run) throws {
+        let home = hostDirectory(dir, host)
+        let argv = ["ip", "netns", "exec", network.namespace(host)] + user.command([botcluster, "launch", "--host-id", String(host)])
+        let supervisor = try ChildProcess(
+            "/usr/bin/env", argv, directory: home,
+            environment: ["CHAOS_APP_SECRET": "emulator-development-secret", "HOME": home], errorLog: home + "/supervisor.log"
+        )
+        state.supervisors[host] = supervisor
+        state.seenPIDs.insert(supervisor.process.processIdentifier)
+    }
+
+    /// Brings back the hosts whose time away is over (or, with `all`, every one): a killed supervisor is started
+    /// again, a cut link mended.
+    func bringBack(_ dir: String, _ network: HostNetwork, _ state: Run, all: Bool) async throws {
+        let now = MonotonicInstant.now()
+        for (host, away) in state.away.sorted(by: { $0.key < $1.key }) where all || now >= away.until {
+            if away.action == .killHost {
+                try launch(dir, network, host, state)
+                log("host \(host) started again")
+            } else {
+                try await network.setStoreLink(host, up: true)
+                log("host \(host)'s store link mended")
+            }
+            state.away[host] = nil
+        }
+    }
+
+    /// Waits until every shard has a ready worker on some host.
+    func waitUntilEveryShardIsReady(_ dir: String, _ state: Run, within timeout: Duration) async throws {
+        let deadline = MonotonicInstant.now() + timeout
+        var ready = Set<Int>()
+        while MonotonicInstant.now() < deadline {
+            for (host, supervisor) in state.supervisors where !supervisor.process.isRunning && state.away[host] == nil {
+                throw BenchError("host \(host)'s supervisor exited with \(supervisor.process.terminationStatus)")
+            }
+            ready = []
+            for host in 0..<hosts {
+                for worker in (await status(dir, host))?.workers ?? [] where worker.state == "ready" { ready.insert(worker.ordinal) }
+            }
+            if ready == Set(0..<shards) { return }
+            try await Task.sleep(for: .milliseconds(300))
+        }
+        throw BenchError("not every shard ready within \(timeout): ready \(ready.sorted())")
+    }
+
+    /// `status --json` of a host, asked as the host's user (its control socket admits no other uid); nil when it
+    /// does not answer.
+    func status(_ dir: String, _ host: Int) async -> ClusterStatus? {
+        guard let lines = try? await runCommand(user.command([botcluster, "status", "--json"]), directory: hostDirectory(dir, host), timeout: .seconds(10)) else {
+            return nil
+        }
+        return try? JSONDecoder().decode(ClusterStatus.self, from: Data(lines.joined(separator: "\n").utf8))
+    }
+
+    /// Restarts the database (fast shutdown: every connection is cut) as the user who owns it, and waits until it
+    /// accepts connections again. The server writes to its log file, not to pg_ctl's output.
+    func restartStore() async throws {
+        guard let directory = postgresDirectory else { return }
+        var info = stat()
+        guard stat(directory + "/data", &info) == 0, let owner = getpwuid(info.st_uid) else { throw BenchError("cannot stat \(directory)/data") }
+        let runAs = try RunAs(String(cString: owner.pointee.pw_name))
+        let versions = (try? FileManager.default.contentsOfDirectory(atPath: "/usr/lib/postgresql")) ?? []
+        guard let bin = versions.sorted(by: { (Int($0) ?? 0) < (Int($1) ?? 0) }).last.map({ "/usr/lib/postgresql/\($0)/bin" }) else {
+            throw BenchError("no PostgreSQL server under /usr/lib/postgresql")
+        }
+        _ = try await runCommand(
+            runAs.command([bin + "/pg_ctl", "-D", directory + "/data", "-l", directory + "/server.log", "-m", "fast", "-w", "-t", "60", "restart"]),
+            timeout: .seconds(90)
+        )
+    }
+
+    /// Kills what still runs, removes the namespaces and stops the emulator.
+    func stopEverything(_ state: Run, _ emulator: ChildProcess?, _ network: HostNetwork) async {
+        for supervisor in state.supervisors.values where supervisor.process.isRunning {
+            supervisor.kill()
+            _ = await exitStatus(supervisor, within: .seconds(10))
+        }
+        for host in 0..<hosts { for pid in await network.processes(in: host) { kill(pid, SIGKILL) } }
+        await network.remove()
+        emulator?.terminate()
+        if let emulator { _ = await exitStatus(emulator, within: .seconds(10)) }
+    }
+
+    func printLogTail(_ dir: String, _ host: Int) {
+        let text = (try? String(contentsOfFile: hostDirectory(dir, host) + "/supervisor.log", encoding: .utf8)) ?? ""
+        say("--- host \(host), the end of its log:")
+        for line in text.split(separator: "\n").suffix(15) { say("  \(line.prefix(300))") }
+    }
+}
+
+/// A process's exit status, or nil when it has not ended within `timeout` (the wait for it goes on unseen).
+func exitStatus(_ child: ChildProcess, within timeout: Duration) async -> Int32? {
+    let first = AsyncStream<Int32?> { continuation in
+        Task { continuation.yield(await child.waitForExit()) }
+        Task {
+            try? await Task.sleep(for: timeout)
+            continuation.yield(nil)
+        }
+    }
+    for await status in first { return status }
+    return nil
+}
