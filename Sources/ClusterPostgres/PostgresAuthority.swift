@@ -29,7 +29,24 @@ public final class PostgresAuthority: Sendable {
         public var holders: [Int: Int]
         /// When each unexpired lease expires, in seconds after the round's database time.
         public var expiresIn: [Int: Double]
+        /// The routes paused by a 429 on another host, with the seconds left of each pause.
+        public var pauses: [String: Double] = [:]
     }
+
+    /// A route paused by a 429 on this host, `seconds` from now: every host pauses it.
+    public struct RoutePause: Sendable, Equatable {
+        public var route: String
+        public var seconds: Double
+
+        /// `route` paused for `seconds` from now.
+        public init(route: String, seconds: Double) {
+            self.route = route
+            self.seconds = seconds
+        }
+    }
+
+    /// The most routes a round reads paused (the hosts' budgets keep at most 256 routes each).
+    public static let maxPausesRead = 1024
 
     /// A session to store for a shard held under `token` (an empty id forgets the session).
     public struct SessionWrite: Sendable, Equatable {
@@ -108,10 +125,12 @@ public final class PostgresAuthority: Sendable {
     /// A call that found no connection within its deadline says why the last connection attempt failed (refused,
     /// authentication, no such database), when one failed within the last minute.
     func transaction<T: Sendable>(_ what: String, _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+        let connected = Mutex(false)
         do {
             return try await withDeadline(timeout, what) { [client, logger] in
                 try await client.withConnection { connection in
-                    try await withTaskCancellationHandler {
+                    connected.withLock { $0 = true }
+                    return try await withTaskCancellationHandler {
                         try await connection.withTransaction(logger: logger) { connection in try await body(connection) }
                     } onCancel: {
                         let closed: EventLoopFuture<Void> = connection.close()
@@ -120,7 +139,8 @@ public final class PostgresAuthority: Sendable {
                 }
             }
         } catch let error as TimeoutError {
-            guard let reason = connectFailures.recent(within: .seconds(60)) else { throw error }
+            // A query that ran out of time on a working connection is not a connection failure.
+            guard !connected.withLock({ $0 }), let reason = connectFailures.recent(within: .seconds(60)) else { throw error }
             throw StoreUnreachable(timeout: error, lastConnectFailure: reason)
         }
     }
@@ -202,6 +222,11 @@ public final class PostgresAuthority: Sendable {
             done boolean NOT NULL DEFAULT false, at timestamptz NOT NULL, PRIMARY KEY (cluster, key))
         """,
         "CREATE INDEX IF NOT EXISTS botcluster_claims_at ON botcluster_claims (cluster, at)",
+        """
+        CREATE TABLE IF NOT EXISTS botcluster_pauses (
+            cluster text NOT NULL, route text NOT NULL, until timestamptz NOT NULL, host integer NOT NULL,
+            PRIMARY KEY (cluster, route))
+        """,
     ]
 
     static let quiet = Logger(label: "botcluster.postgres.quiet", factory: { _ in SwiftLogNoOpLogHandler() })
@@ -209,10 +234,11 @@ public final class PostgresAuthority: Sendable {
     // MARK: leases
 
     /// One lease round for `host` in a `shards`-shard layout, in one transaction: the host's heartbeat, its
-    /// sessions written (fenced by token), its leases renewed and released, the view read, and the free shards
-    /// `wanted` picks from that view taken.
+    /// sessions written (fenced by token), its leases renewed and released, its routes paused by a 429 written, the
+    /// view read (with every host's pauses), and the free shards `wanted` picks from that view taken.
     public func round(
         host: Int, address: String, shards: Int, ttl: Duration, renew: [Int: Int64], release: [SessionWrite], sessions: [SessionWrite],
+        pauses: [RoutePause] = [],
         wanted: @escaping @Sendable (_ live: Set<Int>, _ holders: [Int: Int]) -> [Int]
     ) async throws -> Round {
         let cluster = self.cluster
@@ -259,6 +285,32 @@ public final class PostgresAuthority: Sendable {
                     """, logger: Self.quiet)
                 for try await shard in rows.decode(Int32.self) { released.insert(Int(shard)) }
             }
+            if !pauses.isEmpty {
+                // In the routes' order, so that hosts writing the same routes at once lock them in the same order.
+                let sorted = pauses.sorted { $0.route < $1.route }
+                try await connection.query(
+                    """
+                    INSERT INTO botcluster_pauses AS p (cluster, route, until, host)
+                    SELECT \(cluster), u.route, clock_timestamp() + make_interval(secs => u.seconds), \(me)
+                    FROM unnest(\(sorted.map(\.route)), \(sorted.map(\.seconds))) WITH ORDINALITY AS u(route, seconds, n) ORDER BY u.n
+                    ON CONFLICT (cluster, route) DO UPDATE SET until = greatest(p.until, EXCLUDED.until),
+                        host = CASE WHEN EXCLUDED.until > p.until THEN EXCLUDED.host ELSE p.host END
+                    """, logger: Self.quiet)
+                try await connection.query(
+                    """
+                    DELETE FROM botcluster_pauses WHERE ctid IN (SELECT ctid FROM botcluster_pauses
+                        WHERE cluster = \(cluster) AND until < now() - interval '1 minute' FOR UPDATE SKIP LOCKED)
+                    """, logger: Self.quiet)
+            }
+            // The pauses of the other hosts (this host's own it knows), the longest first, as seconds left now.
+            var paused: [String: Double] = [:]
+            let pauseRows = try await connection.query(
+                """
+                SELECT route, extract(epoch FROM until - clock_timestamp())::float8 FROM botcluster_pauses
+                WHERE cluster = \(cluster) AND host <> \(me) AND until > clock_timestamp()
+                ORDER BY until DESC LIMIT \(Int32(Self.maxPausesRead))
+                """, logger: Self.quiet)
+            for try await (route, left) in pauseRows.decode((String, Double).self) { paused[route] = left }
             var hosts: [Int: String] = [:]
             let hostRows = try await connection.query(
                 "SELECT host, address FROM botcluster_hosts WHERE cluster = \(cluster) AND expires_at > now()", logger: Self.quiet)
@@ -289,7 +341,9 @@ public final class PostgresAuthority: Sendable {
                     expiresIn[Int(shard)] = ttlSeconds
                 }
             }
-            return Round(renewed: renewed, acquired: acquired, released: released, hosts: hosts, holders: holders, expiresIn: expiresIn)
+            return Round(
+                renewed: renewed, acquired: acquired, released: released, hosts: hosts, holders: holders, expiresIn: expiresIn, pauses: paused
+            )
         }
     }
 
@@ -366,18 +420,23 @@ public final class PostgresAuthority: Sendable {
 
     /// Records the platform's count of session starts left today (`/gateway/bot`: `remaining`, reset after
     /// `resetAfter`). Within the day the lower count stands (a host's older answer never gives back starts the
-    /// cluster spent since); once the stored day has reset, the new count replaces it.
-    public func setSessionStarts(remaining: Int, resetAfter: Duration) async throws {
+    /// cluster spent since); once the stored day has reset, the new count replaces it. Returns the count stored now.
+    @discardableResult
+    public func setSessionStarts(remaining: Int, resetAfter: Duration) async throws -> Int {
         let cluster = self.cluster
-        try await transaction("storing the session starts left") { connection in
-            try await connection.query(
+        return try await transaction("storing the session starts left") { connection in
+            let rows = try await connection.query(
                 """
                 INSERT INTO botcluster_session_starts AS s (cluster, remaining, reset_at)
                 VALUES (\(cluster), \(Int32(clamping: remaining)), now() + make_interval(secs => \(resetAfter.seconds)))
                 ON CONFLICT (cluster) DO UPDATE SET
                     remaining = CASE WHEN s.reset_at <= now() THEN EXCLUDED.remaining ELSE least(s.remaining, EXCLUDED.remaining) END,
                     reset_at = CASE WHEN s.reset_at <= now() THEN EXCLUDED.reset_at ELSE s.reset_at END
+                RETURNING remaining
                 """, logger: Self.quiet)
+            var stored = 0
+            for try await value in rows.decode(Int32.self) { stored = Int(value) }
+            return stored
         }
     }
 
@@ -507,8 +566,9 @@ final class ConnectFailures: Sendable {
     /// Keeps `description` (the server's message when it sent one), the password blanked should any part of it
     /// carry it.
     func record(_ description: String) {
-        var reason = Self.serverMessage(description) ?? String(description.prefix(300))
+        var reason = description
         if let password, !password.isEmpty { reason = reason.replacingOccurrences(of: password, with: "<password>") }
+        reason = Self.serverMessage(reason) ?? String(reason.prefix(300))
         last.withLock { $0 = (reason, .now) }
     }
 

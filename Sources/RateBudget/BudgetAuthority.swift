@@ -153,6 +153,21 @@ public struct BudgetAuthority: Sendable {
         return state.pausedUntil!
     }
 
+    /// Another host got a 429 on `route`: pause it here too until `until` (at most ``maxPause`` from now). Learns
+    /// no rate (that host's grants are not this one's). Whether the pause is new, or ends more than `slack` after
+    /// the one here (the same pause read again, a little later each round, is nothing new): only then are the
+    /// workers told.
+    public mutating func pause(route: String, until: MonotonicInstant, now: MonotonicInstant, slack: Duration = .zero) -> Bool {
+        let until = min(until, now + Self.maxPause)
+        let key = routeKey(route)
+        var state = routes[key] ?? Route()
+        let current = state.pausedUntil.flatMap { $0 > now ? $0 + slack : nil } ?? now
+        guard until > current else { return false }
+        state.pausedUntil = until
+        routes[key] = state
+        return true
+    }
+
     /// A worker is gone: its queued requests leave.
     public mutating func requesterGone(_ requester: UInt64, now: MonotonicInstant) -> [Grant] {
         queue.removeAll { $0.requester == requester }

@@ -56,6 +56,16 @@ public final class BudgetService: Sendable {
         return until - now
     }
 
+    /// Another host's 429 on `route`, `remaining` from now: paused here too. How long from now, when that is new or
+    /// ends more than a second after the pause here (the workers are to be told); nil when this host knew already
+    /// (each round reads the same pause again, a round's time later).
+    public func pauseFromElsewhere(route: String, remaining: Duration) -> Duration? {
+        let now = MonotonicInstant.now()
+        guard authority.withLock({ $0.pause(route: route, until: now + remaining, now: now, slack: .seconds(1)) }) else { return nil }
+        wakeup.poke()
+        return min(remaining, BudgetAuthority.maxPause)
+    }
+
     /// A worker's connection closed: its queued requests leave, and whatever can be granted now is sent.
     public func connectionClosed(_ connection: IPCConnection) {
         connections.withLock { _ = $0.removeValue(forKey: connection.id) }

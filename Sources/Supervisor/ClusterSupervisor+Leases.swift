@@ -1,8 +1,10 @@
 import ClusterCore
 import Foundation
 import ClusterPostgres
+import ClusterProtocol
 import Logging
 import QQGateway
+import RateBudget
 import Synchronization
 
 extension ClusterSupervisor {
@@ -16,9 +18,11 @@ extension ClusterSupervisor {
             while !Task.isCancelled {
                 do {
                     try await leases.authority.prepare(shards: setup.shards)
-                    // The platform's count now (the join may have waited), else the launch's.
-                    let info = (try? await platform.api.gatewayBot()) ?? setup.gateway
-                    try await leases.authority.setSessionStarts(remaining: info.remaining, resetAfter: info.resetAfter)
+                    // The platform's count now (the join may have waited). Without an answer nothing is stored: the
+                    // launch's count would end the stored day late; the first Identify asks the platform then.
+                    if let info = try? await platform.api.gatewayBot() {
+                        try await leases.authority.setSessionStarts(remaining: info.remaining, resetAfter: info.resetAfter)
+                    }
                     logger.info("joined the cluster of hosts", metadata: ["host": "\(leases.host)", "store": "\(leases.authority.displayURL)"])
                     break
                 } catch let mismatch as PostgresAuthority.LayoutMismatch {
@@ -47,6 +51,16 @@ extension ClusterSupervisor {
                     beforeRelease: { [self] in
                         if await !claims.completionsRecorded(within: leases.config.timeout) {
                             logger.warning("handing a shard over before the store took every handled event: the next host may handle some of them again")
+                        }
+                    },
+                    paused: { [self] pauses in
+                        // A 429 on another host: the route waits here too, and the workers are told.
+                        for (route, remaining) in pauses {
+                            guard let pause = budget.pauseFromElsewhere(route: route, remaining: remaining) else { continue }
+                            let name = route.prefix(BudgetAuthority.maxRouteLength)
+                            events.post("429", "\(name) paused for \(DurationFormat.human(pause)) (a 429 on another host)")
+                            logger.warning("429 on another host: route paused here too", metadata: ["route": "\(name)", "pause": "\(DurationFormat.human(pause))"])
+                            broadcast(.budgetPause(route: route, forMillis: Int32(clamping: pause.nanoseconds / 1_000_000)), except: nil)
                         }
                     },
                     apply: { [self] version, held in

@@ -190,7 +190,11 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
                 margin: setup.config.identify.margin, slotTimeout: setup.config.identify.slotTimeout
             ),
             remaining: setup.gateway.remaining
-        ), authority: leases.map { IdentifyLedgerService.ClusterSlots(authority: $0.authority, holderPrefix: "\($0.host)/\(UInt32.random(in: 0...UInt32.max))") })
+        ), authority: leases.map { IdentifyLedgerService.ClusterSlots(authority: $0.authority, holderPrefix: "\($0.host)/\(UInt32.random(in: 0...UInt32.max))") },
+        platformStarts: { [api = platform.api] in
+            let info = try await api.gatewayBot()
+            return (info.remaining, info.resetAfter)
+        }, logger: logger)
         budget = BudgetService(configuration: .init(
             rate: setup.config.rateBudget.globalRate, burst: setup.config.rateBudget.globalBurst,
             leaseSize: setup.config.rateBudget.leaseSize, leaseTTL: setup.config.rateBudget.leaseTTL
@@ -650,6 +654,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             events.post("429", "\(route.prefix(BudgetAuthority.maxRouteLength)) paused for \(DurationFormat.human(pause)) (worker \(ordinal))")
             logger.warning("429 from the platform: route paused for every worker", metadata: ["route": "\(route.prefix(BudgetAuthority.maxRouteLength))", "worker.ordinal": "\(ordinal)", "pause": "\(DurationFormat.human(pause))"])
             broadcast(.budgetPause(route: route, forMillis: Int32(clamping: pause.nanoseconds / 1_000_000)), except: connection)
+            leases?.rateLimited(route: route, for: pause)
         case .usersChanged(let ids):
             broadcast(.usersInvalidate(ids: ids), except: connection)
         case .userAnswer(let id, let username):

@@ -33,16 +33,68 @@ final class IdentifyLedgerService: Sendable {
         var clusterHeld: [IdentifyLedger.RequestID: Int] = [:]
     }
 
+    /// The platform's count of the day's session starts now, and the time to its reset (`/gateway/bot`).
+    typealias Starts = @Sendable () async throws -> (remaining: Int, resetAfter: Duration)
+
     let state: Mutex<State>
     let wakeup = Wakeup()
     let cluster: ClusterSlots?
     let logger: Logger
     let failures = RateLimitedLog()
+    let platformStarts: Starts?
+    /// When the platform was last asked for the day's count (see `freshStarts`).
+    let lastLook = Mutex<MonotonicInstant?>(nil)
+    /// The shortest time between two looks at the platform's count, however many requests are denied.
+    static let lookInterval = Duration.seconds(5)
 
-    init(ledger: IdentifyLedger, authority: ClusterSlots? = nil, logger: Logger = Logger(label: "botcluster.identify")) {
+    init(ledger: IdentifyLedger, authority: ClusterSlots? = nil, platformStarts: Starts? = nil, logger: Logger = Logger(label: "botcluster.identify")) {
         state = Mutex(State(ledger: ledger))
         cluster = authority
+        self.platformStarts = platformStarts
         self.logger = logger
+    }
+
+    /// The day's count, when there are starts again: the ledger counts only down and the store keeps the figure the
+    /// hosts reported, so once spent, the day's reset would go unseen and every Identify be denied until a restart.
+    /// Before a request is denied, the platform is asked (`/gateway/bot`; at most once per `lookInterval`, counted
+    /// from the end of the last look; without a new look, nil: the denial stands). Across hosts the store takes the
+    /// platform's count only once its own day is over: the count returned is the store's.
+    func freshStarts() async -> Int? {
+        guard let platformStarts else { return nil }
+        let mayLook = lastLook.withLock { last -> Bool in
+            if let last, MonotonicInstant.now() - last < Self.lookInterval { return false }
+            last = .now()
+            return true
+        }
+        guard mayLook else { return nil }
+        defer { lastLook.withLock { $0 = .now() } }
+        guard let starts = try? await platformStarts(), starts.remaining > 0 else { return nil }
+        var remaining = starts.remaining
+        if let cluster {
+            guard let stored = try? await cluster.authority.setSessionStarts(remaining: starts.remaining, resetAfter: starts.resetAfter), stored > 0 else {
+                return nil
+            }
+            remaining = stored
+        }
+        state.withLock { $0.ledger.updateRemaining(remaining) }
+        logger.info("the platform's day was reset: session starts again", metadata: ["remaining": "\(remaining)"])
+        return remaining
+    }
+
+    /// Request `id` would be denied (`reason`): asked again after a fresh look at the platform's count found starts,
+    /// else denied.
+    func denyUnlessReset(_ id: IdentifyLedger.RequestID, reason: String) async {
+        if await freshStarts() != nil {
+            let decisions = state.withLock { state -> [IdentifyLedger.Decision] in
+                guard let request = state.requests[id] else { return [] }
+                return state.ledger.request(id, shard: Int(request.shard), now: .now())
+            }
+            deliver(decisions, lookFirst: false)
+            wakeup.poke()
+            return
+        }
+        let request = state.withLock { $0.requests.removeValue(forKey: id) }
+        request?.connection.send(.identifyDenied(id: request!.correlation, reason: reason))
     }
 
     var snapshot: (remaining: Int, waiting: Int, granted: Int, maxConcurrency: Int) {
@@ -108,7 +160,9 @@ final class IdentifyLedgerService: Sendable {
         wakeup.poke()
     }
 
-    func deliver(_ decisions: [IdentifyLedger.Decision]) {
+    /// Sends the ledger's decisions: a grant (across hosts: once the store's slot is reserved), or a denial (after a
+    /// look at the platform's count, unless `lookFirst` is false).
+    func deliver(_ decisions: [IdentifyLedger.Decision], lookFirst: Bool = true) {
         let replies = state.withLock { state -> [(IPCConnection, IPCMessage)] in
             decisions.compactMap { decision in
                 switch decision {
@@ -121,6 +175,9 @@ final class IdentifyLedgerService: Sendable {
                 case .granted(let id):
                     // Granted requests stay until the worker reports its Identify left (`sent`).
                     return state.requests[id].map { ($0.connection, .identifyGrant(id: $0.correlation)) }
+                case .denied(let id, let reason) where lookFirst && platformStarts != nil:
+                    if state.requests[id] != nil { Task { await self.denyUnlessReset(id, reason: reason) } }
+                    return nil
                 case .denied(let id, let reason):
                     return state.requests.removeValue(forKey: id).map { ($0.connection, .identifyDenied(id: $0.correlation, reason: reason)) }
                 }
@@ -138,6 +195,7 @@ final class IdentifyLedgerService: Sendable {
         }
         let bucket = ShardMath.bucket(ofShard: shard, maxConcurrency: maxConcurrency)
         let holder = "\(cluster.holderPrefix)/\(id)"
+        var looked = false
         while state.withLock({ $0.requests[id] != nil }) {
             let answer: PostgresAuthority.IdentifySlot
             do {
@@ -152,6 +210,11 @@ final class IdentifyLedgerService: Sendable {
             case .wait(let delay):
                 try? await Task.sleep(for: min(delay, .seconds(1)))
             case .spent:
+                // The platform's day may have been reset since the store's count was set: one look per request.
+                if !looked {
+                    looked = true
+                    if await freshStarts() != nil { continue }
+                }
                 let request = state.withLock { $0.requests.removeValue(forKey: id) }
                 let decisions = state.withLock { $0.ledger.cancel(id, now: .now()) }
                 request?.connection.send(.identifyDenied(id: request!.correlation, reason: "the daily session start limit is spent (cluster-wide)"))

@@ -1,6 +1,7 @@
 import ClusterCore
 import ClusterPostgres
 import Logging
+import RateBudget
 import Synchronization
 
 /// This host's part of a cluster that spans hosts (`store.postgres`): lease rounds against the database every
@@ -22,6 +23,8 @@ final class LeaseService: Sendable {
         var keeper: LeaseKeeper
         /// Sessions to write at the next round, by shard (an empty id forgets the stored one).
         var sessions: [Int: PendingSession] = [:]
+        /// Routes a 429 paused here, with their ends: written at the next round, so that every host pauses them.
+        var pauses: [String: MonotonicInstant] = [:]
         /// Whether the last round failed (logged once until one succeeds).
         var failing = false
         /// When the last round ran and what the store showed (for status).
@@ -36,6 +39,8 @@ final class LeaseService: Sendable {
 
     /// What the workers are to run: the keeper's version and its leases.
     typealias Apply = @Sendable (_ version: UInt64, _ held: [Int: LeaseGrant]) -> Void
+    /// The routes paused by a 429 on any host, with the time left of each (this host's own among them).
+    typealias Paused = @Sendable (_ pauses: [String: Duration]) -> Void
 
     let authority: PostgresAuthority
     let config: PostgresStoreConfig
@@ -72,6 +77,21 @@ final class LeaseService: Sendable {
         if isNew { roundWakeup.poke() }
     }
 
+    /// A 429 here paused `route` for `pause`: the next round (now) tells every host. At most as many routes as a
+    /// budget keeps are waiting (a peer cannot grow this).
+    func rateLimited(route: String, for pause: Duration) {
+        let route = String(route.prefix(BudgetAuthority.maxRouteLength))
+        let until = MonotonicInstant.now() + pause
+        let news = state.withLock { state -> Bool in
+            guard state.pauses[route] != nil || state.pauses.count < BudgetAuthority.maxRoutes else { return false }
+            let known = state.pauses[route]
+            state.pauses[route] = max(known ?? until, until)
+            // A storm of 429s on one route pokes a round once, not once per 429.
+            return known.map { until > $0 + .seconds(1) } ?? true
+        }
+        if news { roundWakeup.poke() }
+    }
+
     /// The host begins to stop: rounds keep renewing (the workers drain on their leases) but take and hand over
     /// nothing.
     func stop() {
@@ -85,22 +105,25 @@ final class LeaseService: Sendable {
         stoppedShards: @escaping @Sendable () -> Set<Int>,
         sessionOf: @escaping @Sendable (Int) -> (id: String, seq: Int)?,
         beforeRelease: @escaping @Sendable () async -> Void,
+        paused: @escaping Paused,
         apply: @escaping Apply
     ) async {
         await withDiscardingTaskGroup { group in
             group.addTask { await self.runFence(apply: apply) }
             while !Task.isCancelled {
                 let started = MonotonicInstant.now()
-                await round(stoppedShards: stoppedShards(), sessionOf: sessionOf, beforeRelease: beforeRelease, apply: apply)
+                await round(stoppedShards: stoppedShards(), sessionOf: sessionOf, beforeRelease: beforeRelease, paused: paused, apply: apply)
                 await roundWakeup.wait(until: started + config.renewInterval)
             }
             group.cancelAll()
         }
     }
 
-    /// One round: renew, write sessions, release handed-over shards, take free ones placed here.
+    /// One round: renew, write sessions and pauses, release handed-over shards, take free ones placed here; then
+    /// the pauses of every host apply here.
     func round(
-        stoppedShards: Set<Int>, sessionOf: @Sendable (Int) -> (id: String, seq: Int)?, beforeRelease: @Sendable () async -> Void, apply: Apply
+        stoppedShards: Set<Int>, sessionOf: @Sendable (Int) -> (id: String, seq: Int)?, beforeRelease: @Sendable () async -> Void,
+        paused: Paused, apply: Apply
     ) async {
         let started = MonotonicInstant.now()
         let (keeper, pending) = state.withLock { ($0.keeper, $0.sessions) }
@@ -110,10 +133,17 @@ final class LeaseService: Sendable {
         }
         let releases = keeper.releasable(stopped: stoppedShards).map { Self.release($0.key, token: $0.value, pending: pending, sessionOf: sessionOf) }
         if !releases.isEmpty { await beforeRelease() }
+        // The pauses as time left now (the release may have waited).
+        let pausesAt = MonotonicInstant.now()
+        let pendingPauses = state.withLock { state in
+            state.pauses = state.pauses.filter { $0.value > pausesAt }
+            return state.pauses
+        }
+        let pauses = pendingPauses.map { PostgresAuthority.RoutePause(route: $0.key, seconds: ($0.value - pausesAt).seconds) }
         do {
             let round = try await authority.round(
                 host: host, address: address, shards: keeper.shards, ttl: config.leaseTTL, renew: keeper.renewals,
-                release: releases, sessions: writes,
+                release: releases, sessions: writes, pauses: pauses,
                 wanted: { live, holders in keeper.wanted(in: .init(liveHosts: live, holders: holders)) }
             )
             let (changes, version, held, wasFailing) = state.withLock { state in
@@ -128,6 +158,7 @@ final class LeaseService: Sendable {
                     view: .init(liveHosts: Set(round.hosts.keys), holders: round.holders)
                 )
                 state.dropStaleSessions()
+                for (route, until) in pendingPauses where state.pauses[route] == until { state.pauses[route] = nil }
                 state.lastRound = round
                 state.lastRoundAt = started
                 defer { state.failing = false }
@@ -140,6 +171,7 @@ final class LeaseService: Sendable {
             log(changes)
             fenceWakeup.poke()
             apply(version, held)
+            if !round.pauses.isEmpty { paused(round.pauses.mapValues { Duration.seconds($0) }) }
         } catch {
             state.withLock { $0.failing = true }
             failures.log(logger, .error, "cannot renew the shard leases; the workers of shards whose lease runs out are stopped before it does", metadata: [

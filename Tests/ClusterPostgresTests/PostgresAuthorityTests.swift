@@ -154,6 +154,23 @@ struct PostgresAuthorityTests {
         }
     }
 
+    /// A 429 on one host is written with its round; every host's next round reads the route paused, with the time
+    /// left; a shorter pause never shortens a longer one.
+    @Test func aRoutePausedOnOneHostIsReadByEvery() async throws {
+        try await withAuthority { a in
+            let route = "POST /v2/groups/{group_openid}/messages"
+            _ = try await a.round(host: 0, address: "host-0", shards: 4, ttl: .seconds(10), renew: [:], release: [], sessions: [],
+                                  pauses: [.init(route: route, seconds: 5)]) { _, _ in [] }
+            let seen = try await round(a, host: 1)
+            let left = try #require(seen.pauses[route])
+            #expect(left > 3 && left <= 5)
+            _ = try await a.round(host: 2, address: "host-2", shards: 4, ttl: .seconds(10), renew: [:], release: [], sessions: [],
+                                  pauses: [.init(route: route, seconds: 1)]) { _, _ in [] }
+            #expect(try await round(a, host: 1).pauses[route].map { $0 > 3 } == true)
+            #expect(try await round(a, host: 1).pauses.count == 1)
+        }
+    }
+
     /// A server that turns the connection away (here: no such database; alike for an authentication failure or a
     /// pg_hba.conf rule): the calls end at their deadline and say what the server said, not only "no answer".
     @Test func aServerThatRefusesTheConnectionIsNamedInTheError() async throws {

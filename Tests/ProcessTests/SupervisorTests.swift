@@ -45,6 +45,36 @@ extension RealProcesses {
             }
         }
 
+        /// The day's session starts run out: a shard that must identify waits (its requests denied) until the
+        /// platform's daily reset, then identifies without a restart of anything: the supervisor looks at the
+        /// platform's count before it denies, and takes the new day's.
+        @Test func aShardThatFoundTheDaysStartsSpentIdentifiesAfterThePlatformsReset() async throws {
+            try await withTemporaryDirectory { dir in
+                let emulator = try await EmulatorProcess.start(
+                    config: TestCluster.emulatorConfig.replacingOccurrences(
+                        of: #""restRate": 2000,"#, with: #""restRate": 2000, "sessionStartLimit": {"total": 3, "resetAfter": "25s", "maxConcurrency": 1},"#),
+                    directory: dir
+                )
+                try TestCluster.clusterConfig(emulator, shards: 2).write(toFile: dir + "/cluster.json", atomically: true, encoding: .utf8)
+                let cluster = try await TestCluster.launch(in: dir, emulator: emulator, shards: 2)
+                // The third start of the day goes to shard 0; shard 1 then finds none left.
+                _ = try await emulator.admin("/emulator/faults", #"{"kind": "invalidSession", "shard": 0, "total": 2}"#)
+                try await emulator.waitFor("shard 0 identified again") { $0["identifies"] == 3 }
+                try await cluster.waitForStatus("shard 0 ready again") { $0[0].workerState == "ready" }
+                _ = try await emulator.admin("/emulator/faults", #"{"kind": "invalidSession", "shard": 1, "total": 2}"#)
+                try await cluster.waitForStatus("shard 1 without a session", timeout: .seconds(10)) { $0[1].workerState != "ready" }
+                // Denied until the platform's day is over (25 s after the emulator started), then served.
+                try await cluster.waitForStatus("shard 1 ready after the reset", timeout: .seconds(60)) { $0[1].workerState == "ready" }
+                let stats = try await emulator.stats()
+                #expect(stats["identifies"] == 4)
+                #expect(stats["identifyViolations"] == 0, "an Identify left without a start left")
+                #expect(cluster.supervisor.output.contains { $0.contains("the platform's day was reset: session starts again") })
+                let workers = try await cluster.workers()
+                #expect(workers.allSatisfy { $0["restarts"]?.intValue == 0 }, "nothing was restarted: \(workers)")
+                try await cluster.stop(workerPIDs: workers.compactMap { $0["pid"]?.intValue.map(Int32.init) })
+            }
+        }
+
         @Test func aStoppedWorkerIsFoundHungAndReplaced() async throws {
             try await withTemporaryDirectory { dir in
                 let cluster = try await TestCluster.start(in: dir)

@@ -117,6 +117,27 @@ struct BudgetAuthorityTests {
         #expect(b.knownRoutes.allSatisfy { $0.utf8.count <= BudgetAuthority.maxRouteLength })
     }
 
+    @Test func aPauseFromAnotherHostHoldsTheRouteAndTellsOnlyWhatIsNew() {
+        var a = authority(rate: 100, burst: 100)
+        let first = a.pause(route: "hot", until: t0 + .seconds(2), now: t0)
+        #expect(first)
+        #expect(a.request(request(1, 1, route: "hot"), now: t0 + .milliseconds(10)) == [])
+        #expect(a.request(request(1, 2, route: "cold"), now: t0 + .milliseconds(10)).map(\.id) == [2])
+        // The same pause again, or a shorter one, is nothing new (the workers were told); a longer one is.
+        let again = a.pause(route: "hot", until: t0 + .seconds(2), now: t0 + .milliseconds(20))
+        let shorter = a.pause(route: "hot", until: t0 + .seconds(1), now: t0 + .milliseconds(20))
+        let longer = a.pause(route: "hot", until: t0 + .seconds(3), now: t0 + .milliseconds(20))
+        #expect(!again && !shorter && longer)
+        #expect(a.nextDeadline == t0 + .seconds(3))
+        #expect(a.tick(now: t0 + .seconds(3)).map(\.id) == [1])
+        // At most a minute, whatever the store says; a pause already over is nothing.
+        let far = a.pause(route: "far", until: t0 + .seconds(3600), now: t0)
+        #expect(far)
+        #expect(a.request(request(1, 3, route: "far"), now: t0 + BudgetAuthority.maxPause).map(\.id) == [3])
+        let past = a.pause(route: "past", until: t0, now: t0 + .seconds(1))
+        #expect(!past)
+    }
+
     @Test func aRateLimitedRoutePausesAndLearnsItsLimit() {
         var a = authority(rate: 100, burst: 100)
         // 20 tokens went to route "hot" just before its 429.
