@@ -2,7 +2,7 @@
 # Measures botcluster's figures in release builds and prints them as a table, each beside its goal or its peer
 # measured in the same run (the machines are shared and noisy: compare within one run, not across runs).
 #
-# usage: scripts/bench.sh [--rounds N] [--only emulator|worker|supervisor|rescale|webhook|shared|scale]... [--scale "16 256 1024"]
+# usage: scripts/bench.sh [--rounds N] [--only emulator|worker|supervisor|rescale|webhook|shared|scale|hosts]... [--scale "16 256 1024"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +14,7 @@ while (($#)); do
     --rounds) ROUNDS="$2"; shift 2 ;;
     --only) ONLY+=("$2"); shift 2 ;;
     --scale) SCALE_SHARDS="$2"; shift 2 ;;
-    *) echo "usage: scripts/bench.sh [--rounds N] [--only emulator|worker|supervisor|rescale|webhook|shared|scale]... [--scale \"16 256 1024\"]" >&2; exit 2 ;;
+    *) echo "usage: scripts/bench.sh [--rounds N] [--only emulator|worker|supervisor|rescale|webhook|shared|scale|hosts]... [--scale \"16 256 1024\"]" >&2; exit 2 ;;
   esac
 done
 # want SECTION: whether to run a section (all of them unless --only names some).
@@ -389,6 +389,18 @@ row "batched upserts, rows/s (with change check)" "$up (${up_ratio}x C)" "(C pla
 "$BENCH" budget | tee "$OUT/budget.txt" >&2
 row "budget grant without a lease p50 / p99 (us)" "$(value budget.grant.p50 "$OUT/budget.txt") / $(value budget.grant.p99 "$OUT/budget.txt")" "(one IPC round trip)" ""
 row "budget permits granted/s, 4 workers" "$(value budget.permits.rate "$OUT/budget.txt")" "(leases of 4)" ""
+fi
+
+# --- several hosts sharing PostgreSQL (a server of the bench's own): startup against the identify limits, the
+# store's transactions per event, takeover after kill -9 of a supervisor against leaseTTL + renewInterval ---
+if want hosts; then
+eval "$(bash scripts/postgres.sh start)"
+"$BENCH" hosts --botcluster "$ROOT/$BIN" --postgres "$BOTCLUSTER_TEST_POSTGRES" --kills 5 | tee "$OUT/hosts.txt" >&2 || true
+bash scripts/postgres.sh stop "$BOTCLUSTER_TEST_POSTGRES_DIR"
+startup=$(value hosts.startup "$OUT/hosts.txt"); least=$(value hosts.startup.limit "$OUT/hosts.txt")
+row "hosts: 12 shards on 3 hosts ready (s)" "$startup" "the limits + a round: $least" ""
+row "hosts: store transactions per event" "$(value hosts.store.transactions_per_event "$OUT/hosts.txt")" "(60 msg/s; claim + record)" ""
+row "hosts: takeover after kill -9, p50 / max (ms)" "$(value hosts.takeover.p50 "$OUT/hosts.txt") / $(value hosts.takeover.max "$OUT/hosts.txt")" "expiry $(value hosts.takeover.bound "$OUT/hosts.txt") + a worker's start" ""
 fi
 
 echo

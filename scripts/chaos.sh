@@ -16,8 +16,9 @@
 # link to the emulator and one to the database, run as the user botcluster-test. Besides the worker and gateway
 # faults, a supervisor is killed with SIGKILL (and started again seconds later), a host's link to the database is
 # cut (and mended seconds later), and the database restarts. The run also fails if two sessions of one shard were
-# ever live at once. The server is BOTCLUSTER_TEST_POSTGRES (and BOTCLUSTER_TEST_POSTGRES_DIR, for the restarts)
-# when set, else one this script starts (scripts/postgres.sh) and stops.
+# ever live at once. The server is BOTCLUSTER_TEST_POSTGRES (with BOTCLUSTER_TEST_POSTGRES_DIR, for the restarts,
+# and BOTCLUSTER_TEST_POSTGRES_PASSWORD, which the hosts give from their namespaces) when set, else one this script
+# starts (scripts/postgres.sh) and stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -5,8 +5,9 @@
 #   bash scripts/postgres.sh stop "$BOTCLUSTER_TEST_POSTGRES_DIR"
 #
 # The server refuses to run as root: run as root, this script runs it as the user botcluster-test (created when
-# missing), which the process tests run as too. It listens on 0.0.0.0 so that hosts in network namespaces reach
-# it through their veth links; it trusts every connection (a throwaway test server, nothing else listens there).
+# missing), which the process tests run as too. It listens on 0.0.0.0 so that hosts in network namespaces reach it
+# through their veth links: loopback connections are trusted, every other one must give the password (SCRAM), a
+# random one exported as BOTCLUSTER_TEST_POSTGRES_PASSWORD.
 set -euo pipefail
 
 bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
@@ -30,13 +31,16 @@ start)
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   as_user "$bindir/initdb" -D "$dir/data" -U botcluster -A trust --no-sync >"$dir/initdb.log" 2>&1 \
     || { cat "$dir/initdb.log" >&2; exit 1; }
-  # initdb trusts loopback only: the hosts in network namespaces come from their veth addresses.
-  echo "host all all 0.0.0.0/0 trust" >>"$dir/data/pg_hba.conf"
+  # initdb trusts loopback only; the hosts in network namespaces come from their veth addresses, with the password.
+  echo "host all all 0.0.0.0/0 scram-sha-256" >>"$dir/data/pg_hba.conf"
+  password=$(head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n')
   as_user "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
     -o "-c listen_addresses=0.0.0.0 -p $port -k $dir -c fsync=off -c max_connections=200" start >/dev/null \
     || { cat "$dir/server.log" >&2; exit 1; }
   as_user "$bindir/createdb" -h 127.0.0.1 -p "$port" -U botcluster botcluster
+  as_user "$bindir/psql" -q -h 127.0.0.1 -p "$port" -U botcluster -d botcluster -c "ALTER USER botcluster PASSWORD '$password'"
   echo "export BOTCLUSTER_TEST_POSTGRES=postgres://botcluster@127.0.0.1:$port/botcluster"
+  echo "export BOTCLUSTER_TEST_POSTGRES_PASSWORD=$password"
   echo "export BOTCLUSTER_TEST_POSTGRES_DIR=$dir"
   ;;
 stop)

@@ -73,7 +73,7 @@ if [[ $(id -u) -eq 0 ]]; then
   # Three hosts, each in a network namespace of its own (which only root may make), run as the same user; a worker
   # or a supervisor killed, a host's link to the database cut, the database restarted: the emulator judges.
   "$stage/botcluster-chaos" --botcluster "$stage/botcluster" --hosts 3 --duration 45 --seed 8 --user "$user" \
-    --postgres "$BOTCLUSTER_TEST_POSTGRES" --postgres-directory "$BOTCLUSTER_TEST_POSTGRES_DIR"
+    --postgres "$BOTCLUSTER_TEST_POSTGRES" ${BOTCLUSTER_TEST_POSTGRES_DIR:+--postgres-directory "$BOTCLUSTER_TEST_POSTGRES_DIR"}
 else
   swift test --skip-build --filter ProcessTests
   echo "the chaos run of several hosts needs network namespaces, which only root may make: not run" >&2

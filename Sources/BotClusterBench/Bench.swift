@@ -6,7 +6,7 @@ struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "botcluster-bench",
         abstract: "Measuring clients for scripts/bench.sh.",
-        subcommands: [EmulatorDispatch.self, EmulatorReplies.self, EndToEnd.self, BenchBotCommand.self, Admin.self, IPCBench.self, KillResumeBench.self, CacheHammer.self, CacheBench.self, BudgetBench.self, RescaleBench.self]
+        subcommands: [EmulatorDispatch.self, EmulatorReplies.self, EndToEnd.self, BenchBotCommand.self, Admin.self, IPCBench.self, KillResumeBench.self, CacheHammer.self, CacheBench.self, BudgetBench.self, RescaleBench.self, HostsBench.self]
     )
 }
 

@@ -130,20 +130,9 @@ struct Chaos: AsyncParsableCommand {
         }
 
         // Let the traffic drain: no new messages, every delivered one answered (or the grace ran out).
-        _ = try await postAdmin(url + "/emulator/traffic", #"{"rate": 0, "groupRate": 0, "c2cRate": 0}"#)
-        let drainUntil = MonotonicInstant.now() + .seconds(60)
-        var stats = try await get(url + "/emulator/stats")
-        while MonotonicInstant.now() < drainUntil {
+        let truth = try await GroundTruth.drain(url) {
             for worker in (try? await statusWorkers(socket)) ?? [] { if let pid = worker.pid { seenPIDs.insert(pid) } }
-            stats = try await get(url + "/emulator/stats")
-            let delivered = stats["messagesDelivered"]?.intValue ?? 0
-            let replied = stats["messagesReplied"]?.intValue ?? 0
-            if stats["messagesPending"]?.intValue == 0 && replied == delivered { break }
-            try await Task.sleep(for: .milliseconds(200))
         }
-        // Unreplied counts only after the grace: wait it out once more, then read the final counters.
-        try await Task.sleep(for: .seconds(3))
-        stats = try await get(url + "/emulator/stats")
         let status = (try? await statusWorkers(socket)) ?? []
         let restarts = status.map(\.restarts).reduce(0, +)
         for worker in status { if let pid = worker.pid { seenPIDs.insert(pid) } }
@@ -157,25 +146,15 @@ struct Chaos: AsyncParsableCommand {
             left = seenPIDs.filter(processAlive)
         }
 
-        func n(_ key: String) -> Int { stats[key]?.intValue ?? 0 }
-        let rows: [(String, Int)] = [
-            ("messages generated", n("messagesGenerated")), ("undelivered (platform ended the session)", n("messagesUndelivered")),
-            ("delivered", n("messagesDelivered")), ("replied once", n("messagesReplied") - n("messagesRepliedMoreThanOnce")),
-            ("replied more than once", n("messagesRepliedMoreThanOnce")), ("unreplied", n("messagesUnreplied")),
-            ("duplicate replies refused by msg_seq", n("repliesRefusedDuplicateSeq")), ("429s", n("rateLimited")),
-            ("identify violations", n("identifyViolations")), ("identifies", n("identifies")), ("resumes", n("resumes")),
+        let n = truth.n
+        let rows: [(String, Int)] = truth.messageRows + [
             ("hard kills", hardKills), ("worker restarts (current layout)", restarts), ("processes left behind", left.count),
         ] + (mode == .webhook ? [
             ("webhook POSTs", n("webhookPosts")), ("webhook acknowledged", n("webhookAcked")), ("webhook redelivered (not acknowledged)", n("webhookRetries")),
             ("webhook pushed twice (same id)", n("duplicatePushes")), ("webhook given up", n("webhookGaveUp")),
         ] : [])
-        say("\nchaos ground truth (\(mode.rawValue), seed \(seed), \(duration) s of faults: \(counts.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\($0.key.rawValue) \($0.value)" }.joined(separator: ", ")))")
-        for (name, value) in rows { say("  \(name.padding(toLength: 42, withPad: " ", startingAt: 0)) \(value)") }
-        var failures: [String] = []
-        if n("messagesUnreplied") > 0 { failures.append("\(n("messagesUnreplied")) messages unreplied") }
-        if n("messagesRepliedMoreThanOnce") > hardKills { failures.append("\(n("messagesRepliedMoreThanOnce")) messages replied more than once, more than the \(hardKills) hard kills") }
-        if n("rateLimited") > 0 { failures.append("\(n("rateLimited")) requests answered 429") }
-        if n("identifyViolations") > 0 { failures.append("\(n("identifyViolations")) identify violations") }
+        GroundTruth.print("chaos ground truth (\(mode.rawValue), seed \(seed), \(duration) s of faults: \(counts.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\($0.key.rawValue) \($0.value)" }.joined(separator: ", ")))", rows)
+        var failures = truth.failures(allowance: hardKills, killed: "hard kills")
         if mode == .webhook && n("identifies") + n("resumes") > 0 { failures.append("webhook mode started \(n("identifies") + n("resumes")) gateway sessions") }
         if n("webhookGaveUp") > 0 { failures.append("\(n("webhookGaveUp")) webhook deliveries given up") }
         if !left.isEmpty { failures.append("processes left behind: \(left.sorted())") }

@@ -2,6 +2,7 @@ import BenchSupport
 import ClusterCore
 import ClusterProtocol
 import Foundation
+import Synchronization
 
 /// scripts/chaos.sh --hosts N: several supervisors sharing one PostgreSQL store, each in a network namespace of its
 /// own (run as an unprivileged user), against one emulator that counts; at seeded random moments a worker is killed
@@ -53,27 +54,33 @@ struct HostsChaos {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let network = HostNetwork(hosts: hosts)
         await network.remove()
-        // Interrupted (Ctrl-C, a timeout's SIGTERM), the run still removes what it made outside its processes.
+        let database = "chaos_\(getpid())"
+        // Interrupted (Ctrl-C, a timeout's SIGTERM), the run still removes what it made outside its namespaces: the
+        // emulator, the database, the directory.
+        let emulatorPID = Mutex<Int32?>(nil)
         let interrupts = [SIGINT, SIGTERM].map { signo in
             signal(signo, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: signo, queue: .global())
-            source.setEventHandler {
-                say("chaos: interrupted: removing the network namespaces")
+            source.setEventHandler { [postgres] in
+                say("chaos: interrupted: removing the network namespaces, the emulator and the database")
                 network.removeNow()
+                if let pid = emulatorPID.withLock({ $0 }) { kill(pid, SIGKILL) }
+                _ = HostNetwork.runNow(["psql", "-q", postgres, "-c", "DROP DATABASE IF EXISTS \(database) WITH (FORCE)"])
+                try? FileManager.default.removeItem(atPath: dir)
                 exit(1)
             }
             source.resume()
             return source
         }
         defer { interrupts.forEach { $0.cancel() } }
-        try await network.create()
-        let database = "chaos_\(getpid())"
         var emulator: ChildProcess?
         let state = Run()
         do {
+            try await network.create()
             _ = try await runCommand(["psql", "-q", "-v", "ON_ERROR_STOP=1", postgres, "-c", "CREATE DATABASE \(database)"])
             let (child, url) = try await startEmulator(dir, network)
             emulator = child
+            emulatorPID.withLock { $0 = child.process.processIdentifier }
             let result = try await faults(dir, network, url, database, state)
             await stopEverything(state, emulator, network)
             _ = try? await runCommand(["psql", "-q", postgres, "-c", "DROP DATABASE \(database) WITH (FORCE)"])
@@ -90,15 +97,21 @@ struct HostsChaos {
         let emulatorConfig = #"{"emulator": {"host": "\#(network.platformAddress)", "adminToken": "env:BOTCLUSTER_BENCH_ADMIN_TOKEN", "identifyWindow": "200ms", "restRate": 200, "heartbeatInterval": "1s", "heartbeatTimeout": "10s", "unrepliedGrace": "3s", "sessionTTL": "1m", "sessionStartLimit": {"maxConcurrency": 2}, "traffic": {"rate": 20, "groupRate": 2, "c2cRate": 2, "renameShare": 0.1, "renameEvery": "5s"}}, "log": {"level": "warning"}}"#
         try emulatorConfig.write(toFile: dir + "/emulator.json", atomically: true, encoding: .utf8)
         let emulator = try ChildProcess(botcluster, ["emulator", "--config", "emulator.json", "--port", "0"], directory: dir, environment: ["BOTCLUSTER_BENCH_ADMIN_TOKEN": benchAdminToken], errorLog: dir + "/emulator.log")
-        guard let line = await emulator.waitForLine(containing: "emulator listening on ") else { throw BenchError("the emulator did not start") }
+        guard let line = await within(.seconds(30), { await emulator.waitForLine(containing: "emulator listening on ") }) else {
+            _ = await emulator.stop()
+            throw BenchError("the emulator did not start within 30 s (emulator.log)")
+        }
         return (emulator, String(line.split(separator: " ").last!))
     }
 
     func hostDirectory(_ dir: String, _ host: Int) -> String { dir + "/host\(host)" }
 
     func faults(_ dir: String, _ network: HostNetwork, _ url: String, _ database: String, _ state: Run) async throws -> Int32 {
-        let port = postgres.split(separator: "@").last!.split(separator: "/").first!.split(separator: ":").last!
-        let store = "postgres://botcluster@\(network.storeAddress):\(port)/\(database)"
+        // The hosts reach the server on the store bridge as the URL's user, with the password the server asks of
+        // every connection not on loopback.
+        guard let parsed = try? PostgresStoreConfig.parseURL(postgres).get() else { throw BenchError("--postgres: not a postgres://USER@HOST:PORT/DATABASE URL") }
+        let store = "postgres://\(parsed.user)@\(network.storeAddress):\(parsed.port)/\(database)"
+        let password = ProcessInfo.processInfo.environment["BOTCLUSTER_TEST_POSTGRES_PASSWORD"]
         for host in 0..<hosts {
             let home = hostDirectory(dir, host)
             try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true)
@@ -110,7 +123,7 @@ struct HostsChaos {
                  "supervisor": {"heartbeat": {"interval": "100ms", "misses": 5}, "abortGrace": "200ms", "stopGrace": "5s"},
                  "restart": {"baseDelay": "100ms", "maxDelay": "2s", "resetAfter": "1s", "maxCrashes": 50, "crashWindow": "1m"},
                  "rateBudget": {"global": {"rate": 150, "burst": 20}},
-                 "store": {"postgres": "\#(store)", "leaseTTL": "4s", "renewInterval": "400ms", "fenceMargin": "800ms", "timeout": "1s"},
+                 "store": {"postgres": "\#(store)", \#(password == nil ? "" : #""password": "env:CHAOS_STORE_PASSWORD", "#)"leaseTTL": "4s", "renewInterval": "400ms", "fenceMargin": "800ms", "timeout": "1s"},
                  "http": {"listen": "off"},
                  "log": {"level": "warning"}}
                 """#
@@ -162,7 +175,7 @@ struct HostsChaos {
                 let running = workers.filter { $0.host == host && $0.worker.pid != nil }.count
                 state.supervisors[host]?.kill()
                 if let supervisor = state.supervisors[host] {
-                    guard await exitStatus(supervisor, within: .seconds(10)) != nil else { throw BenchError("host \(host) outlived SIGKILL") }
+                    guard await supervisor.exitStatus(within: .seconds(10)) != nil else { throw BenchError("host \(host) outlived SIGKILL") }
                 }
                 state.killedWithSupervisor += running
                 state.away[host] = Away(action: action, until: MonotonicInstant.now() + .milliseconds(2000 + Int64(rng.next() % 4000)))
@@ -182,23 +195,14 @@ struct HostsChaos {
         // Everything back, every shard running again, then the traffic drains.
         try await bringBack(dir, network, state, all: true)
         try await waitUntilEveryShardIsReady(dir, state, within: .seconds(120))
-        _ = try await postAdmin(url + "/emulator/traffic", #"{"rate": 0, "groupRate": 0, "c2cRate": 0}"#)
-        let drainUntil = MonotonicInstant.now() + .seconds(60)
-        var stats = try await get(url + "/emulator/stats")
-        while MonotonicInstant.now() < drainUntil {
-            stats = try await get(url + "/emulator/stats")
-            if stats["messagesPending"]?.intValue == 0 && stats["messagesReplied"]?.intValue == stats["messagesDelivered"]?.intValue { break }
-            try await Task.sleep(for: .milliseconds(200))
-        }
-        try await Task.sleep(for: .seconds(3))
-        stats = try await get(url + "/emulator/stats")
+        let truth = try await GroundTruth.drain(url)
         for host in 0..<hosts {
             for worker in (await status(dir, host))?.workers ?? [] { if let pid = worker.pid { state.seenPIDs.insert(pid) } }
         }
         // Every host leaves with SIGTERM and must exit 0.
         for (host, supervisor) in state.supervisors.sorted(by: { $0.key < $1.key }) {
             supervisor.signal(SIGTERM)
-            let status = await exitStatus(supervisor, within: .seconds(30))
+            let status = await supervisor.exitStatus(within: .seconds(30))
             if status != 0 { state.supervisorExits.append("host \(host) exited with \(status.map(String.init) ?? "nothing within 30 s")") }
         }
         let deadline = MonotonicInstant.now() + .seconds(5)
@@ -212,39 +216,30 @@ struct HostsChaos {
 
         var fenced = 0
         var taken = 0
+        var leaked: [Int] = []
         for host in 0..<hosts {
             let text = (try? String(contentsOfFile: hostDirectory(dir, host) + "/supervisor.log", encoding: .utf8)) ?? ""
+            if let password, !password.isEmpty, text.contains(password) { leaked.append(host) }
             for line in text.split(separator: "\n") {
                 if line.contains("the lease could not be renewed in time") { fenced += 1 }
                 if line.contains("the lease was taken by another host") { taken += 1 }
             }
         }
         let hardKills = state.workerKills + state.killedWithSupervisor + fenced
-        func n(_ key: String) -> Int { stats[key]?.intValue ?? 0 }
-        let rows: [(String, Int)] = [
-            ("messages generated", n("messagesGenerated")), ("undelivered (platform ended the session)", n("messagesUndelivered")),
-            ("delivered", n("messagesDelivered")), ("replied once", n("messagesReplied") - n("messagesRepliedMoreThanOnce")),
-            ("replied more than once", n("messagesRepliedMoreThanOnce")), ("unreplied", n("messagesUnreplied")),
-            ("duplicate replies refused by msg_seq", n("repliesRefusedDuplicateSeq")), ("429s", n("rateLimited")),
-            ("identify violations", n("identifyViolations")), ("identifies", n("identifies")), ("resumes", n("resumes")),
+        let n = truth.n
+        let rows: [(String, Int)] = truth.messageRows + [
             ("two live sessions of one shard", n("sessionOverlaps")),
             ("workers killed (-9, SIGSTOP)", state.workerKills), ("workers killed with their supervisor", state.killedWithSupervisor),
             ("workers fenced (lease not renewed in time)", fenced), ("leases found taken by another host", taken),
             ("processes left behind", left.count + inNamespaces.count),
         ]
         let done = state.counts.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\($0.key.rawValue) \($0.value)" }.joined(separator: ", ")
-        say("\nchaos ground truth (\(hosts) hosts, seed \(seed), \(duration) s of faults: \(done))")
-        for (name, value) in rows { say("  \(name.padding(toLength: 44, withPad: " ", startingAt: 0)) \(value)") }
-        var failures: [String] = []
-        if n("messagesUnreplied") > 0 { failures.append("\(n("messagesUnreplied")) messages unreplied") }
-        if n("messagesRepliedMoreThanOnce") > hardKills {
-            failures.append("\(n("messagesRepliedMoreThanOnce")) messages replied more than once, more than the \(hardKills) workers killed, killed with their supervisor or fenced")
-        }
+        GroundTruth.print("chaos ground truth (\(hosts) hosts, seed \(seed), \(duration) s of faults: \(done))", rows)
+        var failures = truth.failures(allowance: hardKills, killed: "workers killed, killed with their supervisor or fenced")
         if n("sessionOverlaps") > 0 { failures.append("\(n("sessionOverlaps")) times two sessions of one shard were live at once") }
-        if n("rateLimited") > 0 { failures.append("\(n("rateLimited")) requests answered 429") }
-        if n("identifyViolations") > 0 { failures.append("\(n("identifyViolations")) identify violations") }
         if !left.isEmpty || !inNamespaces.isEmpty { failures.append("processes left behind: \((Set(left).union(inNamespaces)).sorted())") }
         failures += state.supervisorExits
+        if !leaked.isEmpty { failures.append("the store's password is in the log of host \(leaked)") }
         for failure in failures { say("FAIL: \(failure)") }
         if !failures.isEmpty { for host in 0..<hosts { printLogTail(dir, host) } }
         if failures.isEmpty { say("PASS") }
@@ -257,7 +252,11 @@ struct HostsChaos {
         let argv = ["ip", "netns", "exec", network.namespace(host)] + user.command([botcluster, "launch", "--host-id", String(host)])
         let supervisor = try ChildProcess(
             "/usr/bin/env", argv, directory: home,
-            environment: ["CHAOS_APP_SECRET": "emulator-development-secret", "HOME": home], errorLog: home + "/supervisor.log"
+            environment: [
+                "CHAOS_APP_SECRET": "emulator-development-secret", "HOME": home,
+                "CHAOS_STORE_PASSWORD": ProcessInfo.processInfo.environment["BOTCLUSTER_TEST_POSTGRES_PASSWORD"] ?? "",
+            ],
+            errorLog: home + "/supervisor.log"
         )
         state.supervisors[host] = supervisor
         state.seenPIDs.insert(supervisor.process.processIdentifier)
@@ -327,12 +326,11 @@ struct HostsChaos {
     func stopEverything(_ state: Run, _ emulator: ChildProcess?, _ network: HostNetwork) async {
         for supervisor in state.supervisors.values where supervisor.process.isRunning {
             supervisor.kill()
-            _ = await exitStatus(supervisor, within: .seconds(10))
+            _ = await supervisor.exitStatus(within: .seconds(10))
         }
         for host in 0..<hosts { for pid in await network.processes(in: host) { kill(pid, SIGKILL) } }
         await network.remove()
-        emulator?.terminate()
-        if let emulator { _ = await exitStatus(emulator, within: .seconds(10)) }
+        _ = await emulator?.stop()
     }
 
     func printLogTail(_ dir: String, _ host: Int) {
@@ -340,17 +338,4 @@ struct HostsChaos {
         say("--- host \(host), the end of its log:")
         for line in text.split(separator: "\n").suffix(15) { say("  \(line.prefix(300))") }
     }
-}
-
-/// A process's exit status, or nil when it has not ended within `timeout` (the wait for it goes on unseen).
-func exitStatus(_ child: ChildProcess, within timeout: Duration) async -> Int32? {
-    let first = AsyncStream<Int32?> { continuation in
-        Task { continuation.yield(await child.waitForExit()) }
-        Task {
-            try? await Task.sleep(for: timeout)
-            continuation.yield(nil)
-        }
-    }
-    for await status in first { return status }
-    return nil
 }

@@ -42,8 +42,8 @@ struct TestHosts {
     /// Per host, a forwarder in front of the database whose link the test can cut (`scripts/tcp_cut.py`).
     var links: [Int: BotclusterProcess] = [:]
 
-    static func start(in directory: String, shards: Int) async throws -> TestHosts {
-        let emulator = try await EmulatorProcess.start(config: TestCluster.emulatorConfig, directory: directory)
+    static func start(in directory: String, shards: Int, emulatorConfig: String = TestCluster.emulatorConfig) async throws -> TestHosts {
+        let emulator = try await EmulatorProcess.start(config: emulatorConfig, directory: directory)
         return TestHosts(directory: directory, emulator: emulator, store: try await freshDatabase(), shards: shards)
     }
 
@@ -118,109 +118,143 @@ struct TestHosts {
     }
 }
 
-@Suite("several hosts sharing PostgreSQL", .serialized)
-struct MultiHostTests {
-    static let traffic = #"{"rate": 60, "groupRate": 2, "c2cRate": 2}"#
-    static let quiet = #"{"rate": 0, "groupRate": 0, "c2cRate": 0}"#
+extension RealProcesses {
+    /// One after the other with every other suite of real processes: a suite beside it (a flood of thousands of
+    /// connections) once made Foundation's process launch crash here, and the hosts' timing needs the machine.
+    @Suite("several hosts sharing PostgreSQL", .serialized)
+    struct MultiHostTests {
+        static let traffic = #"{"rate": 60, "groupRate": 2, "c2cRate": 2}"#
+        static let quiet = #"{"rate": 0, "groupRate": 0, "c2cRate": 0}"#
 
-    /// Three hosts share six shards by placement. A fourth host joins and takes its range by handover, then leaves
-    /// and hands it back: nothing is handled twice. A supervisor killed with SIGKILL has its shards resumed by the
-    /// others once its leases expire. Through all of it: no identify beyond the first six, no two live sessions of
-    /// a shard, nothing unreplied, no 429.
-    @Test func hostsJoinAndLeaveByHandoverAndADeadHostsShardsAreResumedElsewhere() async throws {
-        try await withTemporaryDirectory { dir in
-            var hosts = try await TestHosts.start(in: dir, shards: 6)
-            for host in 0..<3 { try await hosts.launch(host) }
-            try await hosts.waitForPlacement([0: [0, 1], 1: [2, 3], 2: [4, 5]])
-            try await hosts.emulator.waitFor("traffic replied") { ($0["messagesReplied"] ?? 0) >= 60 }
-            #expect(try await hosts.emulator.stats()["identifies"] == 6)
-            // Any host's status shows every host, its shards and its leases; each spends its share of the REST budget.
-            let (ok, body) = try await IPCClient.control(path: hosts.hostDirectory(0) + "/run/botcluster.sock", .status)
-            let status = try JSONValue.parse(body)
-            #expect(ok && status["cluster"]?["thisHost"]?.intValue == 0)
-            guard case .array(let listed) = status["cluster"]?["hosts"] ?? .null else { Issue.record("no hosts in \(body)"); return }
-            #expect(listed.map { $0["id"]?.intValue } == [0, 1, 2])
-            #expect(listed.allSatisfy { $0["live"] == .bool(true) && ($0["leasesExpireInSeconds"]?.doubleValue ?? 0) > 0 })
-            #expect(listed.compactMap { host -> [Int]? in guard case .array(let s) = host["shards"] ?? .null else { return nil }; return s.compactMap(\.intValue) } == [[0, 1], [2, 3], [4, 5]])
-            #expect(status["rateBudget"]?["rate"]?.doubleValue == 2000.0 * 2 / 6)
+        /// Three hosts share six shards by placement. A fourth host joins and takes its range by handover, then leaves
+        /// and hands it back: nothing is handled twice. A supervisor killed with SIGKILL has its shards resumed by the
+        /// others once its leases expire. Through all of it: no identify beyond the first six, no two live sessions of
+        /// a shard, nothing unreplied, no 429.
+        @Test func hostsJoinAndLeaveByHandoverAndADeadHostsShardsAreResumedElsewhere() async throws {
+            try await withTemporaryDirectory { dir in
+                var hosts = try await TestHosts.start(in: dir, shards: 6)
+                for host in 0..<3 { try await hosts.launch(host) }
+                try await hosts.waitForPlacement([0: [0, 1], 1: [2, 3], 2: [4, 5]])
+                try await hosts.emulator.waitFor("traffic replied") { ($0["messagesReplied"] ?? 0) >= 60 }
+                #expect(try await hosts.emulator.stats()["identifies"] == 6)
+                // Any host's status shows every host, its shards and its leases; each spends its share of the REST budget.
+                let (ok, body) = try await IPCClient.control(path: hosts.hostDirectory(0) + "/run/botcluster.sock", .status)
+                let status = try JSONValue.parse(body)
+                #expect(ok && status["cluster"]?["thisHost"]?.intValue == 0)
+                guard case .array(let listed) = status["cluster"]?["hosts"] ?? .null else { Issue.record("no hosts in \(body)"); return }
+                #expect(listed.map { $0["id"]?.intValue } == [0, 1, 2])
+                #expect(listed.allSatisfy { $0["live"] == .bool(true) && ($0["leasesExpireInSeconds"]?.doubleValue ?? 0) > 0 })
+                #expect(listed.compactMap { host -> [Int]? in guard case .array(let s) = host["shards"] ?? .null else { return nil }; return s.compactMap(\.intValue) } == [[0, 1], [2, 3], [4, 5]])
+                #expect(status["rateBudget"]?["rate"]?.doubleValue == 2000.0 * 2 / 6)
 
-            // A fourth host (id 3): four ranges now, and shards 1, 3 and 5 change hands by handover (drained,
-            // released with their sessions, resumed). When it leaves (SIGTERM), it releases shard 5 and the ranges
-            // are three again.
-            try await hosts.launch(3)
-            try await hosts.waitForPlacement([0: [0, 1], 1: [2], 2: [3, 4], 3: [5]])
-            hosts.supervisors[3]!.signal(SIGTERM)
-            #expect(await hosts.supervisors[3]!.waitForExit() == 0)
-            try await hosts.waitForPlacement([0: [0, 1], 1: [2, 3], 2: [4, 5]])
-            _ = try await hosts.emulator.admin("/emulator/traffic", Self.quiet)
-            try await hosts.emulator.waitFor("every delivered message replied") { s in
-                s["messagesPending"] == 0 && s["messagesReplied"] == s["messagesDelivered"]
+                // A fourth host (id 3): four ranges now, and shards 1, 3 and 5 change hands by handover (drained,
+                // released with their sessions, resumed). When it leaves (SIGTERM), it releases shard 5 and the ranges
+                // are three again.
+                try await hosts.launch(3)
+                try await hosts.waitForPlacement([0: [0, 1], 1: [2], 2: [3, 4], 3: [5]])
+                hosts.supervisors[3]!.signal(SIGTERM)
+                #expect(await hosts.supervisors[3]!.waitForExit() == 0)
+                try await hosts.waitForPlacement([0: [0, 1], 1: [2, 3], 2: [4, 5]])
+                _ = try await hosts.emulator.admin("/emulator/traffic", Self.quiet)
+                try await hosts.emulator.waitFor("every delivered message replied") { s in
+                    s["messagesPending"] == 0 && s["messagesReplied"] == s["messagesDelivered"]
+                }
+                let handedOver = try await hosts.emulator.stats()
+                #expect(handedOver["messagesRepliedMoreThanOnce"] == 0, "a handover handled an event twice")
+                #expect(handedOver["identifies"] == 6 && (handedOver["resumes"] ?? 0) >= 2)
+
+                // kill -9 of host 1's supervisor under traffic: its workers die with it; hosts 0 and 2 take shards 2
+                // and 3 over after the leases expire, by resuming.
+                _ = try await hosts.emulator.admin("/emulator/traffic", Self.traffic)
+                let replied = handedOver["messagesReplied"] ?? 0
+                try await hosts.emulator.waitFor("traffic replied again") { ($0["messagesReplied"] ?? 0) >= replied + 30 }
+                let dead = try await hosts.workers(of: 1).compactMap { $0["pid"]?.intValue }.map { Int32($0) }
+                hosts.supervisors[1]!.signal(SIGKILL)
+                _ = await hosts.supervisors[1]!.waitForExit()
+                try await waitUntilGone(dead, within: .seconds(5))
+                try await hosts.waitForPlacement([0: [0, 1, 2], 2: [3, 4, 5]])
+
+                _ = try await hosts.emulator.admin("/emulator/traffic", Self.quiet)
+                try await hosts.emulator.waitFor("every delivered message replied") { s in
+                    s["messagesPending"] == 0 && s["messagesReplied"] == s["messagesDelivered"]
+                }
+                let stats = try await hosts.emulator.stats()
+                #expect(stats["identifies"] == 6, "every shard identified once; takeovers and handovers resumed")
+                #expect(stats["identifyViolations"] == 0)
+                #expect(stats["sessionOverlaps"] == 0, "two live sessions of one shard")
+                #expect(stats["messagesUnreplied"] == 0)
+                // What the hard kill may leave: replies that left while their completion was on its way to the store
+                // (measured 0 to 5 here at 60 messages a second); a lost fence or claim would show far more.
+                #expect((stats["messagesRepliedMoreThanOnce"] ?? 0) <= 10)
+                #expect(stats["rateLimited"] == 0)
+                try await hosts.stopAll()
             }
-            let handedOver = try await hosts.emulator.stats()
-            #expect(handedOver["messagesRepliedMoreThanOnce"] == 0, "a handover handled an event twice")
-            #expect(handedOver["identifies"] == 6 && (handedOver["resumes"] ?? 0) >= 2)
-
-            // kill -9 of host 1's supervisor under traffic: its workers die with it; hosts 0 and 2 take shards 2
-            // and 3 over after the leases expire, by resuming.
-            _ = try await hosts.emulator.admin("/emulator/traffic", Self.traffic)
-            let replied = handedOver["messagesReplied"] ?? 0
-            try await hosts.emulator.waitFor("traffic replied again") { ($0["messagesReplied"] ?? 0) >= replied + 30 }
-            let dead = try await hosts.workers(of: 1).compactMap { $0["pid"]?.intValue }.map { Int32($0) }
-            hosts.supervisors[1]!.signal(SIGKILL)
-            _ = await hosts.supervisors[1]!.waitForExit()
-            try await waitUntilGone(dead, within: .seconds(5))
-            try await hosts.waitForPlacement([0: [0, 1, 2], 2: [3, 4, 5]])
-
-            _ = try await hosts.emulator.admin("/emulator/traffic", Self.quiet)
-            try await hosts.emulator.waitFor("every delivered message replied") { s in
-                s["messagesPending"] == 0 && s["messagesReplied"] == s["messagesDelivered"]
-            }
-            let stats = try await hosts.emulator.stats()
-            #expect(stats["identifies"] == 6, "every shard identified once; takeovers and handovers resumed")
-            #expect(stats["identifyViolations"] == 0)
-            #expect(stats["sessionOverlaps"] == 0, "two live sessions of one shard")
-            #expect(stats["messagesUnreplied"] == 0)
-            // What the hard kill may leave: replies that left while their completion was on its way to the store
-            // (measured 0 to 5 here at 60 messages a second); a lost fence or claim would show far more.
-            #expect((stats["messagesRepliedMoreThanOnce"] ?? 0) <= 10)
-            #expect(stats["rateLimited"] == 0)
-            try await hosts.stopAll()
         }
-    }
 
-    /// A host cut off from the store (its database link drops every packet; its link to the platform stays) fences
-    /// itself before its leases can expire; the others take its shards over by resuming, and no moment has two live
-    /// sessions of one shard. When the link is back, the host rejoins and gets its range back by handover.
-    @Test func aHostCutOffFromTheStoreFencesItselfAndTheOthersTakeOver() async throws {
-        try await withTemporaryDirectory { dir in
-            var hosts = try await TestHosts.start(in: dir, shards: 6)
-            for host in 0..<3 { try await hosts.launch(host, through: try await hosts.throughLink(host)) }
-            try await hosts.waitForPlacement([0: [0, 1], 1: [2, 3], 2: [4, 5]])
-            try await hosts.emulator.waitFor("traffic replied") { ($0["messagesReplied"] ?? 0) >= 60 }
+        /// A host cut off from the store (its database link drops every packet; its link to the platform stays) fences
+        /// itself before its leases can expire; the others take its shards over by resuming, and no moment has two live
+        /// sessions of one shard. When the link is back, the host rejoins and gets its range back by handover.
+        @Test func aHostCutOffFromTheStoreFencesItselfAndTheOthersTakeOver() async throws {
+            try await withTemporaryDirectory { dir in
+                var hosts = try await TestHosts.start(in: dir, shards: 6)
+                for host in 0..<3 { try await hosts.launch(host, through: try await hosts.throughLink(host)) }
+                try await hosts.waitForPlacement([0: [0, 1], 1: [2, 3], 2: [4, 5]])
+                try await hosts.emulator.waitFor("traffic replied") { ($0["messagesReplied"] ?? 0) >= 60 }
 
-            hosts.links[1]!.signal(SIGUSR1)
-            // Host 1 stops its workers on its own (its store calls end at their deadline; the fence comes before
-            // the leases expire); hosts 0 and 2 resume shards 2 and 3 once the store says the leases expired.
-            try await hosts.waitForPlacement([0: [0, 1, 2], 1: [], 2: [3, 4, 5]])
-            #expect(hosts.supervisors[1]!.output.contains { $0.contains("the lease could not be renewed in time") })
-            let cut = try await hosts.emulator.stats()
-            #expect(cut["sessionOverlaps"] == 0 && cut["identifies"] == 6)
+                hosts.links[1]!.signal(SIGUSR1)
+                // Host 1 stops its workers on its own (its store calls end at their deadline; the fence comes before
+                // the leases expire); hosts 0 and 2 resume shards 2 and 3 once the store says the leases expired.
+                try await hosts.waitForPlacement([0: [0, 1, 2], 1: [], 2: [3, 4, 5]])
+                #expect(hosts.supervisors[1]!.output.contains { $0.contains("the lease could not be renewed in time") })
+                let cut = try await hosts.emulator.stats()
+                #expect(cut["sessionOverlaps"] == 0 && cut["identifies"] == 6)
 
-            hosts.links[1]!.signal(SIGUSR2)
-            try await hosts.waitForPlacement([0: [0, 1], 1: [2, 3], 2: [4, 5]])
+                hosts.links[1]!.signal(SIGUSR2)
+                try await hosts.waitForPlacement([0: [0, 1], 1: [2, 3], 2: [4, 5]])
 
-            _ = try await hosts.emulator.admin("/emulator/traffic", Self.quiet)
-            try await hosts.emulator.waitFor("every delivered message replied") { s in
-                s["messagesPending"] == 0 && s["messagesReplied"] == s["messagesDelivered"]
+                _ = try await hosts.emulator.admin("/emulator/traffic", Self.quiet)
+                try await hosts.emulator.waitFor("every delivered message replied") { s in
+                    s["messagesPending"] == 0 && s["messagesReplied"] == s["messagesDelivered"]
+                }
+                let stats = try await hosts.emulator.stats()
+                #expect(stats["sessionOverlaps"] == 0, "two live sessions of one shard")
+                #expect(stats["identifies"] == 6 && stats["identifyViolations"] == 0)
+                #expect(stats["messagesUnreplied"] == 0)
+                // The fence is a hard kill of host 1's two workers: replies whose record was on its way to the store
+                // when the link went may go out again (measured 0 to 11 at 60 messages a second); a fence that came
+                // late, or a claim granted without a current lease, would show far more.
+                #expect((stats["messagesRepliedMoreThanOnce"] ?? 0) <= 20)
+                #expect(stats["rateLimited"] == 0)
+                try await hosts.stopAll()
             }
-            let stats = try await hosts.emulator.stats()
-            #expect(stats["sessionOverlaps"] == 0, "two live sessions of one shard")
-            #expect(stats["identifies"] == 6 && stats["identifyViolations"] == 0)
-            #expect(stats["messagesUnreplied"] == 0)
-            // The fence is a hard kill of host 1's two workers: replies in flight then may go out again.
-            #expect((stats["messagesRepliedMoreThanOnce"] ?? 0) <= 10)
-            #expect(stats["rateLimited"] == 0)
-            try await hosts.stopAll()
+        }
+
+        /// A 429 on one host pauses its route on every host: the others read the pause at their next lease round and
+        /// hold the route too. Group and C2C messages go to shard 0 only (the emulator's routing), so host 0 alone
+        /// sends on their routes, faster than the emulator allows; host 1 sends nothing, gets no 429 of its own, and
+        /// still pauses the routes.
+        @Test func a429OnOneHostPausesTheRouteOnEveryHost() async throws {
+            try await withTemporaryDirectory { dir in
+                let slow = TestCluster.emulatorConfig
+                    .replacingOccurrences(of: #""restRate": 2000"#, with: #""restRate": 20"#)
+                    .replacingOccurrences(of: #""traffic": {"rate": 60, "groupRate": 2, "c2cRate": 2}"#, with: #""traffic": {"rate": 0, "groupRate": 40, "c2cRate": 40}"#)
+                var hosts = try await TestHosts.start(in: dir, shards: 2, emulatorConfig: slow)
+                for host in 0..<2 { try await hosts.launch(host) }
+                try await hosts.waitForPlacement([0: [0], 1: [1]])
+                let other = try #require(hosts.supervisors[1])
+                try await poll("host 1 to pause a route for host 0's 429", timeout: .seconds(60), read: {
+                    other.output.filter { $0.contains("429 on another host: route paused here too") }
+                }, until: { !$0.isEmpty })
+                #expect(!other.output.contains { $0.contains("429 from the platform") }, "host 1 sent on the routes itself")
+                _ = try await hosts.emulator.admin("/emulator/traffic", Self.quiet)
+                try await hosts.emulator.waitFor("every delivered message replied", timeout: .seconds(120)) { s in
+                    s["messagesPending"] == 0 && s["messagesReplied"] == s["messagesDelivered"]
+                }
+                let stats = try await hosts.emulator.stats()
+                #expect((stats["rateLimited"] ?? 0) > 0)
+                #expect(stats["messagesRepliedMoreThanOnce"] == 0 && stats["messagesUnreplied"] == 0)
+                try await hosts.stopAll()
+            }
         }
     }
 }

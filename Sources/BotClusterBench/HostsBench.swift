@@ -1,0 +1,140 @@
+import ArgumentParser
+import BenchSupport
+import ClusterCore
+import ClusterIPC
+import ClusterProtocol
+import Foundation
+
+/// Several hosts sharing PostgreSQL on this machine (processes with run directories of their own, on loopback): the
+/// startup of the whole cluster against what the identify limits allow, the store's transactions per event under
+/// steady traffic, and the takeover after kill -9 of a supervisor against its bound (`leaseTTL` plus one
+/// `renewInterval`).
+struct HostsBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "hosts", abstract: "Startup, store transactions per event and takeover time of several hosts.")
+    @Option(help: "The botcluster executable.") var botcluster: String
+    @Option(help: "The PostgreSQL server, postgres://USER@HOST:PORT/DATABASE (a database of the bench's own is made there).") var postgres: String
+    @Option var hosts = 3
+    @Option var shards = 12
+    @Option(help: "Supervisors killed with -9, one at a time.") var kills = 5
+    @Option(help: "store.leaseTTL of the hosts.") var leaseTTL = "3s"
+    @Option(help: "store.renewInterval of the hosts.") var renewInterval = "300ms"
+    @Option(help: "store.fenceMargin of the hosts.") var fenceMargin = "600ms"
+    @Option(help: "store.timeout of the hosts.") var storeTimeout = "700ms"
+
+    func run() async throws {
+        let dir = NSTemporaryDirectory() + "botcluster-bench-hosts-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let database = "bench_hosts_\(getpid())"
+        _ = try await runCommand(["psql", "-q", "-v", "ON_ERROR_STOP=1", postgres, "-c", "CREATE DATABASE \(database)"])
+        let store = postgres[..<postgres.lastIndex(of: "/")!] + "/" + database
+        var supervisors: [Int: ChildProcess] = [:]
+        let emulatorConfig = #"{"emulator": {"adminToken": "env:BOTCLUSTER_BENCH_ADMIN_TOKEN", "identifyWindow": "500ms", "restRate": 2000, "sessionStartLimit": {"maxConcurrency": 2}, "traffic": {"rate": 60, "groupRate": 2, "c2cRate": 2}}, "log": {"level": "warning"}}"#
+        try emulatorConfig.write(toFile: dir + "/emulator.json", atomically: true, encoding: .utf8)
+        let emulator = try ChildProcess(botcluster, ["emulator", "--config", "emulator.json", "--port", "0"], directory: dir, environment: ["BOTCLUSTER_BENCH_ADMIN_TOKEN": benchAdminToken])
+        defer {
+            for supervisor in supervisors.values { supervisor.kill() }
+            emulator.terminate()
+        }
+        guard let line = await within(.seconds(30), { await emulator.waitForLine(containing: "emulator listening on ") }) else {
+            throw BenchError("the emulator did not start within 30 s")
+        }
+        let url = String(line.split(separator: " ").last!)
+        guard let ttl = DurationFormat.parse(leaseTTL), let renew = DurationFormat.parse(renewInterval) else {
+            throw ValidationError("--lease-ttl and --renew-interval take durations such as 3s and 300ms")
+        }
+
+        func home(_ host: Int) -> String { dir + "/host\(host)" }
+        func launch(_ host: Int) throws {
+            try FileManager.default.createDirectory(atPath: home(host), withIntermediateDirectories: true)
+            let config = #"""
+                {"gateway": {"embedded": false, "url": "\#(url)", "tokenURL": "\#(url)/app/getAppAccessToken"},
+                 "app": {"id": "102000001", "secret": "env:BENCH_APP_SECRET"}, "shards": {"count": \#(shards)},
+                 "identify": {"window": "500ms", "margin": "20ms"},
+                 "store": {"postgres": "\#(store)", "leaseTTL": "\#(leaseTTL)", "renewInterval": "\#(renewInterval)", "fenceMargin": "\#(fenceMargin)", "timeout": "\#(storeTimeout)"},
+                 "http": {"listen": "off"}, "log": {"level": "warning"}}
+                """#
+            try config.write(toFile: home(host) + "/cluster.json", atomically: true, encoding: .utf8)
+            supervisors[host] = try ChildProcess(
+                botcluster, ["launch", "--host-id", String(host)], directory: home(host),
+                environment: ["BENCH_APP_SECRET": "emulator-development-secret"], errorLog: home(host) + "/supervisor.log"
+            )
+        }
+        /// The ready shards of each live host.
+        func ready() async -> [Int: Set<Int>] {
+            var seen: [Int: Set<Int>] = [:]
+            for host in supervisors.keys.sorted() where supervisors[host]!.process.isRunning {
+                let workers = (try? await controlStatus(home(host) + "/run/botcluster.sock").workers) ?? []
+                seen[host] = Set(workers.filter { $0.state == "ready" }.map(\.ordinal))
+            }
+            return seen
+        }
+        func waitUntil(_ what: String, within limit: Duration = .seconds(120), _ done: ([Int: Set<Int>]) -> Bool) async throws {
+            let deadline = MonotonicInstant.now() + limit
+            while MonotonicInstant.now() < deadline {
+                if done(await ready()) { return }
+                if supervisors.values.allSatisfy({ !$0.process.isRunning }) { break }
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            let logs = supervisors.keys.sorted().map { host in
+                "host \(host): " + (((try? String(contentsOfFile: home(host) + "/supervisor.log", encoding: .utf8)) ?? "").split(separator: "\n").suffix(3).joined(separator: " | "))
+            }
+            throw BenchError("\(what): not within \(limit); seen \(await ready()); \(logs.joined(separator: "; "))")
+        }
+        let everyShard = Set(0..<shards)
+        let allReady = { (seen: [Int: Set<Int>]) in seen.values.reduce(Set<Int>()) { $0.union($1) } == everyShard }
+
+        // Startup: every host at once, until every shard is ready somewhere. The limits: one Identify per bucket
+        // per window (max_concurrency 2, 500 ms), plus the first round in which hosts that start together only look.
+        let started = MonotonicInstant.now()
+        for host in 0..<hosts { try launch(host) }
+        try await waitUntil("every shard ready", within: .seconds(60), allReady)
+        let startup = MonotonicInstant.now() - started
+        let least = Double((shards + 1) / 2 - 1) * 0.5 + renew.seconds
+        print("hosts.startup \(String(format: "%.2f", startup.seconds)) s (\(shards) shards on \(hosts) hosts; identify limits and the first round: \(String(format: "%.2f", least)) s)")
+        print("hosts.startup.limit \(String(format: "%.2f", least))")
+
+        // Store transactions per event: the database's commits over 10 s of steady traffic, per reply.
+        func commits() async throws -> Double {
+            let out = try await runCommand(["psql", "-qtA", postgres, "-c", "SELECT xact_commit FROM pg_stat_database WHERE datname = '\(database)'"])
+            return Double(out.first ?? "") ?? 0
+        }
+        try await Task.sleep(for: .seconds(2))
+        let (c0, r0) = (try await commits(), (try await get(url + "/emulator/stats"))["messagesReplied"]?.intValue ?? 0)
+        try await Task.sleep(for: .seconds(10))
+        let (c1, r1) = (try await commits(), (try await get(url + "/emulator/stats"))["messagesReplied"]?.intValue ?? 0)
+        let rounds = Double(hosts) * 10 / renew.seconds
+        print("hosts.store.transactions_per_event \(String(format: "%.2f", (c1 - c0) / Double(max(1, r1 - r0)))) (\(Int(c1 - c0)) commits, \(r1 - r0) replies in 10 s; lease rounds alone: \(Int(rounds)))")
+
+        // Takeover: kill -9 a supervisor; until every shard it ran is ready on another host.
+        var samples: [Double] = []
+        for round in 0..<kills {
+            let placed = await ready()
+            let victim = round % hosts
+            let orphaned = placed[victim] ?? []
+            guard !orphaned.isEmpty else { throw BenchError("host \(victim) runs no shard") }
+            let killedAt = MonotonicInstant.now()
+            supervisors[victim]!.kill()
+            guard await supervisors[victim]!.exitStatus(within: .seconds(10)) != nil else { throw BenchError("host \(victim) outlived SIGKILL") }
+            try await waitUntil("host \(victim)'s shards taken over") { seen in
+                let elsewhere = seen.filter { $0.key != victim }.values.reduce(Set<Int>()) { $0.union($1) }
+                return orphaned.isSubset(of: elsewhere)
+            }
+            samples.append((MonotonicInstant.now() - killedAt).seconds * 1000)
+            // Back: the host rejoins and gets its range back by handover; then the next kill.
+            try launch(victim)
+            try await waitUntil("host \(victim) back") { seen in allReady(seen) && (seen[victim] ?? []) == orphaned }
+        }
+        samples.sort()
+        let bound = (ttl + renew).seconds * 1000
+        print("hosts.takeover.p50 \(String(format: "%.0f", samples[samples.count / 2])) ms (\(kills) kills; bound leaseTTL + renewInterval \(String(format: "%.0f", bound)) ms)")
+        print("hosts.takeover.max \(String(format: "%.0f", samples.last!)) ms")
+        print("hosts.takeover.bound \(String(format: "%.0f", bound))")
+        let stats = try await get(url + "/emulator/stats")
+        print("hosts.identifies \(stats["identifies"]?.intValue ?? -1) (shards \(shards)), overlaps \(stats["sessionOverlaps"]?.intValue ?? -1), violations \(stats["identifyViolations"]?.intValue ?? -1)")
+
+        for (_, supervisor) in supervisors { _ = await supervisor.stop(grace: .seconds(30)) }
+        supervisors = [:]
+        _ = try? await runCommand(["psql", "-q", postgres, "-c", "DROP DATABASE \(database) WITH (FORCE)"])
+    }
+}
