@@ -27,7 +27,20 @@ struct HostsBench: AsyncParsableCommand {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let database = "bench_hosts_\(getpid())"
         _ = try await runCommand(["psql", "-q", "-v", "ON_ERROR_STOP=1", postgres, "-c", "CREATE DATABASE \(database)"])
-        let store = postgres[..<postgres.lastIndex(of: "/")!] + "/" + database
+        do {
+            try await measure(in: dir, database: database)
+        } catch {
+            _ = try? await runCommand(["psql", "-q", postgres, "-c", "DROP DATABASE IF EXISTS \(database) WITH (FORCE)"])
+            throw error
+        }
+    }
+
+    /// The measurements, in `dir`, with the hosts' store in `database` (dropped at the end).
+    func measure(in dir: String, database: String) async throws {
+        guard let slash = postgres.lastIndex(of: "/"), postgres.hasPrefix("postgres") else {
+            throw ValidationError("--postgres: a postgres://USER@HOST:PORT/DATABASE URL")
+        }
+        let store = postgres[..<slash] + "/" + database
         var supervisors: [Int: ChildProcess] = [:]
         let emulatorConfig = #"{"emulator": {"adminToken": "env:BOTCLUSTER_BENCH_ADMIN_TOKEN", "identifyWindow": "500ms", "restRate": 2000, "sessionStartLimit": {"maxConcurrency": 2}, "traffic": {"rate": 60, "groupRate": 2, "c2cRate": 2}}, "log": {"level": "warning"}}"#
         try emulatorConfig.write(toFile: dir + "/emulator.json", atomically: true, encoding: .utf8)
