@@ -100,6 +100,15 @@ public final class PostgresAuthority: Sendable {
         configuration.options.minimumConnections = 1
         configuration.options.maximumConnections = 8
         configuration.options.keepAliveBehavior = .init(frequency: .seconds(10))
+        // A host cut off in the middle of a transaction leaves its session on the server "idle in transaction",
+        // holding the row locks it took (a claim, a lease) until TCP gives up, hours later: every other host's
+        // claim of the same events then waits on it, and times out, round after round (seen in the cut-link test:
+        // the cluster stopped replying for good). The server ends such a session once it has waited longer than a
+        // call may take anyway, and a statement waits that long at most for a lock.
+        let limit = "\(max(1, Int(config.timeout.seconds * 1000)))ms"
+        configuration.options.additionalStartupParameters = [
+            ("idle_in_transaction_session_timeout", limit), ("lock_timeout", limit),
+        ]
         // The pool logs every failed connection attempt; while the server is away, the lease rounds say so once,
         // naming the last attempt's failure (kept by `PoolLogHandler`).
         let failures = ConnectFailures(password: config.password?.reveal())
@@ -372,14 +381,20 @@ public final class PostgresAuthority: Sendable {
         }
     }
 
-    /// Claims events for handlers on `host`, in one statement: the keys granted. A claim is granted only while
-    /// its lease is current in the store (the fencing token checked where the record is kept), and only if no one
-    /// handled the event and no holder of a newer lease of the shard claimed it; a claim left by an older lease
-    /// (a host that died mid-handler) is taken over.
-    public func claim(_ claims: [Claim], host: Int, shards: Int) async throws -> Set<String> {
-        guard !claims.isEmpty else { return [] }
+    /// Claims events for handlers on `host`, and records the events `completing` as handled, in one transaction
+    /// (one round trip for a batch of each): the keys granted. A claim is granted only while its lease is current in
+    /// the store (the fencing token checked where the record is kept), and only if no one handled the event and no
+    /// holder of a newer lease of the shard claimed it; a claim left by an older lease (a host that died
+    /// mid-handler) is taken over.
+    public func claim(_ claims: [Claim], completing: [String] = [], host: Int, shards: Int) async throws -> Set<String> {
+        guard !claims.isEmpty || !completing.isEmpty else { return [] }
         let cluster = self.cluster
-        return try await transaction("claiming events") { connection in
+        return try await transaction(claims.isEmpty ? "completing claims" : "claiming events") { connection in
+            if !completing.isEmpty {
+                try await connection.query(
+                    "UPDATE botcluster_claims SET done = true, at = now() WHERE cluster = \(cluster) AND key = ANY(\(completing))", logger: Self.quiet)
+            }
+            guard !claims.isEmpty else { return [] }
             let rows = try await connection.query(
                 """
                 INSERT INTO botcluster_claims AS c (cluster, key, shard, token, at)

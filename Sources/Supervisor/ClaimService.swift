@@ -120,8 +120,8 @@ final class ClaimService: Sendable {
         wakeup.poke()
     }
 
-    /// Sends the store what waits for it, one batch of claims and one of completions per round trip, until
-    /// cancelled; forgets handled events past the ttl once a minute.
+    /// Sends the store what waits for it, a batch of claims and one of completions per round trip (one transaction),
+    /// until cancelled; forgets handled events past the ttl once a minute.
     func runStore() async {
         guard let store else { return }
         var lastExpiry = MonotonicInstant.now()
@@ -142,12 +142,6 @@ final class ClaimService: Sendable {
                 continue
             }
             var retry = Pending()
-            do {
-                try await store.authority.completeClaims(batch.completes)
-            } catch {
-                retry.completes = batch.completes
-                failures.log(store.logger, .error, "cannot record handled events in the store; trying again", metadata: ["error": "\(String(describing: error).prefix(300))"])
-            }
             var held: [(key: String, requester: UInt64, shard: Int)] = []
             var unheld: [(key: String, requester: UInt64)] = []
             var claims: [PostgresAuthority.Claim] = []
@@ -170,14 +164,17 @@ final class ClaimService: Sendable {
             // No lease here (fenced, or handed over): the worker skips the event and the ledger forgets the claim,
             // so the host that runs the shard now, or this one with a new lease, decides it in the store.
             answer(unheld.map { ($0.key, $0.requester, false) })
-            if !claims.isEmpty {
-                do {
-                    let granted = try await store.authority.claim(claims, host: store.host, shards: store.shards)
-                    answer(held.map { ($0.key, $0.requester, granted.contains($0.key)) })
-                } catch {
-                    retry.claims = held
-                    failures.log(store.logger, .error, "cannot claim events in the store; their handlers wait", metadata: ["error": "\(String(describing: error).prefix(300))"])
-                }
+            // The completions and the claims in one transaction: at a low rate an event costs one round trip (its
+            // claim goes with the record of the one before), not two.
+            do {
+                let granted = try await store.authority.claim(claims, completing: batch.completes, host: store.host, shards: store.shards)
+                answer(held.map { ($0.key, $0.requester, granted.contains($0.key)) })
+            } catch {
+                retry.claims = held
+                retry.completes = batch.completes
+                failures.log(store.logger, .error, "cannot claim or record events in the store; their handlers wait, and it is asked again", metadata: [
+                    "error": "\(String(describing: error).prefix(300))",
+                ])
             }
             pending.withLock { pending in
                 pending.claims = retry.claims + pending.claims
