@@ -108,12 +108,8 @@ struct Chaos: AsyncParsableCommand {
                 kill(pid, action == .kill9 ? SIGKILL : SIGSTOP)
                 hardKills += 1
                 log("\(action.rawValue) worker \(shard) (pid \(pid))")
-            case .reconnect, .invalidSession, .drop, .stopAcks:
-                _ = try await postAdmin(url + "/emulator/faults", #"{"kind": "\#(action.rawValue)", "shard": \#(shard), "total": \#(current)}"#)
-                log("\(action.rawValue) on shard \(shard)/\(current)")
-            case .close4009:
-                _ = try await postAdmin(url + "/emulator/faults", #"{"kind": "close", "code": 4009, "shard": \#(shard), "total": \#(current)}"#)
-                log("close 4009 on shard \(shard)/\(current)")
+            case .reconnect, .invalidSession, .drop, .stopAcks, .close4009:
+                log(try await gatewayFault(action.rawValue, url: url, shard: shard, total: current))
             case .scaleUp, .scaleDown:
                 // Around the launch size: from half of it to one and a half (2...8 for the default 4 shards).
                 let step = max(1, shards / 8) * (1 + Int(rng.next() % 2))

@@ -54,3 +54,11 @@ struct GroundTruth {
         for (name, value) in rows { say("  \(name.padding(toLength: 44, withPad: " ", startingAt: 0)) \(value)") }
     }
 }
+
+/// Has the emulator do one of the gateway's faults (`reconnect`, `invalidSession`, `drop`, `stopAcks`, or
+/// `close4009`: a close with 4009) to `shard` of a `total`-shard layout; what the run logs of it.
+func gatewayFault(_ kind: String, url: String, shard: Int, total: Int) async throws -> String {
+    let fault = kind == "close4009" ? #""kind": "close", "code": 4009"# : #""kind": "\#(kind)""#
+    _ = try await postAdmin(url + "/emulator/faults", #"{\#(fault), "shard": \#(shard), "total": \#(total)}"#)
+    return "\(kind == "close4009" ? "close 4009" : kind) on shard \(shard)/\(total)"
+}

@@ -164,12 +164,8 @@ struct HostsChaos {
                 kill(pid, action == .kill9 ? SIGKILL : SIGSTOP)
                 state.workerKills += 1
                 log("\(action.rawValue) worker of shard \(shard) on host \(target!.host) (pid \(pid))")
-            case .reconnect, .invalidSession, .drop, .stopAcks:
-                _ = try await postAdmin(url + "/emulator/faults", #"{"kind": "\#(action.rawValue)", "shard": \#(shard), "total": \#(shards)}"#)
-                log("\(action.rawValue) on shard \(shard)")
-            case .close4009:
-                _ = try await postAdmin(url + "/emulator/faults", #"{"kind": "close", "code": 4009, "shard": \#(shard), "total": \#(shards)}"#)
-                log("close 4009 on shard \(shard)")
+            case .reconnect, .invalidSession, .drop, .stopAcks, .close4009:
+                log(try await gatewayFault(action.rawValue, url: url, shard: shard, total: shards))
             case .killHost:
                 let host = Int(rng.next() % UInt64(hosts))
                 let running = workers.filter { $0.host == host && $0.worker.pid != nil }.count
