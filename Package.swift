@@ -86,7 +86,7 @@ let package = Package(
         .target(
             name: "Supervisor",
             dependencies: [
-                "ClusterCore", "ClusterIPC", "ClusterProtocol", "QQGateway", "RateBudget", "SQLiteSupport", "CBotSystem", "ClusterPostgres",
+                "ClusterCore", "ClusterIPC", "ClusterProtocol", "QQGateway", "RateBudget", "SQLiteSupport", "UserCache", "CBotSystem", "ClusterPostgres",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -133,7 +133,7 @@ let package = Package(
         .target(
             name: "UserCache",
             dependencies: [
-                "ClusterCore", "CSQLite3", "SQLiteSupport",
+                "ClusterCore", "ClusterProtocol", "CSQLite3", "SQLiteSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "GRDB", package: "GRDB.swift"),
             ]
@@ -221,7 +221,7 @@ let package = Package(
         .testTarget(
             name: "SupervisorTests",
             dependencies: [
-                "Supervisor", "ClusterIPC", "ClusterProtocol", "ClusterCore",
+                "Supervisor", "ClusterIPC", "ClusterProtocol", "ClusterCore", "ClusterPostgres", "UserCache",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
@@ -237,7 +237,7 @@ let package = Package(
         ),
         .testTarget(
             name: "UserCacheTests",
-            dependencies: ["UserCache", "ClusterCore", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["UserCache", "ClusterCore", "ClusterProtocol", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(
             name: "RateBudgetTests",

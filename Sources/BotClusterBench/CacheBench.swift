@@ -1,5 +1,6 @@
 import ArgumentParser
 import ClusterCore
+import ClusterProtocol
 import ClusterIPC
 import CSQLiteBench
 import Foundation

@@ -1,5 +1,6 @@
 import ArgumentParser
 import ClusterCore
+import ClusterProtocol
 import Foundation
 import Logging
 import UserCache

@@ -236,6 +236,11 @@ public final class PostgresAuthority: Sendable {
             cluster text NOT NULL, route text NOT NULL, until timestamptz NOT NULL, host integer NOT NULL,
             PRIMARY KEY (cluster, route))
         """,
+        """
+        CREATE TABLE IF NOT EXISTS botcluster_user_changes (
+            cluster text NOT NULL, at timestamptz NOT NULL, host integer NOT NULL, payload text NOT NULL)
+        """,
+        "CREATE INDEX IF NOT EXISTS botcluster_user_changes_at ON botcluster_user_changes (cluster, at)",
     ]
 
     static let quiet = Logger(label: "botcluster.postgres.quiet", factory: { _ in SwiftLogNoOpLogHandler() })

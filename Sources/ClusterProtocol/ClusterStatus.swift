@@ -196,13 +196,34 @@ public struct ClusterStatus: Codable, Sendable, Equatable {
         /// Seconds since the last lease round that succeeded (nil: none yet).
         public var lastRoundSecondsAgo: Double?
         public var hosts: [Host]
+        /// What this host's user cache told the other hosts and took from them (nil: its cache is not open).
+        public var userChanges: UserChanges?
+
+        /// Users published to the other hosts and applied from them, since this supervisor started.
+        public struct UserChanges: Codable, Sendable, Equatable {
+            public var published: Int
+            public var applied: Int
+            /// Waiting to be published (the store is away or slow).
+            public var pending: Int
+            /// Left out: more were waiting than the feed keeps.
+            public var dropped: Int
+
+            /// The feed's counts.
+            public init(published: Int, applied: Int, pending: Int, dropped: Int) {
+                self.published = published
+                self.applied = applied
+                self.pending = pending
+                self.dropped = dropped
+            }
+        }
 
         /// The cluster as `thisHost` sees it.
-        public init(thisHost: Int, store: String, lastRoundSecondsAgo: Double?, hosts: [Host]) {
+        public init(thisHost: Int, store: String, lastRoundSecondsAgo: Double?, hosts: [Host], userChanges: UserChanges? = nil) {
             self.thisHost = thisHost
             self.store = store
             self.lastRoundSecondsAgo = lastRoundSecondsAgo
             self.hosts = hosts
+            self.userChanges = userChanges
         }
 
         /// The lines `status` prints: one per host.
@@ -213,6 +234,12 @@ public struct ClusterStatus: Codable, Sendable, Equatable {
                 let shards = host.shards.isEmpty ? "no shards" : "shards " + host.shards.map(String.init).joined(separator: ",")
                 let expiry = host.leasesExpireInSeconds.map { "leases expire in \($0) s" } ?? ""
                 lines.append("  host \(host.id)  \(host.live ? "live" : "gone")  \(shards)  \(expiry)  \(host.address)")
+            }
+            if let users = userChanges {
+                var line = "  user cache: \(users.published) users published to the other hosts, \(users.applied) applied from them"
+                if users.pending > 0 { line += ", \(users.pending) waiting" }
+                if users.dropped > 0 { line += ", \(users.dropped) left out" }
+                lines.append(line)
             }
             return lines
         }

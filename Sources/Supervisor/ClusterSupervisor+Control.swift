@@ -280,7 +280,13 @@ extension ClusterSupervisor {
                 hosts.append(.init(id: id, address: round.hosts[id] ?? "", live: round.hosts[id] != nil, shards: shards, leasesExpireInSeconds: expiry.map { ($0 * 10).rounded() / 10 }))
             }
         }
-        return ClusterStatus.Cluster(thisHost: leases.host, store: leases.authority.displayURL, lastRoundSecondsAgo: age.map { ($0 * 10).rounded() / 10 }, hosts: hosts)
+        let users = userFeed.map { feed in
+            let counts = feed.counters
+            return ClusterStatus.Cluster.UserChanges(published: counts.published, applied: counts.applied, pending: counts.pending, dropped: counts.dropped)
+        }
+        return ClusterStatus.Cluster(
+            thisHost: leases.host, store: leases.authority.displayURL, lastRoundSecondsAgo: age.map { ($0 * 10).rounded() / 10 }, hosts: hosts, userChanges: users
+        )
     }
 
     /// The layout on its way up — the launch until the cluster is first ready, then a rescale's new layout — with

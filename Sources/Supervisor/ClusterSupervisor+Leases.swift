@@ -6,6 +6,7 @@ import Logging
 import QQGateway
 import RateBudget
 import Synchronization
+import UserCache
 
 extension ClusterSupervisor {
     /// Joins the cluster of hosts (tables made, the day's session starts recorded), then runs lease rounds until
@@ -37,7 +38,12 @@ extension ClusterSupervisor {
                     try? await Task.sleep(for: min(.seconds(5), .milliseconds(200) * (1 << min(attempt, 5))))
                 }
             }
-            if !Task.isCancelled {
+            guard !Task.isCancelled else { return }
+            await withDiscardingTaskGroup { group in
+                // The tables exist now: the user cache's publications go both ways while the leases run.
+                if let userFeed {
+                    group.addTask { await userFeed.run { [self] ids in broadcast(.usersInvalidate(ids: ids), except: nil) } }
+                }
                 await leases.run(
                     // Stopped for a release: the slot runs nothing, and its last worker's connection has closed, so
                     // that everything the worker sent (its last session, its last handled events) was read first.
@@ -70,6 +76,7 @@ extension ClusterSupervisor {
                         dispatch(.leases(version: version, held: held))
                     }
                 )
+                group.cancelAll()
             }
         }
     }

@@ -10,6 +10,7 @@ import QQGateway
 import RateBudget
 import ServiceLifecycle
 import Synchronization
+import UserCache
 
 /// What the supervisor needs to know before it starts its workers.
 public struct SupervisorSetup: Sendable {
@@ -130,6 +131,9 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
     let scrapes = SingleFlight<String>(freshFor: .seconds(1))
     /// This host's shard leases, when several hosts share the cluster through PostgreSQL; nil on one host.
     let leases: LeaseService?
+    /// The users this host's workers wrote, told to the other hosts, and theirs applied here (several hosts only;
+    /// nil too when this host's user cache cannot be opened).
+    let userFeed: UserChangeFeed?
 
     /// A supervisor for `setup` resuming what `store` holds; throws if the platform clients cannot be set up.
     public init(setup: SupervisorSetup, store: ClusterStore, logger: Logger) throws {
@@ -140,8 +144,16 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             guard let host = setup.hostID else { throw ClusterStoreError(description: "store is PostgreSQL: this host needs an id (--host-id N, or BOTCLUSTER_HOST_ID)") }
             let authority = try PostgresAuthority(config: postgres, cluster: setup.config.app.id, logger: logger)
             leases = LeaseService(authority: authority, config: postgres, host: host, address: setup.hostAddress, shards: setup.shards, logger: logger)
+            do {
+                let users = try UserStore.open(path: setup.config.supervisor.runDirectory + "/users.sqlite")
+                userFeed = UserChangeFeed(authority: authority, host: host, store: users, timeout: postgres.timeout, logger: logger)
+            } catch {
+                logger.error("user cache unavailable: users changed on other hosts are not applied here", metadata: ["error": "\(error)"])
+                userFeed = nil
+            }
         } else {
             leases = nil
+            userFeed = nil
         }
         // Several hosts: the sessions are the leases' (read when one is gained), never this host's file.
         let sessions = leases == nil ? store.sessions(total: setup.shards) : [:]
@@ -655,8 +667,9 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             logger.warning("429 from the platform: route paused for every worker", metadata: ["route": "\(route.prefix(BudgetAuthority.maxRouteLength))", "worker.ordinal": "\(ordinal)", "pause": "\(DurationFormat.human(pause))"])
             broadcast(.budgetPause(route: route, forMillis: Int32(clamping: pause.nanoseconds / 1_000_000)), except: connection)
             leases?.rateLimited(route: route, for: pause)
-        case .usersChanged(let ids):
-            broadcast(.usersInvalidate(ids: ids), except: connection)
+        case .usersWritten(let changed, let added):
+            if !changed.isEmpty { broadcast(.usersInvalidate(ids: changed.map(\.id)), except: connection) }
+            userFeed?.written(changed + added)
         case .userAnswer(let id, let username):
             answer(id, username, from: connection, pending: \.userQueries)
         case .metricsAnswer(let id, let metrics):

@@ -1,4 +1,5 @@
 import ClusterCore
+import ClusterProtocol
 import Foundation
 import Logging
 import Synchronization
@@ -6,9 +7,10 @@ import Synchronization
 /// A worker's users: an in-memory LRU in front of the shared SQLite file, fed by the authors of every event.
 ///
 /// Lookups go to the LRU, then to SQLite, then (with `fetchMissing`) to the platform. Users seen in events are
-/// written in batches — one transaction per batch, by size or by time — and the ids whose fields changed are
-/// handed to `onChanged`, which tells the other workers to drop them: a name change seen on one shard is what the
-/// others serve next.
+/// written in batches — one transaction per batch, by size or by time — and the users whose fields changed, and
+/// those new to the file, are handed to `onWritten`: the supervisor tells its other workers to drop the changed
+/// ones (a name change seen on one shard is what the others serve next), and in a cluster of several hosts
+/// publishes both to the other hosts, whose files may hold them stale.
 public final class UserDirectory: Sendable {
     /// The cache's sizes and timings, from cluster.json's `cache` section.
     public struct Configuration: Sendable {
@@ -45,25 +47,33 @@ public final class UserDirectory: Sendable {
     let configuration: Configuration
     let shard: Int
     let fetch: (@Sendable (String, String?) async throws -> CachedUser?)?
-    let onChanged: @Sendable ([String]) -> Void
+    let onWritten: @Sendable (Written) -> Void
     let logger: Logger
     let state: Mutex<State>
     let wakeup = Wakeup()
     let writeFailures = RateLimitedLog()
 
+    /// What one batch wrote that others may hold stale.
+    public struct Written: Sendable, Equatable {
+        /// Users the file held with other fields.
+        public var changed: [CachedUser]
+        /// Users the file did not hold.
+        public var added: [CachedUser]
+    }
+
     /// - Parameters:
     ///   - fetch: asks the platform for a user missing from the cache (id, guild id), or nil to never ask.
-    ///   - onChanged: ids written with changed fields, after their transaction committed.
+    ///   - onWritten: the users written with changed fields or new to the file, after their transaction committed.
     public init(
         store: UserStore, configuration: Configuration, shard: Int, logger: Logger,
         fetch: (@Sendable (String, String?) async throws -> CachedUser?)? = nil,
-        onChanged: @escaping @Sendable ([String]) -> Void = { _ in }
+        onWritten: @escaping @Sendable (Written) -> Void = { _ in }
     ) {
         self.store = store
         self.configuration = configuration
         self.shard = shard
         self.fetch = fetch
-        self.onChanged = onChanged
+        self.onWritten = onWritten
         self.logger = logger
         state = Mutex(State(lru: LRUCache(capacity: configuration.lruSize, ttl: configuration.ttl)))
     }
@@ -176,7 +186,10 @@ public final class UserDirectory: Sendable {
                 for id in result.superseded where state.pending[id] == nil { state.lru.remove(id) }
             }
             writeFailures.reset()
-            if !result.changed.isEmpty { onChanged(result.changed) }
+            if !result.changed.isEmpty || !result.added.isEmpty {
+                let byID = Dictionary(batch.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
+                onWritten(Written(changed: result.changed.compactMap { byID[$0] }, added: result.added.compactMap { byID[$0] }))
+            }
         } catch {
             let failures = state.withLock { state -> Int in
                 for user in batch where state.pending[user.id] == nil && state.pending.count < maxPending { state.pending[user.id] = user }

@@ -1,30 +1,11 @@
 import ClusterCore
+import ClusterProtocol
 import Foundation
 import GRDB
 import Logging
 import SQLiteSupport
 
-/// A user as the cache holds it.
-public struct CachedUser: Sendable, Equatable {
-    public var id: String
-    public var username: String
-    public var avatar: String?
-    public var bot: Bool
-    /// Seconds since 1970 when a worker last wrote it.
-    public var updatedAt: Double
-    /// The shard that saw it last.
-    public var shard: Int
-
-    /// A user as a worker saw it at `updatedAt` on `shard`.
-    public init(id: String, username: String, avatar: String?, bot: Bool, updatedAt: Double, shard: Int) {
-        self.id = id
-        self.username = username
-        self.avatar = avatar
-        self.bot = bot
-        self.updatedAt = updatedAt
-        self.shard = shard
-    }
-
+extension CachedUser {
     /// Whether the fields a bot sees differ.
     func differs(from other: CachedUser) -> Bool {
         username != other.username || avatar != other.avatar || bot != other.bot
@@ -96,6 +77,8 @@ public final class UserStore: Sendable {
         public var changed: [String] = []
         /// Users the file already knew from a later observation: not written; the writer's copy is the stale one.
         public var superseded: [String] = []
+        /// Users the file did not hold (another host of the cluster may hold them stale).
+        public var added: [String] = []
     }
 
     /// Writes users in one transaction. An observation never replaces a later one (`updatedAt`): two workers
@@ -121,6 +104,8 @@ public final class UserStore: Sendable {
                         continue
                     }
                     if differs { result.changed.append(user.id) }
+                } else {
+                    result.added.append(user.id)
                 }
                 try write.execute(arguments: [user.id, user.username, user.avatar, user.bot, user.updatedAt, user.shard])
             }

@@ -82,8 +82,8 @@ public final class ClusterWorker: Service {
         let users: UserDirectory?
         do {
             let store = try UserStore.open(path: config.supervisor.runDirectory + "/users.sqlite")
-            users = UserDirectory.make(store: store, config: config, shard: shard, api: clients.api, logger: logger) { [client] ids in
-                client.send(.usersChanged(ids: ids))
+            users = UserDirectory.make(store: store, config: config, shard: shard, api: clients.api, logger: logger) { [client] written in
+                for message in IPCMessage.usersWrittenChunks(changed: written.changed, added: written.added) { client.send(message) }
             }
         } catch {
             logger.error("user cache unavailable; running without it", metadata: ["error": "\(error)"])

@@ -1,4 +1,5 @@
 import ClusterCore
+import ClusterProtocol
 import Logging
 import NIOCore
 import NIOPosix
@@ -32,7 +33,7 @@ extension ShardRuntime {
 extension UserDirectory {
     /// The directory of one shard's process: the shared file, the configured memory, and (with `fetchMissing`) the
     /// platform's member API for users not cached yet.
-    public static func make(store: UserStore, config: ClusterConfig, shard: ShardID, api: OpenAPIClient, logger: Logger, onChanged: @escaping @Sendable ([String]) -> Void) -> UserDirectory {
+    public static func make(store: UserStore, config: ClusterConfig, shard: ShardID, api: OpenAPIClient, logger: Logger, onWritten: @escaping @Sendable (UserDirectory.Written) -> Void) -> UserDirectory {
         let fetch: (@Sendable (String, String?) async throws -> CachedUser?)?
         if config.cache.fetchMissing {
             fetch = { id, guildID in
@@ -44,6 +45,6 @@ extension UserDirectory {
         } else {
             fetch = nil
         }
-        return UserDirectory(store: store, configuration: .init(config.cache), shard: shard.id, logger: logger, fetch: fetch, onChanged: onChanged)
+        return UserDirectory(store: store, configuration: .init(config.cache), shard: shard.id, logger: logger, fetch: fetch, onWritten: onWritten)
     }
 }

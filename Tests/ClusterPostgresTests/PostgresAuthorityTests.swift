@@ -193,4 +193,55 @@ struct PostgresAuthorityTests {
         }
         #expect(seen.contains(#"database "no_such_database_here" does not exist"#), "\(seen)")
     }
+
+    /// What one host publishes reaches every other listening host of its cluster at once, in order, and stays in
+    /// the rows for a host that was not listening; a host's own publications and another cluster's are not theirs.
+    @Test func usersPublishedOnOneHostReachTheOthersAtOnceAndStayForLaterReaders() async throws {
+        try await withAuthority { a in
+            let other = try Self.authority(cluster: "other-\(UInt64.random(in: 0...UInt64.max))")
+            let otherPool = Task { await other.run() }
+            defer { otherPool.cancel() }
+            let (events, sink) = AsyncStream<String>.makeStream()
+            let listener = Task {
+                try await a.listenUserChanges(
+                    host: 1, keepalive: .milliseconds(100),
+                    subscribed: { now in sink.yield("subscribed \(now.timeIntervalSince1970)") },
+                    alive: { now in sink.yield("alive \(now.timeIntervalSince1970)") },
+                    receive: { sink.yield("received " + $0) }
+                )
+            }
+            var iterator = events.makeAsyncIterator()
+            let subscribed = try #require(await iterator.next())
+            #expect(subscribed.hasPrefix("subscribed "))
+            let since = Date(timeIntervalSince1970: try #require(Double(subscribed.dropFirst("subscribed ".count))))
+            try await a.publishUserChanges(["[1]", "[2]"], host: 0)
+            try await a.publishUserChanges(["[mine]"], host: 1)
+            try await other.publishUserChanges(["[theirs]"], host: 0)
+            try await a.publishUserChanges(["[3]"], host: 2)
+            var received: [String] = []
+            var alive = 0
+            while received.count < 3, let event = await iterator.next() {
+                if event.hasPrefix("received ") { received.append(String(event.dropFirst("received ".count))) }
+                if event.hasPrefix("alive ") { alive += 1 }
+            }
+            #expect(received == ["[1]", "[2]", "[3]"])
+            while alive < 2, let event = await iterator.next() {
+                if event.hasPrefix("alive ") { alive += 1 }
+            }
+            #expect(alive >= 2, "the listening connection's clock was read every keepalive")
+            listener.cancel()
+            await #expect(throws: (any Error).self) { try await listener.value }
+            // A host that was not listening reads the same, from where it last heard everything; page by page.
+            let rows = try await a.userChanges(from: since.addingTimeInterval(-1), host: 1, limit: 10)
+            #expect(rows.map(\.payload) == ["[1]", "[2]", "[3]"])
+            #expect(rows.map(\.at) == rows.map(\.at).sorted())
+            #expect(try await a.userChanges(from: since.addingTimeInterval(-1), host: 1, limit: 2).map(\.payload) == ["[1]", "[2]"])
+            #expect(try await a.userChanges(from: rows[2].at, host: 1, limit: 10).map(\.payload) == ["[3]"])
+            #expect(try await a.userChanges(from: since.addingTimeInterval(-1), host: 0, limit: 10).map(\.payload) == ["[mine]", "[3]"])
+            // Kept for a while, then pruned by the next publication.
+            try await a.publishUserChanges([], host: 0, pruneOlderThan: .zero)
+            #expect(try await a.userChanges(from: .distantPast, host: 1, limit: 10).isEmpty)
+            #expect(try await other.userChanges(from: .distantPast, host: 1, limit: 10).map(\.payload) == ["[theirs]"])
+        }
+    }
 }

@@ -108,6 +108,23 @@ struct TestHosts {
         try await Self.psql("DROP DATABASE \(store.split(separator: "/").last!) WITH (FORCE)")
     }
 
+    /// What every worker of every live host serves for `user`, keyed "host/ordinal", once `until` holds of it (at
+    /// first: once every worker serves a name).
+    func servedNames(user: String, until: ([String: String]) -> Bool = { !$0.isEmpty }, timeout: Duration = .seconds(30)) async throws -> [String: String] {
+        var last: [String: String] = [:]
+        try await poll("names served for \(user)", timeout: timeout, read: {
+            var served: [String: String] = [:]
+            for (host, process) in supervisors where process.process.isRunning {
+                for (ordinal, name) in try await ProcessTests.servedNames(socket: hostDirectory(host) + "/run/botcluster.sock", user: user) {
+                    served["\(host)/\(ordinal)"] = name ?? ""
+                }
+            }
+            last = served
+            return served
+        }, until: { served in !served.values.contains("") && until(served) })
+        return last
+    }
+
     /// Waits until each host in `expected` runs exactly the shards given, every one ready.
     func waitForPlacement(_ expected: [Int: Set<Int>], timeout: Duration = .seconds(60)) async throws {
         try await poll("placement \(expected)", timeout: timeout, read: {
@@ -187,6 +204,47 @@ extension RealProcesses {
                 // (measured 0 to 5 here at 60 messages a second); a lost fence or claim would show far more.
                 #expect((stats["messagesRepliedMoreThanOnce"] ?? 0) <= 10)
                 #expect(stats["rateLimited"] == 0)
+                try await hosts.stopAll()
+            }
+        }
+
+        /// Each host keeps its own user cache. A rename seen on one host's shard is served by every worker of every
+        /// host; so is the next one, after the database dropped every host's connection (the hosts listen again and
+        /// read what they missed).
+        @Test func aRenameSeenOnOneHostIsServedOnEveryHost() async throws {
+            try await withTemporaryDirectory { dir in
+                var hosts = try await TestHosts.start(in: dir, shards: 4)
+                for host in 0..<2 { try await hosts.launch(host) }
+                try await hosts.waitForPlacement([0: [0, 1], 1: [2, 3]])
+                _ = try await hosts.emulator.admin("/emulator/traffic", Self.quiet)
+                let user = "144115188075855042"
+                // Guild g goes to shard (base + g) % 4: one message in each of four guilds reaches every shard.
+                for guild in 0..<4 {
+                    _ = try await hosts.emulator.admin("/emulator/message", #"{"user": "\#(user)", "guild": \#(guild)}"#)
+                }
+                let first = try await hosts.servedNames(user: user)
+                #expect(Set(first.keys) == ["0/0", "0/1", "1/2", "1/3"])
+                let firstName = try #require(first.values.first ?? nil)
+                #expect(Set(first.values) == [firstName])
+                for (round, guild) in [(1, 1), (2, 2)] {
+                    if round == 2 {
+                        // Every connection of every host to the store drops at once (a failover, a restart).
+                        try await TestHosts.psql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '\(hosts.store.split(separator: "/").last!)'")
+                    }
+                    let renamed = try JSONValue.parse(try await hosts.emulator.admin("/emulator/rename", #"{"user": "\#(user)"}"#))
+                    let newName = try #require(renamed["username"]?.stringValue)
+                    // The new name is seen on one shard, on one host.
+                    _ = try await hosts.emulator.admin("/emulator/message", #"{"user": "\#(user)", "guild": \#(guild)}"#)
+                    let served = try await hosts.servedNames(user: user) { Set($0.values) == [newName] }
+                    #expect(Set(served.values) == [newName], "round \(round): \(served)")
+                }
+                // Each host's status counts what it told the others and took from them.
+                for host in 0..<2 {
+                    let (_, body) = try await IPCClient.control(path: hosts.hostDirectory(host) + "/run/botcluster.sock", .status)
+                    let users = try JSONValue.parse(body)["cluster"]?["userChanges"]
+                    #expect((users?["published"]?.intValue ?? 0) + (users?["applied"]?.intValue ?? 0) >= 1, "host \(host): \(users ?? .null)")
+                    #expect(users?["dropped"]?.intValue == 0)
+                }
                 try await hosts.stopAll()
             }
         }

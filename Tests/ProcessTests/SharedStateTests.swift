@@ -7,7 +7,12 @@ import Testing
 
 /// The cluster's view of one user over the control socket: worker ordinal -> the name its cache serves.
 func servedNames(_ cluster: TestCluster, user: String) async throws -> [String: String?] {
-    let client = try await IPCClient.connect(path: cluster.socket, hello: Hello(role: .control, pid: getpid()))
+    try await servedNames(socket: cluster.socket, user: user)
+}
+
+/// What each worker of the supervisor at `socket` serves for `user` (`botcluster user`), by ordinal.
+func servedNames(socket: String, user: String) async throws -> [String: String?] {
+    let client = try await IPCClient.connect(path: socket, hello: Hello(role: .control, pid: getpid()))
     defer { client.close() }
     let reply = try await client.request(timeout: .seconds(10)) { .controlRequest(id: $0, command: .user(id: user)) }
     guard case .controlReply(_, true, let body) = reply, case .object(let workers) = try JSONValue.parse(body)["workers"] ?? .null else {

@@ -1,4 +1,5 @@
 import ClusterCore
+import ClusterProtocol
 import Foundation
 import Logging
 import Synchronization
@@ -66,8 +67,10 @@ struct UserDirectoryTests {
         defer { try? FileManager.default.removeItem(atPath: path) }
         let store = try UserStore.prepare(path: path, logger: quietLogger)
         let changed = Mutex<[String]>([])
-        let directory = UserDirectory(store: store, configuration: directoryConfiguration(), shard: 1, logger: quietLogger, onChanged: { ids in
-            changed.withLock { $0 += ids }
+        let added = Mutex<[String]>([])
+        let directory = UserDirectory(store: store, configuration: directoryConfiguration(), shard: 1, logger: quietLogger, onWritten: { written in
+            changed.withLock { $0 += written.changed.map(\.id) }
+            added.withLock { $0 += written.added.map(\.id) }
         })
         directory.observe(id: "1", username: "kari", avatar: nil, bot: false)
         directory.observe(id: "2", username: "mota", avatar: nil, bot: false)
@@ -75,12 +78,15 @@ struct UserDirectoryTests {
         await directory.flush()
         #expect(try store.count() == 3)
         #expect(directory.counters.batches == 1)
+        #expect(added.withLock { $0 }.sorted() == ["1", "2", "3"])
+        #expect(changed.withLock { $0 }.isEmpty)
         // The same fields again: no write. A new name: one write, reported as changed.
         directory.observe(id: "1", username: "kari", avatar: nil, bot: false)
         directory.observe(id: "2", username: "mota-v1", avatar: nil, bot: false)
         await directory.flush()
         #expect(directory.counters.writes == 4)
         #expect(changed.withLock { $0 } == ["2"])
+        #expect(added.withLock { $0 }.count == 3)
         #expect(try store.user("2")?.username == "mota-v1")
         #expect(try store.user("2")?.shard == 1)
     }

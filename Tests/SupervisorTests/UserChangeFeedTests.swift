@@ -1,0 +1,141 @@
+import ClusterCore
+import ClusterPostgres
+import ClusterProtocol
+import Foundation
+import Logging
+import Synchronization
+import Testing
+import UserCache
+@testable import Supervisor
+
+/// Two hosts' user caches kept true to each other through a real PostgreSQL (`BOTCLUSTER_TEST_POSTGRES`), each with
+/// its own SQLite file, as on two machines.
+@Suite("user changes across hosts", .serialized)
+struct UserChangeFeedTests {
+    static let quiet = Logger(label: "feed-test") { _ in SwiftLogNoOpLogHandler() }
+
+    /// A host: its authority (a pool of its own) and its user cache file.
+    struct Host {
+        let authority: PostgresAuthority
+        let store: UserStore
+        let feed: UserChangeFeed
+        let pool: Task<Void, Never>
+    }
+
+    static func host(_ id: Int, cluster: String, directory: String) throws -> Host {
+        guard let url = ProcessInfo.processInfo.environment["BOTCLUSTER_TEST_POSTGRES"] else {
+            Issue.record("BOTCLUSTER_TEST_POSTGRES is not set: start a server with eval \"$(bash scripts/postgres.sh start)\"")
+            throw CancellationError()
+        }
+        let parsed = try PostgresStoreConfig.parseURL(url).get()
+        let config = PostgresStoreConfig(
+            host: parsed.host, port: parsed.port, user: parsed.user, password: nil, database: parsed.database, tls: false, trustRoots: nil,
+            leaseTTL: .seconds(10), renewInterval: .seconds(2), fenceMargin: .seconds(2), timeout: .seconds(10)
+        )
+        let authority = try PostgresAuthority(config: config, cluster: cluster, logger: quiet)
+        let store = try UserStore.prepare(path: directory + "/users-\(id).sqlite", logger: quiet)
+        let pool = Task { await authority.run() }
+        return Host(authority: authority, store: store, feed: UserChangeFeed(authority: authority, host: id, store: store, timeout: .seconds(10), logger: quiet), pool: pool)
+    }
+
+    func withHosts(_ body: (Host, Host) async throws -> Void) async throws {
+        let directory = NSTemporaryDirectory() + "feed-" + UUID().uuidString.prefix(8)
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let cluster = "feed-\(UInt64.random(in: 0...UInt64.max))"
+        let a = try Self.host(0, cluster: cluster, directory: directory)
+        let b = try Self.host(1, cluster: cluster, directory: directory)
+        defer {
+            a.pool.cancel()
+            b.pool.cancel()
+        }
+        try await a.authority.prepare(shards: 2)
+        try await body(a, b)
+    }
+
+    /// Runs `host`'s feed, its invalidations into a stream, until the returned task is cancelled; returns once it
+    /// listens and has read what was kept since it last listened.
+    func run(_ host: Host) async throws -> (Task<Void, Never>, AsyncStream<[String]>) {
+        let (invalidated, sink) = AsyncStream<[String]>.makeStream()
+        let before = host.feed.state.withLock { $0.covered }
+        let task = Task { await host.feed.run { sink.yield($0) } }
+        try await waitUntil("the feed listens") { host.feed.state.withLock { $0.covered } != before }
+        return (task, invalidated)
+    }
+
+    /// Waits for a state of the feeds (they say nothing else).
+    func waitUntil(_ what: String, _ condition: () throws -> Bool) async throws {
+        let deadline = ContinuousClock.now + .seconds(20)
+        while try !condition() {
+            try #require(ContinuousClock.now < deadline, "\(what): not within 20 s")
+            try await Task.sleep(for: .milliseconds(5))
+        }
+    }
+
+    func user(_ id: String, _ name: String, at time: Double) -> CachedUser {
+        CachedUser(id: id, username: name, avatar: nil, bot: false, updatedAt: time, shard: 0)
+    }
+
+    /// One host's workers write a changed user and a new one: the other host's file gets both, and its workers
+    /// are told to drop the changed one. A host that was not listening gets what it missed when it listens again.
+    @Test func aUserChangedOnOneHostIsAppliedOnTheOtherAndItsWorkersDropIt() async throws {
+        try await withHosts { a, b in
+            let now = Date().timeIntervalSince1970
+            _ = try await b.store.upsert([user("1", "kari", at: now - 10)])
+            let (runA, _) = try await run(a)
+            defer { runA.cancel() }
+            var (runB, invalidatedB) = try await run(b)
+            a.feed.written([user("1", "kari-v2", at: now - 5), user("2", "mota", at: now - 5)])
+            var drops = invalidatedB.makeAsyncIterator()
+            #expect(await drops.next() == ["1"])
+            #expect(try b.store.user("1")?.username == "kari-v2")
+            #expect(try b.store.user("2")?.username == "mota")
+            #expect(a.feed.counters.published == 2 && b.feed.counters.applied == 2)
+            // An older observation published late changes nothing; the host's own publications are not applied.
+            a.feed.written([user("1", "kari-old", at: now - 8)])
+            b.feed.written([user("3", "yuna", at: now - 5)])
+            try await waitUntil("both publish") { a.feed.counters.published == 3 && b.feed.counters.published == 1 }
+            // B stops listening (a restart); A publishes meanwhile; B reads it when it listens again.
+            runB.cancel()
+            await runB.value
+            a.feed.written([user("1", "kari-v3", at: now - 1)])
+            try await waitUntil("A publishes") { a.feed.counters.published == 4 }
+            #expect(try b.store.user("1")?.username == "kari-v2")
+            (runB, invalidatedB) = try await run(b)
+            defer { runB.cancel() }
+            #expect(try b.store.user("1")?.username == "kari-v3")
+            try await waitUntil("A applies B's user") { a.feed.counters.applied == 1 }
+            #expect(try a.store.user("3")?.username == "yuna")
+            #expect(try a.store.user("1") == nil, "A's own publications are not applied to A's file")
+        }
+    }
+
+    /// What another host published is checked before it is written: text that is not a publication is ignored, and
+    /// a user seen far in the future (a host whose clock runs ahead) is not applied.
+    @Test func aPublicationThatIsNotOneOrFromTheFarFutureIsIgnored() async throws {
+        try await withHosts { (a: Host, _: Host) async throws in
+            let invalidated = Mutex<[String]>([])
+            for payload in ["not json", "{\"id\": 1}", "[{\"id\": \"1\"}]", String(repeating: "[", count: 9_000)] {
+                await a.feed.apply(payload) { ids in invalidated.withLock { $0 += ids } }
+            }
+            let future = Date().timeIntervalSince1970 + 86_400
+            await a.feed.apply(UserChangeFeed.payloads([user("9", "future", at: future), user("8", "now", at: Date().timeIntervalSince1970)], limit: 7_000)[0]) { _ in }
+            #expect(try a.store.user("9") == nil)
+            #expect(try a.store.user("8")?.username == "now")
+            #expect(invalidated.withLock { $0 }.isEmpty)
+        }
+    }
+
+    /// Publications stay under the limit the store sets, and carry every user but one no platform would give.
+    @Test func publicationsStayUnderTheLimitAndCarryEveryUser() throws {
+        let users = (0..<500).map { (i: Int) -> CachedUser in
+            let avatar: String? = i % 2 == 0 ? nil : "https://q/\(i)"
+            return CachedUser(id: "\(i)", username: String(repeating: "名", count: i % 40), avatar: avatar, bot: i % 7 == 0, updatedAt: 1_700_000_000.123 + Double(i), shard: i % 3)
+        }
+        let huge = user("huge", String(repeating: "x", count: 2_000), at: 0)
+        let payloads = UserChangeFeed.payloads(users + [huge], limit: 1_000)
+        #expect(payloads.count > 10)
+        #expect(payloads.allSatisfy { $0.utf8.count <= 1_000 })
+        #expect(payloads.flatMap { UserChangeFeed.users(of: $0) ?? [] } == users)
+    }
+}
