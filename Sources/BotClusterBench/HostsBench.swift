@@ -7,8 +7,8 @@ import Foundation
 
 /// Several hosts sharing PostgreSQL on this machine (processes with run directories of their own, on loopback): the
 /// startup of the whole cluster against what the identify limits allow, the store's transactions per event under
-/// steady traffic, and the takeover after kill -9 of a supervisor against its bound (`leaseTTL` plus one
-/// `renewInterval`).
+/// steady traffic, a rename's way to every worker of every host beside its way to the workers of its own host, and
+/// the takeover after kill -9 of a supervisor against its bound (`leaseTTL` plus one `renewInterval`).
 struct HostsBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "hosts", abstract: "Startup, store transactions per event and takeover time of several hosts.")
     @Option(help: "The botcluster executable.") var botcluster: String
@@ -33,6 +33,48 @@ struct HostsBench: AsyncParsableCommand {
             _ = try? await runCommand(["psql", "-q", postgres, "-c", "DROP DATABASE IF EXISTS \(database) WITH (FORCE)"])
             throw error
         }
+    }
+
+    /// Renames one user `count` times, each seen in one guild's message; per rename, the milliseconds until every
+    /// worker of one host serves the new name and until every worker of every host does (sorted).
+    func renames(url: String, sockets: [String], count: Int = 20) async throws -> (local: [Double], across: [Double]) {
+        let user = "144115188075855042"
+        func served() async throws -> [[String: String?]] {
+            var all: [[String: String?]] = []
+            for socket in sockets { all.append(try await controlUserNames(socket, user: user)) }
+            return all
+        }
+        // Seen once in every guild (16 in the emulator's traffic), so that every worker caches it.
+        for guild in 0..<16 { _ = try await postAdmin(url + "/emulator/message", #"{"user": "\#(user)", "guild": \#(guild)}"#) }
+        let filled = MonotonicInstant.now() + .seconds(30)
+        while try await served().contains(where: { $0.isEmpty || $0.values.contains(where: { $0 == nil }) }) {
+            guard MonotonicInstant.now() < filled else { throw BenchError("the workers never cached user \(user): \(try await served())") }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        var local: [Double] = []
+        var across: [Double] = []
+        for round in 0..<count {
+            guard let name = try await postAdmin(url + "/emulator/rename", #"{"user": "\#(user)"}"#)["username"]?.stringValue else {
+                throw BenchError("the emulator did not rename \(user)")
+            }
+            let seen = MonotonicInstant.now()
+            _ = try await postAdmin(url + "/emulator/message", #"{"user": "\#(user)", "guild": \#(round % 16)}"#)
+            var onOne: Double?
+            while true {
+                let hosts = try await served()
+                let elapsed = (MonotonicInstant.now() - seen).seconds * 1000
+                let serving = hosts.map { $0.values.allSatisfy { $0 == name } }
+                if onOne == nil, serving.contains(true) { onOne = elapsed }
+                if serving.allSatisfy({ $0 }) {
+                    across.append(elapsed)
+                    break
+                }
+                guard elapsed < 10_000 else { throw BenchError("rename \(round): not served everywhere within 10 s: \(hosts)") }
+                try await Task.sleep(for: .milliseconds(1))
+            }
+            local.append(onOne ?? across.last!)
+        }
+        return (local.sorted(), across.sorted())
     }
 
     /// The measurements, in `dir`, with the hosts' store in `database` (dropped at the end).
@@ -112,12 +154,24 @@ struct HostsBench: AsyncParsableCommand {
             let out = try await runCommand(["psql", "-qtA", postgres, "-c", "SELECT xact_commit FROM pg_stat_database WHERE datname = '\(database)'"])
             return Double(out.first ?? "") ?? 0
         }
+        // The user caches' publications among them (a row each; a transaction holds one or a few).
+        func publications() async throws -> Double {
+            let out = try await runCommand(["psql", "-qtA", String(store), "-c", "SELECT count(*) FROM botcluster_user_changes"])
+            return Double(out.first ?? "") ?? 0
+        }
         try await Task.sleep(for: .seconds(2))
-        let (c0, r0) = (try await commits(), (try await get(url + "/emulator/stats"))["messagesReplied"]?.intValue ?? 0)
+        let (c0, r0, p0) = (try await commits(), (try await get(url + "/emulator/stats"))["messagesReplied"]?.intValue ?? 0, try await publications())
         try await Task.sleep(for: .seconds(10))
-        let (c1, r1) = (try await commits(), (try await get(url + "/emulator/stats"))["messagesReplied"]?.intValue ?? 0)
+        let (c1, r1, p1) = (try await commits(), (try await get(url + "/emulator/stats"))["messagesReplied"]?.intValue ?? 0, try await publications())
         let rounds = Double(hosts) * 10 / renew.seconds
-        print("hosts.store.transactions_per_event \(String(format: "%.2f", (c1 - c0) / Double(max(1, r1 - r0)))) (\(Int(c1 - c0)) commits, \(r1 - r0) replies in 10 s; lease rounds alone: \(Int(rounds)))")
+        print("hosts.store.transactions_per_event \(String(format: "%.2f", (c1 - c0) / Double(max(1, r1 - r0)))) (\(Int(c1 - c0)) commits, \(r1 - r0) replies in 10 s; lease rounds alone: \(Int(rounds)); user cache publications: \(Int(p1 - p0)))")
+
+        // A rename seen on one shard: until every worker of its host serves it (the workers' batch and the
+        // supervisor's broadcast), and until every worker of every host does (published through the store, applied
+        // to each host's file, broadcast there): the second beside the first, in the same run.
+        let (local, across) = try await renames(url: url, sockets: (0..<hosts).map { home($0) + "/run/botcluster.sock" })
+        print("hosts.users.local.p50 \(String(format: "%.1f", local[local.count / 2])) ms (\(local.count) renames; max \(String(format: "%.1f", local.last!)) ms)")
+        print("hosts.users.across.p50 \(String(format: "%.1f", across[across.count / 2])) ms (max \(String(format: "%.1f", across.last!)) ms)")
 
         // Takeover: kill -9 a supervisor; until every shard it ran is ready on another host.
         var samples: [Double] = []

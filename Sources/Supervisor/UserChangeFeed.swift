@@ -34,6 +34,10 @@ final class UserChangeFeed: Sendable {
     static let maxPending = 50_000
     /// The most users one publishing transaction carries.
     static let maxPerPublish = 2_000
+    /// At most one publishing transaction per this interval: a host whose workers see many new users at once (a
+    /// start, a busy hour) publishes them in a few transactions, not one per worker's batch; a lone change goes at
+    /// once.
+    static let minInterval: Duration = .milliseconds(50)
     /// How long the store keeps publications for hosts that were not listening.
     static let retention: Duration = .seconds(600)
     /// How often the listening connection reads the database's clock (which also proves it still works).
@@ -105,30 +109,36 @@ final class UserChangeFeed: Sendable {
 
     func runPublishing() async {
         var lastPrune: MonotonicInstant?
+        var lastPublish: MonotonicInstant?
         while !Task.isCancelled {
-            await wakeup.wait(until: state.withLock { $0.retryAt })
-            if Task.isCancelled { return }
+            // Nothing pending: asleep until a worker writes. Pending: now, unless a publication went out less than
+            // `minInterval` ago (or one failed): then what comes meanwhile goes in the same transaction.
+            let due = state.withLock { state -> MonotonicInstant? in
+                guard !state.pending.isEmpty else { return nil }
+                return max(state.retryAt ?? .now(), (lastPublish ?? .now()) + (lastPublish == nil ? .zero : Self.minInterval))
+            }
             let now = MonotonicInstant.now()
+            guard let due, due <= now else {
+                await wakeup.wait(until: due)
+                continue
+            }
             let batch = state.withLock { state -> [CachedUser] in
-                if let retry = state.retryAt, now < retry { return [] }
                 let batch = Array(state.pending.values.prefix(Self.maxPerPublish))
                 for user in batch { state.pending[user.id] = nil }
                 return batch
             }
-            guard !batch.isEmpty else { continue }
+            lastPublish = now
             let prune = lastPrune.map { now - $0 >= .seconds(60) } ?? true
             do {
                 let payloads = Self.payloads(batch, limit: authority.maxUserChangeBytes)
                 try await authority.publishUserChanges(payloads, host: host, pruneOlderThan: prune ? Self.retention : nil)
                 if prune { lastPrune = now }
-                let more = state.withLock { state -> Bool in
+                state.withLock { state in
                     state.published += batch.count
                     state.failures = 0
                     state.retryAt = nil
-                    return !state.pending.isEmpty
                 }
                 publishFailures.reset()
-                if more { wakeup.poke() }
             } catch {
                 let failures = state.withLock { state -> Int in
                     // Back in the queue, unless a later observation of the same user came meanwhile.
