@@ -237,7 +237,7 @@ let package = Package(
         ),
         .testTarget(
             name: "UserCacheTests",
-            dependencies: ["UserCache", "ClusterCore", "ClusterProtocol", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["UserCache", "ClusterCore", "ClusterProtocol", .product(name: "Logging", package: "swift-log"), .product(name: "GRDB", package: "GRDB.swift")]
         ),
         .testTarget(
             name: "RateBudgetTests",

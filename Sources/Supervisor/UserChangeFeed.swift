@@ -12,6 +12,9 @@ import UserCache
 /// hosts' to this host's file with the cache's own rule (the newer observation wins), then tells this host's
 /// workers to drop the ones whose fields changed.
 ///
+/// What the workers write new or changed stays marked in the host's file until published (the outbox): a
+/// supervisor killed before it published is followed by one that publishes it at start.
+///
 /// Publications travel as a NOTIFY and as a row kept for `retention`: a host that was not listening (a restart,
 /// a cut link, the database restarted) reads the rows from where it last knew it had heard everything, less a
 /// margin. Applying a publication again does nothing, so reading some twice costs a little and loses nothing.
@@ -108,6 +111,16 @@ final class UserChangeFeed: Sendable {
     // MARK: publishing
 
     func runPublishing() async {
+        // What this host's workers wrote and a previous supervisor did not publish (it was killed first).
+        do {
+            let left = try store.unpublished(limit: Self.maxPending)
+            if !left.isEmpty {
+                logger.info("publishing the users an earlier run of this host wrote and did not publish", metadata: ["users": "\(left.count)"])
+                written(left)
+            }
+        } catch {
+            logger.warning("cannot read the users left unpublished in this host's cache", metadata: ["error": "\(error)"])
+        }
         var lastPrune: MonotonicInstant?
         var lastPublish: MonotonicInstant?
         while !Task.isCancelled {
@@ -133,6 +146,12 @@ final class UserChangeFeed: Sendable {
                 let payloads = Self.payloads(batch, limit: authority.maxUserChangeBytes)
                 try await authority.publishUserChanges(payloads, host: host, pruneOlderThan: prune ? Self.retention : nil)
                 if prune { lastPrune = now }
+                do {
+                    try await store.markPublished(batch)
+                } catch {
+                    // Published again by the next run of this host: the others apply it once more, and no harm done.
+                    applyFailures.log(logger, .warning, "cannot mark published users in this host's cache", metadata: ["error": "\(error)"])
+                }
                 state.withLock { state in
                     state.published += batch.count
                     state.failures = 0

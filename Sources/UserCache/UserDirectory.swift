@@ -18,13 +18,17 @@ public final class UserDirectory: Sendable {
         public var ttl: Duration
         public var flushSize: Int
         public var flushInterval: Duration
+        /// A host of several (`store.postgres`): what the writer writes new or changed stays marked in the file
+        /// until the supervisor published it to the other hosts (`UserStore.upsert(_:outbox:)`).
+        public var outbox: Bool
 
-        /// The configuration cluster.json's `cache` section gives.
-        public init(_ config: CacheConfig) {
+        /// The configuration cluster.json's `cache` section gives, with the outbox when several hosts share the cluster.
+        public init(_ config: CacheConfig, outbox: Bool = false) {
             lruSize = config.lruSize
             ttl = config.ttl
             flushSize = config.flushSize
             flushInterval = config.flushInterval
+            self.outbox = outbox
         }
     }
 
@@ -177,7 +181,7 @@ public final class UserDirectory: Sendable {
         }
         guard !batch.isEmpty else { return }
         do {
-            let result = try await store.upsert(batch)
+            let result = try await store.upsert(batch, outbox: configuration.outbox)
             state.withLock { state in
                 state.writes += batch.count
                 state.batches += 1

@@ -32,6 +32,12 @@ public final class UserStore: Sendable {
                 t.column("shard", .integer).notNull()
             }
         }
+        // Several hosts: a row written here that the other hosts may hold stale stays marked until the supervisor
+        // published it, so that a supervisor killed before it could is followed by one that does.
+        migrator.registerMigration("v2-unpublished") { db in
+            try db.alter(table: "users") { t in t.add(column: "unpublished", .boolean).notNull().defaults(to: false) }
+            try db.execute(sql: "CREATE INDEX users_unpublished ON users (updated_at) WHERE unpublished")
+        }
         return migrator
     }
 
@@ -83,16 +89,21 @@ public final class UserStore: Sendable {
 
     /// Writes users in one transaction. An observation never replaces a later one (`updatedAt`): two workers
     /// that saw a user on either side of a rename agree on the newer name whatever order their batches land in.
-    public func upsert(_ users: [CachedUser]) async throws -> UpsertResult {
+    ///
+    /// With `outbox` (a host of several), the users written with changed fields or new to the file are marked
+    /// until `markPublished`: the supervisor tells the other hosts about them, and one that starts after a crash
+    /// finds what its predecessor had not told yet (`unpublished`).
+    public func upsert(_ users: [CachedUser], outbox: Bool = false) async throws -> UpsertResult {
         try await pool.write { db in
             let select = try db.cachedStatement(sql: "SELECT username, avatar, bot, updated_at FROM users WHERE id = ?")
             let write = try db.cachedStatement(sql: """
-                INSERT INTO users (id, username, avatar, bot, updated_at, shard) VALUES (?, ?, ?, ?, ?, ?)
+                INSERT INTO users (id, username, avatar, bot, updated_at, shard, unpublished) VALUES (?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT(id) DO UPDATE SET username = excluded.username, avatar = excluded.avatar, bot = excluded.bot,
-                updated_at = excluded.updated_at, shard = excluded.shard
+                updated_at = excluded.updated_at, shard = excluded.shard, unpublished = excluded.unpublished OR users.unpublished
                 """)
             var result = UpsertResult()
             for user in users {
+                var news = true
                 if let row = try Row.fetchOne(select, arguments: [user.id]) {
                     let username: String = row[0]
                     let avatar: String? = row[1]
@@ -104,12 +115,33 @@ public final class UserStore: Sendable {
                         continue
                     }
                     if differs { result.changed.append(user.id) }
+                    news = differs
                 } else {
                     result.added.append(user.id)
                 }
-                try write.execute(arguments: [user.id, user.username, user.avatar, user.bot, user.updatedAt, user.shard])
+                try write.execute(arguments: [user.id, user.username, user.avatar, user.bot, user.updatedAt, user.shard, outbox && news])
             }
             return result
+        }
+    }
+
+    /// Users written with `outbox` and not published since, oldest first, at most `limit`.
+    public func unpublished(limit: Int) throws -> [CachedUser] {
+        try pool.read { db in
+            try Row.fetchAll(db, sql: """
+                SELECT id, username, avatar, bot, updated_at, shard FROM users WHERE unpublished ORDER BY updated_at LIMIT ?
+                """, arguments: [limit]).map { row in
+                CachedUser(id: row[0], username: row[1], avatar: row[2], bot: row[3], updatedAt: row[4], shard: row[5])
+            }
+        }
+    }
+
+    /// These observations are published: unmarked, unless a later one of the same user was written meanwhile.
+    public func markPublished(_ users: [CachedUser]) async throws {
+        guard !users.isEmpty else { return }
+        try await pool.write { db in
+            let mark = try db.cachedStatement(sql: "UPDATE users SET unpublished = 0 WHERE id = ? AND updated_at = ? AND unpublished")
+            for user in users { try mark.execute(arguments: [user.id, user.updatedAt]) }
         }
     }
 

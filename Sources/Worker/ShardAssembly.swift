@@ -45,6 +45,6 @@ extension UserDirectory {
         } else {
             fetch = nil
         }
-        return UserDirectory(store: store, configuration: .init(config.cache), shard: shard.id, logger: logger, fetch: fetch, onWritten: onWritten)
+        return UserDirectory(store: store, configuration: .init(config.cache, outbox: config.store.postgres != nil), shard: shard.id, logger: logger, fetch: fetch, onWritten: onWritten)
     }
 }

@@ -110,6 +110,25 @@ struct UserChangeFeedTests {
         }
     }
 
+    /// A supervisor killed after its workers wrote a rename and before it published it: the rename stays marked in
+    /// the host's file, and the host's next supervisor publishes it when it starts.
+    @Test func whatAKilledSupervisorDidNotPublishItsSuccessorDoes() async throws {
+        try await withHosts { a, b in
+            let now = Date().timeIntervalSince1970
+            _ = try await b.store.upsert([user("1", "kari", at: now - 10)])
+            let (runB, invalidatedB) = try await run(b)
+            defer { runB.cancel() }
+            // A's worker wrote it (marked); no supervisor of A ran to publish it.
+            _ = try await a.store.upsert([user("1", "kari-v2", at: now - 5)], outbox: true)
+            let (runA, _) = try await run(a)
+            defer { runA.cancel() }
+            var drops = invalidatedB.makeAsyncIterator()
+            #expect(await drops.next() == ["1"])
+            #expect(try b.store.user("1")?.username == "kari-v2")
+            try await waitUntil("A unmarks what it published") { try a.store.unpublished(limit: 10).isEmpty }
+        }
+    }
+
     /// What another host published is checked before it is written: text that is not a publication is ignored, and
     /// a user seen far in the future (a host whose clock runs ahead) is not applied.
     @Test func aPublicationThatIsNotOneOrFromTheFarFutureIsIgnored() async throws {

@@ -1,6 +1,7 @@
 import ClusterCore
 import ClusterProtocol
 import Foundation
+import GRDB
 import Logging
 import Synchronization
 import Testing
@@ -165,5 +166,58 @@ struct UserDirectoryTests {
         let asides = try FileManager.default.contentsOfDirectory(atPath: NSTemporaryDirectory()).filter { $0.hasPrefix((path as NSString).lastPathComponent + ".corrupt-") }
         #expect(!asides.isEmpty)
         #expect(throws: (any Error).self) { try UserStore.open(path: temporaryPath()) }
+    }
+}
+
+@Suite("user cache outbox (several hosts)")
+struct UserOutboxTests {
+    func user(_ id: String, _ name: String, at time: Double) -> CachedUser {
+        CachedUser(id: id, username: name, avatar: nil, bot: false, updatedAt: time, shard: 0)
+    }
+
+    /// New and changed users stay marked until published; a refresh with the same fields neither marks nor
+    /// unmarks; a publication of an older observation leaves a newer one marked.
+    @Test func newAndChangedUsersStayMarkedUntilPublished() async throws {
+        let path = temporaryPath()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let store = try UserStore.prepare(path: path, logger: quietLogger)
+        _ = try await store.upsert([user("0", "one-host", at: 1)])
+        #expect(try store.unpublished(limit: 10).isEmpty, "without the outbox nothing is marked")
+        _ = try await store.upsert([user("1", "kari", at: 10), user("2", "mota", at: 11)], outbox: true)
+        #expect(try store.unpublished(limit: 10).map(\.id) == ["1", "2"])
+        try await store.markPublished([user("1", "kari", at: 10)])
+        #expect(try store.unpublished(limit: 10).map(\.id) == ["2"])
+        // The same fields later: not news, and not marked.
+        _ = try await store.upsert([user("1", "kari", at: 12)], outbox: true)
+        #expect(try store.unpublished(limit: 10).map(\.id) == ["2"])
+        // A rename: marked; the publication of the name before it does not unmark it.
+        _ = try await store.upsert([user("2", "mota-v2", at: 13)], outbox: true)
+        try await store.markPublished([user("2", "mota", at: 11)])
+        #expect(try store.unpublished(limit: 10) == [user("2", "mota-v2", at: 13)])
+        // Another host's users, applied here, are not this host's to publish.
+        _ = try await store.upsert([user("3", "yuna", at: 14)])
+        #expect(try store.unpublished(limit: 1).map(\.id) == ["2"])
+    }
+
+    /// A file of the first schema (before the outbox) is migrated in place: its users stay, none marked.
+    @Test func aFileOfTheFirstSchemaIsMigratedKeepingItsUsers() async throws {
+        let path = temporaryPath()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let old = try DatabaseQueue(path: path)
+        try await old.write { db in
+            try db.execute(sql: """
+                CREATE TABLE grdb_migrations (identifier TEXT NOT NULL PRIMARY KEY);
+                INSERT INTO grdb_migrations VALUES ('v1-users');
+                CREATE TABLE users (id TEXT PRIMARY KEY NOT NULL, username TEXT NOT NULL, avatar TEXT, bot BOOLEAN NOT NULL,
+                    updated_at DOUBLE NOT NULL, shard INTEGER NOT NULL);
+                INSERT INTO users VALUES ('7', 'lan', NULL, 0, 5, 1);
+                """)
+        }
+        try old.close()
+        let store = try UserStore.prepare(path: path, logger: quietLogger)
+        #expect(try store.user("7")?.username == "lan")
+        #expect(try store.unpublished(limit: 10).isEmpty)
+        _ = try await store.upsert([user("7", "lan-v2", at: 6)], outbox: true)
+        #expect(try store.unpublished(limit: 10).map(\.username) == ["lan-v2"])
     }
 }
