@@ -7,8 +7,9 @@ import Synchronization
 /// scripts/chaos.sh --hosts N: several supervisors sharing one PostgreSQL store, each in a network namespace of its
 /// own (run as an unprivileged user), against one emulator that counts; at seeded random moments a worker is killed
 /// or stopped, the platform drops or ends a session, a supervisor is killed with SIGKILL (and started again later),
-/// a host's link to the database is cut (and mended later), or the database restarts. At the end the emulator's
-/// ground truth decides, as in the one-host run, and no two sessions of one shard may ever have been live at once.
+/// a host's link to the database is cut (and mended later), or the database restarts; and one user is renamed. At the
+/// end the emulator's ground truth decides, as in the one-host run, no two sessions of one shard may ever have been
+/// live at once, and every worker of every host serves the user's last name.
 struct HostsChaos {
     let hosts: Int
     let shards: Int
@@ -43,7 +44,14 @@ struct HostsChaos {
         var killedWithSupervisor = 0
         var counts: [Action: Int] = [:]
         var supervisorExits: [String] = []
+        /// The watched user's name after its last rename.
+        var lastName: String?
     }
+
+    /// A user renamed at every fault: at the end every worker of every host must serve its last name (each host
+    /// keeps its own cache; the renames cross through the store while hosts are killed, cut off and the database
+    /// restarts).
+    static let watchedUser = "144115188075855042"
 
     func log(_ line: String) { say("chaos: \(line)") }
 
@@ -155,6 +163,11 @@ struct HostsChaos {
             let missing = possible.filter { state.counts[$0] == nil }
             if state.away.isEmpty, let first = missing.first, end - MonotonicInstant.now() < .seconds(12 * missing.count) { action = first }
             state.counts[action, default: 0] += 1
+            // The watched user is renamed and seen in one guild's message (its shard on some host).
+            if let name = try await postAdmin(url + "/emulator/rename", #"{"user": "\#(Self.watchedUser)"}"#)["username"]?.stringValue {
+                state.lastName = name
+                _ = try await postAdmin(url + "/emulator/message", #"{"user": "\#(Self.watchedUser)", "guild": \#(rng.next() % 16)}"#)
+            }
             let ready = workers.filter { $0.worker.state == "ready" }
             let target = ready.isEmpty ? nil : ready[Int(rng.next() % UInt64(ready.count))]
             let shard = target?.worker.ordinal ?? 0
@@ -192,6 +205,7 @@ struct HostsChaos {
         try await bringBack(dir, network, state, all: true)
         try await waitUntilEveryShardIsReady(dir, state, within: .seconds(120))
         let truth = try await GroundTruth.drain(url)
+        let stale = try await staleNames(dir, url, state)
         for host in 0..<hosts {
             for worker in (await status(dir, host))?.workers ?? [] { if let pid = worker.pid { state.seenPIDs.insert(pid) } }
         }
@@ -228,6 +242,7 @@ struct HostsChaos {
             ("workers killed (-9, SIGSTOP)", state.workerKills), ("workers killed with their supervisor", state.killedWithSupervisor),
             ("workers fenced (lease not renewed in time)", fenced), ("leases found taken by another host", taken),
             ("processes left behind", left.count + inNamespaces.count),
+            ("workers serving a renamed user's old name", stale.count),
         ]
         let done = state.counts.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\($0.key.rawValue) \($0.value)" }.joined(separator: ", ")
         GroundTruth.print("chaos ground truth (\(hosts) hosts, seed \(seed), \(duration) s of faults: \(done))", rows)
@@ -236,10 +251,35 @@ struct HostsChaos {
         if !left.isEmpty || !inNamespaces.isEmpty { failures.append("processes left behind: \((Set(left).union(inNamespaces)).sorted())") }
         failures += state.supervisorExits
         if !leaked.isEmpty { failures.append("the store's password is in the log of host \(leaked)") }
+        if !stale.isEmpty { failures.append("not every worker serves \(state.lastName ?? "?") for user \(Self.watchedUser) 30 s after it was last seen: \(stale.joined(separator: ", "))") }
         for failure in failures { say("FAIL: \(failure)") }
         if !failures.isEmpty { for host in 0..<hosts { printLogTail(dir, host) } }
         if failures.isEmpty { say("PASS") }
         return failures.isEmpty ? 0 : 1
+    }
+
+    /// The workers ("host/ordinal: name") that do not serve the watched user's last name. The user is seen once more
+    /// (every host is back: one of them observes the name anew, whatever a killed worker had not written); then
+    /// every worker of every host has 30 s to serve it.
+    func staleNames(_ dir: String, _ url: String, _ state: Run) async throws -> [String] {
+        guard let name = state.lastName else { return [] }
+        _ = try await postAdmin(url + "/emulator/message", #"{"user": "\#(Self.watchedUser)", "guild": 0}"#)
+        let deadline = MonotonicInstant.now() + .seconds(30)
+        while true {
+            var stale: [String] = []
+            for host in 0..<hosts {
+                let lines = (try? await runCommand(user.command([botcluster, "user", Self.watchedUser, "--json"]), directory: hostDirectory(dir, host), timeout: .seconds(10))) ?? []
+                guard case .object(let workers) = (try? JSONValue.parse(lines.joined(separator: "\n")))?["workers"] ?? .null, !workers.isEmpty else {
+                    stale.append("host \(host): no answer")
+                    continue
+                }
+                for (ordinal, served) in workers where served.stringValue != name {
+                    stale.append("\(host)/\(ordinal): \(served.stringValue ?? "nothing")")
+                }
+            }
+            if stale.isEmpty || MonotonicInstant.now() >= deadline { return stale }
+            try await Task.sleep(for: .milliseconds(200))
+        }
     }
 
     /// Starts host `host`'s supervisor in its namespace, as the run's user; its log goes to supervisor.log.
