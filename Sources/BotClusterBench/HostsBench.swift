@@ -156,7 +156,7 @@ struct HostsBench: AsyncParsableCommand {
         }
         // The user caches' publications among them (a row each; a transaction holds one or a few).
         func publications() async throws -> Double {
-            let out = try await runCommand(["psql", "-qtA", String(store), "-c", "SELECT count(*) FROM botcluster_user_changes"])
+            let out = try await runCommand(["psql", "-qtA", String(store), "-c", "SELECT count(*) FROM botcluster_user_publications"])
             return Double(out.first ?? "") ?? 0
         }
         try await Task.sleep(for: .seconds(2))

@@ -11,8 +11,7 @@ enum MessageType: UInt8 {
     case sessionCommitted = 30, sessionInvalidated = 31, gatewayState = 32, drained = 33
     // 40 was `stop`, never sent: a worker is stopped with SIGTERM, like any service.
     case budgetRequest = 60, budgetGrant = 61, budgetCancel = 62, budgetReturn = 63, budgetRateLimited = 64, budgetPause = 65
-    // 70 was `usersChanged` (ids only), before version 5.
-    case usersInvalidate = 71, userQuery = 72, userAnswer = 73, usersWritten = 76
+    case usersChanged = 70, usersInvalidate = 71, userQuery = 72, userAnswer = 73
     case metricsQuery = 74, metricsAnswer = 75
     case claims = 80, claimResults = 81, claimResolved = 82, claimsDone = 83, claimsReleased = 84, startDispatch = 85, finishDispatch = 86, dispatchFinished = 87
     case webhookAttach = 90, webhookStart = 91, webhookDispatch = 92
@@ -69,37 +68,6 @@ extension ByteBuffer {
         result.reserveCapacity(Int(count))
         for _ in 0..<count { result.append(try readIPCString(field)) }
         return result
-    }
-
-    mutating func writeIPCUsers(_ users: [CachedUser]) {
-        writeInteger(UInt32(users.count))
-        for user in users {
-            writeIPCString(user.id)
-            writeIPCString(user.username)
-            writeIPCOptionalString(user.avatar)
-            writeInteger(UInt8(user.bot ? 1 : 0))
-            writeInteger(user.updatedAt.bitPattern)
-            writeInteger(Int32(clamping: user.shard))
-        }
-    }
-
-    mutating func readIPCUsers(_ field: String) throws(IPCProtocolError) -> [CachedUser] {
-        let count = try readIPC(UInt32.self, field)
-        // A user takes at least 22 bytes: two empty strings, three flags and numbers.
-        guard Int(count) <= readableBytes / 22 else { throw IPCProtocolError("truncated frame: \(field) claims \(count) users") }
-        var users: [CachedUser] = []
-        users.reserveCapacity(Int(count))
-        for _ in 0..<count {
-            let id = try readIPCString(field)
-            let username = try readIPCString(field)
-            let avatar = try readIPCOptionalString(field)
-            let bot = try readIPCBool(field)
-            let updatedAt = Double(bitPattern: try readIPC(UInt64.self, field))
-            let shard = try readIPC(Int32.self, field)
-            guard updatedAt.isFinite else { throw IPCProtocolError("\(field): user \(id) has a time that is not a number") }
-            users.append(CachedUser(id: id, username: username, avatar: avatar, bot: bot, updatedAt: updatedAt, shard: Int(shard)))
-        }
-        return users
     }
 
     mutating func readIPCBool(_ field: String) throws(IPCProtocolError) -> Bool {
@@ -269,10 +237,9 @@ extension IPCMessage {
             buffer.writeIPCString(eventID)
             buffer.writeIPCString(name)
             buffer.writeIPCString(payload)
-        case .usersWritten(let changed, let added):
-            buffer.writeInteger(MessageType.usersWritten.rawValue)
-            buffer.writeIPCUsers(changed)
-            buffer.writeIPCUsers(added)
+        case .usersChanged(let ids):
+            buffer.writeInteger(MessageType.usersChanged.rawValue)
+            buffer.writeIPCStrings(ids)
         case .usersInvalidate(let ids):
             buffer.writeInteger(MessageType.usersInvalidate.rawValue)
             buffer.writeIPCStrings(ids)
@@ -417,8 +384,8 @@ extension IPCMessage {
                 seq: try frame.readIPC(Int64.self, "seq"), eventID: try frame.readIPCString("eventID"),
                 name: try frame.readIPCString("name"), payload: try frame.readIPCString("payload")
             )
-        case .usersWritten:
-            message = .usersWritten(changed: try frame.readIPCUsers("changed"), added: try frame.readIPCUsers("added"))
+        case .usersChanged:
+            message = .usersChanged(ids: try frame.readIPCStrings("ids"))
         case .usersInvalidate:
             message = .usersInvalidate(ids: try frame.readIPCStrings("ids"))
         case .userQuery:

@@ -6,106 +6,130 @@ import PostgresNIO
 import Synchronization
 
 // The user caches of a cluster of hosts. Each host keeps its own SQLite file; what one host writes that the others
-// may hold stale (a changed name, or a user new to its file) it publishes here, and every other host applies it to
-// its file. A publication is a row (kept for a while) and a NOTIFY with the same text, in one transaction: the
-// notification reaches the listening hosts at once, and the row is what a host that was not listening (a restart,
-// a cut link, the database restarted) reads when it listens again. Applying a publication twice does nothing more
-// (the newer observation wins), so a host reads again from a margin before where it knows it heard everything.
+// may hold stale (a changed name, or a user new to its file) it publishes here as rows, and every other host reads
+// the rows it has not read yet and applies them to its file.
+//
+// A reader's place is the last row it applied, in the order (transaction id, row id). A row is read only once the
+// transaction that wrote it is over for everyone (its id is below the oldest transaction still running), so no row
+// can commit behind a reader's place later: a reader never skips a row, however transactions interleave, and needs
+// no clock. A NOTIFY on the cluster's name only wakes the readers (a forged one costs a read, nothing more); the
+// rows, which only the store's users may write, are the truth.
 
 extension PostgresAuthority {
-    /// The channel every cluster's hosts listen on (a notification names its cluster and host).
+    /// The channel every cluster's hosts listen on; a notification's payload is the cluster's name.
     public static let userChannel = "botcluster_users"
 
-    /// The most bytes of one publication's text: PostgreSQL refuses a NOTIFY payload of 8000 bytes or more, and the
-    /// notification's header (host and cluster) goes in the same payload.
-    public var maxUserChangeBytes: Int { 7_900 - cluster.utf8.count }
+    /// The most bytes of one publication's text (a row's payload): a reader holds at most a page of them.
+    public static let maxUserChangeBytes = 7_900
 
-    /// Publishes `payloads` (each at most `maxUserChangeBytes`) for the other hosts, in one transaction: kept as rows
-    /// and notified. With `pruneOlderThan`, rows older than that go in the same transaction.
-    public func publishUserChanges(_ payloads: [String], host: Int, pruneOlderThan retention: Duration? = nil) async throws {
-        guard !payloads.isEmpty || retention != nil else { return }
+    /// Where a reader of the publications stands: the last row it applied.
+    public struct UserChangeCursor: Sendable, Equatable, Comparable {
+        /// The id of the transaction that wrote the row, and the row's own id.
+        public var transaction: Int64
+        public var row: Int64
+
+        /// Before every row.
+        public static let start = UserChangeCursor(transaction: 0, row: 0)
+
+        /// The place after the row `row` of transaction `transaction`.
+        public init(transaction: Int64, row: Int64) {
+            self.transaction = transaction
+            self.row = row
+        }
+
+        /// Whether `a` comes before `b` in the order readers read.
+        public static func < (a: Self, b: Self) -> Bool { (a.transaction, a.row) < (b.transaction, b.row) }
+    }
+
+    /// One publication: where it stands, and its text (nil when it is longer than a publication may be).
+    public struct UserChange: Sendable {
+        public var cursor: UserChangeCursor
+        public var payload: String?
+    }
+
+    /// Publishes `payloads` for the other hosts in one transaction: rows, and a notification that wakes the readers.
+    public func publishUserChanges(_ payloads: [String], host: Int) async throws {
+        guard !payloads.isEmpty else { return }
         let cluster = self.cluster
-        let header = "\(host) \(cluster)\n"
         try await transaction("publishing changed users") { connection in
-            if !payloads.isEmpty {
-                try await connection.query(
-                    """
-                    INSERT INTO botcluster_user_changes (cluster, at, host, payload)
-                    SELECT \(cluster), clock_timestamp(), \(Int32(host)), p FROM unnest(\(payloads)) WITH ORDINALITY AS u(p, i) ORDER BY i
-                    """, logger: Self.quiet)
-                try await connection.query(
-                    "SELECT pg_notify(\(Self.userChannel), \(header) || p) FROM unnest(\(payloads)) WITH ORDINALITY AS u(p, i) ORDER BY i",
-                    logger: Self.quiet)
-            }
-            if let retention {
-                try await connection.query(
-                    "DELETE FROM botcluster_user_changes WHERE cluster = \(cluster) AND at < clock_timestamp() - make_interval(secs => \(retention.seconds))",
-                    logger: Self.quiet)
-            }
+            try await connection.query(
+                """
+                INSERT INTO botcluster_user_publications (cluster, xact, at, host, payload)
+                SELECT \(cluster), pg_current_xact_id()::text::bigint, now(), \(Int32(host)), p
+                FROM unnest(\(payloads)) WITH ORDINALITY AS u(p, i) ORDER BY i
+                """, logger: Self.quiet)
+            try await connection.query("SELECT pg_notify(\(Self.userChannel), \(cluster))", logger: Self.quiet)
         }
     }
 
-    /// The publications of the other hosts from `since` on (the database's clock), oldest first, at most `limit`.
-    public func userChanges(from since: Date, host: Int, limit: Int) async throws -> [(at: Date, payload: String)] {
+    /// Forgets the publications older than `retention` (a host away longer misses them).
+    public func pruneUserChanges(olderThan retention: Duration) async throws {
+        let cluster = self.cluster
+        try await transaction("forgetting old user publications") { connection in
+            try await connection.query(
+                "DELETE FROM botcluster_user_publications WHERE cluster = \(cluster) AND at < now() - make_interval(secs => \(retention.seconds))",
+                logger: Self.quiet)
+        }
+    }
+
+    /// The other hosts' publications after `cursor` whose transactions are over for everyone, in order, at most
+    /// `limit`; and whether committed ones are held back behind a transaction still running (a write of any kind,
+    /// a lease round of another host: a read moments later gets them).
+    public func userChanges(after cursor: UserChangeCursor, host: Int, limit: Int) async throws -> (changes: [UserChange], heldBack: Bool) {
         let cluster = self.cluster
         return try await transaction("reading changed users") { connection in
+            // One snapshot for both statements: a transaction that ends between them would otherwise leave its
+            // publication neither read (the first saw it running) nor said to be held back (the second, over).
+            try await connection.query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", logger: Self.quiet)
             let rows = try await connection.query(
                 """
-                SELECT at, payload FROM botcluster_user_changes
-                WHERE cluster = \(cluster) AND host <> \(Int32(host)) AND at >= \(since) ORDER BY at LIMIT \(Int32(clamping: limit))
+                SELECT xact, id, CASE WHEN octet_length(payload) <= \(Int32(Self.maxUserChangeBytes)) THEN payload END
+                FROM botcluster_user_publications
+                WHERE cluster = \(cluster) AND (xact, id) > (\(cursor.transaction), \(cursor.row))
+                    AND xact < pg_snapshot_xmin(pg_current_snapshot())::text::bigint AND host <> \(Int32(host))
+                ORDER BY xact, id LIMIT \(Int32(clamping: limit))
                 """, logger: Self.quiet)
-            var changes: [(at: Date, payload: String)] = []
-            for try await (at, payload) in rows.decode((Date, String).self) { changes.append((at, payload)) }
-            return changes
+            var changes: [UserChange] = []
+            for try await (xact, id, payload) in rows.decode((Int64, Int64, String?).self) {
+                changes.append(UserChange(cursor: UserChangeCursor(transaction: xact, row: id), payload: payload))
+            }
+            let held = try await connection.query(
+                """
+                SELECT EXISTS (SELECT 1 FROM botcluster_user_publications WHERE cluster = \(cluster)
+                    AND xact >= pg_snapshot_xmin(pg_current_snapshot())::text::bigint AND host <> \(Int32(host)))
+                """, logger: Self.quiet)
+            var heldBack = false
+            for try await exists in held.decode(Bool.self) { heldBack = exists }
+            return (changes, heldBack)
         }
     }
 
-    /// The text of a notification another host of this cluster published, or nil (this host's own, another
-    /// cluster's, or not a publication at all).
-    func publication(_ payload: String, host: Int) -> String? {
-        guard let newline = payload.firstIndex(of: "\n") else { return nil }
-        let header = payload[..<newline].split(separator: " ", maxSplits: 1)
-        guard header.count == 2, let from = Int(header[0]), from != host, header[1] == cluster else { return nil }
-        return String(payload[payload.index(after: newline)...])
-    }
-
-    /// Listens for the other hosts' publications on a connection of its own until that fails or the task is
-    /// cancelled (it never returns otherwise).
-    ///
-    /// - `subscribed` runs once the connection listens, with the database's time then: everything published from
-    ///   then on is received, so what came before is the caller's to read (`userChanges`). If it throws, the
-    ///   listening ends with its error.
-    /// - `receive` gets each publication of another host of this cluster, in the order they were committed.
-    /// - `alive` gets the database's time every `keepalive`, read on the listening connection: every publication
-    ///   committed before it was read has been received. A read that takes longer than the store's timeout closes
-    ///   the connection (a silent link is not waited on); so does one not listening within the timeout.
-    public func listenUserChanges(
-        host: Int, keepalive: Duration,
-        subscribed: @escaping @Sendable (Date) async throws -> Void,
-        alive: @escaping @Sendable (Date) -> Void,
-        receive: @escaping @Sendable (String) async -> Void
-    ) async throws {
+    /// Listens for the cluster's publications on a connection of its own until that fails or the task is cancelled
+    /// (it never returns otherwise): `wake` runs once the connection listens, at every notification for this
+    /// cluster, and every `keepalive` (the listening connection's clock is read then, within the store's timeout:
+    /// a silent link is not waited on). The reader reads at each wake; the notification's only news is "read".
+    public func listenUserChanges(keepalive: Duration, wake: @escaping @Sendable () -> Void) async throws {
         let timeout = self.timeout
+        let cluster = self.cluster
         let progress = ListenProgress()
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { [client] in
                 try await client.withConnection { held in
                     progress.connection.withLock { $0 = held }
                     try await held.listen(on: Self.userChannel) { notifications in
-                        let now = try await Self.clock(of: held, within: timeout)
+                        _ = try await Self.clock(of: held, within: timeout)
                         progress.listening.withLock { $0 = true }
-                        try await subscribed(now)
+                        wake()
                         try await withThrowingTaskGroup(of: Void.self) { inner in
                             inner.addTask {
-                                for try await notification in notifications {
-                                    if let text = self.publication(notification.payload, host: host) { await receive(text) }
-                                }
+                                for try await notification in notifications where notification.payload == cluster { wake() }
                                 throw ListenEnded()
                             }
                             inner.addTask {
                                 while true {
                                     try await Task.sleep(for: keepalive)
-                                    alive(try await Self.clock(of: held, within: timeout))
+                                    _ = try await Self.clock(of: held, within: timeout)
+                                    wake()
                                 }
                             }
                             try await inner.next()

@@ -237,10 +237,12 @@ public final class PostgresAuthority: Sendable {
             PRIMARY KEY (cluster, route))
         """,
         """
-        CREATE TABLE IF NOT EXISTS botcluster_user_changes (
-            cluster text NOT NULL, at timestamptz NOT NULL, host integer NOT NULL, payload text NOT NULL)
+        CREATE TABLE IF NOT EXISTS botcluster_user_publications (
+            id bigserial PRIMARY KEY, cluster text NOT NULL, xact bigint NOT NULL, at timestamptz NOT NULL, host integer NOT NULL,
+            payload text NOT NULL)
         """,
-        "CREATE INDEX IF NOT EXISTS botcluster_user_changes_at ON botcluster_user_changes (cluster, at)",
+        "CREATE INDEX IF NOT EXISTS botcluster_user_publications_order ON botcluster_user_publications (cluster, xact, id)",
+        "CREATE INDEX IF NOT EXISTS botcluster_user_publications_at ON botcluster_user_publications (cluster, at)",
     ]
 
     static let quiet = Logger(label: "botcluster.postgres.quiet", factory: { _ in SwiftLogNoOpLogHandler() })

@@ -203,17 +203,14 @@ public struct ClusterStatus: Codable, Sendable, Equatable {
         public struct UserChanges: Codable, Sendable, Equatable {
             public var published: Int
             public var applied: Int
-            /// Waiting to be published (the store is away or slow).
-            public var pending: Int
-            /// Left out: more were waiting than the feed keeps.
-            public var dropped: Int
+            /// Left out: users too long to publish, publications of other hosts that were not readable.
+            public var skipped: Int
 
             /// The feed's counts.
-            public init(published: Int, applied: Int, pending: Int, dropped: Int) {
+            public init(published: Int, applied: Int, skipped: Int) {
                 self.published = published
                 self.applied = applied
-                self.pending = pending
-                self.dropped = dropped
+                self.skipped = skipped
             }
         }
 
@@ -237,8 +234,7 @@ public struct ClusterStatus: Codable, Sendable, Equatable {
             }
             if let users = userChanges {
                 var line = "  user cache: \(users.published) users published to the other hosts, \(users.applied) applied from them"
-                if users.pending > 0 { line += ", \(users.pending) waiting" }
-                if users.dropped > 0 { line += ", \(users.dropped) left out" }
+                if users.skipped > 0 { line += ", \(users.skipped) left out" }
                 lines.append(line)
             }
             return lines

@@ -3,7 +3,7 @@
 // these types without importing an event-loop library.
 
 /// The IPC protocol version; a peer speaking another is refused with a clear error.
-public let ipcProtocolVersion: UInt16 = 5
+public let ipcProtocolVersion: UInt16 = 4
 
 /// Who is on the other end of an IPC connection.
 public enum IPCRole: UInt8, Sendable {
@@ -159,10 +159,8 @@ public enum IPCMessage: Sendable, Equatable {
     /// The platform answered 429 on `route` (worker to supervisor), or: pause `route` (supervisor to workers).
     case budgetRateLimited(route: String, retryAfterMillis: Int32)
     case budgetPause(route: String, forMillis: Int32)
-    /// Users this worker wrote with changed fields, and users new to the host's file (worker to supervisor; a long
-    /// batch comes in several messages, see `usersWrittenChunks`).
-    case usersWritten(changed: [CachedUser], added: [CachedUser])
-    /// Drop these users from the cache (supervisor to workers).
+    /// Users this worker wrote with changed fields (worker to supervisor), or: drop them from the cache (to workers).
+    case usersChanged(ids: [String])
     case usersInvalidate(ids: [String])
     /// What a worker's cache serves for a user (a fan-out of the supervisor), and the answer (nil: not cached).
     case userQuery(id: UInt64, userID: String)
@@ -247,7 +245,7 @@ public enum IPCMessage: Sendable, Equatable {
         case .webhookAttach: return "webhookAttach"
         case .webhookStart: return "webhookStart"
         case .webhookDispatch: return "webhookDispatch"
-        case .usersWritten: return "usersWritten"
+        case .usersChanged: return "usersChanged"
         case .usersInvalidate: return "usersInvalidate"
         case .userQuery: return "userQuery"
         case .userAnswer: return "userAnswer"

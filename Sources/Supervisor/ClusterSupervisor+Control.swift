@@ -282,7 +282,7 @@ extension ClusterSupervisor {
         }
         let users = userFeed.map { feed in
             let counts = feed.counters
-            return ClusterStatus.Cluster.UserChanges(published: counts.published, applied: counts.applied, pending: counts.pending, dropped: counts.dropped)
+            return ClusterStatus.Cluster.UserChanges(published: counts.published, applied: counts.applied, skipped: counts.skipped)
         }
         return ClusterStatus.Cluster(
             thisHost: leases.host, store: leases.authority.displayURL, lastRoundSecondsAgo: age.map { ($0 * 10).rounded() / 10 }, hosts: hosts, userChanges: users

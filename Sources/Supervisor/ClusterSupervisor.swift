@@ -146,7 +146,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             leases = LeaseService(authority: authority, config: postgres, host: host, address: setup.hostAddress, shards: setup.shards, logger: logger)
             do {
                 let users = try UserStore.open(path: setup.config.supervisor.runDirectory + "/users.sqlite")
-                userFeed = UserChangeFeed(authority: authority, host: host, store: users, timeout: postgres.timeout, logger: logger)
+                userFeed = UserChangeFeed(authority: authority, host: host, store: users, logger: logger)
             } catch {
                 logger.error("user cache unavailable: users changed on other hosts are not applied here", metadata: ["error": "\(error)"])
                 userFeed = nil
@@ -667,9 +667,10 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             logger.warning("429 from the platform: route paused for every worker", metadata: ["route": "\(route.prefix(BudgetAuthority.maxRouteLength))", "worker.ordinal": "\(ordinal)", "pause": "\(DurationFormat.human(pause))"])
             broadcast(.budgetPause(route: route, forMillis: Int32(clamping: pause.nanoseconds / 1_000_000)), except: connection)
             leases?.rateLimited(route: route, for: pause)
-        case .usersWritten(let changed, let added):
-            if !changed.isEmpty { broadcast(.usersInvalidate(ids: changed.map(\.id)), except: connection) }
-            userFeed?.written(changed + added)
+        case .usersChanged(let ids):
+            if !ids.isEmpty { broadcast(.usersInvalidate(ids: ids), except: connection) }
+            // Several hosts: the worker's outbox has users to publish.
+            userFeed?.written()
         case .userAnswer(let id, let username):
             answer(id, username, from: connection, pending: \.userQueries)
         case .metricsAnswer(let id, let metrics):

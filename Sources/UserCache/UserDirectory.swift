@@ -7,10 +7,10 @@ import Synchronization
 /// A worker's users: an in-memory LRU in front of the shared SQLite file, fed by the authors of every event.
 ///
 /// Lookups go to the LRU, then to SQLite, then (with `fetchMissing`) to the platform. Users seen in events are
-/// written in batches — one transaction per batch, by size or by time — and the users whose fields changed, and
-/// those new to the file, are handed to `onWritten`: the supervisor tells its other workers to drop the changed
-/// ones (a name change seen on one shard is what the others serve next), and in a cluster of several hosts
-/// publishes both to the other hosts, whose files may hold them stale.
+/// written in batches — one transaction per batch, by size or by time — and the ids whose fields changed, and those
+/// new to the file, are handed to `onWritten`: the supervisor tells its other workers to drop the changed ones (a
+/// name change seen on one shard is what the others serve next), and in a cluster of several hosts publishes what
+/// the outbox holds to the other hosts, whose files may hold them stale.
 public final class UserDirectory: Sendable {
     /// The cache's sizes and timings, from cluster.json's `cache` section.
     public struct Configuration: Sendable {
@@ -60,9 +60,9 @@ public final class UserDirectory: Sendable {
     /// What one batch wrote that others may hold stale.
     public struct Written: Sendable, Equatable {
         /// Users the file held with other fields.
-        public var changed: [CachedUser]
+        public var changed: [String]
         /// Users the file did not hold.
-        public var added: [CachedUser]
+        public var added: [String]
     }
 
     /// - Parameters:
@@ -190,10 +190,7 @@ public final class UserDirectory: Sendable {
                 for id in result.superseded where state.pending[id] == nil { state.lru.remove(id) }
             }
             writeFailures.reset()
-            if !result.changed.isEmpty || !result.added.isEmpty {
-                let byID = Dictionary(batch.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
-                onWritten(Written(changed: result.changed.compactMap { byID[$0] }, added: result.added.compactMap { byID[$0] }))
-            }
+            if !result.changed.isEmpty || !result.added.isEmpty { onWritten(Written(changed: result.changed, added: result.added)) }
         } catch {
             let failures = state.withLock { state -> Int in
                 for user in batch where state.pending[user.id] == nil && state.pending.count < maxPending { state.pending[user.id] = user }

@@ -90,16 +90,19 @@ public final class UserStore: Sendable {
     /// Writes users in one transaction. An observation never replaces a later one (`updatedAt`): two workers
     /// that saw a user on either side of a rename agree on the newer name whatever order their batches land in.
     ///
-    /// With `outbox` (a host of several), the users written with changed fields or new to the file are marked
-    /// until `markPublished`: the supervisor tells the other hosts about them, and one that starts after a crash
-    /// finds what its predecessor had not told yet (`unpublished`).
+    /// With `outbox` (a worker of a host of several), the users written with changed fields or new to the file are
+    /// marked until `markPublished`: the supervisor publishes what is marked to the other hosts (`unpublished`), and
+    /// one that starts after a crash finds what its predecessor had not. Without it (one host, or another host's
+    /// observation applied here) a user written is unmarked: a newer observation from elsewhere supersedes what
+    /// this host had not published yet.
     public func upsert(_ users: [CachedUser], outbox: Bool = false) async throws -> UpsertResult {
         try await pool.write { db in
             let select = try db.cachedStatement(sql: "SELECT username, avatar, bot, updated_at FROM users WHERE id = ?")
             let write = try db.cachedStatement(sql: """
                 INSERT INTO users (id, username, avatar, bot, updated_at, shard, unpublished) VALUES (?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT(id) DO UPDATE SET username = excluded.username, avatar = excluded.avatar, bot = excluded.bot,
-                updated_at = excluded.updated_at, shard = excluded.shard, unpublished = excluded.unpublished OR users.unpublished
+                updated_at = excluded.updated_at, shard = excluded.shard,
+                unpublished = CASE WHEN ? THEN excluded.unpublished OR users.unpublished ELSE excluded.unpublished END
                 """)
             var result = UpsertResult()
             for user in users {
@@ -119,15 +122,15 @@ public final class UserStore: Sendable {
                 } else {
                     result.added.append(user.id)
                 }
-                try write.execute(arguments: [user.id, user.username, user.avatar, user.bot, user.updatedAt, user.shard, outbox && news])
+                try write.execute(arguments: [user.id, user.username, user.avatar, user.bot, user.updatedAt, user.shard, outbox && news, outbox])
             }
             return result
         }
     }
 
     /// Users written with `outbox` and not published since, oldest first, at most `limit`.
-    public func unpublished(limit: Int) throws -> [CachedUser] {
-        try pool.read { db in
+    public func unpublished(limit: Int) async throws -> [CachedUser] {
+        try await pool.read { db in
             try Row.fetchAll(db, sql: """
                 SELECT id, username, avatar, bot, updated_at, shard FROM users WHERE unpublished ORDER BY updated_at LIMIT ?
                 """, arguments: [limit]).map { row in
@@ -136,12 +139,16 @@ public final class UserStore: Sendable {
         }
     }
 
-    /// These observations are published: unmarked, unless a later one of the same user was written meanwhile.
+    /// These observations are published: unmarked where the file still holds the same fields (observed then or
+    /// since); a user written with other fields meanwhile stays marked for the next publication.
     public func markPublished(_ users: [CachedUser]) async throws {
         guard !users.isEmpty else { return }
         try await pool.write { db in
-            let mark = try db.cachedStatement(sql: "UPDATE users SET unpublished = 0 WHERE id = ? AND updated_at = ? AND unpublished")
-            for user in users { try mark.execute(arguments: [user.id, user.updatedAt]) }
+            let mark = try db.cachedStatement(sql: """
+                UPDATE users SET unpublished = 0
+                WHERE id = ? AND updated_at >= ? AND username = ? AND avatar IS ? AND bot = ? AND unpublished
+                """)
+            for user in users { try mark.execute(arguments: [user.id, user.updatedAt, user.username, user.avatar, user.bot]) }
         }
     }
 

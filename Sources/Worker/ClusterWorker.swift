@@ -82,8 +82,10 @@ public final class ClusterWorker: Service {
         let users: UserDirectory?
         do {
             let store = try UserStore.open(path: config.supervisor.runDirectory + "/users.sqlite")
-            users = UserDirectory.make(store: store, config: config, shard: shard, api: clients.api, logger: logger) { [client] written in
-                for message in IPCMessage.usersWrittenChunks(changed: written.changed, added: written.added) { client.send(message) }
+            users = UserDirectory.make(store: store, config: config, shard: shard, api: clients.api, logger: logger) { [client, outbox = config.store.postgres != nil] written in
+                // Several hosts: users new to the file are news for the supervisor too (it publishes the outbox).
+                guard !written.changed.isEmpty || outbox else { return }
+                client.send(.usersChanged(ids: written.changed))
             }
         } catch {
             logger.error("user cache unavailable; running without it", metadata: ["error": "\(error)"])

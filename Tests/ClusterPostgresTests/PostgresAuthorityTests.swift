@@ -1,5 +1,5 @@
 import ClusterCore
-import ClusterPostgres
+@testable import ClusterPostgres
 import Foundation
 import Logging
 import Testing
@@ -194,54 +194,67 @@ struct PostgresAuthorityTests {
         #expect(seen.contains(#"database "no_such_database_here" does not exist"#), "\(seen)")
     }
 
-    /// What one host publishes reaches every other listening host of its cluster at once, in order, and stays in
-    /// the rows for a host that was not listening; a host's own publications and another cluster's are not theirs.
-    @Test func usersPublishedOnOneHostReachTheOthersAtOnceAndStayForLaterReaders() async throws {
+    /// What one host publishes wakes every listening host of its cluster, and every other host reads it in order,
+    /// page by page; a host's own publications and another cluster's are not its to read.
+    @Test func usersPublishedOnOneHostAreReadByTheOthersInOrder() async throws {
         try await withAuthority { a in
             let other = try Self.authority(cluster: "other-\(UInt64.random(in: 0...UInt64.max))")
             let otherPool = Task { await other.run() }
             defer { otherPool.cancel() }
-            let (events, sink) = AsyncStream<String>.makeStream()
-            let listener = Task {
-                try await a.listenUserChanges(
-                    host: 1, keepalive: .milliseconds(100),
-                    subscribed: { now in sink.yield("subscribed \(now.timeIntervalSince1970)") },
-                    alive: { now in sink.yield("alive \(now.timeIntervalSince1970)") },
-                    receive: { sink.yield("received " + $0) }
-                )
-            }
-            var iterator = events.makeAsyncIterator()
-            let subscribed = try #require(await iterator.next())
-            #expect(subscribed.hasPrefix("subscribed "))
-            let since = Date(timeIntervalSince1970: try #require(Double(subscribed.dropFirst("subscribed ".count))))
+            let (wakes, sink) = AsyncStream<Void>.makeStream()
+            let listener = Task { try await a.listenUserChanges(keepalive: .seconds(60)) { sink.yield() } }
+            var iterator = wakes.makeAsyncIterator()
+            #expect(await iterator.next() != nil, "woken once it listens")
             try await a.publishUserChanges(["[1]", "[2]"], host: 0)
+            #expect(await iterator.next() != nil, "woken by the publication")
             try await a.publishUserChanges(["[mine]"], host: 1)
             try await other.publishUserChanges(["[theirs]"], host: 0)
             try await a.publishUserChanges(["[3]"], host: 2)
-            var received: [String] = []
-            var alive = 0
-            while received.count < 3, let event = await iterator.next() {
-                if event.hasPrefix("received ") { received.append(String(event.dropFirst("received ".count))) }
-                if event.hasPrefix("alive ") { alive += 1 }
-            }
-            #expect(received == ["[1]", "[2]", "[3]"])
-            while alive < 2, let event = await iterator.next() {
-                if event.hasPrefix("alive ") { alive += 1 }
-            }
-            #expect(alive >= 2, "the listening connection's clock was read every keepalive")
             listener.cancel()
             await #expect(throws: (any Error).self) { try await listener.value }
-            // A host that was not listening reads the same, from where it last heard everything; page by page.
-            let rows = try await a.userChanges(from: since.addingTimeInterval(-1), host: 1, limit: 10)
-            #expect(rows.map(\.payload) == ["[1]", "[2]", "[3]"])
-            #expect(rows.map(\.at) == rows.map(\.at).sorted())
-            #expect(try await a.userChanges(from: since.addingTimeInterval(-1), host: 1, limit: 2).map(\.payload) == ["[1]", "[2]"])
-            #expect(try await a.userChanges(from: rows[2].at, host: 1, limit: 10).map(\.payload) == ["[3]"])
-            #expect(try await a.userChanges(from: since.addingTimeInterval(-1), host: 0, limit: 10).map(\.payload) == ["[mine]", "[3]"])
-            // Kept for a while, then pruned by the next publication.
-            try await a.publishUserChanges([], host: 0, pruneOlderThan: .zero)
-            #expect(try await a.userChanges(from: .distantPast, host: 1, limit: 10).isEmpty)
-            #expect(try await other.userChanges(from: .distantPast, host: 1, limit: 10).map(\.payload) == ["[theirs]"])
+            let all = try await a.userChanges(after: .start, host: 1, limit: 10).changes
+            #expect(all.map(\.payload) == ["[1]", "[2]", "[3]"])
+            #expect(all.map(\.cursor) == all.map(\.cursor).sorted())
+            let first = try await a.userChanges(after: .start, host: 1, limit: 2).changes
+            #expect(first.map(\.payload) == ["[1]", "[2]"])
+            #expect(try await a.userChanges(after: first[1].cursor, host: 1, limit: 2).changes.map(\.payload) == ["[3]"])
+            #expect(try await a.userChanges(after: .start, host: 0, limit: 10).changes.map(\.payload) == ["[mine]", "[3]"])
+            try await a.pruneUserChanges(olderThan: .zero)
+            #expect(try await a.userChanges(after: .start, host: 1, limit: 10).changes.isEmpty)
+            #expect(try await other.userChanges(after: .start, host: 1, limit: 10).changes.map(\.payload) == ["[theirs]"])
+        }
+    }
+
+    /// A publication whose transaction is still open holds every later one back (even those committed before it):
+    /// once it commits, a reader gets both, the earlier transaction first, and never skips the late one.
+    @Test func aPublicationCommittedLateIsNeverSkipped() async throws {
+        try await withAuthority { a in
+            let b = try Self.authority(cluster: a.cluster)
+            let bPool = Task { await b.run() }
+            defer { bPool.cancel() }
+            let (inserted, insertedSink) = AsyncStream<Void>.makeStream()
+            let (release, releaseSink) = AsyncStream<Void>.makeStream()
+            let slow = Task {
+                try await a.transaction("a slow publication") { connection in
+                    try await connection.query(
+                        """
+                        INSERT INTO botcluster_user_publications (cluster, xact, at, host, payload)
+                        VALUES (\(a.cluster), pg_current_xact_id()::text::bigint, now(), 0, '[slow]')
+                        """, logger: PostgresAuthority.quiet)
+                    insertedSink.yield()
+                    var wait = release.makeAsyncIterator()
+                    _ = await wait.next()
+                }
+            }
+            var insertedIterator = inserted.makeAsyncIterator()
+            _ = await insertedIterator.next()
+            try await b.publishUserChanges(["[fast]"], host: 2)
+            let held = try await b.userChanges(after: .start, host: 1, limit: 10)
+            #expect(held.changes.isEmpty && held.heldBack, "held back by the open transaction")
+            releaseSink.yield()
+            try await slow.value
+            let read = try await b.userChanges(after: .start, host: 1, limit: 10)
+            #expect(read.changes.map(\.payload) == ["[slow]", "[fast]"] && !read.heldBack)
         }
     }
 }

@@ -243,7 +243,7 @@ extension RealProcesses {
                     let (_, body) = try await IPCClient.control(path: hosts.hostDirectory(host) + "/run/botcluster.sock", .status)
                     let users = try JSONValue.parse(body)["cluster"]?["userChanges"]
                     #expect((users?["published"]?.intValue ?? 0) + (users?["applied"]?.intValue ?? 0) >= 1, "host \(host): \(users ?? .null)")
-                    #expect(users?["dropped"]?.intValue == 0)
+                    #expect(users?["skipped"]?.intValue == 0)
                 }
                 try await hosts.stopAll()
             }

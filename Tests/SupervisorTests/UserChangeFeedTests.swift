@@ -35,7 +35,7 @@ struct UserChangeFeedTests {
         let authority = try PostgresAuthority(config: config, cluster: cluster, logger: quiet)
         let store = try UserStore.prepare(path: directory + "/users-\(id).sqlite", logger: quiet)
         let pool = Task { await authority.run() }
-        return Host(authority: authority, store: store, feed: UserChangeFeed(authority: authority, host: id, store: store, timeout: .seconds(10), logger: quiet), pool: pool)
+        return Host(authority: authority, store: store, feed: UserChangeFeed(authority: authority, host: id, store: store, logger: quiet), pool: pool)
     }
 
     func withHosts(_ body: (Host, Host) async throws -> Void) async throws {
@@ -53,20 +53,16 @@ struct UserChangeFeedTests {
         try await body(a, b)
     }
 
-    /// Runs `host`'s feed, its invalidations into a stream, until the returned task is cancelled; returns once it
-    /// listens and has read what was kept since it last listened.
-    func run(_ host: Host) async throws -> (Task<Void, Never>, AsyncStream<[String]>) {
+    /// Runs `host`'s feed, its invalidations into a stream, until the returned task is cancelled.
+    func run(_ host: Host) -> (Task<Void, Never>, AsyncStream<[String]>) {
         let (invalidated, sink) = AsyncStream<[String]>.makeStream()
-        let before = host.feed.state.withLock { $0.covered }
-        let task = Task { await host.feed.run { sink.yield($0) } }
-        try await waitUntil("the feed listens") { host.feed.state.withLock { $0.covered } != before }
-        return (task, invalidated)
+        return (Task { await host.feed.run { sink.yield($0) } }, invalidated)
     }
 
-    /// Waits for a state of the feeds (they say nothing else).
-    func waitUntil(_ what: String, _ condition: () throws -> Bool) async throws {
+    /// Waits for a state of the feeds or the files (they say nothing else).
+    func waitUntil(_ what: String, _ condition: () async throws -> Bool) async throws {
         let deadline = ContinuousClock.now + .seconds(20)
-        while try !condition() {
+        while try await !condition() {
             try #require(ContinuousClock.now < deadline, "\(what): not within 20 s")
             try await Task.sleep(for: .milliseconds(5))
         }
@@ -82,31 +78,33 @@ struct UserChangeFeedTests {
         try await withHosts { a, b in
             let now = Date().timeIntervalSince1970
             _ = try await b.store.upsert([user("1", "kari", at: now - 10)])
-            let (runA, _) = try await run(a)
+            let (runA, _) = run(a)
             defer { runA.cancel() }
-            var (runB, invalidatedB) = try await run(b)
-            a.feed.written([user("1", "kari-v2", at: now - 5), user("2", "mota", at: now - 5)])
+            var (runB, invalidatedB) = run(b)
+            // A's worker writes (marked in A's outbox) and tells its supervisor.
+            _ = try await a.store.upsert([user("1", "kari-v2", at: now - 5), user("2", "mota", at: now - 5)], outbox: true)
+            a.feed.written()
             var drops = invalidatedB.makeAsyncIterator()
             #expect(await drops.next() == ["1"])
             #expect(try b.store.user("1")?.username == "kari-v2")
             #expect(try b.store.user("2")?.username == "mota")
+            try await waitUntil("A unmarks what it published") { try await a.store.unpublished(limit: 10).isEmpty }
             #expect(a.feed.counters.published == 2 && b.feed.counters.applied == 2)
-            // An older observation published late changes nothing; the host's own publications are not applied.
-            a.feed.written([user("1", "kari-old", at: now - 8)])
-            b.feed.written([user("3", "yuna", at: now - 5)])
-            try await waitUntil("both publish") { a.feed.counters.published == 3 && b.feed.counters.published == 1 }
-            // B stops listening (a restart); A publishes meanwhile; B reads it when it listens again.
+            // B's own write goes the other way.
+            _ = try await b.store.upsert([user("3", "yuna", at: now - 5)], outbox: true)
+            b.feed.written()
+            try await waitUntil("A applies B's user") { try a.store.user("3")?.username == "yuna" }
+            #expect(try a.store.user("1")?.username == "kari-v2", "A's own publications are not applied to A's file")
+            // B stops listening (a restart of its feed); A publishes meanwhile; B reads it when it runs again.
             runB.cancel()
             await runB.value
-            a.feed.written([user("1", "kari-v3", at: now - 1)])
-            try await waitUntil("A publishes") { a.feed.counters.published == 4 }
+            _ = try await a.store.upsert([user("1", "kari-v3", at: now - 1)], outbox: true)
+            a.feed.written()
+            try await waitUntil("A publishes") { a.feed.counters.published == 3 }
             #expect(try b.store.user("1")?.username == "kari-v2")
-            (runB, invalidatedB) = try await run(b)
+            (runB, invalidatedB) = run(b)
             defer { runB.cancel() }
-            #expect(try b.store.user("1")?.username == "kari-v3")
-            try await waitUntil("A applies B's user") { a.feed.counters.applied == 1 }
-            #expect(try a.store.user("3")?.username == "yuna")
-            #expect(try a.store.user("1") == nil, "A's own publications are not applied to A's file")
+            try await waitUntil("B reads what it missed") { try b.store.user("1")?.username == "kari-v3" }
         }
     }
 
@@ -116,29 +114,31 @@ struct UserChangeFeedTests {
         try await withHosts { a, b in
             let now = Date().timeIntervalSince1970
             _ = try await b.store.upsert([user("1", "kari", at: now - 10)])
-            let (runB, invalidatedB) = try await run(b)
+            let (runB, invalidatedB) = run(b)
             defer { runB.cancel() }
             // A's worker wrote it (marked); no supervisor of A ran to publish it.
             _ = try await a.store.upsert([user("1", "kari-v2", at: now - 5)], outbox: true)
-            let (runA, _) = try await run(a)
+            let (runA, _) = run(a)
             defer { runA.cancel() }
             var drops = invalidatedB.makeAsyncIterator()
             #expect(await drops.next() == ["1"])
             #expect(try b.store.user("1")?.username == "kari-v2")
-            try await waitUntil("A unmarks what it published") { try a.store.unpublished(limit: 10).isEmpty }
+            try await waitUntil("A unmarks what it published") { try await a.store.unpublished(limit: 10).isEmpty }
         }
     }
 
-    /// What another host published is checked before it is written: text that is not a publication is ignored, and
-    /// a user seen far in the future (a host whose clock runs ahead) is not applied.
-    @Test func aPublicationThatIsNotOneOrFromTheFarFutureIsIgnored() async throws {
+    /// What another host published is checked before it is written: text that is not a publication is left out
+    /// (counted), and a user seen far in the future (a host whose clock runs ahead) is not applied.
+    @Test func aPublicationThatIsNotOneOrFromTheFarFutureIsLeftOut() async throws {
         try await withHosts { (a: Host, _: Host) async throws in
             let invalidated = Mutex<[String]>([])
-            for payload in ["not json", "{\"id\": 1}", "[{\"id\": \"1\"}]", String(repeating: "[", count: 9_000)] {
-                await a.feed.apply(payload) { ids in invalidated.withLock { $0 += ids } }
+            for payload in ["not json", "{\"id\": 1}", "[{\"id\": \"1\"}]", String(repeating: "[", count: 9_000), nil] {
+                try await a.feed.apply(payload) { ids in invalidated.withLock { $0 += ids } }
             }
+            #expect(a.feed.counters.skipped == 5)
             let future = Date().timeIntervalSince1970 + 86_400
-            await a.feed.apply(UserChangeFeed.payloads([user("9", "future", at: future), user("8", "now", at: Date().timeIntervalSince1970)], limit: 7_000)[0]) { _ in }
+            let (payloads, _) = UserChangeFeed.payloads([user("9", "future", at: future), user("8", "now", at: Date().timeIntervalSince1970)], limit: 7_000)
+            try await a.feed.apply(payloads[0]) { _ in }
             #expect(try a.store.user("9") == nil)
             #expect(try a.store.user("8")?.username == "now")
             #expect(invalidated.withLock { $0 }.isEmpty)
@@ -152,7 +152,8 @@ struct UserChangeFeedTests {
             return CachedUser(id: "\(i)", username: String(repeating: "名", count: i % 40), avatar: avatar, bot: i % 7 == 0, updatedAt: 1_700_000_000.123 + Double(i), shard: i % 3)
         }
         let huge = user("huge", String(repeating: "x", count: 2_000), at: 0)
-        let payloads = UserChangeFeed.payloads(users + [huge], limit: 1_000)
+        let (payloads, tooLong) = UserChangeFeed.payloads(users + [huge], limit: 1_000)
+        #expect(tooLong == 1)
         #expect(payloads.count > 10)
         #expect(payloads.allSatisfy { $0.utf8.count <= 1_000 })
         #expect(payloads.flatMap { UserChangeFeed.users(of: $0) ?? [] } == users)
