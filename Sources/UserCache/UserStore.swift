@@ -113,7 +113,11 @@ public final class UserStore: Sendable {
                     let bot: Bool = row[2]
                     let updatedAt: Double = row[3]
                     let differs = username != user.username || avatar != user.avatar || bot != user.bot
-                    if updatedAt > user.updatedAt {
+                    // Two observations of one moment with other fields (two hosts' clocks agree to the microsecond):
+                    // the same one wins in every file, whichever lands first.
+                    let tieLost = updatedAt == user.updatedAt && differs
+                        && (username, avatar ?? "", bot ? 1 : 0) > (user.username, user.avatar ?? "", user.bot ? 1 : 0)
+                    if updatedAt > user.updatedAt || tieLost {
                         if differs { result.superseded.append(user.id) }
                         continue
                     }

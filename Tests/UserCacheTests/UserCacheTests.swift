@@ -201,6 +201,20 @@ struct UserOutboxTests {
         #expect(try store.user("2")?.username == "mota-v3")
     }
 
+    /// Two observations of the same moment with other fields end the same in every file, in either order.
+    @Test func aTieOfTwoObservationsEndsTheSameInEveryFile() async throws {
+        let paths = [temporaryPath(), temporaryPath()]
+        defer { for path in paths { try? FileManager.default.removeItem(atPath: path) } }
+        let first = try UserStore.prepare(path: paths[0], logger: quietLogger)
+        let second = try UserStore.prepare(path: paths[1], logger: quietLogger)
+        _ = try await first.upsert([user("1", "kari", at: 5)])
+        _ = try await first.upsert([user("1", "mota", at: 5)])
+        _ = try await second.upsert([user("1", "mota", at: 5)])
+        let result = try await second.upsert([user("1", "kari", at: 5)])
+        #expect(result.superseded == ["1"])
+        #expect(try first.user("1")?.username == "mota" && second.user("1")?.username == "mota")
+    }
+
     /// A file of the first schema (before the outbox) is migrated in place: its users stay, none marked.
     @Test func aFileOfTheFirstSchemaIsMigratedKeepingItsUsers() async throws {
         let path = temporaryPath()
