@@ -62,23 +62,54 @@ extension PostgresAuthority {
         }
     }
 
-    /// Forgets the publications older than `retention` (a host away longer misses them).
-    public func pruneUserChanges(olderThan retention: Duration) async throws {
+    /// Forgets the publications older than `retention` that every reader could have read (a row held back behind
+    /// a long transaction stays), at most `batch` at a time; records the newest transaction forgotten, so that a
+    /// reader left behind it knows it missed some. Returns how many rows went.
+    @discardableResult
+    public func pruneUserChanges(olderThan retention: Duration, batch: Int = 10_000) async throws -> Int {
         let cluster = self.cluster
-        try await transaction("forgetting old user publications") { connection in
-            try await connection.query(
-                "DELETE FROM botcluster_user_publications WHERE cluster = \(cluster) AND at < now() - make_interval(secs => \(retention.seconds))",
-                logger: Self.quiet)
+        return try await transaction("forgetting old user publications") { connection in
+            let rows = try await connection.query(
+                """
+                WITH gone AS (
+                    DELETE FROM botcluster_user_publications WHERE id IN (
+                        SELECT id FROM botcluster_user_publications
+                        WHERE cluster = \(cluster) AND at < now() - make_interval(secs => \(retention.seconds))
+                            AND xact < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+                        LIMIT \(Int32(clamping: batch)))
+                    RETURNING xact),
+                horizon AS (
+                    UPDATE botcluster_clusters SET users_pruned_xact = greatest(users_pruned_xact, (SELECT max(xact) FROM gone))
+                    WHERE cluster = \(cluster) AND EXISTS (SELECT 1 FROM gone))
+                SELECT count(*)::int4 FROM gone
+                """, logger: Self.quiet)
+            var count = 0
+            for try await gone in rows.decode(Int32.self) { count = Int(gone) }
+            return count
         }
     }
 
+    /// A page of the other hosts' publications (see `userChanges`).
+    public struct UserChangePage: Sendable {
+        /// The publications after the reader's place whose transactions are over for everyone, in order.
+        public var changes: [UserChange]
+        /// Committed publications wait behind a transaction still running (a write of any kind, a lease round of
+        /// another host): a read moments later gets them.
+        public var heldBack: Bool
+        /// The newest transaction whose publications were forgotten (pruned): a reader whose place is before it
+        /// missed some.
+        public var pruned: Int64
+        /// Every transaction id so far is below this: a place at or past it belongs to another database (one
+        /// restored or moved while the hosts ran), and reads from the start again.
+        public var horizon: Int64
+    }
+
     /// The other hosts' publications after `cursor` whose transactions are over for everyone, in order, at most
-    /// `limit`; and whether committed ones are held back behind a transaction still running (a write of any kind,
-    /// a lease round of another host: a read moments later gets them).
-    public func userChanges(after cursor: UserChangeCursor, host: Int, limit: Int) async throws -> (changes: [UserChange], heldBack: Bool) {
+    /// `limit`, read in one snapshot with what a reader needs to know about the rest.
+    public func userChanges(after cursor: UserChangeCursor, host: Int, limit: Int) async throws -> UserChangePage {
         let cluster = self.cluster
         return try await transaction("reading changed users") { connection in
-            // One snapshot for both statements: a transaction that ends between them would otherwise leave its
+            // One snapshot for every statement: a transaction that ends between two would otherwise leave its
             // publication neither read (the first saw it running) nor said to be held back (the second, over).
             try await connection.query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", logger: Self.quiet)
             let rows = try await connection.query(
@@ -93,14 +124,20 @@ extension PostgresAuthority {
             for try await (xact, id, payload) in rows.decode((Int64, Int64, String?).self) {
                 changes.append(UserChange(cursor: UserChangeCursor(transaction: xact, row: id), payload: payload))
             }
-            let held = try await connection.query(
+            let state = try await connection.query(
                 """
                 SELECT EXISTS (SELECT 1 FROM botcluster_user_publications WHERE cluster = \(cluster)
-                    AND xact >= pg_snapshot_xmin(pg_current_snapshot())::text::bigint AND host <> \(Int32(host)))
+                        AND xact >= pg_snapshot_xmin(pg_current_snapshot())::text::bigint AND host <> \(Int32(host))),
+                    coalesce((SELECT users_pruned_xact FROM botcluster_clusters WHERE cluster = \(cluster)), 0),
+                    pg_snapshot_xmax(pg_current_snapshot())::text::bigint
                 """, logger: Self.quiet)
-            var heldBack = false
-            for try await exists in held.decode(Bool.self) { heldBack = exists }
-            return (changes, heldBack)
+            var page = UserChangePage(changes: changes, heldBack: false, pruned: 0, horizon: .max)
+            for try await (held, pruned, horizon) in state.decode((Bool, Int64, Int64).self) {
+                page.heldBack = held
+                page.pruned = pruned
+                page.horizon = horizon
+            }
+            return page
         }
     }
 

@@ -243,6 +243,7 @@ public final class PostgresAuthority: Sendable {
         """,
         "CREATE INDEX IF NOT EXISTS botcluster_user_publications_order ON botcluster_user_publications (cluster, xact, id)",
         "CREATE INDEX IF NOT EXISTS botcluster_user_publications_at ON botcluster_user_publications (cluster, at)",
+        "ALTER TABLE botcluster_clusters ADD COLUMN IF NOT EXISTS users_pruned_xact bigint NOT NULL DEFAULT 0",
     ]
 
     static let quiet = Logger(label: "botcluster.postgres.quiet", factory: { _ in SwiftLogNoOpLogHandler() })

@@ -32,9 +32,9 @@ final class UserChangeFeed: Sendable {
 
     /// The most users one publishing transaction carries.
     static let maxPerPublish = 2_000
-    /// At most one publishing transaction per this interval: a host whose workers see many new users at once (a
-    /// start, a busy hour) publishes them in a few transactions, not one per worker's batch; a lone change goes at
-    /// once.
+    /// At most one publishing round per this interval (a round publishes the whole outbox, `maxPerPublish` users a
+    /// transaction): a host whose workers see many new users at once (a start, a busy hour) publishes them in a few
+    /// transactions, not one per worker's batch; a lone change goes at once.
     static let minInterval: Duration = .milliseconds(50)
     /// How long the store keeps publications (a host away longer misses what was pruned meanwhile).
     static let retention: Duration = .seconds(600)
@@ -94,7 +94,8 @@ final class UserChangeFeed: Sendable {
         var lastPrune: MonotonicInstant?
         var failures = 0
         while !Task.isCancelled {
-            await publishWakeup.wait(until: due)
+            // Idle, the outbox is looked at every `keepalive` anyway (a worker's word may have been lost).
+            await publishWakeup.wait(until: due ?? .now() + Self.keepalive)
             if Task.isCancelled { return }
             let now = MonotonicInstant.now()
             if let due, now < due { continue }
@@ -118,7 +119,8 @@ final class UserChangeFeed: Sendable {
             if lastPrune.map({ now - $0 >= .seconds(60) }) ?? true {
                 lastPrune = now
                 do {
-                    try await authority.pruneUserChanges(olderThan: Self.retention)
+                    // In batches: after a long outage there may be many.
+                    while try await authority.pruneUserChanges(olderThan: Self.retention) == 10_000 {}
                 } catch {
                     publishFailures.log(logger, .warning, "cannot forget old user publications", metadata: ["error": "\(String(describing: error).prefix(300))"])
                 }
@@ -207,9 +209,10 @@ final class UserChangeFeed: Sendable {
         var failures = 0
         var heldBack = 0
         while !Task.isCancelled {
-            let again: Duration? = failures > 0 ? min(.seconds(5), .milliseconds(100) * (1 << min(failures, 6)))
-                : heldBack > 0 ? min(.seconds(1), .milliseconds(10) * (1 << min(heldBack - 1, 7))) : nil
-            await readWakeup.wait(until: again.map { .now() + $0 })
+            // Idle, it reads every `keepalive` anyway (the listening connection may be down).
+            let again: Duration = failures > 0 ? min(.seconds(5), .milliseconds(100) * (1 << min(failures, 6)))
+                : heldBack > 0 ? min(.seconds(1), .milliseconds(10) * (1 << min(heldBack - 1, 7))) : Self.keepalive
+            await readWakeup.wait(until: .now() + again)
             if Task.isCancelled { return }
             do {
                 heldBack = try await readAll(invalidate: invalidate) ? heldBack + 1 : 0
@@ -228,12 +231,28 @@ final class UserChangeFeed: Sendable {
     /// held back.
     func readAll(invalidate: @escaping @Sendable ([String]) -> Void) async throws -> Bool {
         while true {
-            let (page, heldBack) = try await authority.userChanges(after: state.withLock { $0.cursor }, host: host, limit: Self.pageSize)
-            for change in page {
+            let cursor = state.withLock { $0.cursor }
+            let page = try await authority.userChanges(after: cursor, host: host, limit: Self.pageSize)
+            if cursor.transaction >= page.horizon {
+                // A place no transaction has reached: the database is another one (restored, moved).
+                logger.warning("the store's transaction ids are behind this host's place in the user publications (a database restored or moved?): reading them from the start")
+                state.withLock { $0.cursor = .start }
+                continue
+            }
+            if cursor.transaction < page.pruned {
+                // Publications this host had not read were forgotten (kept 10 minutes).
+                if cursor != .start {
+                    state.withLock { $0.skipped += 1 }
+                    logger.warning("publications of changed users were forgotten before this host read them: users changed then may be served stale here until seen again")
+                }
+                state.withLock { $0.cursor = max($0.cursor, .init(transaction: page.pruned, row: 0)) }
+                continue
+            }
+            for change in page.changes {
                 try await apply(change.payload, invalidate: invalidate)
                 state.withLock { $0.cursor = change.cursor }
             }
-            guard page.count == Self.pageSize else { return heldBack }
+            guard page.changes.count == Self.pageSize else { return page.heldBack }
         }
     }
 
@@ -247,9 +266,18 @@ final class UserChangeFeed: Sendable {
         }
         let latest = Date().timeIntervalSince1970 + Self.maxFutureSkew
         let valid = users.filter { !$0.id.isEmpty && $0.updatedAt.isFinite && $0.updatedAt <= latest }
+        if valid.count < users.count {
+            state.withLock { $0.skipped += users.count - valid.count }
+            skips.log(logger, .warning, "users from another host without an id or seen too far in the future (its clock?): left out", metadata: ["users": "\(users.count - valid.count)"])
+        }
         guard !valid.isEmpty else { return }
         let result = try await store.upsert(valid)
         state.withLock { $0.applied += valid.count }
         if !result.changed.isEmpty { invalidate(result.changed) }
+        // This file saw those users later, with other fields: the host that published them must learn it.
+        if !result.superseded.isEmpty {
+            try await store.markUnpublished(result.superseded)
+            publishWakeup.poke()
+        }
     }
 }

@@ -116,7 +116,7 @@ public final class UserStore: Sendable {
                     // Two observations of one moment with other fields (two hosts' clocks agree to the microsecond):
                     // the same one wins in every file, whichever lands first.
                     let tieLost = updatedAt == user.updatedAt && differs
-                        && (username, avatar ?? "", bot ? 1 : 0) > (user.username, user.avatar ?? "", user.bot ? 1 : 0)
+                        && (username, avatar == nil ? 0 : 1, avatar ?? "", bot ? 1 : 0) > (user.username, user.avatar == nil ? 0 : 1, user.avatar ?? "", user.bot ? 1 : 0)
                     if updatedAt > user.updatedAt || tieLost {
                         if differs { result.superseded.append(user.id) }
                         continue
@@ -143,16 +143,26 @@ public final class UserStore: Sendable {
         }
     }
 
-    /// These observations are published: unmarked where the file still holds the same fields (observed then or
-    /// since); a user written with other fields meanwhile stays marked for the next publication.
+    /// These observations are published: unmarked where the file still holds exactly them. A user written again
+    /// meanwhile stays marked, and goes in the next publication (once more when only its time moved).
     public func markPublished(_ users: [CachedUser]) async throws {
         guard !users.isEmpty else { return }
         try await pool.write { db in
             let mark = try db.cachedStatement(sql: """
                 UPDATE users SET unpublished = 0
-                WHERE id = ? AND updated_at >= ? AND username = ? AND avatar IS ? AND bot = ? AND unpublished
+                WHERE id = ? AND updated_at = ? AND username = ? AND avatar IS ? AND bot = ? AND unpublished
                 """)
             for user in users { try mark.execute(arguments: [user.id, user.updatedAt, user.username, user.avatar, user.bot]) }
+        }
+    }
+
+    /// Marks these users for publication again (another host published an older observation of them: it must
+    /// learn this file's newer one).
+    public func markUnpublished(_ ids: [String]) async throws {
+        guard !ids.isEmpty else { return }
+        try await pool.write { db in
+            let mark = try db.cachedStatement(sql: "UPDATE users SET unpublished = 1 WHERE id = ?")
+            for id in ids { try mark.execute(arguments: [id]) }
         }
     }
 

@@ -219,8 +219,13 @@ struct PostgresAuthorityTests {
             #expect(first.map(\.payload) == ["[1]", "[2]"])
             #expect(try await a.userChanges(after: first[1].cursor, host: 1, limit: 2).changes.map(\.payload) == ["[3]"])
             #expect(try await a.userChanges(after: .start, host: 0, limit: 10).changes.map(\.payload) == ["[mine]", "[3]"])
-            try await a.pruneUserChanges(olderThan: .zero)
-            #expect(try await a.userChanges(after: .start, host: 1, limit: 10).changes.isEmpty)
+            #expect(try await a.userChanges(after: .start, host: 1, limit: 10).pruned == 0)
+            // Forgotten in batches; the newest transaction forgotten is kept, for readers left behind it.
+            #expect(try await a.pruneUserChanges(olderThan: .zero, batch: 2) == 2)
+            #expect(try await a.pruneUserChanges(olderThan: .zero, batch: 2) == 2)
+            let pruned = try await a.userChanges(after: .start, host: 1, limit: 10)
+            #expect(pruned.changes.isEmpty && pruned.pruned == all[2].cursor.transaction)
+            #expect(pruned.horizon > pruned.pruned)
             #expect(try await other.userChanges(after: .start, host: 1, limit: 10).changes.map(\.payload) == ["[theirs]"])
         }
     }

@@ -127,6 +127,24 @@ struct UserChangeFeedTests {
         }
     }
 
+    /// A host that published an older observation than another host's file holds learns the newer one: the file
+    /// that saw it later marks it for publication again.
+    @Test func aHostThatPublishedAnOlderObservationLearnsTheNewerOne() async throws {
+        try await withHosts { a, b in
+            let now = Date().timeIntervalSince1970
+            // A saw x later, with the same fields as before (nothing to publish); B publishes an older rename.
+            _ = try await a.store.upsert([user("1", "kari", at: now - 1)])
+            let (runA, _) = run(a)
+            defer { runA.cancel() }
+            let (runB, _) = run(b)
+            defer { runB.cancel() }
+            _ = try await b.store.upsert([user("1", "kari-old", at: now - 5)], outbox: true)
+            b.feed.written()
+            try await waitUntil("B learns A's newer observation") { try b.store.user("1")?.username == "kari" }
+            #expect(try a.store.user("1")?.username == "kari")
+        }
+    }
+
     /// What another host published is checked before it is written: text that is not a publication is left out
     /// (counted), and a user seen far in the future (a host whose clock runs ahead) is not applied.
     @Test func aPublicationThatIsNotOneOrFromTheFarFutureIsLeftOut() async throws {
@@ -141,6 +159,7 @@ struct UserChangeFeedTests {
             try await a.feed.apply(payloads[0]) { _ in }
             #expect(try a.store.user("9") == nil)
             #expect(try a.store.user("8")?.username == "now")
+            #expect(a.feed.counters.skipped == 6)
             #expect(invalidated.withLock { $0 }.isEmpty)
         }
     }

@@ -186,9 +186,11 @@ struct UserOutboxTests {
         #expect(try await store.unpublished(limit: 10).isEmpty, "without the outbox nothing is marked")
         _ = try await store.upsert([user("1", "kari", at: 10), user("2", "mota", at: 11)], outbox: true)
         #expect(try await store.unpublished(limit: 10).map(\.id) == ["1", "2"])
-        // Seen again with the same fields before the publication went out: the publication covers it.
+        // Seen again with the same fields before the publication went out: it stays marked, and goes once more.
         _ = try await store.upsert([user("1", "kari", at: 12)], outbox: true)
         try await store.markPublished([user("1", "kari", at: 10)])
+        #expect(try await store.unpublished(limit: 10).map(\.id) == ["2", "1"])
+        try await store.markPublished([user("1", "kari", at: 12)])
         #expect(try await store.unpublished(limit: 10).map(\.id) == ["2"])
         // A rename: marked; the publication of the name before it does not unmark it.
         _ = try await store.upsert([user("2", "mota-v2", at: 13)], outbox: true)
@@ -199,6 +201,9 @@ struct UserOutboxTests {
         _ = try await store.upsert([user("3", "yuna", at: 14), user("2", "mota-v3", at: 15)])
         #expect(try await store.unpublished(limit: 10).isEmpty)
         #expect(try store.user("2")?.username == "mota-v3")
+        // Marked again on request (another host published an older observation of it).
+        try await store.markUnpublished(["3"])
+        #expect(try await store.unpublished(limit: 10).map(\.id) == ["3"])
     }
 
     /// Two observations of the same moment with other fields end the same in every file, in either order.
@@ -213,6 +218,14 @@ struct UserOutboxTests {
         let result = try await second.upsert([user("1", "kari", at: 5)])
         #expect(result.superseded == ["1"])
         #expect(try first.user("1")?.username == "mota" && second.user("1")?.username == "mota")
+        // No avatar and an empty one are not the same: one of them wins everywhere.
+        var empty = user("2", "lan", at: 7)
+        empty.avatar = ""
+        _ = try await first.upsert([user("2", "lan", at: 7)])
+        _ = try await first.upsert([empty])
+        _ = try await second.upsert([empty])
+        _ = try await second.upsert([user("2", "lan", at: 7)])
+        #expect(try first.user("2")?.avatar == "" && second.user("2")?.avatar == "")
     }
 
     /// A file of the first schema (before the outbox) is migrated in place: its users stay, none marked.
