@@ -133,6 +133,7 @@ public final class PostgresAuthority: Sendable {
     ///
     /// A call that found no connection within its deadline says why the last connection attempt failed (refused,
     /// authentication, no such database), when one failed within the last minute.
+    @discardableResult
     func transaction<T: Sendable>(_ what: String, _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
         let connected = Mutex(false)
         do {
