@@ -133,7 +133,7 @@ let package = Package(
         .target(
             name: "UserCache",
             dependencies: [
-                "ClusterCore", "ClusterProtocol", "CSQLite3", "SQLiteSupport",
+                "ClusterCore", "CSQLite3", "SQLiteSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "GRDB", package: "GRDB.swift"),
             ]
@@ -237,7 +237,7 @@ let package = Package(
         ),
         .testTarget(
             name: "UserCacheTests",
-            dependencies: ["UserCache", "ClusterCore", "ClusterProtocol", .product(name: "Logging", package: "swift-log"), .product(name: "GRDB", package: "GRDB.swift")]
+            dependencies: ["UserCache", "ClusterCore", .product(name: "Logging", package: "swift-log"), .product(name: "GRDB", package: "GRDB.swift")]
         ),
         .testTarget(
             name: "RateBudgetTests",

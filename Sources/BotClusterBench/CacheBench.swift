@@ -1,6 +1,5 @@
 import ArgumentParser
 import ClusterCore
-import ClusterProtocol
 import ClusterIPC
 import CSQLiteBench
 import Foundation

@@ -1,6 +1,5 @@
 import ArgumentParser
 import ClusterCore
-import ClusterProtocol
 import Foundation
 import Logging
 import UserCache

@@ -1,6 +1,5 @@
 import CSQLite3
 import ClusterCore
-import ClusterProtocol
 import Synchronization
 
 /// Point reads of the user cache on one read-only SQLite connection with one prepared statement.

@@ -1,11 +1,30 @@
 import ClusterCore
-import ClusterProtocol
 import Foundation
 import GRDB
 import Logging
 import SQLiteSupport
 
-extension CachedUser {
+/// A user as the cache holds it (and, as JSON, as a host of several publishes it to the others).
+public struct CachedUser: Sendable, Equatable, Codable {
+    public var id: String
+    public var username: String
+    public var avatar: String?
+    public var bot: Bool
+    /// Seconds since 1970 when a worker last wrote it.
+    public var updatedAt: Double
+    /// The shard that saw it last.
+    public var shard: Int
+
+    /// A user as a worker saw it at `updatedAt` on `shard`.
+    public init(id: String, username: String, avatar: String?, bot: Bool, updatedAt: Double, shard: Int) {
+        self.id = id
+        self.username = username
+        self.avatar = avatar
+        self.bot = bot
+        self.updatedAt = updatedAt
+        self.shard = shard
+    }
+
     /// Whether the fields a bot sees differ.
     func differs(from other: CachedUser) -> Bool {
         username != other.username || avatar != other.avatar || bot != other.bot

@@ -1,5 +1,4 @@
 import ClusterCore
-import ClusterProtocol
 import Logging
 import NIOCore
 import NIOPosix

@@ -1,6 +1,5 @@
 import ClusterCore
 import ClusterPostgres
-import ClusterProtocol
 import Foundation
 import Logging
 import Synchronization

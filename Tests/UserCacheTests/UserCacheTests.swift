@@ -1,5 +1,4 @@
 import ClusterCore
-import ClusterProtocol
 import Foundation
 import GRDB
 import Logging
