@@ -41,9 +41,11 @@ extension PostgresAuthority {
         public static func < (a: Self, b: Self) -> Bool { (a.transaction, a.row) < (b.transaction, b.row) }
     }
 
-    /// One publication: where it stands, and its text (nil when it is longer than a publication may be).
+    /// One publication: where it stands, whether the reader's own host wrote it (then it only moves the reader's
+    /// place), and its text (nil for its own, and when it is longer than a publication may be).
     public struct UserChange: Sendable {
         public var cursor: UserChangeCursor
+        public var own: Bool
         public var payload: String?
     }
 
@@ -62,11 +64,14 @@ extension PostgresAuthority {
         }
     }
 
+    /// The most publications one pruning transaction forgets.
+    public static let pruneBatch = 10_000
+
     /// Forgets the publications older than `retention` that every reader could have read (a row held back behind
     /// a long transaction stays), at most `batch` at a time; records the newest transaction forgotten, so that a
     /// reader left behind it knows it missed some. Returns how many rows went.
     @discardableResult
-    public func pruneUserChanges(olderThan retention: Duration, batch: Int = 10_000) async throws -> Int {
+    public func pruneUserChanges(olderThan retention: Duration, batch: Int = pruneBatch) async throws -> Int {
         let cluster = self.cluster
         return try await transaction("forgetting old user publications") { connection in
             let rows = try await connection.query(
@@ -104,8 +109,9 @@ extension PostgresAuthority {
         public var horizon: Int64
     }
 
-    /// The other hosts' publications after `cursor` whose transactions are over for everyone, in order, at most
-    /// `limit`, read in one snapshot with what a reader needs to know about the rest.
+    /// The publications after `cursor` whose transactions are over for everyone, in order, at most `limit` (its own
+    /// host's too, without their text: they move its place, so that pruning them never looks like a gap), read in
+    /// one snapshot with what a reader needs to know about the rest.
     public func userChanges(after cursor: UserChangeCursor, host: Int, limit: Int) async throws -> UserChangePage {
         let cluster = self.cluster
         return try await transaction("reading changed users") { connection in
@@ -114,15 +120,16 @@ extension PostgresAuthority {
             try await connection.query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ", logger: Self.quiet)
             let rows = try await connection.query(
                 """
-                SELECT xact, id, CASE WHEN octet_length(payload) <= \(Int32(Self.maxUserChangeBytes)) THEN payload END
+                SELECT xact, id, host = \(Int32(host)),
+                    CASE WHEN host <> \(Int32(host)) AND octet_length(payload) <= \(Int32(Self.maxUserChangeBytes)) THEN payload END
                 FROM botcluster_user_publications
                 WHERE cluster = \(cluster) AND (xact, id) > (\(cursor.transaction), \(cursor.row))
-                    AND xact < pg_snapshot_xmin(pg_current_snapshot())::text::bigint AND host <> \(Int32(host))
+                    AND xact < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
                 ORDER BY xact, id LIMIT \(Int32(clamping: limit))
                 """, logger: Self.quiet)
             var changes: [UserChange] = []
-            for try await (xact, id, payload) in rows.decode((Int64, Int64, String?).self) {
-                changes.append(UserChange(cursor: UserChangeCursor(transaction: xact, row: id), payload: payload))
+            for try await (xact, id, own, payload) in rows.decode((Int64, Int64, Bool, String?).self) {
+                changes.append(UserChange(cursor: UserChangeCursor(transaction: xact, row: id), own: own, payload: payload))
             }
             let state = try await connection.query(
                 """
@@ -143,7 +150,7 @@ extension PostgresAuthority {
 
     /// Listens for the cluster's publications on a connection of its own until that fails or the task is cancelled
     /// (it never returns otherwise): `wake` runs once the connection listens, at every notification for this
-    /// cluster, and every `keepalive` (the listening connection's clock is read then, within the store's timeout:
+    /// cluster, and every `keepalive` (a round trip on the listening connection then, within the store's timeout:
     /// a silent link is not waited on). The reader reads at each wake; the notification's only news is "read".
     public func listenUserChanges(keepalive: Duration, wake: @escaping @Sendable () -> Void) async throws {
         let timeout = self.timeout
@@ -154,7 +161,7 @@ extension PostgresAuthority {
                 try await client.withConnection { held in
                     progress.connection.withLock { $0 = held }
                     try await held.listen(on: Self.userChannel) { notifications in
-                        _ = try await Self.clock(of: held, within: timeout)
+                        try await Self.ping(held, within: timeout)
                         progress.listening.withLock { $0 = true }
                         wake()
                         try await withThrowingTaskGroup(of: Void.self) { inner in
@@ -165,7 +172,7 @@ extension PostgresAuthority {
                             inner.addTask {
                                 while true {
                                     try await Task.sleep(for: keepalive)
-                                    _ = try await Self.clock(of: held, within: timeout)
+                                    try await Self.ping(held, within: timeout)
                                     wake()
                                 }
                             }
@@ -200,13 +207,11 @@ extension PostgresAuthority {
         var description: String { "the listening connection ended" }
     }
 
-    /// The database's clock, read on `connection` within `limit` (closed under the query when it takes longer).
-    static func clock(of connection: PostgresConnection, within limit: Duration) async throws -> Date {
-        try await withDeadline(limit, "reading the store's clock") {
+    /// One round trip on `connection` within `limit` (closed under the query when it takes longer).
+    static func ping(_ connection: PostgresConnection, within limit: Duration) async throws {
+        try await withDeadline(limit, "an answer on the listening connection") {
             try await withTaskCancellationHandler {
-                let rows = try await connection.query("SELECT clock_timestamp()", logger: quiet)
-                for try await at in rows.decode(Date.self) { return at }
-                throw ListenEnded()
+                try await connection.query("SELECT 1", logger: quiet)
             } onCancel: {
                 closeNow(connection)
             }

@@ -119,7 +119,7 @@ final class UserChangeFeed: Sendable {
                 lastPrune = now
                 do {
                     // In batches: after a long outage there may be many.
-                    while try await authority.pruneUserChanges(olderThan: Self.retention) == 10_000 {}
+                    while try await authority.pruneUserChanges(olderThan: Self.retention) == PostgresAuthority.pruneBatch {}
                 } catch {
                     publishFailures.log(logger, .warning, "cannot forget old user publications", metadata: ["error": "\(String(describing: error).prefix(300))"])
                 }
@@ -248,7 +248,7 @@ final class UserChangeFeed: Sendable {
                 continue
             }
             for change in page.changes {
-                try await apply(change.payload, invalidate: invalidate)
+                if !change.own { try await apply(change.payload, invalidate: invalidate) }
                 state.withLock { $0.cursor = change.cursor }
             }
             guard page.changes.count == Self.pageSize else { return page.heldBack }

@@ -212,19 +212,21 @@ struct PostgresAuthorityTests {
             try await a.publishUserChanges(["[3]"], host: 2)
             listener.cancel()
             await #expect(throws: (any Error).self) { try await listener.value }
+            // Host 1 reads the others' texts, and its own publication only as a place (no text).
             let all = try await a.userChanges(after: .start, host: 1, limit: 10).changes
-            #expect(all.map(\.payload) == ["[1]", "[2]", "[3]"])
+            #expect(all.map(\.payload) == ["[1]", "[2]", nil, "[3]"])
+            #expect(all.map(\.own) == [false, false, true, false])
             #expect(all.map(\.cursor) == all.map(\.cursor).sorted())
             let first = try await a.userChanges(after: .start, host: 1, limit: 2).changes
             #expect(first.map(\.payload) == ["[1]", "[2]"])
-            #expect(try await a.userChanges(after: first[1].cursor, host: 1, limit: 2).changes.map(\.payload) == ["[3]"])
-            #expect(try await a.userChanges(after: .start, host: 0, limit: 10).changes.map(\.payload) == ["[mine]", "[3]"])
+            #expect(try await a.userChanges(after: first[1].cursor, host: 1, limit: 2).changes.map(\.payload) == [nil, "[3]"])
+            #expect(try await a.userChanges(after: .start, host: 0, limit: 10).changes.compactMap(\.payload) == ["[mine]", "[3]"])
             #expect(try await a.userChanges(after: .start, host: 1, limit: 10).pruned == 0)
             // Forgotten in batches; the newest transaction forgotten is kept, for readers left behind it.
             #expect(try await a.pruneUserChanges(olderThan: .zero, batch: 2) == 2)
             #expect(try await a.pruneUserChanges(olderThan: .zero, batch: 2) == 2)
             let pruned = try await a.userChanges(after: .start, host: 1, limit: 10)
-            #expect(pruned.changes.isEmpty && pruned.pruned == all[2].cursor.transaction)
+            #expect(pruned.changes.isEmpty && pruned.pruned == all[3].cursor.transaction)
             #expect(pruned.horizon > pruned.pruned)
             #expect(try await other.userChanges(after: .start, host: 1, limit: 10).changes.map(\.payload) == ["[theirs]"])
         }
