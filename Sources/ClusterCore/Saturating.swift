@@ -43,3 +43,11 @@ extension Duration {
         return min(max(value, range.lowerBound), range.upperBound)
     }
 }
+
+extension Duration {
+    /// A retry's wait: `base` doubled for each of `attempts` past the first (0 and 1 both wait `base`), never more
+    /// than `cap`; any count of attempts is safe.
+    public static func backoff(_ base: Duration, attempts: Int, cap: Duration) -> Duration {
+        min(cap, base * (1 << min(max(attempts - 1, 0), 20)))
+    }
+}

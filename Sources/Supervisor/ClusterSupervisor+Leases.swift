@@ -35,7 +35,7 @@ extension ClusterSupervisor {
                     leases.failures.log(logger, .error, "cannot reach the store to join the cluster; trying again", metadata: [
                         "store": "\(leases.authority.displayURL)", "error": "\(String(describing: error).prefix(300))",
                     ])
-                    try? await Task.sleep(for: min(.seconds(5), .milliseconds(200) * (1 << min(attempt, 5))))
+                    try? await Task.sleep(for: .backoff(.milliseconds(400), attempts: attempt, cap: .seconds(5)))
                 }
             }
             guard !Task.isCancelled else { return }

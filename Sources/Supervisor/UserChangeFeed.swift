@@ -110,7 +110,7 @@ final class UserChangeFeed: Sendable {
                 publishFailures.reset()
             } catch {
                 failures += 1
-                due = now + min(.seconds(5), .milliseconds(100) * (1 << min(failures, 6)))
+                due = now + .backoff(.milliseconds(200), attempts: failures, cap: .seconds(5))
                 publishFailures.log(logger, .warning, "cannot publish changed users to the other hosts; they stay in this host's outbox and go later", metadata: [
                     "failures": "\(failures)", "error": "\(String(describing: error).prefix(300))",
                 ])
@@ -197,7 +197,7 @@ final class UserChangeFeed: Sendable {
                 listenFailures.log(logger, .warning, "cannot listen for users changed on the other hosts; trying again", metadata: [
                     "error": "\(String(describing: error).prefix(300))",
                 ])
-                try? await Task.sleep(for: min(.seconds(5), .milliseconds(100) * (1 << min(attempt, 6))))
+                try? await Task.sleep(for: .backoff(.milliseconds(200), attempts: attempt, cap: .seconds(5)))
             }
         }
     }
@@ -209,8 +209,8 @@ final class UserChangeFeed: Sendable {
         var heldBack = 0
         while !Task.isCancelled {
             // Idle, it reads every `keepalive` anyway (the listening connection may be down).
-            let again: Duration = failures > 0 ? min(.seconds(5), .milliseconds(100) * (1 << min(failures, 6)))
-                : heldBack > 0 ? min(.seconds(1), .milliseconds(10) * (1 << min(heldBack - 1, 7))) : Self.keepalive
+            let again: Duration = failures > 0 ? .backoff(.milliseconds(200), attempts: failures, cap: .seconds(5))
+                : heldBack > 0 ? .backoff(.milliseconds(10), attempts: heldBack, cap: .seconds(1)) : Self.keepalive
             await readWakeup.wait(until: .now() + again)
             if Task.isCancelled { return }
             do {

@@ -195,7 +195,7 @@ public final class UserDirectory: Sendable {
                 for user in batch where state.pending[user.id] == nil && state.pending.count < maxPending { state.pending[user.id] = user }
                 state.failures += 1
                 // The writer's next try is due `flushInterval` after this mark: push it back by the backoff.
-                let backoff = min(Duration.seconds(5), configuration.flushInterval * (1 << min(state.failures, 10)))
+                let backoff = Duration.backoff(configuration.flushInterval * 2, attempts: state.failures, cap: .seconds(5))
                 state.firstPendingAt = .now() + backoff - configuration.flushInterval
                 return state.failures
             }
