@@ -31,6 +31,22 @@ public final class PostgresAuthority: Sendable {
         public var expiresIn: [Int: Double]
         /// The routes paused by a 429 on another host, with the seconds left of each pause.
         public var pauses: [String: Double] = [:]
+        /// The cluster's layout after the round: the shard count that serves, and the one a rescale gets ready.
+        public var layout = Layout(shards: 0, next: nil)
+    }
+
+    /// The cluster's layout in the store: the shard count that serves, and a rescale's target while one runs.
+    public struct Layout: Sendable, Equatable {
+        /// The shard count whose layout serves.
+        public var shards: Int
+        /// The shard count a rescale gets ready (nil when none runs).
+        public var next: Int?
+
+        /// `shards` serving, `next` getting ready (nil: no rescale).
+        public init(shards: Int, next: Int?) {
+            self.shards = shards
+            self.next = next
+        }
     }
 
     /// A route paused by a 429 on this host, `seconds` from now: every host pauses it.
@@ -162,44 +178,49 @@ public final class PostgresAuthority: Sendable {
         public var description: String { "\(timeout) (the last connection attempt failed: \(lastConnectFailure))" }
     }
 
-    /// The cluster's shard count differs from this host's.
-    public struct LayoutMismatch: Error, CustomStringConvertible {
-        public var stored: Int
-        public var configured: Int
-        public var description: String {
-            "the cluster in the store runs \(stored) shards and this host is configured for \(configured): give every host the same shards.count (it changes when no host of the cluster is running)"
-        }
-    }
-
     // MARK: schema
 
-    /// Creates the tables when missing (one host at a time, under an advisory lock) and the lease rows of a
-    /// `shards`-shard layout. Every host of a cluster runs the same layout: a host configured for another shard
-    /// count is refused (`LayoutMismatch`) while any host of the cluster is live; with none live, the count is
-    /// this host's.
-    public func prepare(shards: Int) async throws {
+    /// Creates the tables when missing (one host at a time, under an advisory lock), and joins the cluster's
+    /// layout: with no host of the cluster live, the layout is this host's `shards` (any rescale left half-done is
+    /// forgotten); with one live, it is the cluster's as stored (a rescale moves it while hosts run, so a host's
+    /// configured count may be behind). Returns the layout joined; its lease rows exist.
+    @discardableResult
+    public func prepare(shards: Int) async throws -> Layout {
         let cluster = self.cluster
-        try await transaction("creating the store's tables") { connection in
+        return try await transaction("creating the store's tables") { connection in
             try await connection.query("SELECT pg_advisory_xact_lock(7710420)", logger: Self.quiet)
             for statement in Self.schema {
+                // A column already there is not added again: ALTER TABLE takes its table's exclusive lock before it
+                // looks, which stalls every other host's rounds and claims on that table (and deadlocked a host
+                // joining beside busy ones).
+                if let (table, column) = Self.addedColumn(statement) {
+                    let rows = try await connection.query(
+                        """
+                        SELECT count(*) FROM information_schema.columns
+                        WHERE table_schema = current_schema() AND table_name = \(table) AND column_name = \(column)
+                        """, logger: Self.quiet)
+                    var present = false
+                    for try await count in rows.decode(Int64.self) { present = count > 0 }
+                    if present { continue }
+                }
                 try await connection.query(PostgresQuery(unsafeSQL: statement), logger: Self.quiet)
             }
             try await connection.query(
                 """
                 INSERT INTO botcluster_clusters AS c (cluster, shards) VALUES (\(cluster), \(Int32(shards)))
-                ON CONFLICT (cluster) DO UPDATE SET shards = EXCLUDED.shards
+                ON CONFLICT (cluster) DO UPDATE SET shards = EXCLUDED.shards, next_shards = NULL, change_until = NULL
                 WHERE NOT EXISTS (SELECT 1 FROM botcluster_hosts WHERE cluster = \(cluster) AND expires_at > now())
                 """, logger: Self.quiet)
-            let rows = try await connection.query("SELECT shards FROM botcluster_clusters WHERE cluster = \(cluster)", logger: Self.quiet)
-            for try await stored in rows.decode(Int32.self) where Int(stored) != shards {
-                throw LayoutMismatch(stored: Int(stored), configured: shards)
-            }
+            var layout = Layout(shards: shards, next: nil)
+            let rows = try await connection.query("SELECT shards, next_shards FROM botcluster_clusters WHERE cluster = \(cluster)", logger: Self.quiet)
+            for try await (stored, next) in rows.decode((Int32, Int32?).self) { layout = Layout(shards: Int(stored), next: next.map(Int.init)) }
             try await connection.query(
                 """
                 INSERT INTO botcluster_leases (cluster, shards, shard)
-                SELECT \(cluster), \(Int32(shards)), g FROM generate_series(0, \(Int32(shards)) - 1) AS g
+                SELECT \(cluster), \(Int32(layout.shards)), g FROM generate_series(0, \(Int32(layout.shards)) - 1) AS g
                 ON CONFLICT DO NOTHING
                 """, logger: Self.quiet)
+            return layout
         }
     }
 
@@ -245,7 +266,18 @@ public final class PostgresAuthority: Sendable {
         "CREATE INDEX IF NOT EXISTS botcluster_user_publications_order ON botcluster_user_publications (cluster, xact, id)",
         "CREATE INDEX IF NOT EXISTS botcluster_user_publications_at ON botcluster_user_publications (cluster, at)",
         "ALTER TABLE botcluster_clusters ADD COLUMN IF NOT EXISTS users_pruned_xact bigint NOT NULL DEFAULT 0",
+        // A rescale across hosts: its target and deadline, each new lease's readiness, and a claim's layout.
+        "ALTER TABLE botcluster_clusters ADD COLUMN IF NOT EXISTS next_shards integer",
+        "ALTER TABLE botcluster_clusters ADD COLUMN IF NOT EXISTS change_until timestamptz",
+        "ALTER TABLE botcluster_leases ADD COLUMN IF NOT EXISTS ready boolean NOT NULL DEFAULT false",
+        "ALTER TABLE botcluster_claims ADD COLUMN IF NOT EXISTS shards integer NOT NULL DEFAULT 0",
     ]
+
+    /// The table and column of a schema statement that adds a column (`ALTER TABLE t ADD COLUMN IF NOT EXISTS c`).
+    static func addedColumn(_ statement: String) -> (table: String, column: String)? {
+        guard let match = statement.firstMatch(of: #/^ALTER TABLE (\w+) ADD COLUMN IF NOT EXISTS (\w+) /#) else { return nil }
+        return (String(match.1), String(match.2))
+    }
 
     static let quiet = Logger(label: "botcluster.postgres.quiet", factory: { _ in SwiftLogNoOpLogHandler() })
 
@@ -256,7 +288,7 @@ public final class PostgresAuthority: Sendable {
     /// view read (with every host's pauses), and the free shards `wanted` picks from that view taken.
     public func round(
         host: Int, address: String, shards: Int, ttl: Duration, renew: [Int: Int64], release: [SessionWrite], sessions: [SessionWrite],
-        pauses: [RoutePause] = [],
+        pauses: [RoutePause] = [], ready: Set<Int>? = nil,
         wanted: @escaping @Sendable (_ live: Set<Int>, _ holders: [Int: Int]) -> [Int]
     ) async throws -> Round {
         let cluster = self.cluster
@@ -349,7 +381,7 @@ public final class PostgresAuthority: Sendable {
             if !take.isEmpty {
                 let rows = try await connection.query(
                     """
-                    UPDATE botcluster_leases SET owner = \(me), token = token + 1, expires_at = now() + make_interval(secs => \(ttlSeconds))
+                    UPDATE botcluster_leases SET owner = \(me), token = token + 1, expires_at = now() + make_interval(secs => \(ttlSeconds)), ready = false
                     WHERE cluster = \(cluster) AND shards = \(n) AND shard = ANY(\(take.map { Int32($0) })) AND expires_at <= now()
                     RETURNING shard, token, session_id, seq
                     """, logger: Self.quiet)
@@ -359,9 +391,97 @@ public final class PostgresAuthority: Sendable {
                     expiresIn[Int(shard)] = ttlSeconds
                 }
             }
+            // A rescale: the new layout's leases held here say whether their workers are ready; when every one of
+            // them is, held and unexpired, the new layout serves from now on. One past its deadline is given up.
+            if let ready {
+                try await connection.query(
+                    """
+                    UPDATE botcluster_leases SET ready = (shard = ANY(\(ready.map { Int32($0) })))
+                    WHERE cluster = \(cluster) AND shards = \(n) AND owner = \(me)
+                    """, logger: Self.quiet)
+                try await connection.query(
+                    """
+                    UPDATE botcluster_clusters SET shards = next_shards, next_shards = NULL, change_until = NULL
+                    WHERE cluster = \(cluster) AND next_shards = \(n) AND change_until > now() AND (
+                        SELECT count(*) FROM botcluster_leases
+                        WHERE cluster = \(cluster) AND shards = \(n) AND ready AND owner IS NOT NULL AND expires_at > now()) = \(n)
+                    """, logger: Self.quiet)
+            }
+            try await connection.query(
+                "UPDATE botcluster_clusters SET next_shards = NULL, change_until = NULL WHERE cluster = \(cluster) AND change_until <= now()",
+                logger: Self.quiet)
+            var layout = Layout(shards: 0, next: nil)
+            let layoutRows = try await connection.query("SELECT shards, next_shards FROM botcluster_clusters WHERE cluster = \(cluster)", logger: Self.quiet)
+            for try await (count, next) in layoutRows.decode((Int32, Int32?).self) { layout = Layout(shards: Int(count), next: next.map(Int.init)) }
             return Round(
-                renewed: renewed, acquired: acquired, released: released, hosts: hosts, holders: holders, expiresIn: expiresIn, pauses: paused
+                renewed: renewed, acquired: acquired, released: released, hosts: hosts, holders: holders, expiresIn: expiresIn, pauses: paused,
+                layout: layout
             )
+        }
+    }
+
+    /// Begins a rescale of the cluster from `from` to `to` shards, to be ready within `within`. Returns nil when
+    /// begun (every host's next round sees it), else why not: the cluster does not run `from` shards, a rescale is
+    /// under way, or a layout of `to` shards still drains from an earlier change.
+    public func beginRescale(from: Int, to: Int, within: Duration) async throws -> String? {
+        let cluster = self.cluster
+        return try await transaction("beginning a rescale") { connection in
+            let rows = try await connection.query(
+                """
+                SELECT c.shards, c.next_shards, (SELECT count(*) FROM botcluster_leases AS l
+                    WHERE l.cluster = c.cluster AND l.shards = \(Int32(to)) AND l.owner IS NOT NULL AND l.expires_at > now())
+                FROM botcluster_clusters AS c WHERE c.cluster = \(cluster) FOR UPDATE
+                """, logger: Self.quiet)
+            var refusal: String? = "the cluster is not in the store"
+            for try await (shards, next, held) in rows.decode((Int32, Int32?, Int64).self) {
+                if let next {
+                    refusal = "a rescale to \(next) shards is under way"
+                } else if Int(shards) != from {
+                    refusal = "the cluster runs \(shards) shards now, not \(from)"
+                } else if held > 0 {
+                    refusal = "a layout of \(to) shards still drains on some host (\(held) leases held); try again when it is gone"
+                } else {
+                    refusal = nil
+                }
+            }
+            if let refusal { return refusal }
+            try await connection.query(
+                """
+                UPDATE botcluster_clusters SET next_shards = \(Int32(to)), change_until = now() + make_interval(secs => \(within.seconds))
+                WHERE cluster = \(cluster)
+                """, logger: Self.quiet)
+            // The new layout's leases, free, not ready, and without sessions (an earlier layout of the same count
+            // may have left some).
+            try await connection.query(
+                """
+                INSERT INTO botcluster_leases (cluster, shards, shard)
+                SELECT \(cluster), \(Int32(to)), g FROM generate_series(0, \(Int32(to)) - 1) AS g
+                ON CONFLICT (cluster, shards, shard) DO UPDATE SET ready = false, session_id = '', seq = 0, owner = NULL
+                """, logger: Self.quiet)
+            return nil
+        }
+    }
+
+    /// Gives up the rescale to `to` shards (the host that began it could not carry it through).
+    public func cancelRescale(to: Int) async throws {
+        let cluster = self.cluster
+        try await transaction("giving up a rescale") { connection in
+            try await connection.query(
+                "UPDATE botcluster_clusters SET next_shards = NULL, change_until = NULL WHERE cluster = \(cluster) AND next_shards = \(Int32(to))",
+                logger: Self.quiet)
+        }
+    }
+
+    /// Forgets the lease rows of a layout that no longer serves (after a rescale, once no host holds one).
+    public func forgetLayout(shards: Int) async throws {
+        let cluster = self.cluster
+        try await transaction("forgetting an old layout") { connection in
+            try await connection.query(
+                """
+                DELETE FROM botcluster_leases WHERE cluster = \(cluster) AND shards = \(Int32(shards))
+                AND shards <> (SELECT shards FROM botcluster_clusters WHERE cluster = \(cluster))
+                AND NOT EXISTS (SELECT 1 FROM botcluster_leases WHERE cluster = \(cluster) AND shards = \(Int32(shards)) AND owner IS NOT NULL AND expires_at > now())
+                """, logger: Self.quiet)
         }
     }
 
@@ -376,16 +496,18 @@ public final class PostgresAuthority: Sendable {
 
     // MARK: claims
 
-    /// An event claimed for a shard held under `token`.
+    /// An event claimed for a shard (of a `shards`-shard layout) held under `token`.
     public struct Claim: Sendable, Equatable {
         public var key: String
         public var shard: Int
+        public var shards: Int
         public var token: Int64
 
-        /// `key` claimed by the holder of `shard`'s lease `token`.
-        public init(key: String, shard: Int, token: Int64) {
+        /// `key` claimed by the holder of the lease `token` of `shard` of `shards`.
+        public init(key: String, shard: Int, shards: Int, token: Int64) {
             self.key = key
             self.shard = shard
+            self.shards = shards
             self.token = token
         }
     }
@@ -395,7 +517,7 @@ public final class PostgresAuthority: Sendable {
     /// the store (the fencing token checked where the record is kept), and only if no one handled the event and no
     /// holder of a newer lease of the shard claimed it; a claim left by an older lease (a host that died
     /// mid-handler) is taken over.
-    public func claim(_ claims: [Claim], completing: [String] = [], host: Int, shards: Int) async throws -> Set<String> {
+    public func claim(_ claims: [Claim], completing: [String] = [], host: Int) async throws -> Set<String> {
         guard !claims.isEmpty || !completing.isEmpty else { return [] }
         let cluster = self.cluster
         return try await transaction(claims.isEmpty ? "completing claims" : "claiming events") { connection in
@@ -406,13 +528,14 @@ public final class PostgresAuthority: Sendable {
             guard !claims.isEmpty else { return [] }
             let rows = try await connection.query(
                 """
-                INSERT INTO botcluster_claims AS c (cluster, key, shard, token, at)
-                SELECT \(cluster), u.key, u.shard, u.token, now()
-                FROM unnest(\(claims.map(\.key)), \(claims.map { Int32($0.shard) }), \(claims.map(\.token))) AS u(key, shard, token)
-                JOIN botcluster_leases AS l ON l.cluster = \(cluster) AND l.shards = \(Int32(shards)) AND l.shard = u.shard
+                INSERT INTO botcluster_claims AS c (cluster, key, shard, shards, token, at)
+                SELECT \(cluster), u.key, u.shard, u.shards, u.token, now()
+                FROM unnest(\(claims.map(\.key)), \(claims.map { Int32($0.shard) }), \(claims.map { Int32($0.shards) }), \(claims.map(\.token)))
+                    AS u(key, shard, shards, token)
+                JOIN botcluster_leases AS l ON l.cluster = \(cluster) AND l.shards = u.shards AND l.shard = u.shard
                     AND l.owner = \(Int32(host)) AND l.token = u.token AND l.expires_at > now()
                 ON CONFLICT (cluster, key) DO UPDATE SET shard = EXCLUDED.shard, token = EXCLUDED.token, at = now()
-                    WHERE NOT c.done AND c.shard = EXCLUDED.shard AND c.token <= EXCLUDED.token
+                    WHERE NOT c.done AND c.shards = EXCLUDED.shards AND c.shard = EXCLUDED.shard AND c.token <= EXCLUDED.token
                 RETURNING c.key
                 """, logger: Self.quiet)
             var granted: Set<String> = []

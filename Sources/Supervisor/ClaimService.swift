@@ -16,15 +16,12 @@ final class ClaimService: Sendable {
     struct StoreClaims: Sendable {
         let authority: PostgresAuthority
         let host: Int
-        let shards: Int
-        /// The token of this host's lease of a shard, nil when it holds none.
-        let token: @Sendable (Int) -> Int64?
         let ttl: Duration
         let logger: Logger
     }
 
     struct Pending {
-        var claims: [(key: String, requester: UInt64, shard: Int)] = []
+        var claims: [(key: String, requester: UInt64, shard: Int, generation: UInt64)] = []
         var completes: [String] = []
         /// Completions taken for the store and not yet written (or put back).
         var completing = 0
@@ -52,10 +49,11 @@ final class ClaimService: Sendable {
         var decisions = ledger.withLock { $0.claim(keys, by: connection.id, now: .now()) }
         guard store != nil else { return decisions }
         let shard = Int(connection.hello?.ordinal ?? -1)
-        var asked: [(key: String, requester: UInt64, shard: Int)] = []
+        let generation = connection.hello?.generation ?? 0
+        var asked: [(key: String, requester: UInt64, shard: Int, generation: UInt64)] = []
         for i in decisions.indices where decisions[i] == .handle {
             decisions[i] = .wait
-            asked.append((keys[i], connection.id, shard))
+            asked.append((keys[i], connection.id, shard, generation))
         }
         ask(asked)
         return decisions
@@ -101,11 +99,11 @@ final class ClaimService: Sendable {
     func deliver(_ resolutions: [ClaimLedger.Resolution]) {
         guard !resolutions.isEmpty else { return }
         let targets = connections.withLock { $0 }
-        var asked: [(key: String, requester: UInt64, shard: Int)] = []
+        var asked: [(key: String, requester: UInt64, shard: Int, generation: UInt64)] = []
         for resolution in resolutions {
             guard let connection = targets[resolution.requester] else { continue }
             if store != nil, resolution.decision == .handle {
-                asked.append((resolution.key, resolution.requester, Int(connection.hello?.ordinal ?? -1)))
+                asked.append((resolution.key, resolution.requester, Int(connection.hello?.ordinal ?? -1), connection.hello?.generation ?? 0))
             } else {
                 connection.send(.claimResolved(key: resolution.key, decision: resolution.decision))
             }
@@ -114,15 +112,17 @@ final class ClaimService: Sendable {
     }
 
     /// Queues claims the local ledger granted for the store's word.
-    func ask(_ claims: [(key: String, requester: UInt64, shard: Int)]) {
+    func ask(_ claims: [(key: String, requester: UInt64, shard: Int, generation: UInt64)]) {
         guard !claims.isEmpty else { return }
         pending.withLock { $0.claims += claims }
         wakeup.poke()
     }
 
     /// Sends the store what waits for it, a batch of claims and one of completions per round trip (one transaction),
-    /// until cancelled; forgets handled events past the ttl once a minute.
-    func runStore() async {
+    /// until cancelled; forgets handled events past the ttl once a minute. `lease` names the lease this host holds
+    /// for the worker of `ordinal` whose process has `generation` (its layout's shard count and the token), nil when
+    /// it holds none.
+    func runStore(lease: @escaping @Sendable (_ generation: UInt64, _ ordinal: Int) -> (shards: Int, token: Int64)?) async {
         guard let store else { return }
         var lastExpiry = MonotonicInstant.now()
         while !Task.isCancelled {
@@ -142,7 +142,7 @@ final class ClaimService: Sendable {
                 continue
             }
             var retry = Pending()
-            var held: [(key: String, requester: UInt64, shard: Int)] = []
+            var held: [(key: String, requester: UInt64, shard: Int, generation: UInt64)] = []
             var unheld: [(key: String, requester: UInt64)] = []
             var claims: [PostgresAuthority.Claim] = []
             // A claim whose worker is gone waits for no answer; a key asked twice (a retried batch, then the key
@@ -154,9 +154,9 @@ final class ClaimService: Sendable {
             answer(superseded.map { (batch.claims[$0].key, batch.claims[$0].requester, false) })
             for i in latest.values.sorted() {
                 let claim = batch.claims[i]
-                if let token = store.token(claim.shard) {
+                if let lease = lease(claim.generation, claim.shard) {
                     held.append(claim)
-                    claims.append(.init(key: claim.key, shard: claim.shard, token: token))
+                    claims.append(.init(key: claim.key, shard: claim.shard, shards: lease.shards, token: lease.token))
                 } else {
                     unheld.append((claim.key, claim.requester))
                 }
@@ -167,7 +167,7 @@ final class ClaimService: Sendable {
             // The completions and the claims in one transaction: at a low rate an event costs one round trip (its
             // claim goes with the record of the one before), not two.
             do {
-                let granted = try await store.authority.claim(claims, completing: batch.completes, host: store.host, shards: store.shards)
+                let granted = try await store.authority.claim(claims, completing: batch.completes, host: store.host)
                 answer(held.map { ($0.key, $0.requester, granted.contains($0.key)) })
             } catch {
                 retry.claims = held

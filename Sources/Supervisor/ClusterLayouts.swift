@@ -41,6 +41,13 @@ public struct ClusterLayouts: Sendable {
     /// The layout with `id`, or nil when there is none (never added, or removed).
     public func layout(_ id: Int) -> Layout? { layouts.first { $0.id == id } }
 
+    /// The layout of `total` shards (several hosts: a keeper's leases go to it): the serving or incoming one, else a
+    /// retiring one (whose workers a lost lease must still fence), else nil.
+    public func layout(total: Int) -> Layout? {
+        let matching = layouts.filter { $0.machine.workers.count == total }
+        return matching.first { $0.role != .retiring } ?? matching.last
+    }
+
     /// Adds a layout that will take over at the switch; returns its id.
     public mutating func beginIncoming(_ machine: ClusterStateMachine) -> Int {
         let id = nextID

@@ -1,5 +1,6 @@
 import ClusterCore
 import ClusterIPC
+import ClusterPostgres
 import ClusterProtocol
 import Foundation
 import Logging
@@ -14,8 +15,9 @@ extension ClusterSupervisor {
     /// ones handle everything the gateway sent them until then (a fence; the shared claims keep each event that
     /// both layouts received to one handler), then drain and exit. A new
     /// layout that cannot get ready (budget, timeout, a worker that fails) is abandoned and the old one serves on.
+    ///
+    /// Several hosts: the store carries the change (see `scaleAcrossHosts`).
     func scale(to requested: ControlCommand.ScaleTarget, planOnly: Bool, progress: @escaping @Sendable (String) -> Void) async -> (Bool, String) {
-        if leases != nil { return (false, Self.scaleAcrossHosts) }
         // The platform's word now: its recommendation, and the session starts left today (the day may have reset
         // since launch, and the ledger only counts down).
         var info: GatewayBotInfo?
@@ -41,7 +43,11 @@ extension ClusterSupervisor {
         let window = setup.config.effectiveIdentifyWindow + setup.config.identify.margin
         let rounds = (target + identify.maxConcurrency - 1) / identify.maxConcurrency
         let webhookMode = setup.config.gateway.mode == .webhook
-        let plan = webhookMode
+        let plan = leases != nil
+            ? "scale \(current) -> \(target) shards across every host: each host starts the new layout's shards it takes while the current ones serve; "
+                + "when every new shard is ready on every host, the store switches the cluster, and each host's old shards drain; "
+                + "\(target) identifies at max_concurrency \(identify.maxConcurrency) take at least \(DurationFormat.human(window * (rounds - 1)))"
+            : webhookMode
             ? "scale \(current) -> \(target) shards: a new layout of shards [0..\(target - 1)]/\(target) attaches to the webhook ingress while the current one serves, "
                 + "then new events go to it and the current one handles what it holds; no gateway session is started"
             : "scale \(current) -> \(target) shards: a new layout of shards [0..\(target - 1)]/\(target) identifies while the current one serves, "
@@ -57,6 +63,9 @@ extension ClusterSupervisor {
         for warning in limitWarnings { logger.warning("\(warning)") }
         guard limitErrors.isEmpty else {
             return (false, "cannot scale to \(target) shards: " + limitErrors.joined(separator: " "))
+        }
+        if let leases {
+            return await scaleAcrossHosts(leases, from: current, to: target, progress: progress)
         }
         // Beside the core's lines as shards get ready: the ledger's estimate, every ten seconds while it comes up.
         return await withDiscardingTaskGroup { group in
@@ -115,12 +124,55 @@ extension ClusterSupervisor {
         }
     }
 
-    /// A shard was closed with 4011 (too many guilds): reshard to the platform's recommendation, unless turned off.
-    func reshardAfter4011() {
-        if leases != nil {
-            logger.error("a shard needs more shards (4011): \(Self.scaleAcrossHosts)")
-            return
+    /// A rescale of a cluster of several hosts: written to the store, which every host's lease round reads; each
+    /// host starts the new layout's shards it takes on leases of that layout (dispatch held), and reports them
+    /// ready; the round that finds every new lease held and ready makes the new layout the serving one, and each
+    /// host switches as its next round sees it (its old workers finish what they received, then drain and release
+    /// their leases). The claims keep each event to one handler meanwhile, across layouts and hosts. This host
+    /// answers the operator; the change ends here like a local one (`SupervisorCore`), or when the store gives it
+    /// up (its deadline, or a host whose new shards failed).
+    func scaleAcrossHosts(_ leases: LeaseService, from current: Int, to target: Int, progress: @escaping @Sendable (String) -> Void) async -> (Bool, String) {
+        let answer = AsyncSignal<(Bool, String)>()
+        let registered = state.withLock { state -> String? in
+            guard state.core.change == nil, state.changeRequester == nil else { return "a rescale or rolling restart is already running on this host" }
+            guard !state.core.layouts.active.machine.stopping else { return "the supervisor is stopping" }
+            state.changeRequester = ChangeRequester(progress: progress, answer: answer, identifiesBefore: nil)
+            return nil
         }
+        if let registered { return (false, registered) }
+        let unregister = { [self] in state.withLock { $0.changeRequester = nil } }
+        events.post("rescale", "rescale to \(target) shards across hosts begins")
+        let refusal: String?
+        do {
+            refusal = try await leases.authority.beginRescale(from: current, to: target, within: setup.config.scale.readyTimeout)
+        } catch {
+            unregister()
+            return (false, "cannot begin the rescale in the store: \(String(describing: error).prefix(300))")
+        }
+        if let refusal {
+            unregister()
+            metrics.layoutChanged(kind: "scale", outcome: "refused")
+            return (false, "cannot rescale the cluster: \(refusal)")
+        }
+        leases.roundWakeup.poke()
+        // Every phase has its deadline in the store and here; this one covers them all, should no round ever answer.
+        let timings = SupervisorCore.ChangeTimings(setup.config)
+        let limit = timings.readyTimeout + timings.storeGrace * 2 + timings.fenceTimeout + timings.stopTimeout
+        let (ok, text): (Bool, String)
+        do {
+            (ok, text) = try await withTimeout(limit, "the rescale across hosts") { try await answer.wait() }
+        } catch {
+            unregister()
+            (ok, text) = (false, "no answer from the layout change within \(DurationFormat.human(limit)): is the store reachable? (botcluster status)")
+        }
+        metrics.layoutChanged(kind: "scale", outcome: ok ? "done" : "failed")
+        events.post("rescale", (ok ? "" : "failed: ") + text)
+        return (ok, text)
+    }
+
+    /// A shard was closed with 4011 (too many guilds): reshard to the platform's recommendation, unless turned off.
+    /// Several hosts: each host that sees the 4011 asks; the store begins one rescale and refuses the others.
+    func reshardAfter4011() {
         guard setup.config.scale.reshardOn4011 else {
             logger.error("a shard needs more shards (4011) and scale.reshardOn4011 is off: run botcluster scale")
             return
@@ -131,12 +183,6 @@ extension ClusterSupervisor {
             if ok { self.logger.info("reshard done: \(text)") } else { self.logger.error("reshard: \(text)") }
         }
     }
-}
-
-extension ClusterSupervisor {
-    /// Why a cluster of several hosts does not rescale from one of them: each host would start the new layout's
-    /// shards on its own, outside the leases.
-    static let scaleAcrossHosts = "a cluster of several hosts (store.postgres) cannot rescale while it runs yet: stop every host, give each the same new shards.count, and start them again (the sessions of the old layout are not resumed)"
 }
 
 /// Why a layout change cannot begin now.

@@ -18,7 +18,11 @@ extension ClusterSupervisor {
             var attempt = 0
             while !Task.isCancelled {
                 do {
-                    try await leases.authority.prepare(shards: setup.shards)
+                    let layout = try await leases.authority.prepare(shards: setup.shards)
+                    if layout.shards != setup.shards {
+                        logger.warning("the cluster runs \(layout.shards) shards (it was rescaled while hosts ran) and this host is configured for \(setup.shards): it runs \(layout.shards); set shards.count to \(layout.shards) to say so")
+                    }
+                    leases.joined(layout)
                     // The platform's count now (the join may have waited). Without an answer nothing is stored: the
                     // launch's count would end the stored day late; the first Identify asks the platform then.
                     if let info = try? await platform.api.gatewayBot() {
@@ -26,10 +30,6 @@ extension ClusterSupervisor {
                     }
                     logger.info("joined the cluster of hosts", metadata: ["host": "\(leases.host)", "store": "\(leases.authority.displayURL)"])
                     break
-                } catch let mismatch as PostgresAuthority.LayoutMismatch {
-                    // Nothing runs yet (no lease was taken): the host cannot join this cluster as configured.
-                    printError("store: \(mismatch)")
-                    exit(1)
                 } catch {
                     attempt += 1
                     leases.failures.log(logger, .error, "cannot reach the store to join the cluster; trying again", metadata: [
@@ -45,15 +45,7 @@ extension ClusterSupervisor {
                     group.addTask { await userFeed.run { [self] ids in broadcast(.usersInvalidate(ids: ids), except: nil) } }
                 }
                 await leases.run(
-                    // Stopped for a release: the slot runs nothing, and its last worker's connection has closed, so
-                    // that everything the worker sent (its last session, its last handled events) was read first.
-                    stoppedShards: { [self] in
-                        state.withLock { state in
-                            let active = state.core.layouts.active
-                            return Set(active.machine.workers.filter { $0.state == .elsewhere && state.connections[active.id]?[$0.ordinal] == nil }.map(\.ordinal))
-                        }
-                    },
-                    sessionOf: storedSession,
+                    workers: .init(stopped: stoppedShards, ready: readyShards, session: storedSession),
                     beforeRelease: { [self] in
                         if await !claims.completionsRecorded(within: leases.config.timeout) {
                             logger.warning("handing a shard over before the store took every handled event: the next host may handle some of them again")
@@ -69,11 +61,14 @@ extension ClusterSupervisor {
                             broadcast(.budgetPause(route: route, forMillis: Int32(clamping: pause.nanoseconds / 1_000_000)), except: nil)
                         }
                     },
-                    apply: { [self] version, held in
-                        // The REST budget is the cluster's: each host spends the share of the shards whose leases it
-                        // holds (leases never overlap, so the shares never add up to more than the whole).
-                        budget.setShare(Double(held.count) / Double(max(1, setup.shards)))
-                        dispatch(.leases(version: version, held: held))
+                    layoutSeen: { [self] layout in
+                        handle(.storeLayout(serving: layout.shards, next: layout.next, seed: UInt64(truncatingIfNeeded: MonotonicInstant.now().nanoseconds)))
+                    },
+                    apply: { [self] total, version, held in
+                        // The REST budget is the cluster's: each host spends the share of the serving layout's shards
+                        // whose leases it holds (leases never overlap, so the shares never add up to more than the whole).
+                        budget.setShare(leases.share)
+                        handle(.leases(total: total, version: version, held: held))
                     }
                 )
                 group.cancelAll()
@@ -81,8 +76,36 @@ extension ClusterSupervisor {
         }
     }
 
-    /// The last committed session the supervisor knows of shard `shard` (worker `shard` of the serving layout).
-    @Sendable func storedSession(_ shard: Int) -> (id: String, seq: Int)? {
-        state.withLock { $0.core.layouts.active.machine.worker(ordinal: shard)?.session }
+    /// The layouts of `total` shards here (a rescale's retiring one and a new one may share a count only briefly).
+    func layouts(total: Int, in state: State) -> [ClusterLayouts.Layout] {
+        state.core.layouts.layouts.filter { $0.machine.workers.count == total }
+    }
+
+    /// The shards of the layout of `total` shards that run nothing here: no process in any layout of that count, and
+    /// its last worker's connection closed, so that everything the worker sent (its last session, its last handled
+    /// events) was read first. With no such layout (given up), every shard.
+    @Sendable func stoppedShards(_ total: Int) -> Set<Int> {
+        state.withLock { state in
+            let layouts = layouts(total: total, in: state)
+            return Set((0..<total).filter { shard in
+                layouts.allSatisfy { layout in
+                    let worker = layout.machine.worker(ordinal: shard)
+                    return !(worker?.state.isLive ?? false) && state.connections[layout.id]?[shard] == nil
+                }
+            })
+        }
+    }
+
+    /// The shards of the incoming or serving layout of `total` shards whose workers are ready here.
+    @Sendable func readyShards(_ total: Int) -> Set<Int> {
+        state.withLock { state in
+            guard let layout = state.core.layouts.layout(total: total), layout.role != .retiring else { return [] }
+            return Set(layout.machine.workers.filter { $0.state == .ready }.map(\.ordinal))
+        }
+    }
+
+    /// The last committed session the supervisor knows of shard `shard` of the layout of `total` shards.
+    @Sendable func storedSession(_ total: Int, _ shard: Int) -> (id: String, seq: Int)? {
+        state.withLock { $0.core.layouts.layout(total: total)?.machine.worker(ordinal: shard)?.session }
     }
 }

@@ -40,7 +40,7 @@ extension ClusterSupervisor {
     func reportLaunch(to notifier: SystemdNotifier) async {
         while !Task.isCancelled {
             if ready.current != nil {
-                notifier.notify(["READY=1", "STATUS=ready: \(setup.shards) shards"])
+                notifier.notify(["READY=1", "STATUS=ready: \(shardCount) shards"])
                 return
             }
             let (ready, failedForGood, total) = state.withLock { state in

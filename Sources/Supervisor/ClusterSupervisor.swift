@@ -187,9 +187,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         claimLedger.remember(store.handledEvents(within: setup.config.exactlyOnce.ttl))
         claims = ClaimService(ledger: claimLedger, store: leases.map { leases in
             ClaimService.StoreClaims(
-                authority: leases.authority, host: leases.host, shards: setup.shards,
-                token: { shard in leases.state.withLock { $0.keeper.held[shard]?.token } },
-                ttl: setup.config.exactlyOnce.ttl, logger: logger
+                authority: leases.authority, host: leases.host, ttl: setup.config.exactlyOnce.ttl, logger: logger
             )
         })
         platform = try PlatformClients(
@@ -253,7 +251,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
                 group.addTask { await self.runStoreFlusher() }
                 if leases != nil {
                     group.addTask { await self.runLeases() }
-                    group.addTask { await self.claims.runStore() }
+                    group.addTask { await self.claims.runStore(lease: self.lease(generation:ordinal:)) }
                 }
                 group.addTask { await self.showLaunchProgress() }
                 group.addTask {
@@ -283,7 +281,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         await Task {
             await self.persist()
             await self.claims.flushStore()
-            await self.leases?.releaseAll(sessionOf: self.storedSession)
+            await self.leases?.releaseAll(session: self.storedSession)
         }.value
         storePool.cancel()
         await storePool.value
@@ -380,6 +378,17 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
                 for connection in workerConnections(of: layout).values { claims.retire(connection) }
             case .forgetStoredLayout(let total):
                 store.forgetLayout(total: total)
+            case .cancelStoredRescale(let to):
+                guard let leases else { break }
+                Task {
+                    do {
+                        try await leases.authority.cancelRescale(to: to)
+                        leases.roundWakeup.poke()
+                    } catch {
+                        // The store gives it up at its deadline anyway.
+                        self.logger.warning("cannot give the rescale up in the store: the other hosts give it up at its deadline", metadata: ["error": "\(String(describing: error).prefix(300))"])
+                    }
+                }
             case .changeProgress(let line):
                 state.withLock { $0.changeRequester }?.progress(line)
             case .changeFinished(let ok, var text):
@@ -400,13 +409,13 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             kill(-pid, SIGKILL)
         case .persistSession(let shard, let id, let seq):
             store.save(shard: shard, id: id, seq: seq)
-            leases?.sessionMoved(shard: shard.id, id: id, seq: seq)
+            leases?.sessionMoved(shard: shard, id: id, seq: seq)
             // Webhook mode: the session is the shard's stream, and what it committed leaves the stream (worker K
             // runs shard K, so the shard names the stream in its layout).
             webhook?.commit(layout: layout, ordinal: shard.id, streamID: id, seq: Int64(seq))
         case .forgetSession(let shard):
             store.forget(shard: shard)
-            leases?.sessionMoved(shard: shard.id, id: "", seq: 0)
+            leases?.sessionMoved(shard: shard, id: "", seq: 0)
         case .log(let level, let message):
             switch level {
             case .info: logger.info("\(message)")
@@ -421,8 +430,11 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
                 // On an IPC event loop: queued, never a write that could block on a stdout nobody reads.
                 let clear = isatty(STDOUT_FILENO) == 1 ? Self.clearLine : ""
                 // Several hosts: this host is ready with the shards it holds (the others report their own).
-                let held = state.withLock { $0.core.layouts.active.machine.workers.filter { $0.state != .elsewhere }.map(\.ordinal) }
-                let line = leases.map { "host \($0.host) ready: \(held.count) of \(setup.shards) shards \(held) in \(DurationFormat.human(elapsed))" }
+                let (held, total) = state.withLock { state in
+                    let workers = state.core.layouts.active.machine.workers
+                    return (workers.filter { $0.state != .elsewhere }.map(\.ordinal), workers.count)
+                }
+                let line = leases.map { "host \($0.host) ready: \(held.count) of \(total) shards \(held) in \(DurationFormat.human(elapsed))" }
                     ?? "cluster ready: \(setup.shards) shards in \(DurationFormat.human(elapsed))"
                 OutputWriter.standardOutput.write(clear + line + "\n")
                 ready.set(elapsed)
@@ -438,6 +450,15 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             case .requested: events.post("restart", "worker \(ordinal) replaced on request")
             }
         }
+    }
+
+    /// Several hosts: this host's lease for the worker of `ordinal` whose process has `generation`: the shard count
+    /// of the worker's layout and the lease's token, nil when none is held.
+    @Sendable func lease(generation: UInt64, ordinal: Int) -> (shards: Int, token: Int64)? {
+        guard let leases, let total = state.withLock({ $0.core.layouts.layout(ClusterLayouts.layoutID(ofGeneration: generation))?.machine.workers.count }),
+            let token = leases.token(total: total, shard: ordinal)
+        else { return nil }
+        return (total, token)
     }
 
     /// The active layout's shard count.

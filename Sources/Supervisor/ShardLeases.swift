@@ -106,12 +106,18 @@ public struct LeaseKeeper: Sendable {
     public private(set) var version: UInt64 = 0
     /// The host is stopping: it takes no shard and hands none over (it releases everything at the end).
     public private(set) var stopping = false
+    /// The layout no longer serves (a rescale replaced it, or gave it up): it takes nothing, hands nothing over, and
+    /// releases each lease once its worker has stopped.
+    public private(set) var retiring = false
 
-    /// A keeper for `host` in a cluster of `shards` shards, holding nothing yet.
-    public init(configuration: Configuration, host: Int, shards: Int) {
+    /// A keeper for `host` in a cluster of `shards` shards, holding nothing yet. `joined`: the host has already
+    /// seen the others in a round (a rescale's new layout), so it takes free shards placed here from its first
+    /// round on.
+    public init(configuration: Configuration, host: Int, shards: Int, joined: Bool = false) {
         self.configuration = configuration
         self.host = host
         self.shards = shards
+        if joined { lastRenewal = .now() }
     }
 
     /// The tokens to renew in the next round (handovers included: a draining worker still runs on its lease).
@@ -133,7 +139,7 @@ public struct LeaseKeeper: Sendable {
     /// The handed-over shards whose workers have stopped (`stopped` says which shards run nothing here): the
     /// round releases them with their last session.
     public func releasable(stopped: Set<Int>) -> [Int: Int64] {
-        held.filter { $0.value.handingOver && stopped.contains($0.key) }.mapValues(\.token)
+        held.filter { ($0.value.handingOver || retiring) && stopped.contains($0.key) }.mapValues(\.token)
     }
 
     /// A round that started at `startedAt` succeeded: `renewed` are the shards whose tokens the store renewed,
@@ -184,6 +190,13 @@ public struct LeaseKeeper: Sendable {
 
     /// The host begins to stop: from now on it takes nothing and hands nothing over.
     public mutating func stop() {
+        stopping = true
+    }
+
+    /// The layout stops serving here: from now on it takes nothing and hands nothing over, and every lease is
+    /// released once its worker has stopped (`releasable`).
+    public mutating func retire() {
+        retiring = true
         stopping = true
     }
 

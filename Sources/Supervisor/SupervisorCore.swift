@@ -18,6 +18,14 @@ public struct SupervisorCore: Sendable {
         case beginScale(shards: Int, plan: String, seed: UInt64)
         /// Start replacing every worker of the active layout, `maxUnavailable` at a time.
         case beginRoll(maxUnavailable: Int)
+        /// Several hosts: the cluster's layout as a lease round read it from the store (the shard count that
+        /// serves, and a rescale's target). The layouts here follow it: a target starts an incoming layout on
+        /// leases; the target serving switches to it; a target given up abandons it; a serving count this host
+        /// does not run (it joined late, or missed a switch) is taken up at once.
+        case storeLayout(serving: Int, next: Int?, seed: UInt64)
+        /// Several hosts: the leases this host holds of the layout of `total` shards (see
+        /// `ClusterStateMachine.Event.leases`), for that layout's workers.
+        case leases(total: Int, version: UInt64, held: [Int: LeaseGrant])
     }
 
     /// What the supervisor carries out: the layouts' worker actions, a layout change's steps, the operator's lines.
@@ -36,6 +44,8 @@ public struct SupervisorCore: Sendable {
         case changeProgress(String)
         /// The change is over: whether it did what was asked, and the operator's answer.
         case changeFinished(ok: Bool, String)
+        /// Several hosts: this host gave up the rescale to `to` shards: the store is to give it up for every host.
+        case cancelStoredRescale(to: Int)
     }
 
     /// The deadlines of a layout change.
@@ -48,13 +58,17 @@ public struct SupervisorCore: Sendable {
         public var stopTimeout: Duration
         /// How long a rolling restart's batch has to be replaced and ready (`supervisor.stopGrace` + `readyTimeout`).
         public var replaceTimeout: Duration
+        /// Several hosts: how much later than the store's deadline this host gives a rescale up on its own (when
+        /// the store cannot be reached to say so): a lease's time to live and a round.
+        public var storeGrace: Duration
 
         /// Deadlines given one by one; `init(_:)` derives them from a configuration.
-        public init(readyTimeout: Duration, fenceTimeout: Duration, stopTimeout: Duration, replaceTimeout: Duration) {
+        public init(readyTimeout: Duration, fenceTimeout: Duration, stopTimeout: Duration, replaceTimeout: Duration, storeGrace: Duration = .zero) {
             self.readyTimeout = readyTimeout
             self.fenceTimeout = fenceTimeout
             self.stopTimeout = stopTimeout
             self.replaceTimeout = replaceTimeout
+            self.storeGrace = storeGrace
         }
 
         /// The deadlines cluster.json sets.
@@ -63,7 +77,8 @@ public struct SupervisorCore: Sendable {
                 readyTimeout: config.scale.readyTimeout,
                 fenceTimeout: config.worker.drainTimeout + config.supervisor.stopGrace,
                 stopTimeout: config.supervisor.stopGrace + .seconds(5),
-                replaceTimeout: config.supervisor.stopGrace + config.supervisor.readyTimeout
+                replaceTimeout: config.supervisor.stopGrace + config.supervisor.readyTimeout,
+                storeGrace: config.store.postgres.map { $0.leaseTTL + $0.renewInterval } ?? .zero
             )
         }
     }
@@ -87,6 +102,8 @@ public struct SupervisorCore: Sendable {
         public let to: Int
         /// A rolling restart's batch size (0 for a rescale).
         public let batch: Int
+        /// Several hosts: the store decides the switch (every host's new shards ready), not this host's layout.
+        public var leased = false
         public let started: MonotonicInstant
         public internal(set) var phase: Phase
         /// When the current phase gives up.
@@ -140,10 +157,7 @@ public struct SupervisorCore: Sendable {
         case .beginScale(let shards, let plan, let seed):
             guard change == nil, !layouts.active.machine.stopping else { return [] }
             let active = layouts.active.machine
-            let incoming = layouts.beginIncoming(ClusterStateMachine(
-                shards: shards, timings: active.timings, restart: active.restart, seed: seed, generationBase: layouts.nextGenerationBase,
-                startLimit: active.startLimit
-            ))
+            let incoming = layouts.beginIncoming(machine(shards: shards, seed: seed, leased: false))
             change = LayoutChange(
                 from: active.workers.count, to: shards, batch: 0, started: now,
                 phase: .waitingForIncoming(layout: incoming, readyReported: -1), deadline: now + changeTimings.readyTimeout
@@ -157,6 +171,11 @@ public struct SupervisorCore: Sendable {
                 phase: .replacing(ordinals: [], before: [], replaced: 0), deadline: now
             )
             actions = replaceNextBatch(replaced: 0, now: now)
+        case .storeLayout(let serving, let next, let seed):
+            actions = follow(serving: serving, next: next, seed: seed, now: now)
+        case .leases(let total, let version, let held):
+            guard let layout = layouts.layout(total: total) else { return [] }
+            actions = layouts.handle(.leases(version: version, held: held), in: layout.id, now: now).map { .worker(layout: $0.0, $0.1) }
         }
         return actions + advance(now: now)
     }
@@ -183,25 +202,22 @@ public struct SupervisorCore: Sendable {
         case .waitingForIncoming(let incoming, let reported):
             guard let machine = layouts.layout(incoming)?.machine else { return (finish(ok: false, "the new layout is gone"), true) }
             let ready = machine.workers.filter { $0.state == .ready }.count
-            if machine.announcedReady {
-                guard let retiring = layouts.switchOver() else { return (finish(ok: false, "no layout to switch from"), true) }
-                let waiting = Set(layouts.layout(retiring)?.machine.workers.filter { $0.state.isLive && $0.lastHeard != nil }.map(\.generation) ?? [])
-                self.change?.phase = .fencing(retiring: retiring, waiting: waiting)
-                self.change?.deadline = now + changeTimings.fenceTimeout
-                return ([
-                    .changeProgress("new shards ready \(change.to)/\(change.to)"), .startDispatch(layout: incoming),
-                    .changeProgress("switched: \(change.to) shards serve; the old \(change.from) drain"), .finishDispatch(layout: retiring),
-                ], true)
+            // Several hosts: every host's new shards must be ready, which only the store knows (`storeLayout`).
+            if machine.announcedReady && !change.leased {
+                return (switchOver(to: incoming, change, now: now), true)
             }
+            let cancel: [Action] = change.leased ? [.cancelStoredRescale(to: change.to)] : []
             if let failure = machine.firstFailure {
-                return (abandon(incoming, reason: "worker \(failure.ordinal) of the new layout failed: \(failure.reason)", now: now), true)
+                return (cancel + abandon(incoming, reason: "worker \(failure.ordinal) of the new layout failed: \(failure.reason)", now: now), true)
             }
             if now >= change.deadline {
-                return (abandon(incoming, reason: "the new layout was not ready within scale.readyTimeout (\(ready)/\(change.to) ready)", now: now), true)
+                let where_ = change.leased ? " on this host" : ""
+                return (cancel + abandon(incoming, reason: "the new layout was not ready within scale.readyTimeout (\(ready)/\(machine.workers.filter { $0.state != .elsewhere }.count) ready\(where_))", now: now), true)
             }
             guard ready != reported else { return ([], false) }
             self.change?.phase = .waitingForIncoming(layout: incoming, readyReported: ready)
-            return ([.changeProgress("new shards ready \(ready)/\(change.to)")], false)
+            let of = change.leased ? "\(ready) here (\(change.to) in all)" : "\(ready)/\(change.to)"
+            return ([.changeProgress("new shards ready \(of)")], false)
 
         case .fencing(let retiring, let waiting):
             let workers = layouts.layout(retiring)?.machine.workers ?? []
@@ -245,6 +261,67 @@ public struct SupervisorCore: Sendable {
             }
             return ([], false)
         }
+    }
+
+    /// The incoming layout serves from now on; the active one finishes what it received (the fence), then drains.
+    mutating func switchOver(to incoming: Int, _ change: LayoutChange, now: MonotonicInstant) -> [Action] {
+        guard let retiring = layouts.switchOver() else { return finish(ok: false, "no layout to switch from") }
+        let waiting = Set(layouts.layout(retiring)?.machine.workers.filter { $0.state.isLive && $0.lastHeard != nil }.map(\.generation) ?? [])
+        self.change?.phase = .fencing(retiring: retiring, waiting: waiting)
+        self.change?.deadline = now + changeTimings.fenceTimeout
+        let ready = change.leased ? "every host's new shards ready" : "new shards ready \(change.to)/\(change.to)"
+        return [
+            .changeProgress(ready), .startDispatch(layout: incoming),
+            .changeProgress("switched: \(change.to) shards serve; the old \(change.from) drain"), .finishDispatch(layout: retiring),
+        ]
+    }
+
+    /// Several hosts: follows the store's layout (see `Event.storeLayout`).
+    mutating func follow(serving: Int, next: Int?, seed: UInt64, now: MonotonicInstant) -> [Action] {
+        let active = layouts.active.machine
+        guard !active.stopping else { return [] }
+        if let change {
+            guard change.leased, case .waitingForIncoming(let incoming, _) = change.phase else {
+                // A rolling restart, or the end of a switch: what the store says is looked at again next round.
+                return []
+            }
+            if serving == change.to { return switchOver(to: incoming, change, now: now) }
+            if next != change.to {
+                return abandon(incoming, reason: "it was given up in the store (its deadline passed, or a host could not get its new shards ready)", now: now)
+            }
+            return []
+        }
+        if serving != active.workers.count {
+            // This host runs a layout the cluster left (it missed the switch, or was configured for another count):
+            // the cluster's serves here at once; what the old one still runs finishes what it received and drains.
+            let incoming = layouts.beginIncoming(machine(shards: serving, seed: seed))
+            var change = LayoutChange(
+                from: active.workers.count, to: serving, batch: 0, started: now, phase: .waitingForIncoming(layout: incoming, readyReported: -1),
+                deadline: now
+            )
+            change.leased = true
+            self.change = change
+            return [.worker(layout: layouts.active.id, .log(.warning, "the cluster runs \(serving) shards and this host ran \(active.workers.count): it takes up the \(serving)-shard layout now"))]
+                + switchOver(to: incoming, change, now: now)
+        }
+        guard let next, next != serving else { return [] }
+        let incoming = layouts.beginIncoming(machine(shards: next, seed: seed))
+        var change = LayoutChange(
+            from: serving, to: next, batch: 0, started: now, phase: .waitingForIncoming(layout: incoming, readyReported: -1),
+            deadline: now + changeTimings.readyTimeout + changeTimings.storeGrace
+        )
+        change.leased = true
+        self.change = change
+        return [.changeProgress("rescale \(serving) -> \(next) shards across hosts: this host starts the new layout's shards it takes")]
+    }
+
+    /// A new layout of `shards` shards beside the active one, with its timings (several hosts: on leases).
+    func machine(shards: Int, seed: UInt64, leased: Bool = true) -> ClusterStateMachine {
+        let active = layouts.active.machine
+        return ClusterStateMachine(
+            shards: shards, timings: active.timings, restart: active.restart, seed: seed, generationBase: layouts.nextGenerationBase,
+            startLimit: active.startLimit, leased: leased
+        )
     }
 
     /// Restarts the next batch of a rolling restart, which has replaced `replaced` workers so far.

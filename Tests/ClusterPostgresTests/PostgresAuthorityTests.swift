@@ -86,17 +86,87 @@ struct PostgresAuthorityTests {
         }
     }
 
+    /// A layout round of `shards` shards: takes `take` when free, reports `ready`.
+    func layoutRound(
+        _ a: PostgresAuthority, host: Int, shards: Int, ttl: Duration = .seconds(10), renew: [Int: Int64] = [:],
+        release: [PostgresAuthority.SessionWrite] = [], take: [Int] = [], ready: Set<Int>? = nil
+    ) async throws -> PostgresAuthority.Round {
+        try await a.round(host: host, address: "host-\(host)", shards: shards, ttl: ttl, renew: renew, release: release, sessions: [], ready: ready) { _, holders in
+            take.filter { holders[$0] == nil }
+        }
+    }
+
+    /// A rescale across hosts in the store: begun once, the new layout's leases taken and reported ready by two
+    /// hosts, the switch only when every one is held and ready, the old layout's claims never taken over by the new
+    /// one's, and the old rows forgotten once no host holds one.
+    @Test func aRescaleSwitchesOnlyWhenEveryNewLeaseIsHeldAndReady() async throws {
+        try await withAuthority(shards: 2) { a in
+            let old = try await layoutRound(a, host: 0, shards: 2, take: [0, 1])
+            #expect(old.layout == .init(shards: 2, next: nil))
+            let t1 = try #require(old.acquired[1]?.token)
+            #expect(try await a.claim([.init(key: "k", shard: 1, shards: 2, token: t1)], host: 0) == ["k"])
+            #expect(try await a.beginRescale(from: 3, to: 4, within: .seconds(30)) == "the cluster runs 2 shards now, not 3")
+            #expect(try await a.beginRescale(from: 2, to: 3, within: .seconds(30)) == nil)
+            #expect(try await a.beginRescale(from: 2, to: 4, within: .seconds(30)) == "a rescale to 3 shards is under way")
+            // Host 0 takes two new shards and both are ready; host 1 takes the third, not ready yet: no switch.
+            let a0 = try await layoutRound(a, host: 0, shards: 3, take: [0, 1], ready: [])
+            #expect(Set(a0.acquired.keys) == [0, 1] && a0.layout == .init(shards: 2, next: 3))
+            let n1 = try #require(a0.acquired[1]?.token)
+            #expect(try await layoutRound(a, host: 0, shards: 3, renew: a0.acquired.mapValues(\.token), ready: [0, 1]).layout.next == 3)
+            let b0 = try await layoutRound(a, host: 1, shards: 3, take: [2], ready: [])
+            #expect(b0.layout == .init(shards: 2, next: 3))
+            // The new layout's shard 1 cannot take over the old one's claim of the same event (same shard number,
+            // another layout), though its token is not older.
+            #expect(try await a.claim([.init(key: "k", shard: 1, shards: 3, token: max(n1, t1))], host: 0).isEmpty)
+            // A lease that is ready but expired does not count; the last ready one switches the cluster.
+            let switched = try await layoutRound(a, host: 1, shards: 3, renew: b0.acquired.mapValues(\.token), ready: [2])
+            #expect(switched.layout == .init(shards: 3, next: nil))
+            // The old layout is still held: its rows stay until released, then go.
+            try await a.forgetLayout(shards: 2)
+            #expect(try await layoutRound(a, host: 0, shards: 2, renew: old.acquired.mapValues(\.token)).renewed == [0, 1])
+            _ = try await layoutRound(a, host: 0, shards: 2, release: old.acquired.map { .init(shard: $0.key, token: $0.value.token, id: "", seq: 0) })
+            try await a.forgetLayout(shards: 2)
+            #expect(try await layoutRound(a, host: 0, shards: 2, take: [0]).acquired.isEmpty)
+            // A later host joins the serving layout, whatever its configuration says.
+            #expect(try await a.prepare(shards: 2) == .init(shards: 3, next: nil))
+        }
+    }
+
+    /// A rescale not carried through by its deadline is given up by the next round of any host; one given up by a
+    /// host (its new worker failed) at once.
+    @Test func aRescalePastItsDeadlineOrCancelledIsGivenUp() async throws {
+        try await withAuthority(shards: 2) { a in
+            _ = try await layoutRound(a, host: 0, shards: 2, take: [0, 1])
+            #expect(try await a.beginRescale(from: 2, to: 3, within: .milliseconds(200)) == nil)
+            let taken = try await layoutRound(a, host: 0, shards: 3, take: [0, 1, 2], ready: [])
+            var layout = taken.layout
+            let deadline = ContinuousClock.now + .seconds(10)
+            while layout.next != nil, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(100))
+                layout = try await layoutRound(a, host: 1, shards: 2).layout
+            }
+            #expect(layout == .init(shards: 2, next: nil))
+            // Every new shard reported ready too late switches nothing.
+            let late = try await layoutRound(a, host: 0, shards: 3, renew: taken.acquired.mapValues(\.token), ready: [0, 1, 2])
+            #expect(late.renewed == [0, 1, 2] && late.layout == .init(shards: 2, next: nil))
+            _ = try await layoutRound(a, host: 0, shards: 3, release: taken.acquired.map { .init(shard: $0.key, token: $0.value.token, id: "", seq: 0) })
+            #expect(try await a.beginRescale(from: 2, to: 4, within: .seconds(30)) == nil)
+            try await a.cancelRescale(to: 4)
+            #expect(try await layoutRound(a, host: 1, shards: 2).layout == .init(shards: 2, next: nil))
+        }
+    }
+
     @Test func aClaimNeedsACurrentLeaseAndAnEventIsHandledOnce() async throws {
         try await withAuthority { a in
             let t = try #require(try await round(a, host: 0, ttl: .seconds(2), take: [1]).acquired[1]?.token)
-            #expect(try await a.claim([.init(key: "e1", shard: 1, token: t), .init(key: "e2", shard: 1, token: t)], host: 0, shards: 4) == ["e1", "e2"])
+            #expect(try await a.claim([.init(key: "e1", shard: 1, shards: 4, token: t), .init(key: "e2", shard: 1, shards: 4, token: t)], host: 0) == ["e1", "e2"])
             // A claim under a token that is not the lease's, or by a host that holds none, is refused.
-            #expect(try await a.claim([.init(key: "e3", shard: 1, token: t + 5)], host: 0, shards: 4).isEmpty)
-            #expect(try await a.claim([.init(key: "e3", shard: 1, token: t)], host: 1, shards: 4).isEmpty)
+            #expect(try await a.claim([.init(key: "e3", shard: 1, shards: 4, token: t + 5)], host: 0).isEmpty)
+            #expect(try await a.claim([.init(key: "e3", shard: 1, shards: 4, token: t)], host: 1).isEmpty)
             // The record of e1 goes with the next claim, in one transaction; a key done there is not claimed again.
-            #expect(try await a.claim([.init(key: "e5", shard: 1, token: t)], completing: ["e1"], host: 0, shards: 4) == ["e5"])
-            #expect(try await a.claim([.init(key: "e1", shard: 1, token: t)], host: 0, shards: 4).isEmpty)
-            #expect(try await a.claim([], completing: ["e5"], host: 0, shards: 4).isEmpty)
+            #expect(try await a.claim([.init(key: "e5", shard: 1, shards: 4, token: t)], completing: ["e1"], host: 0) == ["e5"])
+            #expect(try await a.claim([.init(key: "e1", shard: 1, shards: 4, token: t)], host: 0).isEmpty)
+            #expect(try await a.claim([], completing: ["e5"], host: 0).isEmpty)
             // Host 0 dies mid-handler for e2. Host 1 takes the shard over after expiry: e1 is handled, e2 is its own.
             var token: Int64?
             let deadline = ContinuousClock.now + .seconds(10)
@@ -105,11 +175,11 @@ struct PostgresAuthorityTests {
                 if token == nil { try await Task.sleep(for: .milliseconds(50)) }
             }
             let t1 = try #require(token)
-            #expect(try await a.claim([.init(key: "e1", shard: 1, token: t1), .init(key: "e2", shard: 1, token: t1), .init(key: "e5", shard: 1, token: t1)], host: 1, shards: 4) == ["e2"])
+            #expect(try await a.claim([.init(key: "e1", shard: 1, shards: 4, token: t1), .init(key: "e2", shard: 1, shards: 4, token: t1), .init(key: "e5", shard: 1, shards: 4, token: t1)], host: 1) == ["e2"])
             // The old holder can no longer claim anything, not even what it had begun.
-            #expect(try await a.claim([.init(key: "e2", shard: 1, token: t), .init(key: "e4", shard: 1, token: t)], host: 0, shards: 4).isEmpty)
+            #expect(try await a.claim([.init(key: "e2", shard: 1, shards: 4, token: t), .init(key: "e4", shard: 1, shards: 4, token: t)], host: 0).isEmpty)
             try await a.expireClaims(olderThan: .seconds(600))
-            #expect(try await a.claim([.init(key: "e1", shard: 1, token: t1)], host: 1, shards: 4).isEmpty)
+            #expect(try await a.claim([.init(key: "e1", shard: 1, shards: 4, token: t1)], host: 1).isEmpty)
         }
     }
 

@@ -81,9 +81,9 @@ struct TestHosts {
         return workers
     }
 
-    /// The shards `host` runs and has ready.
+    /// The shards of the serving layout that `host` runs and has ready (a rescale's other layouts left out).
     func ready(on host: Int) async throws -> Set<Int> {
-        Set(try await workers(of: host).filter { $0["state"]?.stringValue == "ready" }.compactMap { $0["ordinal"]?.intValue })
+        Set(try await workers(of: host).filter { $0["state"]?.stringValue == "ready" && $0["layout"] == nil }.compactMap { $0["ordinal"]?.intValue })
     }
 
     /// Stops every host that runs (SIGTERM: each must exit 0), the links and the emulator, and checks that no
@@ -245,6 +245,57 @@ extension RealProcesses {
                     #expect((users?["published"]?.intValue ?? 0) + (users?["applied"]?.intValue ?? 0) >= 1, "host \(host): \(users ?? .null)")
                     #expect(users?["skipped"]?.intValue == 0)
                 }
+                try await hosts.stopAll()
+            }
+        }
+
+        /// `scale` on one host rescales the whole cluster: a new layout whose target fails on some host is given up
+        /// on every host (the old one serves on); the next one starts on every host beside the old, on leases of
+        /// its own, switches when every new shard is ready on every host, and the old layout drains. A host that
+        /// starts afterwards, still configured for the old count, joins the new layout. Under traffic throughout:
+        /// every message replied once, no two live sessions of a shard, no identify beyond the layouts' own.
+        @Test func scaleOnOneHostRescalesTheWholeClusterUnderTraffic() async throws {
+            try await withTemporaryDirectory { dir in
+                var hosts = try await TestHosts.start(in: dir, shards: 4)
+                for host in 0..<2 { try await hosts.launch(host) }
+                try await hosts.waitForPlacement([0: [0, 1], 1: [2, 3]])
+                try await hosts.emulator.waitFor("traffic replied") { ($0["messagesReplied"] ?? 0) >= 30 }
+                let socket = hosts.hostDirectory(0) + "/run/botcluster.sock"
+
+                // The platform refuses every identify of a 5-shard layout: a host whose new worker fails gives the
+                // rescale up in the store, and every host abandons it.
+                _ = try await hosts.emulator.admin("/emulator/faults", #"{"kind": "refuseIdentify", "total": 5, "code": 4010}"#)
+                let (failed, failure) = try await IPCClient.control(path: socket, .scale(.count(5), planOnly: false), timeout: .seconds(120))
+                #expect(!failed && failure.contains("rescale abandoned"), "\(failure)")
+                try await hosts.waitForPlacement([0: [0, 1], 1: [2, 3]])
+
+                let (ok, text) = try await IPCClient.control(path: socket, .scale(.count(6), planOnly: false), timeout: .seconds(120))
+                #expect(ok && text.hasPrefix("scaled 4 -> 6 shards"), "\(text)")
+                // Host 1 follows the store: it switched too, and its old workers are gone.
+                try await hosts.waitForPlacement([0: [0, 1, 2], 1: [3, 4, 5]])
+                try await poll("only the 6-shard layout left on every host", timeout: .seconds(30), read: {
+                    [try await hosts.workers(of: 0).count, try await hosts.workers(of: 1).count]
+                }, until: { $0 == [6, 6] })
+                #expect(try await hosts.workers(of: 1).allSatisfy { if case .array(let shard) = $0["shard"] ?? .null { shard.last?.intValue == 6 } else { false } })
+
+                // Host 1 restarts configured for 4 shards, and runs the cluster's 6.
+                hosts.supervisors[1]!.signal(SIGTERM)
+                #expect(await hosts.supervisors[1]!.waitForExit() == 0)
+                try await hosts.launch(1)
+                try await hosts.waitForPlacement([0: [0, 1, 2], 1: [3, 4, 5]])
+                #expect(hosts.supervisors[1]!.output.contains { $0.contains("the cluster runs 6 shards") && $0.contains("configured for 4") })
+
+                _ = try await hosts.emulator.admin("/emulator/traffic", Self.quiet)
+                try await hosts.emulator.waitFor("every delivered message replied") { s in
+                    s["messagesPending"] == 0 && s["messagesReplied"] == s["messagesDelivered"]
+                }
+                let stats = try await hosts.emulator.stats()
+                #expect(stats["messagesRepliedMoreThanOnce"] == 0 && stats["messagesUnreplied"] == 0)
+                #expect(stats["sessionOverlaps"] == 0, "two live sessions of one shard")
+                #expect(stats["identifyViolations"] == 0 && stats["rateLimited"] == 0)
+                // 4 at launch, 6 for the new layout; the refused 5-shard identifies are not sessions. Host 1's
+                // restart hands its shards over with their sessions, which are resumed.
+                #expect(stats["identifies"] == 10, "identifies: \(stats["identifies"] ?? -1)")
                 try await hosts.stopAll()
             }
         }

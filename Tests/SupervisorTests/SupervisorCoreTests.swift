@@ -13,14 +13,25 @@ struct Supervised {
         readyTimeout: .seconds(10), fenceTimeout: .seconds(3), stopTimeout: .seconds(5), replaceTimeout: .seconds(8)
     )
 
-    init(shards: Int = 2) {
+    /// - Parameter leased: a host of a cluster of several hosts (slots start `elsewhere`, leases start workers).
+    init(shards: Int = 2, leased: Bool = false) {
         var supervisor = ClusterConfig.defaults.supervisor
         supervisor.heartbeatInterval = .milliseconds(100)
         supervisor.stopGrace = .seconds(3)
+        var timings = Self.timings
+        if leased { timings.storeGrace = .seconds(4) }
         core = SupervisorCore(
-            active: ClusterStateMachine(shards: shards, timings: .init(supervisor), restart: restartConfig, seed: 3),
-            changeTimings: Self.timings
+            active: ClusterStateMachine(shards: shards, timings: .init(supervisor), restart: restartConfig, seed: 3, leased: leased),
+            changeTimings: timings
         )
+    }
+
+    /// Several hosts: this host holds the leases of `shards` (token 1 each) in the layout of `total` shards.
+    @discardableResult
+    mutating func hold(_ shards: [Int], of total: Int, version: UInt64) -> [SupervisorCore.Action] {
+        feed(.leases(total: total, version: version, held: Dictionary(uniqueKeysWithValues: shards.map {
+            ($0, LeaseGrant(token: 1, sessionID: nil, sessionSeq: 0, handingOver: false))
+        })))
     }
 
     /// Feeds an event; every spawn it causes is answered with a pid (what the spawner does).

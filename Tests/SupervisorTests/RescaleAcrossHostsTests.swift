@@ -1,0 +1,98 @@
+import ClusterCore
+import ClusterProtocol
+import Supervisor
+import Testing
+
+/// One host of a cluster of several hosts following a rescale that the store carries: the store's layout, as each
+/// lease round reads it, decides when the new layout starts, switches or is given up (`SupervisorCore.follow`).
+@Suite("a rescale across hosts, as one host follows the store (no processes)")
+struct RescaleAcrossHostsTests {
+    /// A host of a 2-shard cluster that holds shard 1 and runs it, ready.
+    func serving() -> Supervised {
+        var s = Supervised(shards: 2, leased: true)
+        s.feed(.cluster(.start))
+        s.hold([1], of: 2, version: 1)
+        s.ready(0)
+        return s
+    }
+
+    @Test func theNewLayoutStartsOnLeasesAndSwitchesOnlyWhenTheStoreSays() {
+        var s = serving()
+        #expect(s.workers(0).map(\.state) == [.elsewhere, .ready])
+        let begun = s.feed(.storeLayout(serving: 2, next: 3, seed: 1))
+        #expect(s.layout(1)?.role == .incoming && s.workers(1).allSatisfy { $0.state == .elsewhere })
+        #expect(progress(begun) == ["rescale 2 -> 3 shards across hosts: this host starts the new layout's shards it takes", "new shards ready 0 here (3 in all)"])
+        // The new layout's leases start its workers (dispatch held: it is incoming); the old one's go to the old.
+        let started = s.hold([1, 2], of: 3, version: 1)
+        #expect(ClusterStateMachineTests.spawnedOrdinals(started.compactMap { if case .worker(1, let a) = $0 { a } else { nil } }) == [1, 2])
+        s.hold([1], of: 2, version: 2)
+        #expect(s.workers(0)[1].state == .ready)
+        // Every new worker of this host ready: no switch (the other hosts' may not be), until the store flips.
+        let ready = s.ready(1)
+        #expect(!ready.contains(.startDispatch(layout: 1)))
+        #expect(s.feed(.storeLayout(serving: 2, next: 3, seed: 1)).isEmpty)
+        let switched = s.feed(.storeLayout(serving: 3, next: nil, seed: 1))
+        #expect(switched.contains(.startDispatch(layout: 1)) && switched.contains(.finishDispatch(layout: 0)))
+        #expect(s.core.layouts.active.id == 1 && s.layout(0)?.role == .retiring)
+        let fenced = s.feed(.dispatchFinished(generation: s.workers(0)[1].generation))
+        #expect(terminated(fenced, in: 0) == 1)
+        let done = s.exitTerminated(fenced)
+        #expect(finished(done)?.ok == true && finished(done)?.text.hasPrefix("scaled 2 -> 3 shards") == true)
+        #expect(s.core.layouts.layouts.map(\.id) == [1])
+    }
+
+    @Test func aRescaleGivenUpInTheStoreIsAbandonedHereWithoutCancellingAgain() {
+        var s = serving()
+        s.feed(.storeLayout(serving: 2, next: 3, seed: 1))
+        s.hold([2], of: 3, version: 1)
+        let given = s.feed(.storeLayout(serving: 2, next: nil, seed: 1))
+        #expect(!given.contains(.cancelStoredRescale(to: 3)))
+        #expect(terminated(given, in: 1) == 1 && s.layout(1)?.role == .retiring)
+        let done = s.exitTerminated(given)
+        #expect(finished(done)?.ok == false && finished(done)?.text.contains("given up in the store") == true)
+        #expect(s.core.layouts.active.id == 0 && s.workers(0)[1].state == .ready)
+    }
+
+    @Test func aNewWorkerFailingHereGivesTheRescaleUpInTheStoreForEveryHost() {
+        var s = serving()
+        s.feed(.storeLayout(serving: 2, next: 3, seed: 1))
+        s.hold([2], of: 3, version: 1)
+        let failed = s.feed(.cluster(.exited(pid: s.workers(1)[2].pid!, status: .exited(WorkerExitStatus.banned))))
+        #expect(failed.contains(.cancelStoredRescale(to: 3)))
+        // Nothing of the new layout runs any more: it is gone at once, and the old one serves on.
+        #expect(finished(failed)?.text.contains("worker 2 of the new layout failed") == true)
+        #expect(s.layout(1) == nil && s.core.layouts.active.id == 0)
+    }
+
+    @Test func theLocalDeadlineIsTheStoresPlusAGraceAndCancelsInTheStore() {
+        var s = serving()
+        s.feed(.storeLayout(serving: 2, next: 3, seed: 1))
+        s.advance(Supervised.timings.readyTimeout + .seconds(1))
+        #expect(!s.feed(.cluster(.tick)).contains(.cancelStoredRescale(to: 3)))
+        #expect(s.layout(1)?.role == .incoming)
+        s.advance(.seconds(4))
+        let late = s.feed(.cluster(.tick))
+        #expect(late.contains(.cancelStoredRescale(to: 3)) && finished(late)?.ok == false && s.layout(1) == nil)
+    }
+
+    /// A host that missed the switch (or joined configured for the old count) takes the serving layout up at once:
+    /// the new layout is active before its first lease, so its workers dispatch from the start.
+    @Test func aHostOutOfStepTakesUpTheServingLayoutAtOnce() {
+        var s = serving()
+        let adopted = s.feed(.storeLayout(serving: 4, next: nil, seed: 1))
+        #expect(s.core.layouts.active.machine.workers.count == 4 && s.layout(0)?.role == .retiring)
+        #expect(adopted.contains(.finishDispatch(layout: 0)))
+        let started = s.hold([3], of: 4, version: 1)
+        #expect(ClusterStateMachineTests.spawnedOrdinals(started.compactMap { if case .worker(1, let a) = $0 { a } else { nil } }) == [3])
+        // A lease of the old count (still renewed while its worker drains) goes to the retiring layout, not the new.
+        s.hold([1], of: 2, version: 2)
+        #expect(s.workers(0)[1].state == .ready && s.workers(3 - 2).count == 4)
+    }
+
+    @Test func aRollingRestartIsNotInterruptedByARescaleItsHostHasNotStarted() {
+        var s = serving()
+        s.feed(.beginRoll(maxUnavailable: 1))
+        #expect(s.feed(.storeLayout(serving: 2, next: 3, seed: 1)).isEmpty)
+        #expect(s.layout(1) == nil)
+    }
+}
