@@ -393,7 +393,7 @@ fi
 
 # --- several hosts sharing PostgreSQL (a server of the bench's own): startup against the identify limits, the
 # store's transactions per event, a rename reaching every host's workers beside its own host's, takeover after
-# kill -9 of a supervisor against leaseTTL + renewInterval ---
+# kill -9 of a supervisor against leaseTTL + renewInterval, a rescale across the hosts against the identify limits ---
 if want hosts; then
 eval "$(bash scripts/postgres.sh start)"
 "$BENCH" hosts --botcluster "$ROOT/$BIN" --postgres "$BOTCLUSTER_TEST_POSTGRES" --kills 5 | tee "$OUT/hosts.txt" >&2 || true
@@ -403,6 +403,7 @@ row "hosts: 12 shards on 3 hosts ready (s)" "$startup" "the limits + a round: $l
 row "hosts: store transactions per event" "$(value hosts.store.transactions_per_event "$OUT/hosts.txt")" "(60 msg/s; claim + record)" ""
 row "hosts: a rename served on every host, p50 (ms)" "$(value hosts.users.across.p50 "$OUT/hosts.txt")" "its own host: $(value hosts.users.local.p50 "$OUT/hosts.txt")" ""
 row "hosts: takeover after kill -9, p50 / max (ms)" "$(value hosts.takeover.p50 "$OUT/hosts.txt") / $(value hosts.takeover.max "$OUT/hosts.txt")" "expiry $(value hosts.takeover.bound "$OUT/hosts.txt") + a worker's start" ""
+row "hosts: rescale 12 -> 16 shards across 3 hosts (s)" "$(value hosts.rescale.took "$OUT/hosts.txt")" "the limits + two rounds: $(value hosts.rescale.limit "$OUT/hosts.txt")" ""
 fi
 
 echo

@@ -8,9 +8,10 @@ import Foundation
 /// Several hosts sharing PostgreSQL on this machine (processes with run directories of their own, on loopback): the
 /// startup of the whole cluster against what the identify limits allow, the store's transactions per event under
 /// steady traffic, a rename's way to every worker of every host beside its way to the workers of its own host, and
-/// the takeover after kill -9 of a supervisor against its bound (`leaseTTL` plus one `renewInterval`).
+/// the takeover after kill -9 of a supervisor against its bound (`leaseTTL` plus one `renewInterval`), and a rescale
+/// across the hosts against the identify limits.
 struct HostsBench: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "hosts", abstract: "Startup, store transactions per event and takeover time of several hosts.")
+    static let configuration = CommandConfiguration(commandName: "hosts", abstract: "Startup, store transactions per event, takeover time and a rescale of several hosts.")
     @Option(help: "The botcluster executable.") var botcluster: String
     @Option(help: "The PostgreSQL server, postgres://USER@HOST:PORT/DATABASE (a database of the bench's own is made there).") var postgres: String
     @Option var hosts = 3
@@ -105,7 +106,7 @@ struct HostsBench: AsyncParsableCommand {
             let config = #"""
                 {"gateway": {"embedded": false, "url": "\#(url)", "tokenURL": "\#(url)/app/getAppAccessToken"},
                  "app": {"id": "102000001", "secret": "env:BENCH_APP_SECRET"}, "shards": {"count": \#(shards)},
-                 "identify": {"window": "500ms", "margin": "20ms"},
+                 "identify": {"window": "500ms", "margin": "20ms"}, "rateBudget": {"global": {"rate": 2000, "burst": 200}},
                  "store": {"postgres": "\#(store)", "leaseTTL": "\#(leaseTTL)", "renewInterval": "\#(renewInterval)", "fenceMargin": "\#(fenceMargin)", "timeout": "\#(storeTimeout)"},
                  "http": {"listen": "off"}, "log": {"level": "warning"}}
                 """#
@@ -197,8 +198,23 @@ struct HostsBench: AsyncParsableCommand {
         print("hosts.takeover.p50 \(String(format: "%.0f", samples[samples.count / 2])) ms (\(kills) kills; bound leaseTTL + renewInterval \(String(format: "%.0f", bound)) ms)")
         print("hosts.takeover.max \(String(format: "%.0f", samples.last!)) ms")
         print("hosts.takeover.bound \(String(format: "%.0f", bound))")
+        // A rescale across the hosts under the same traffic, asked of one host: until it answers (every host's new
+        // shards ready, the store's switch, the old layout drained there). The limits: the new layout's identifies
+        // (one per bucket per window), a round to see the target and one to report the last ready shard.
+        let target = shards + shards / 3
+        let before = try await get(url + "/emulator/stats")
+        let asked = MonotonicInstant.now()
+        let (scaled, answer) = try await IPCClient.control(path: home(0) + "/run/botcluster.sock", .scale(.count(target), planOnly: false), timeout: .seconds(120))
+        guard scaled else { throw BenchError("the rescale across hosts failed: \(answer)") }
+        let took = MonotonicInstant.now() - asked
+        let rescaleLimit = Double((target + 1) / 2 - 1) * 0.5 + 2 * renew.seconds
+        print("hosts.rescale.took \(String(format: "%.2f", took.seconds)) s (\(shards) -> \(target) shards on \(hosts) hosts; identify limits and two rounds: \(String(format: "%.2f", rescaleLimit)) s)")
+        print("hosts.rescale.limit \(String(format: "%.2f", rescaleLimit))")
+        try await Task.sleep(for: .seconds(2))
         let stats = try await get(url + "/emulator/stats")
-        print("hosts.identifies \(stats["identifies"]?.intValue ?? -1) (shards \(shards)), overlaps \(stats["sessionOverlaps"]?.intValue ?? -1), violations \(stats["identifyViolations"]?.intValue ?? -1)")
+        let twice = (stats["messagesRepliedMoreThanOnce"]?.intValue ?? -1) - (before["messagesRepliedMoreThanOnce"]?.intValue ?? 0)
+        print("hosts.rescale.replied_twice \(twice) (since the rescale began)")
+        print("hosts.identifies \(stats["identifies"]?.intValue ?? -1) (shards \(shards), then \(target)), overlaps \(stats["sessionOverlaps"]?.intValue ?? -1), violations \(stats["identifyViolations"]?.intValue ?? -1)")
 
         for (_, supervisor) in supervisors { _ = await supervisor.stop(grace: .seconds(30)) }
         supervisors = [:]
