@@ -47,6 +47,22 @@ public final class PostgresAuthority: Sendable {
             self.shards = shards
             self.next = next
         }
+
+        /// Counts a cluster can run (1...`ShardsConfig.maxCount`), a target other than the serving count.
+        public var isValid: Bool {
+            let counts = 1...ShardsConfig.maxCount
+            return counts.contains(shards) && next.map { counts.contains($0) && $0 != shards } ?? true
+        }
+    }
+
+    /// The cluster's row in the store is gone, or names a layout no cluster can run.
+    public struct DamagedLayout: Error, CustomStringConvertible {
+        /// What the row said (nil: no row).
+        public var stored: Layout?
+        public var description: String {
+            guard let stored else { return "the cluster's row in botcluster_clusters is gone (restart a host to make it again)" }
+            return "the cluster's row in botcluster_clusters is damaged: shards \(stored.shards), next_shards \(stored.next.map(String.init) ?? "null") (1...\(ShardsConfig.maxCount), the target other than the serving count)"
+        }
     }
 
     /// A route paused by a 429 on this host, `seconds` from now: every host pauses it.
@@ -157,7 +173,14 @@ public final class PostgresAuthority: Sendable {
                 try await client.withConnection { connection in
                     connected.withLock { $0 = true }
                     return try await withTaskCancellationHandler {
-                        try await connection.withTransaction(logger: logger) { connection in try await body(connection) }
+                        do {
+                            return try await connection.withTransaction(logger: logger) { connection in try await body(connection) }
+                        } catch let failed as PostgresTransactionError {
+                            // Rolled back: what went wrong is the body's own error (the message names it, not the
+                            // driver's wrapper around it).
+                            if let cause = failed.closureError, failed.rollbackError == nil { throw cause }
+                            throw failed
+                        }
                     } onCancel: {
                         let closed: EventLoopFuture<Void> = connection.close()
                         _ = closed
@@ -214,6 +237,7 @@ public final class PostgresAuthority: Sendable {
             var layout = Layout(shards: shards, next: nil)
             let rows = try await connection.query("SELECT shards, next_shards FROM botcluster_clusters WHERE cluster = \(cluster)", logger: Self.quiet)
             for try await (stored, next) in rows.decode((Int32, Int32?).self) { layout = Layout(shards: Int(stored), next: next.map(Int.init)) }
+            guard layout.isValid else { throw DamagedLayout(stored: layout) }
             try await connection.query(
                 """
                 INSERT INTO botcluster_leases (cluster, shards, shard)
@@ -410,9 +434,12 @@ public final class PostgresAuthority: Sendable {
             try await connection.query(
                 "UPDATE botcluster_clusters SET next_shards = NULL, change_until = NULL WHERE cluster = \(cluster) AND change_until <= now()",
                 logger: Self.quiet)
-            var layout = Layout(shards: 0, next: nil)
+            var layout: Layout?
             let layoutRows = try await connection.query("SELECT shards, next_shards FROM botcluster_clusters WHERE cluster = \(cluster)", logger: Self.quiet)
             for try await (count, next) in layoutRows.decode((Int32, Int32?).self) { layout = Layout(shards: Int(count), next: next.map(Int.init)) }
+            // Every host follows this row: one that is gone or out of range fails the round (the leases are fenced
+            // in time) rather than making every host run what it says.
+            guard let layout, layout.isValid else { throw DamagedLayout(stored: layout) }
             return Round(
                 renewed: renewed, acquired: acquired, released: released, hosts: hosts, holders: holders, expiresIn: expiresIn, pauses: paused,
                 layout: layout
@@ -472,14 +499,16 @@ public final class PostgresAuthority: Sendable {
         }
     }
 
-    /// Forgets the lease rows of a layout that no longer serves (after a rescale, once no host holds one).
+    /// Forgets the lease rows of a layout that neither serves nor is a rescale's target (after a rescale, once no
+    /// host holds one of them).
     public func forgetLayout(shards: Int) async throws {
         let cluster = self.cluster
         try await transaction("forgetting an old layout") { connection in
             try await connection.query(
                 """
                 DELETE FROM botcluster_leases WHERE cluster = \(cluster) AND shards = \(Int32(shards))
-                AND shards <> (SELECT shards FROM botcluster_clusters WHERE cluster = \(cluster))
+                AND NOT EXISTS (SELECT 1 FROM botcluster_clusters AS c WHERE c.cluster = \(cluster)
+                    AND (c.shards = \(Int32(shards)) OR c.next_shards = \(Int32(shards))))
                 AND NOT EXISTS (SELECT 1 FROM botcluster_leases WHERE cluster = \(cluster) AND shards = \(Int32(shards)) AND owner IS NOT NULL AND expires_at > now())
                 """, logger: Self.quiet)
         }
@@ -515,8 +544,9 @@ public final class PostgresAuthority: Sendable {
     /// Claims events for handlers on `host`, and records the events `completing` as handled, in one transaction
     /// (one round trip for a batch of each): the keys granted. A claim is granted only while its lease is current in
     /// the store (the fencing token checked where the record is kept), and only if no one handled the event and no
-    /// holder of a newer lease of the shard claimed it; a claim left by an older lease (a host that died
-    /// mid-handler) is taken over.
+    /// current lease holds a claim of it: a claim left by a lease no longer current (a host that died mid-handler,
+    /// a worker of a layout a rescale retired) is taken over; one of the other layout during a rescale, whose lease
+    /// is current, is not.
     public func claim(_ claims: [Claim], completing: [String] = [], host: Int) async throws -> Set<String> {
         guard !claims.isEmpty || !completing.isEmpty else { return [] }
         let cluster = self.cluster
@@ -534,8 +564,11 @@ public final class PostgresAuthority: Sendable {
                     AS u(key, shard, shards, token)
                 JOIN botcluster_leases AS l ON l.cluster = \(cluster) AND l.shards = u.shards AND l.shard = u.shard
                     AND l.owner = \(Int32(host)) AND l.token = u.token AND l.expires_at > now()
-                ON CONFLICT (cluster, key) DO UPDATE SET shard = EXCLUDED.shard, token = EXCLUDED.token, at = now()
-                    WHERE NOT c.done AND c.shards = EXCLUDED.shards AND c.shard = EXCLUDED.shard AND c.token <= EXCLUDED.token
+                ON CONFLICT (cluster, key) DO UPDATE SET shard = EXCLUDED.shard, shards = EXCLUDED.shards, token = EXCLUDED.token, at = now()
+                    WHERE NOT c.done AND (
+                        (c.shards = EXCLUDED.shards AND c.shard = EXCLUDED.shard AND c.token <= EXCLUDED.token)
+                        OR NOT EXISTS (SELECT 1 FROM botcluster_leases AS held WHERE held.cluster = c.cluster AND held.shards = c.shards
+                            AND held.shard = c.shard AND held.token = c.token AND held.owner IS NOT NULL AND held.expires_at > now()))
                 RETURNING c.key
                 """, logger: Self.quiet)
             var granted: Set<String> = []

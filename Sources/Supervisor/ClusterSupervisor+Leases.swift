@@ -45,7 +45,9 @@ extension ClusterSupervisor {
                     group.addTask { await userFeed.run { [self] ids in broadcast(.usersInvalidate(ids: ids), except: nil) } }
                 }
                 await leases.run(
-                    workers: .init(stopped: stoppedShards, ready: readyShards, session: storedSession),
+                    workers: .init(stopped: stoppedShards, ready: readyShards, session: storedSession, runs: { [self] total in
+                        state.withLock { $0.core.layouts.layout(total: total).map { $0.role != .retiring } ?? false }
+                    }),
                     beforeRelease: { [self] in
                         if await !claims.completionsRecorded(within: leases.config.timeout) {
                             logger.warning("handing a shard over before the store took every handled event: the next host may handle some of them again")
@@ -81,16 +83,19 @@ extension ClusterSupervisor {
         state.core.layouts.layouts.filter { $0.machine.workers.count == total }
     }
 
-    /// The shards of the layout of `total` shards that run nothing here: no process in any layout of that count, and
-    /// its last worker's connection closed, so that everything the worker sent (its last session, its last handled
-    /// events) was read first. With no such layout (given up), every shard.
+    /// The shards of the layout of `total` shards that run nothing here and will not again without a new lease: in
+    /// every layout of that count the slot is `elsewhere` (handed over, fenced) or the layout is stopping (a
+    /// rescale retired or gave it up: nothing restarts there), no process runs, and the last worker's connection has
+    /// closed, so that everything it sent (its last session, its last handled events) was read first. A slot that
+    /// waits to restart (backing off, queued) does not count. With no such layout (gone), every shard.
     @Sendable func stoppedShards(_ total: Int) -> Set<Int> {
         state.withLock { state in
             let layouts = layouts(total: total, in: state)
             return Set((0..<total).filter { shard in
                 layouts.allSatisfy { layout in
-                    let worker = layout.machine.worker(ordinal: shard)
-                    return !(worker?.state.isLive ?? false) && state.connections[layout.id]?[shard] == nil
+                    guard let worker = layout.machine.worker(ordinal: shard) else { return true }
+                    return !worker.state.isLive && (worker.state == .elsewhere || layout.machine.stopping)
+                        && state.connections[layout.id]?[shard] == nil
                 }
             })
         }

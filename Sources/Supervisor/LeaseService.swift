@@ -54,7 +54,7 @@ final class LeaseService: Sendable {
             self.layout = layout
             let wanted = Set([layout.shards] + (layout.next.map { [$0] } ?? []))
             var made = false
-            for count in wanted.sorted() where keepers[count] == nil {
+            for count in wanted.sorted() where keepers[count] == nil || (keepers[count]!.retiring && keepers[count]!.held.isEmpty) {
                 var keeper = LeaseKeeper(configuration: configuration, host: host, shards: count, joined: true)
                 if stopping { keeper.stop() }
                 keepers[count] = keeper
@@ -87,6 +87,8 @@ final class LeaseService: Sendable {
         var ready: @Sendable (_ total: Int) -> Set<Int>
         /// The last committed session of a shard of the layout.
         var session: @Sendable (_ total: Int, _ shard: Int) -> (id: String, seq: Int)?
+        /// Whether a layout of that many shards runs here (serving or incoming), so that a lease taken starts a worker.
+        var runs: @Sendable (_ total: Int) -> Bool
     }
 
     let authority: PostgresAuthority
@@ -207,7 +209,10 @@ final class LeaseService: Sendable {
         var pendingPauses: [String: MonotonicInstant] = [:]
         var answers: [(total: Int, writes: [PostgresAuthority.SessionWrite], round: PostgresAuthority.Round)] = []
         var failure: (any Error)?
-        for total in keepers.keys.sorted(by: { ($0 != layout.shards ? 1 : 0, $0) < ($1 != layout.shards ? 1 : 0, $1) }) {
+        // The serving layout first (it carries the pauses), then a rescale's target, then the retiring ones; a
+        // transaction that fails does not keep the others from renewing.
+        let rank = { (total: Int) in total == layout.shards ? 0 : total == layout.next ? 1 : 2 }
+        for total in keepers.keys.sorted(by: { (rank($0), $0) < (rank($1), $1) }) {
             let keeper = keepers[total]!
             let writes = pending.compactMap { shard, session in
                 shard.total == total && keeper.held[shard.id]?.token == session.token
@@ -230,12 +235,13 @@ final class LeaseService: Sendable {
                     host: host, address: address, shards: total, ttl: config.leaseTTL, renew: keeper.renewals,
                     release: releases, sessions: writes, pauses: answers.isEmpty ? pauses ?? [] : [],
                     ready: total == layout.next ? workers.ready(total) : nil,
-                    wanted: { live, holders in keeper.wanted(in: .init(liveHosts: live, holders: holders)) }
+                    // Nothing is taken for a layout this host's workers do not run yet (its core is still busy with
+                    // another change): a lease held with no worker would keep the shard dark.
+                    wanted: { [runs = workers.runs(total)] live, holders in runs ? keeper.wanted(in: .init(liveHosts: live, holders: holders)) : [] }
                 )
                 answers.append((total, writes, round))
             } catch {
                 failure = error
-                break
             }
         }
         let seen = answers.last?.round.layout

@@ -211,8 +211,12 @@ public struct SupervisorCore: Sendable {
                 return (cancel + abandon(incoming, reason: "worker \(failure.ordinal) of the new layout failed: \(failure.reason)", now: now), true)
             }
             if now >= change.deadline {
-                let where_ = change.leased ? " on this host" : ""
-                return (cancel + abandon(incoming, reason: "the new layout was not ready within scale.readyTimeout (\(ready)/\(machine.workers.filter { $0.state != .elsewhere }.count) ready\(where_))", now: now), true)
+                // Several hosts: the store decides; this host gives up when even the store's deadline is long past
+                // (it could not hear the store say so): the layout it runs next is the store's, as a round reads it.
+                let reason = change.leased
+                    ? "this host heard nothing from the store past the rescale's deadline (\(ready) new shards ready here); the store's layout decides, and this host follows it at its next round"
+                    : "the new layout was not ready within scale.readyTimeout (\(ready)/\(change.to) ready)"
+                return (cancel + abandon(incoming, reason: reason, now: now), true)
             }
             guard ready != reported else { return ([], false) }
             self.change?.phase = .waitingForIncoming(layout: incoming, readyReported: ready)

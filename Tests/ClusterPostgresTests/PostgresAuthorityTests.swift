@@ -21,6 +21,22 @@ struct PostgresAuthorityTests {
         return try PostgresAuthority(config: config, cluster: cluster, logger: Logger(label: "test"))
     }
 
+    /// Runs one statement on the test server with psql (what an operator's hand, or a damaged disk, could do to a row).
+    static func execute(_ a: PostgresAuthority, _ statement: String) async throws {
+        let url = try #require(ProcessInfo.processInfo.environment["BOTCLUSTER_TEST_POSTGRES"])
+        let psql = Process()
+        psql.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        psql.arguments = ["psql", "-q", "-v", "ON_ERROR_STOP=1", url, "-c", statement]
+        try psql.run()
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+            DispatchQueue.global().async {
+                psql.waitUntilExit()
+                done.resume()
+            }
+        }
+        try #require(psql.terminationStatus == 0, "psql: \(statement)")
+    }
+
     /// Runs `body` with an authority whose pool runs beside it.
     func withAuthority(shards: Int = 4, _ body: (PostgresAuthority) async throws -> Void) async throws {
         let authority = try Self.authority(cluster: "test-\(UInt64.random(in: 0...UInt64.max))")
@@ -125,10 +141,32 @@ struct PostgresAuthorityTests {
             try await a.forgetLayout(shards: 2)
             #expect(try await layoutRound(a, host: 0, shards: 2, renew: old.acquired.mapValues(\.token)).renewed == [0, 1])
             _ = try await layoutRound(a, host: 0, shards: 2, release: old.acquired.map { .init(shard: $0.key, token: $0.value.token, id: "", seq: 0) })
+            // The old layout's unfinished claim of k is no longer under a current lease: the new layout takes it over.
+            #expect(try await a.claim([.init(key: "k", shard: 1, shards: 3, token: n1)], host: 0) == ["k"])
             try await a.forgetLayout(shards: 2)
             #expect(try await layoutRound(a, host: 0, shards: 2, take: [0]).acquired.isEmpty)
-            // A later host joins the serving layout, whatever its configuration says.
-            #expect(try await a.prepare(shards: 2) == .init(shards: 3, next: nil))
+            // A rescale's target is never forgotten, even while no lease of it is held yet.
+            #expect(try await a.beginRescale(from: 3, to: 5, within: .seconds(30)) == nil)
+            try await a.forgetLayout(shards: 5)
+            #expect(try await layoutRound(a, host: 0, shards: 5, take: [4], ready: []).acquired.keys.sorted() == [4])
+            // A later host joins the serving layout (and the rescale under way), whatever its configuration says.
+            #expect(try await a.prepare(shards: 2) == .init(shards: 3, next: 5))
+        }
+    }
+
+    /// Every host follows the cluster's row: one that is gone or names no layout a cluster can run fails the round
+    /// (and the join), with what is wrong, instead of being followed.
+    @Test func aDamagedLayoutRowFailsTheRoundAndIsNamed() async throws {
+        try await withAuthority(shards: 2) { a in
+            _ = try await layoutRound(a, host: 0, shards: 2)
+            try await Self.execute(a, "UPDATE botcluster_clusters SET next_shards = 0 WHERE cluster = '\(a.cluster)'")
+            await #expect { _ = try await layoutRound(a, host: 0, shards: 2) } throws: { error in
+                "\(error)".contains("next_shards 0")
+            }
+            try await Self.execute(a, "DELETE FROM botcluster_clusters WHERE cluster = '\(a.cluster)'")
+            await #expect { _ = try await layoutRound(a, host: 0, shards: 2) } throws: { error in
+                "\(error)".contains("row in botcluster_clusters is gone")
+            }
         }
     }
 

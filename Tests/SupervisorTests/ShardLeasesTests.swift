@@ -54,6 +54,23 @@ struct LeaseKeeperTests {
         #expect(k.wanted(in: .init(liveHosts: [0, 1, 2], holders: [2: 0])) == [3])
     }
 
+    /// A rescale's new layout: its keeper is made after this host has seen the others, so it takes its shards in its
+    /// first round. A retired layout takes nothing, hands nothing over, and releases every lease whose worker stopped.
+    @Test func aNewLayoutTakesAtOnceAndARetiredOneReleasesWhatStopped() {
+        let incoming = LeaseKeeper(configuration: timings, host: 1, shards: 4, joined: true)
+        let view = LeaseKeeper.View(liveHosts: [0, 1], holders: [:])
+        #expect(incoming.wanted(in: view) == [2, 3])
+        var old = keeper(host: 1, shards: 4)
+        _ = old.roundSucceeded(startedAt: t0, renewed: [], acquired: [:], released: [], view: view)
+        _ = old.roundSucceeded(startedAt: t0, renewed: [], acquired: [2: 1, 3: 1], released: [], view: .init(liveHosts: [0, 1], holders: [2: 1, 3: 1]))
+        #expect(old.releasable(stopped: [2, 3]).isEmpty, "a serving lease is released only when handed over")
+        old.retire()
+        #expect(old.wanted(in: view).isEmpty)
+        #expect(old.releasable(stopped: [3]) == [3: 1])
+        // Host 2 joins, and shard 3 is placed there: a serving layout would hand it over, a retired one does not.
+        #expect(old.roundSucceeded(startedAt: t0 + .seconds(1), renewed: [2, 3], acquired: [:], released: [], view: .init(liveHosts: [0, 1, 2], holders: [2: 1, 3: 1])).isEmpty)
+    }
+
     @Test func aLeaseRunsOnlyUntilItsRoundStartedPlusTTLLessTheMargin() {
         var k = keeper(host: 0)
         _ = k.roundSucceeded(startedAt: t0, renewed: [], acquired: [:], released: [], view: .init(liveHosts: [0], holders: [:]))
