@@ -23,7 +23,7 @@ struct HostsChaos {
     let user: RunAs
 
     enum Action: String, CaseIterable {
-        case kill9, sigstop, reconnect, invalidSession, drop, stopAcks, close4009, killHost, cutStore, restartStore
+        case kill9, sigstop, reconnect, invalidSession, drop, stopAcks, close4009, killHost, cutStore, restartStore, rescale
 
         /// Faults that take a whole host (or the store) away: one at a time, so the cluster always has hosts left.
         var isHostFault: Bool { [.killHost, .cutStore, .restartStore].contains(self) }
@@ -46,6 +46,11 @@ struct HostsChaos {
         var supervisorExits: [String] = []
         /// The watched user's name after its last rename.
         var lastName: String?
+        /// The rescale under way (`botcluster scale` on one host, as the hosts' user): it runs beside the faults.
+        var rescale: AsyncSignal<Bool>?
+        /// Rescales that did what was asked, and that were given up (a fault in the way is a fair reason).
+        var rescalesDone = 0
+        var rescalesGivenUp = 0
     }
 
     /// A user renamed at every fault: at the end every worker of every host must serve its last name (each host
@@ -158,6 +163,11 @@ struct HostsChaos {
             var action = Action.allCases[Int(rng.next() % UInt64(Action.allCases.count))]
             let possible: [Action] = postgresDirectory == nil ? [.killHost, .cutStore] : [.killHost, .cutStore, .restartStore]
             if action.isHostFault && (!state.away.isEmpty || !possible.contains(action)) { action = .kill9 }
+            // One rescale at least, early enough to finish under the faults that follow it.
+            if state.counts[.rescale] == nil, state.rescale == nil, end - MonotonicInstant.now() < .seconds(duration * 3 / 4) { action = .rescale }
+            if action == .rescale, let running = state.rescale {
+                if running.current != nil { await finishRescale(state) } else { action = .kill9 }
+            }
             // A short run still has each host fault once: one not yet done comes while there is time to bring the
             // host back before the end.
             let missing = possible.filter { state.counts[$0] == nil }
@@ -171,6 +181,7 @@ struct HostsChaos {
             let ready = workers.filter { $0.worker.state == "ready" }
             let target = ready.isEmpty ? nil : ready[Int(rng.next() % UInt64(ready.count))]
             let shard = target?.worker.ordinal ?? 0
+            let total = target?.worker.shard.last ?? shards
             switch action {
             case .kill9, .sigstop:
                 guard let pid = target?.worker.pid else { continue }
@@ -178,7 +189,7 @@ struct HostsChaos {
                 state.workerKills += 1
                 log("\(action.rawValue) worker of shard \(shard) on host \(target!.host) (pid \(pid))")
             case .reconnect, .invalidSession, .drop, .stopAcks, .close4009:
-                log(try await gatewayFault(action.rawValue, url: url, shard: shard, total: shards))
+                log(try await gatewayFault(action.rawValue, url: url, shard: shard, total: total))
             case .killHost:
                 let host = Int(rng.next() % UInt64(hosts))
                 let running = workers.filter { $0.host == host && $0.worker.pid != nil }.count
@@ -198,12 +209,36 @@ struct HostsChaos {
                 let started = MonotonicInstant.now()
                 try await restartStore()
                 log("restarted PostgreSQL (\(DurationFormat.human(MonotonicInstant.now() - started)))")
+            case .rescale:
+                // Asked of one host that is here: between the launch's count and two more, back and forth.
+                let host = (0..<hosts).filter { state.away[$0] == nil }.first ?? 0
+                let now = await servingCount(dir, host) ?? shards
+                let to = now == shards ? shards + 2 : shards
+                log("scale \(now) -> \(to) shards, asked of host \(host)")
+                let argv = user.command([botcluster, "scale", "--shards", String(to)])
+                let home = hostDirectory(dir, host)
+                let answered = AsyncSignal<Bool>()
+                state.rescale = answered
+                Task {
+                    do {
+                        let lines = try await runCommand(argv, directory: home, timeout: .seconds(180))
+                        say("chaos: rescale: \(lines.last ?? "")")
+                        answered.set(true)
+                    } catch {
+                        say("chaos: rescale given up: \(String(describing: error).suffix(300))")
+                        answered.set(false)
+                    }
+                }
             }
         }
+        if state.rescale != nil { await finishRescale(state) }
 
-        // Everything back, every shard running again, then the traffic drains.
+        // Everything back, every shard of the layout the store serves running again, then the traffic drains.
         try await bringBack(dir, network, state, all: true)
         try await waitUntilEveryShardIsReady(dir, state, within: .seconds(120))
+        var counts: [Int: Int] = [:]
+        for host in 0..<hosts { counts[host] = await servingCount(dir, host) }
+        let serving = Set(counts.values)
         let truth = try await GroundTruth.drain(url)
         let stale = try await staleNames(dir, url, state)
         for host in 0..<hosts {
@@ -243,11 +278,14 @@ struct HostsChaos {
             ("workers fenced (lease not renewed in time)", fenced), ("leases found taken by another host", taken),
             ("processes left behind", left.count + inNamespaces.count),
             ("workers serving a renamed user's old name", stale.count),
+            ("rescales across the hosts done", state.rescalesDone), ("rescales given up (a fault in the way)", state.rescalesGivenUp),
+            ("hosts serving another layout than the others", serving.count > 1 ? hosts : 0),
         ]
         let done = state.counts.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\($0.key.rawValue) \($0.value)" }.joined(separator: ", ")
         GroundTruth.print("chaos ground truth (\(hosts) hosts, seed \(seed), \(duration) s of faults: \(done))", rows)
         var failures = truth.failures(allowance: hardKills, killed: "workers killed, killed with their supervisor or fenced")
         if n("sessionOverlaps") > 0 { failures.append("\(n("sessionOverlaps")) times two sessions of one shard were live at once") }
+        if serving.count != 1 { failures.append("the hosts do not serve one layout: shard counts by host \(counts.sorted { $0.key < $1.key })") }
         if !left.isEmpty || !inNamespaces.isEmpty { failures.append("processes left behind: \((Set(left).union(inNamespaces)).sorted())") }
         failures += state.supervisorExits
         if !leaked.isEmpty { failures.append("the store's password is in the log of host \(leaked)") }
@@ -323,13 +361,28 @@ struct HostsChaos {
                 throw BenchError("host \(host)'s supervisor exited with \(supervisor.process.terminationStatus)")
             }
             ready = []
+            var total = shards
             for host in 0..<hosts {
-                for worker in (await status(dir, host))?.workers ?? [] where worker.state == "ready" { ready.insert(worker.ordinal) }
+                let workers = (await status(dir, host))?.workers.filter { $0.layout == nil } ?? []
+                if let count = workers.first?.shard.last { total = count }
+                for worker in workers where worker.state == "ready" { ready.insert(worker.ordinal) }
             }
-            if ready == Set(0..<shards) { return }
+            if ready == Set(0..<total) { return }
             try await Task.sleep(for: .milliseconds(300))
         }
         throw BenchError("not every shard ready within \(timeout): ready \(ready.sorted())")
+    }
+
+    /// The shard count of the layout `host` serves (its active layout), nil when it does not answer.
+    func servingCount(_ dir: String, _ host: Int) async -> Int? {
+        (await status(dir, host))?.workers.first { $0.layout == nil }?.shard.last
+    }
+
+    /// Waits for the rescale under way to answer (it has a deadline of its own), and counts how it ended.
+    func finishRescale(_ state: Run) async {
+        guard let rescale = state.rescale else { return }
+        if (try? await rescale.wait()) == true { state.rescalesDone += 1 } else { state.rescalesGivenUp += 1 }
+        state.rescale = nil
     }
 
     /// `status --json` of a host, asked as the host's user (its control socket admits no other uid); nil when it
