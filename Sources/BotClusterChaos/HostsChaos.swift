@@ -50,6 +50,9 @@ struct HostsChaos {
         var rescale: AsyncSignal<Bool>?
         /// Rescales that did what was asked, and that were given up (a fault in the way is a fair reason).
         var rescalesDone = 0
+        /// The shard count of the last rescale done (nil: the launch's), and the target of the one under way.
+        var serving: Int?
+        var rescaleTarget = 0
         var rescalesGivenUp = 0
     }
 
@@ -210,15 +213,21 @@ struct HostsChaos {
                 try await restartStore()
                 log("restarted PostgreSQL (\(DurationFormat.human(MonotonicInstant.now() - started)))")
             case .rescale:
-                // Asked of one host that is here: between the launch's count and two more, back and forth.
-                let host = (0..<hosts).filter { state.away[$0] == nil }.first ?? 0
-                let now = await servingCount(dir, host) ?? shards
+                // Asked of one host that is here and runs the cluster's layout (one just started again may not yet):
+                // between the launch's count and two more, back and forth.
+                let now = state.serving ?? shards
+                var host = 0
+                for candidate in 0..<hosts where state.away[candidate] == nil {
+                    host = candidate
+                    if await servingCount(dir, candidate) == now { break }
+                }
                 let to = now == shards ? shards + 2 : shards
                 log("scale \(now) -> \(to) shards, asked of host \(host)")
                 let argv = user.command([botcluster, "scale", "--shards", String(to)])
                 let home = hostDirectory(dir, host)
                 let answered = AsyncSignal<Bool>()
                 state.rescale = answered
+                state.rescaleTarget = to
                 Task {
                     do {
                         let lines = try await runCommand(argv, directory: home, timeout: .seconds(180))
@@ -231,14 +240,17 @@ struct HostsChaos {
                 }
             }
         }
+        // Every host back first: a rescale under way may need the shards placed on a host that is away.
+        try await bringBack(dir, network, state, all: true)
         if state.rescale != nil { await finishRescale(state) }
 
         // Everything back, every shard of the layout the store serves running again, then the traffic drains.
         try await bringBack(dir, network, state, all: true)
-        try await waitUntilEveryShardIsReady(dir, state, within: .seconds(120))
-        var counts: [Int: Int] = [:]
-        for host in 0..<hosts { counts[host] = await servingCount(dir, host) }
+        // A host started again at the launch's count takes up the cluster's at its first round: one layout, on
+        // every host, before anything is counted.
+        let counts = await waitForOneLayout(dir, within: .seconds(120))
         let serving = Set(counts.values)
+        try await waitUntilEveryShardIsReady(dir, state, within: .seconds(120))
         let truth = try await GroundTruth.drain(url)
         let stale = try await staleNames(dir, url, state)
         for host in 0..<hosts {
@@ -285,7 +297,10 @@ struct HostsChaos {
         GroundTruth.print("chaos ground truth (\(hosts) hosts, seed \(seed), \(duration) s of faults: \(done))", rows)
         var failures = truth.failures(allowance: hardKills, killed: "workers killed, killed with their supervisor or fenced")
         if n("sessionOverlaps") > 0 { failures.append("\(n("sessionOverlaps")) times two sessions of one shard were live at once") }
-        if serving.count != 1 { failures.append("the hosts do not serve one layout: shard counts by host \(counts.sorted { $0.key < $1.key })") }
+        if serving.count != 1 || counts.count != hosts {
+            failures.append("the hosts do not serve one layout within 120 s: shard counts by host that answered \(counts.sorted { $0.key < $1.key })")
+        }
+        if state.rescalesDone == 0 { failures.append("no rescale across the hosts was done (\(state.rescalesGivenUp) given up; their reasons are above)") }
         if !left.isEmpty || !inNamespaces.isEmpty { failures.append("processes left behind: \((Set(left).union(inNamespaces)).sorted())") }
         failures += state.supervisorExits
         if !leaked.isEmpty { failures.append("the store's password is in the log of host \(leaked)") }
@@ -373,6 +388,28 @@ struct HostsChaos {
         throw BenchError("not every shard ready within \(timeout): ready \(ready.sorted())")
     }
 
+    /// Waits until every host answers, runs one layout only (no rescale's other layout left), and all run the same
+    /// count; returns the counts of the hosts that answered at the last look.
+    func waitForOneLayout(_ dir: String, within timeout: Duration) async -> [Int: Int] {
+        let deadline = MonotonicInstant.now() + timeout
+        var counts: [Int: Int] = [:]
+        while true {
+            counts = [:]
+            var settled = true
+            for host in 0..<hosts {
+                guard let workers = (await status(dir, host))?.workers else {
+                    settled = false
+                    continue
+                }
+                if workers.contains(where: { $0.layout != nil }) { settled = false }
+                counts[host] = workers.first?.shard.last
+            }
+            if settled && counts.count == hosts && Set(counts.values).count == 1 { return counts }
+            if MonotonicInstant.now() >= deadline { return counts }
+            try? await Task.sleep(for: .milliseconds(300))
+        }
+    }
+
     /// The shard count of the layout `host` serves (its active layout), nil when it does not answer.
     func servingCount(_ dir: String, _ host: Int) async -> Int? {
         (await status(dir, host))?.workers.first { $0.layout == nil }?.shard.last
@@ -381,7 +418,12 @@ struct HostsChaos {
     /// Waits for the rescale under way to answer (it has a deadline of its own), and counts how it ended.
     func finishRescale(_ state: Run) async {
         guard let rescale = state.rescale else { return }
-        if (try? await rescale.wait()) == true { state.rescalesDone += 1 } else { state.rescalesGivenUp += 1 }
+        if (try? await rescale.wait()) == true {
+            state.rescalesDone += 1
+            state.serving = state.rescaleTarget
+        } else {
+            state.rescalesGivenUp += 1
+        }
         state.rescale = nil
     }
 

@@ -504,6 +504,9 @@ public final class PostgresAuthority: Sendable {
     public func forgetLayout(shards: Int) async throws {
         let cluster = self.cluster
         try await transaction("forgetting an old layout") { connection in
+            // The cluster's row first, locked: a rescale to this count that begins meanwhile (it locks the row too)
+            // comes before or after this, never beside it.
+            try await connection.query("SELECT 1 FROM botcluster_clusters WHERE cluster = \(cluster) FOR UPDATE", logger: Self.quiet)
             try await connection.query(
                 """
                 DELETE FROM botcluster_leases WHERE cluster = \(cluster) AND shards = \(Int32(shards))
@@ -544,9 +547,10 @@ public final class PostgresAuthority: Sendable {
     /// Claims events for handlers on `host`, and records the events `completing` as handled, in one transaction
     /// (one round trip for a batch of each): the keys granted. A claim is granted only while its lease is current in
     /// the store (the fencing token checked where the record is kept), and only if no one handled the event and no
-    /// current lease holds a claim of it: a claim left by a lease no longer current (a host that died mid-handler,
-    /// a worker of a layout a rescale retired) is taken over; one of the other layout during a rescale, whose lease
-    /// is current, is not.
+    /// one else holds a claim of it: a claim of the same shard left by an older lease (a host that died mid-handler)
+    /// is taken over, and so is a claim of the other layout of a rescale whose lease is no longer current (a retired
+    /// worker's); one whose lease is current is not. (Within a layout the tokens decide, not the leases' rows: a
+    /// statement reads those as of its start, and a newer grant may have committed since.)
     public func claim(_ claims: [Claim], completing: [String] = [], host: Int) async throws -> Set<String> {
         guard !claims.isEmpty || !completing.isEmpty else { return [] }
         let cluster = self.cluster
@@ -567,8 +571,9 @@ public final class PostgresAuthority: Sendable {
                 ON CONFLICT (cluster, key) DO UPDATE SET shard = EXCLUDED.shard, shards = EXCLUDED.shards, token = EXCLUDED.token, at = now()
                     WHERE NOT c.done AND (
                         (c.shards = EXCLUDED.shards AND c.shard = EXCLUDED.shard AND c.token <= EXCLUDED.token)
-                        OR NOT EXISTS (SELECT 1 FROM botcluster_leases AS held WHERE held.cluster = c.cluster AND held.shards = c.shards
-                            AND held.shard = c.shard AND held.token = c.token AND held.owner IS NOT NULL AND held.expires_at > now()))
+                        OR (c.shards <> EXCLUDED.shards AND NOT EXISTS (SELECT 1 FROM botcluster_leases AS held
+                            WHERE held.cluster = c.cluster AND held.shards = c.shards AND held.shard = c.shard AND held.token = c.token
+                                AND held.owner IS NOT NULL AND held.expires_at > now())))
                 RETURNING c.key
                 """, logger: Self.quiet)
             var granted: Set<String> = []

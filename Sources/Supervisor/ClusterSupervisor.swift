@@ -585,9 +585,15 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
                     return .failure(RefusedHello("worker \(ordinal) generation \(hello.generation) is already connected"))
                 }
                 state.connections[layoutID, default: [:]][ordinal] = connection
+                // A new layout's worker holds dispatch until the switch, and a held worker cannot resume: the
+                // platform replays what the session missed before it confirms the resume, and the replay waits at
+                // the held gate, so the confirmation is never read (seen: a shard of a rescale's new layout handed to
+                // another host mid-rescale never got ready, and the rescale ran out of time). It identifies anew:
+                // until the switch the serving layout receives every event too, so nothing is lost.
+                let session = layout.role == .incoming ? nil : worker.session
                 return .success(Assignment(
                     shard: Int32(worker.shard.id), total: Int32(worker.shard.total), generation: worker.generation,
-                    resumeSessionID: worker.session?.id, resumeSeq: Int64(worker.session?.seq ?? 0),
+                    resumeSessionID: session?.id, resumeSeq: Int64(session?.seq ?? 0),
                     apiBase: setup.apiBase, tokenURL: setup.tokenURL, gatewayURL: setup.gateway.url,
                     // A new layout connects and gets ready, but hands nothing to the handler until the switch.
                     holdDispatch: layout.role == .incoming

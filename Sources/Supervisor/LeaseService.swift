@@ -209,8 +209,11 @@ final class LeaseService: Sendable {
         var pendingPauses: [String: MonotonicInstant] = [:]
         var answers: [(total: Int, writes: [PostgresAuthority.SessionWrite], round: PostgresAuthority.Round)] = []
         var failure: (any Error)?
-        // The serving layout first (it carries the pauses), then a rescale's target, then the retiring ones; a
-        // transaction that fails does not keep the others from renewing.
+        // The handled events are waited for once a round, whichever keepers release.
+        var recorded = false
+        // The serving layout first (it carries the pauses), then a rescale's target, then the retiring ones. The
+        // first that fails ends the round: a store that does not answer would otherwise cost each keeper its own
+        // deadline, and the round that must come before the fence would come too late.
         let rank = { (total: Int) in total == layout.shards ? 0 : total == layout.next ? 1 : 2 }
         for total in keepers.keys.sorted(by: { (rank($0), $0) < (rank($1), $1) }) {
             let keeper = keepers[total]!
@@ -221,7 +224,10 @@ final class LeaseService: Sendable {
             let releases = keeper.releasable(stopped: workers.stopped(total)).map {
                 Self.release($0.key, token: $0.value, pending: pending[ShardID($0.key, of: total)], session: workers.session(total, $0.key))
             }
-            if !releases.isEmpty { await beforeRelease() }
+            if !releases.isEmpty && !recorded {
+                await beforeRelease()
+                recorded = true
+            }
             if pauses == nil {
                 let pausesAt = MonotonicInstant.now()
                 pendingPauses = state.withLock { state in
@@ -242,6 +248,7 @@ final class LeaseService: Sendable {
                 answers.append((total, writes, round))
             } catch {
                 failure = error
+                break
             }
         }
         let seen = answers.last?.round.layout

@@ -214,7 +214,7 @@ public struct SupervisorCore: Sendable {
                 // Several hosts: the store decides; this host gives up when even the store's deadline is long past
                 // (it could not hear the store say so): the layout it runs next is the store's, as a round reads it.
                 let reason = change.leased
-                    ? "this host heard nothing from the store past the rescale's deadline (\(ready) new shards ready here); the store's layout decides, and this host follows it at its next round"
+                    ? "this host heard nothing from the store past the rescale's deadline (\(ready) new shards ready here)"
                     : "the new layout was not ready within scale.readyTimeout (\(ready)/\(change.to) ready)"
                 return (cancel + abandon(incoming, reason: reason, now: now), true)
             }
@@ -241,7 +241,9 @@ public struct SupervisorCore: Sendable {
             guard stopped || now >= change.deadline else { return ([], false) }
             layouts.remove(layout)
             if let abandoned {
-                return (finish(ok: false, "rescale abandoned: \(abandoned); the \(change.from)-shard layout keeps serving"), true)
+                // Several hosts: which layout serves is the store's to say (this host follows it at its next round).
+                let serving = change.leased ? "the cluster's layout is the store's (botcluster status)" : "the \(change.from)-shard layout keeps serving"
+                return (finish(ok: false, "rescale abandoned: \(abandoned); \(serving)"), true)
             }
             return ([.forgetStoredLayout(total: change.from)] + finish(ok: true, "scaled \(change.from) -> \(change.to) shards in \(DurationFormat.human(now - change.started))"), true)
 
