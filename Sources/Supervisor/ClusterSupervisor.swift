@@ -390,9 +390,14 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
                     }
                 }
             case .changeProgress(let line):
-                state.withLock { $0.changeRequester }?.progress(line)
+                // A change nobody here asked for (another host's rescale) is told to the log instead.
+                if let requester = state.withLock({ $0.changeRequester }) { requester.progress(line) } else { logger.info("layout change: \(line)") }
             case .changeFinished(let ok, var text):
-                guard let requester = state.withLock({ state in defer { state.changeRequester = nil }; return state.changeRequester }) else { break }
+                guard let requester = state.withLock({ state in defer { state.changeRequester = nil }; return state.changeRequester }) else {
+                    if ok { logger.info("layout change: \(text)") } else { logger.warning("layout change: \(text)") }
+                    events.post("rescale", (ok ? "" : "failed: ") + text)
+                    break
+                }
                 if ok, let before = requester.identifiesBefore { text += "; identifies spent: \(ledger.snapshot.granted - before)" }
                 requester.answer.set((ok, text))
             }

@@ -277,6 +277,8 @@ extension RealProcesses {
                     [try await hosts.workers(of: 0).count, try await hosts.workers(of: 1).count]
                 }, until: { $0 == [6, 6] })
                 #expect(try await hosts.workers(of: 1).allSatisfy { if case .array(let shard) = $0["shard"] ?? .null { shard.last?.intValue == 6 } else { false } })
+                // Nobody asked host 1: it tells its log.
+                #expect(hosts.supervisors[1]!.output.contains { $0.contains("layout change: scaled 4 -> 6 shards") })
 
                 // Host 1 restarts configured for 4 shards, and runs the cluster's 6.
                 hosts.supervisors[1]!.signal(SIGTERM)
