@@ -32,7 +32,7 @@ public final class PostgresAuthority: Sendable {
         /// The routes paused by a 429 on another host, with the seconds left of each pause.
         public var pauses: [String: Double] = [:]
         /// The cluster's layout after the round: the shard count that serves, and the one a rescale gets ready.
-        public var layout = Layout(shards: 0, next: nil)
+        public var layout: Layout
     }
 
     /// The cluster's layout in the store: the shard count that serves, and a rescale's target while one runs.
@@ -431,11 +431,17 @@ public final class PostgresAuthority: Sendable {
                         WHERE cluster = \(cluster) AND shards = \(n) AND ready AND owner IS NOT NULL AND expires_at > now()) = \(n)
                     """, logger: Self.quiet)
             }
-            try await connection.query(
-                "UPDATE botcluster_clusters SET next_shards = NULL, change_until = NULL WHERE cluster = \(cluster) AND change_until <= now()",
-                logger: Self.quiet)
+            // The layout, and a rescale past its deadline given up, in one statement (every round of every host runs
+            // it; the SELECT reads the row as it was before the UPDATE, hence the CASE).
             var layout: Layout?
-            let layoutRows = try await connection.query("SELECT shards, next_shards FROM botcluster_clusters WHERE cluster = \(cluster)", logger: Self.quiet)
+            let layoutRows = try await connection.query(
+                """
+                WITH given_up AS (
+                    UPDATE botcluster_clusters SET next_shards = NULL, change_until = NULL
+                    WHERE cluster = \(cluster) AND change_until <= now() RETURNING cluster)
+                SELECT shards, CASE WHEN change_until <= now() THEN NULL ELSE next_shards END
+                FROM botcluster_clusters WHERE cluster = \(cluster)
+                """, logger: Self.quiet)
             for try await (count, next) in layoutRows.decode((Int32, Int32?).self) { layout = Layout(shards: Int(count), next: next.map(Int.init)) }
             // Every host follows this row: one that is gone or out of range fails the round (the leases are fenced
             // in time) rather than making every host run what it says.

@@ -44,8 +44,18 @@ public struct ClusterLayouts: Sendable {
     /// The layout of `total` shards (several hosts: a keeper's leases go to it): the serving or incoming one, else a
     /// retiring one (whose workers a lost lease must still fence), else nil.
     public func layout(total: Int) -> Layout? {
-        let matching = layouts.filter { $0.machine.workers.count == total }
+        let matching = layouts(total: total)
         return matching.first { $0.role != .retiring } ?? matching.last
+    }
+
+    /// Every layout of `total` shards (a rescale's retiring one and a new one may share a count only briefly).
+    public func layouts(total: Int) -> [Layout] {
+        layouts.filter { $0.machine.workers.count == total }
+    }
+
+    /// The serving or incoming layout of `total` shards, nil when there is none (only a retiring one, or none).
+    public func running(total: Int) -> Layout? {
+        layouts(total: total).first { $0.role != .retiring }
     }
 
     /// Adds a layout that will take over at the switch; returns its id.

@@ -64,13 +64,12 @@ extension ClusterSupervisor {
         guard limitErrors.isEmpty else {
             return (false, "cannot scale to \(target) shards: " + limitErrors.joined(separator: " "))
         }
-        if let leases {
-            return await scaleAcrossHosts(leases, from: current, to: target, progress: progress)
-        }
+        let start = leases.map { ChangeStart.acrossHosts($0, from: current, to: target, plan: plan) }
+            ?? .local(.beginScale(shards: target, plan: plan, seed: UInt64(truncatingIfNeeded: MonotonicInstant.now().nanoseconds)))
         // Beside the core's lines as shards get ready: the ledger's estimate, every ten seconds while it comes up.
         return await withDiscardingTaskGroup { group in
             group.addTask { await self.followStartup(every: .seconds(10), incomingOnly: true) { progress("new layout: " + $0) } }
-            let answer = await change(.beginScale(shards: target, plan: plan, seed: UInt64(truncatingIfNeeded: MonotonicInstant.now().nanoseconds)), progress: progress)
+            let answer = await change(start, progress: progress)
             group.cancelAll()
             return answer
         }
@@ -80,33 +79,50 @@ extension ClusterSupervisor {
     /// replacement resumes its predecessor's session (no identify, no event missed). A replacement that does not
     /// become ready pauses the roll.
     func rollingRestart(maxUnavailable: Int, progress: @escaping @Sendable (String) -> Void) async -> (Bool, String) {
-        await change(.beginRoll(maxUnavailable: maxUnavailable), progress: progress, identifiesBefore: ledger.snapshot.granted)
+        await change(.local(.beginRoll(maxUnavailable: maxUnavailable)), progress: progress, identifiesBefore: ledger.snapshot.granted)
+    }
+
+    /// How a layout change begins: in this host's core, or (several hosts, a rescale) in the store, which the core of
+    /// every host follows (see `carryOut`).
+    enum ChangeStart: Sendable {
+        case local(SupervisorCore.Event)
+        case acrossHosts(LeaseService, from: Int, to: Int, plan: String)
     }
 
     /// Begins a layout change (`SupervisorCore` carries it through, event by event) and waits for its answer.
     /// One change at a time; every phase of one has a deadline, so the answer comes.
-    func change(_ begin: SupervisorCore.Event, progress: @escaping @Sendable (String) -> Void, identifiesBefore: Int? = nil) async -> (Bool, String) {
+    func change(_ start: ChangeStart, progress: @escaping @Sendable (String) -> Void, identifiesBefore: Int? = nil) async -> (Bool, String) {
         let kind: String
-        if case .beginScale(let shards, _, _) = begin {
+        switch start {
+        case .local(.beginScale(let shards, _, _)), .acrossHosts(_, _, let shards, _):
             kind = "scale"
             events.post("rescale", "rescale to \(shards) shards begins")
-        } else {
+        default:
             kind = "rolling_restart"
             events.post("rolling", "rolling restart begins")
         }
-        let (ok, text, outcome) = await carryOut(begin, progress: progress, identifiesBefore: identifiesBefore)
+        let (ok, text, outcome) = await carryOut(start, progress: progress, identifiesBefore: identifiesBefore)
         metrics.layoutChanged(kind: kind, outcome: outcome)
         events.post(kind == "scale" ? "rescale" : "rolling", (ok ? "" : "\(outcome): ") + text)
         return (ok, text)
     }
 
     /// `change`'s work: the answer, and the outcome for the metrics (done, failed, refused).
-    func carryOut(_ begin: SupervisorCore.Event, progress: @escaping @Sendable (String) -> Void, identifiesBefore: Int?) async -> (Bool, String, String) {
+    ///
+    /// Across hosts the store carries a rescale: `PostgresAuthority.beginRescale` writes the target, which every
+    /// host's lease round reads; each host starts the new layout's shards it takes, on leases of that layout
+    /// (dispatch held), and reports them ready; the round that finds every new lease held and ready makes the new
+    /// layout the serving one, and each host switches as its next round sees it (its old workers finish what they
+    /// received, then drain and release their leases). The claims keep each event to one handler meanwhile. This
+    /// host's core carries its part like a local change and answers here; should no round ever answer, a deadline
+    /// over every phase does.
+    func carryOut(_ start: ChangeStart, progress: @escaping @Sendable (String) -> Void, identifiesBefore: Int?) async -> (Bool, String, String) {
         let answer = AsyncSignal<(Bool, String)>()
         let begun = state.withLock { state -> Result<[SupervisorCore.Action], RefusedChange> in
             guard state.core.change == nil, state.changeRequester == nil else { return .failure(RefusedChange("a rescale or rolling restart is already running")) }
             guard !state.core.layouts.active.machine.stopping else { return .failure(RefusedChange("the supervisor is stopping")) }
             state.changeRequester = ChangeRequester(progress: progress, answer: answer, identifiesBefore: identifiesBefore)
+            guard case .local(let begin) = start else { return .success([]) }
             return .success(state.core.handle(begin, now: .now()))
         }
         let actions: [SupervisorCore.Action]
@@ -116,58 +132,32 @@ extension ClusterSupervisor {
         }
         timer.poke()
         perform(actions)
+        var limit: Duration?
+        if case .acrossHosts(let leases, let from, let to, let plan) = start {
+            let refusal: String?
+            do {
+                refusal = try await leases.authority.beginRescale(from: from, to: to, within: setup.config.scale.readyTimeout)
+            } catch {
+                refusal = "the store did not take it: \(String(describing: error).prefix(300))"
+            }
+            if let refusal {
+                state.withLock { $0.changeRequester = nil }
+                return (false, "cannot rescale the cluster: \(refusal)", "refused")
+            }
+            progress(plan)
+            leases.roundWakeup.poke()
+            let timings = SupervisorCore.ChangeTimings(setup.config)
+            limit = timings.readyTimeout + timings.storeGrace * 2 + timings.fenceTimeout + timings.stopTimeout
+        }
         do {
-            let (ok, text) = try await answer.wait()
+            let (ok, text) = if let limit { try await withTimeout(limit, "the rescale across hosts") { try await answer.wait() } } else { try await answer.wait() }
             return (ok, text, ok ? "done" : "failed")
+        } catch let timeout as TimeoutError {
+            state.withLock { $0.changeRequester = nil }
+            return (false, "no answer from the layout change within \(DurationFormat.human(timeout.limit)): is the store reachable? (botcluster status)", "failed")
         } catch {
             return (false, "the supervisor stopped before the change was over", "failed")
         }
-    }
-
-    /// A rescale of a cluster of several hosts: written to the store, which every host's lease round reads; each
-    /// host starts the new layout's shards it takes on leases of that layout (dispatch held), and reports them
-    /// ready; the round that finds every new lease held and ready makes the new layout the serving one, and each
-    /// host switches as its next round sees it (its old workers finish what they received, then drain and release
-    /// their leases). The claims keep each event to one handler meanwhile, across layouts and hosts. This host
-    /// answers the operator; the change ends here like a local one (`SupervisorCore`), or when the store gives it
-    /// up (its deadline, or a host whose new shards failed).
-    func scaleAcrossHosts(_ leases: LeaseService, from current: Int, to target: Int, progress: @escaping @Sendable (String) -> Void) async -> (Bool, String) {
-        let answer = AsyncSignal<(Bool, String)>()
-        let registered = state.withLock { state -> String? in
-            guard state.core.change == nil, state.changeRequester == nil else { return "a rescale or rolling restart is already running on this host" }
-            guard !state.core.layouts.active.machine.stopping else { return "the supervisor is stopping" }
-            state.changeRequester = ChangeRequester(progress: progress, answer: answer, identifiesBefore: nil)
-            return nil
-        }
-        if let registered { return (false, registered) }
-        let unregister = { [self] in state.withLock { $0.changeRequester = nil } }
-        events.post("rescale", "rescale to \(target) shards across hosts begins")
-        let refusal: String?
-        do {
-            refusal = try await leases.authority.beginRescale(from: current, to: target, within: setup.config.scale.readyTimeout)
-        } catch {
-            unregister()
-            return (false, "cannot begin the rescale in the store: \(String(describing: error).prefix(300))")
-        }
-        if let refusal {
-            unregister()
-            metrics.layoutChanged(kind: "scale", outcome: "refused")
-            return (false, "cannot rescale the cluster: \(refusal)")
-        }
-        leases.roundWakeup.poke()
-        // Every phase has its deadline in the store and here; this one covers them all, should no round ever answer.
-        let timings = SupervisorCore.ChangeTimings(setup.config)
-        let limit = timings.readyTimeout + timings.storeGrace * 2 + timings.fenceTimeout + timings.stopTimeout
-        let (ok, text): (Bool, String)
-        do {
-            (ok, text) = try await withTimeout(limit, "the rescale across hosts") { try await answer.wait() }
-        } catch {
-            unregister()
-            (ok, text) = (false, "no answer from the layout change within \(DurationFormat.human(limit)): is the store reachable? (botcluster status)")
-        }
-        metrics.layoutChanged(kind: "scale", outcome: ok ? "done" : "failed")
-        events.post("rescale", (ok ? "" : "failed: ") + text)
-        return (ok, text)
     }
 
     /// A shard was closed with 4011 (too many guilds): reshard to the platform's recommendation, unless turned off.

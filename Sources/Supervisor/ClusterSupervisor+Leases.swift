@@ -45,9 +45,7 @@ extension ClusterSupervisor {
                     group.addTask { await userFeed.run { [self] ids in broadcast(.usersInvalidate(ids: ids), except: nil) } }
                 }
                 await leases.run(
-                    workers: .init(stopped: stoppedShards, ready: readyShards, session: storedSession, runs: { [self] total in
-                        state.withLock { $0.core.layouts.layout(total: total).map { $0.role != .retiring } ?? false }
-                    }),
+                    workers: .init(stopped: stoppedShards, ready: readyShards, session: storedSession, runs: runsLayout),
                     beforeRelease: { [self] in
                         if await !claims.completionsRecorded(within: leases.config.timeout) {
                             logger.warning("handing a shard over before the store took every handled event: the next host may handle some of them again")
@@ -78,11 +76,6 @@ extension ClusterSupervisor {
         }
     }
 
-    /// The layouts of `total` shards here (a rescale's retiring one and a new one may share a count only briefly).
-    func layouts(total: Int, in state: State) -> [ClusterLayouts.Layout] {
-        state.core.layouts.layouts.filter { $0.machine.workers.count == total }
-    }
-
     /// The shards of the layout of `total` shards that run nothing here and will not again without a new lease: in
     /// every layout of that count the slot is `elsewhere` (handed over, fenced) or the layout is stopping (a
     /// rescale retired or gave it up: nothing restarts there), no process runs, and the last worker's connection has
@@ -90,7 +83,7 @@ extension ClusterSupervisor {
     /// waits to restart (backing off, queued) does not count. With no such layout (gone), every shard.
     @Sendable func stoppedShards(_ total: Int) -> Set<Int> {
         state.withLock { state in
-            let layouts = layouts(total: total, in: state)
+            let layouts = state.core.layouts.layouts(total: total)
             return Set((0..<total).filter { shard in
                 layouts.allSatisfy { layout in
                     guard let worker = layout.machine.worker(ordinal: shard) else { return true }
@@ -104,9 +97,13 @@ extension ClusterSupervisor {
     /// The shards of the incoming or serving layout of `total` shards whose workers are ready here.
     @Sendable func readyShards(_ total: Int) -> Set<Int> {
         state.withLock { state in
-            guard let layout = state.core.layouts.layout(total: total), layout.role != .retiring else { return [] }
-            return Set(layout.machine.workers.filter { $0.state == .ready }.map(\.ordinal))
+            Set(state.core.layouts.running(total: total)?.machine.workers.filter { $0.state == .ready }.map(\.ordinal) ?? [])
         }
+    }
+
+    /// Whether a serving or incoming layout of `total` shards runs here (a lease of it taken starts a worker).
+    @Sendable func runsLayout(_ total: Int) -> Bool {
+        state.withLock { $0.core.layouts.running(total: total) != nil }
     }
 
     /// The last committed session the supervisor knows of shard `shard` of the layout of `total` shards.

@@ -130,9 +130,6 @@ final class LeaseService: Sendable {
         }
     }
 
-    /// The cluster's layout as the store last showed it.
-    var layout: PostgresAuthority.Layout { state.withLock { $0.layout } }
-
     /// The token of this host's lease of `shard` in the layout of `total` shards, nil when it holds none.
     func token(total: Int, shard: Int) -> Int64? {
         state.withLock { $0.keepers[total]?.held[shard]?.token }
@@ -204,8 +201,6 @@ final class LeaseService: Sendable {
     ) async {
         let started = MonotonicInstant.now()
         let (keepers, layout, pending) = state.withLock { ($0.keepers, $0.layout, $0.sessions) }
-        // The pauses as time left now (the release may wait).
-        var pauses: [PostgresAuthority.RoutePause]? = nil
         var pendingPauses: [String: MonotonicInstant] = [:]
         var answers: [(total: Int, writes: [PostgresAuthority.SessionWrite], round: PostgresAuthority.Round)] = []
         var failure: (any Error)?
@@ -228,7 +223,9 @@ final class LeaseService: Sendable {
                 await beforeRelease()
                 recorded = true
             }
-            if pauses == nil {
+            // The first transaction carries this host's 429 pauses, as time left now (the release may have waited).
+            var pauses: [PostgresAuthority.RoutePause] = []
+            if answers.isEmpty {
                 let pausesAt = MonotonicInstant.now()
                 pendingPauses = state.withLock { state in
                     state.pauses = state.pauses.filter { $0.value > pausesAt }
@@ -239,7 +236,7 @@ final class LeaseService: Sendable {
             do {
                 let round = try await authority.round(
                     host: host, address: address, shards: total, ttl: config.leaseTTL, renew: keeper.renewals,
-                    release: releases, sessions: writes, pauses: answers.isEmpty ? pauses ?? [] : [],
+                    release: releases, sessions: writes, pauses: pauses,
                     ready: total == layout.next ? workers.ready(total) : nil,
                     // Nothing is taken for a layout this host's workers do not run yet (its core is still busy with
                     // another change): a lease held with no worker would keep the shard dark.

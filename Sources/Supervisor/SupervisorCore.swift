@@ -102,9 +102,9 @@ public struct SupervisorCore: Sendable {
         public let to: Int
         /// A rolling restart's batch size (0 for a rescale).
         public let batch: Int
-        /// Several hosts: the store decides the switch (every host's new shards ready), not this host's layout.
-        public var leased = false
         public let started: MonotonicInstant
+        /// Several hosts: the store decides the switch (every host's new shards ready), not this host's layout.
+        public let leased: Bool
         public internal(set) var phase: Phase
         /// When the current phase gives up.
         public internal(set) var deadline: MonotonicInstant
@@ -156,18 +156,13 @@ public struct SupervisorCore: Sendable {
             }
         case .beginScale(let shards, let plan, let seed):
             guard change == nil, !layouts.active.machine.stopping else { return [] }
-            let active = layouts.active.machine
-            let incoming = layouts.beginIncoming(machine(shards: shards, seed: seed, leased: false))
-            change = LayoutChange(
-                from: active.workers.count, to: shards, batch: 0, started: now,
-                phase: .waitingForIncoming(layout: incoming, readyReported: -1), deadline: now + changeTimings.readyTimeout
-            )
+            let incoming = beginRescale(to: shards, seed: seed, leased: false, deadline: now + changeTimings.readyTimeout, now: now)
             actions = [.changeProgress(plan)] + layouts.handle(.start, in: incoming, now: now).map { .worker(layout: $0.0, $0.1) }
         case .beginRoll(let maxUnavailable):
             guard change == nil, !layouts.active.machine.stopping else { return [] }
             let count = layouts.active.machine.workers.count
             change = LayoutChange(
-                from: count, to: count, batch: max(1, min(maxUnavailable, count)), started: now,
+                from: count, to: count, batch: max(1, min(maxUnavailable, count)), started: now, leased: false,
                 phase: .replacing(ordinals: [], before: [], replaced: 0), deadline: now
             )
             actions = replaceNextBatch(replaced: 0, now: now)
@@ -300,34 +295,29 @@ public struct SupervisorCore: Sendable {
         if serving != active.workers.count {
             // This host runs a layout the cluster left (it missed the switch, or was configured for another count):
             // the cluster's serves here at once; what the old one still runs finishes what it received and drains.
-            let incoming = layouts.beginIncoming(machine(shards: serving, seed: seed))
-            var change = LayoutChange(
-                from: active.workers.count, to: serving, batch: 0, started: now, phase: .waitingForIncoming(layout: incoming, readyReported: -1),
-                deadline: now
-            )
-            change.leased = true
-            self.change = change
+            let incoming = beginRescale(to: serving, seed: seed, leased: true, deadline: now, now: now)
             return [.worker(layout: layouts.active.id, .log(.warning, "the cluster runs \(serving) shards and this host ran \(active.workers.count): it takes up the \(serving)-shard layout now"))]
-                + switchOver(to: incoming, change, now: now)
+                + switchOver(to: incoming, change!, now: now)
         }
         guard let next, next != serving else { return [] }
-        let incoming = layouts.beginIncoming(machine(shards: next, seed: seed))
-        var change = LayoutChange(
-            from: serving, to: next, batch: 0, started: now, phase: .waitingForIncoming(layout: incoming, readyReported: -1),
-            deadline: now + changeTimings.readyTimeout + changeTimings.storeGrace
-        )
-        change.leased = true
-        self.change = change
+        _ = beginRescale(to: next, seed: seed, leased: true, deadline: now + changeTimings.readyTimeout + changeTimings.storeGrace, now: now)
         return [.changeProgress("rescale \(serving) -> \(next) shards across hosts: this host starts the new layout's shards it takes")]
     }
 
-    /// A new layout of `shards` shards beside the active one, with its timings (several hosts: on leases).
-    func machine(shards: Int, seed: UInt64, leased: Bool = true) -> ClusterStateMachine {
+    /// Adds a new layout of `shards` shards beside the active one (with its timings; several hosts: `leased`, its
+    /// slots `elsewhere` until leases come, switched when the store says) and the rescale that waits for it until
+    /// `deadline`; returns the new layout's id.
+    mutating func beginRescale(to shards: Int, seed: UInt64, leased: Bool, deadline: MonotonicInstant, now: MonotonicInstant) -> Int {
         let active = layouts.active.machine
-        return ClusterStateMachine(
+        let incoming = layouts.beginIncoming(ClusterStateMachine(
             shards: shards, timings: active.timings, restart: active.restart, seed: seed, generationBase: layouts.nextGenerationBase,
             startLimit: active.startLimit, leased: leased
+        ))
+        change = LayoutChange(
+            from: active.workers.count, to: shards, batch: 0, started: now, leased: leased,
+            phase: .waitingForIncoming(layout: incoming, readyReported: -1), deadline: deadline
         )
+        return incoming
     }
 
     /// Restarts the next batch of a rolling restart, which has replaced `replaced` workers so far.

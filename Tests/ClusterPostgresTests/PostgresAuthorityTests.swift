@@ -27,14 +27,16 @@ struct PostgresAuthorityTests {
         let psql = Process()
         psql.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         psql.arguments = ["psql", "-q", "-v", "ON_ERROR_STOP=1", url, "-c", statement]
+        let exited = AsyncSignal<Int32>()
+        psql.terminationHandler = { exited.set($0.terminationStatus) }
         try psql.run()
-        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
-            DispatchQueue.global().async {
-                psql.waitUntilExit()
-                done.resume()
-            }
+        do {
+            let status = try await withTimeout(.seconds(30), "psql") { try await exited.wait() }
+            try #require(status == 0, "psql: \(statement)")
+        } catch let timeout as TimeoutError {
+            psql.terminate()
+            throw timeout
         }
-        try #require(psql.terminationStatus == 0, "psql: \(statement)")
     }
 
     /// Runs `body` with an authority whose pool runs beside it.
