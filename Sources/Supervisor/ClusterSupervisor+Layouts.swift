@@ -16,7 +16,7 @@ extension ClusterSupervisor {
     /// both layouts received to one handler), then drain and exit. A new
     /// layout that cannot get ready (budget, timeout, a worker that fails) is abandoned and the old one serves on.
     ///
-    /// Several hosts: the store carries the change (see `scaleAcrossHosts`).
+    /// Several hosts: the store carries the change (see `carryOut`).
     func scale(to requested: ControlCommand.ScaleTarget, planOnly: Bool, progress: @escaping @Sendable (String) -> Void) async -> (Bool, String) {
         // The platform's word now: its recommendation, and the session starts left today (the day may have reset
         // since launch, and the ledger only counts down).
