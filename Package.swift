@@ -221,7 +221,7 @@ let package = Package(
         .testTarget(
             name: "SupervisorTests",
             dependencies: [
-                "Supervisor", "ClusterIPC", "ClusterProtocol", "ClusterCore", "ClusterPostgres", "UserCache",
+                "Supervisor", "ClusterIPC", "ClusterProtocol", "ClusterCore", "ClusterPostgres", "UserCache", "Worker",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),

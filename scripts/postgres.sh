@@ -13,11 +13,13 @@ set -euo pipefail
 bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 [[ -n $bindir && -x $bindir/postgres ]] || { echo "postgres.sh: no PostgreSQL server (apt-get install postgresql)" >&2; exit 1; }
 
+# As root, the user the server runs as (created first: the server's directory is given to it before it runs).
+if [[ $(id -u) -eq 0 ]] && ! id -u botcluster-test >/dev/null 2>&1; then
+  useradd --system --create-home --home-dir /var/lib/botcluster-test --shell /bin/sh botcluster-test
+fi
+
 as_user() {
   if [[ $(id -u) -eq 0 ]]; then
-    if ! id -u botcluster-test >/dev/null 2>&1; then
-      useradd --system --create-home --home-dir /var/lib/botcluster-test --shell /bin/sh botcluster-test
-    fi
     runuser -u botcluster-test -- "$@"
   else
     "$@"
@@ -27,7 +29,7 @@ as_user() {
 case "${1:-}" in
 start)
   dir=$(mktemp -d /tmp/botcluster-postgres.XXXXXX)
-  [[ $(id -u) -eq 0 ]] && chown botcluster-test "$dir"
+  if [[ $(id -u) -eq 0 ]]; then chown botcluster-test "$dir"; fi
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   as_user "$bindir/initdb" -D "$dir/data" -U botcluster -A trust --no-sync >"$dir/initdb.log" 2>&1 \
     || { cat "$dir/initdb.log" >&2; exit 1; }

@@ -550,28 +550,46 @@ public final class PostgresAuthority: Sendable {
         }
     }
 
+    /// What the store says to a batch of claims.
+    public struct ClaimAnswers: Sendable, Equatable {
+        /// The keys to handle.
+        public var granted: Set<String>
+        /// The keys that the other layout of a rescale holds unfinished while this host holds the claim's lease:
+        /// ask again. The other worker completes the event (skip it then), or its lease ends (a host that died, a
+        /// retired layout that released its shard) and the claim is taken over.
+        public var heldElsewhere: Set<String>
+
+        /// `granted`, and `heldElsewhere` to ask again.
+        public init(granted: Set<String> = [], heldElsewhere: Set<String> = []) {
+            self.granted = granted
+            self.heldElsewhere = heldElsewhere
+        }
+    }
+
     /// Claims events for handlers on `host`, and records the events `completing` as handled, in one transaction
-    /// (one round trip for a batch of each): the keys granted. A claim is granted only while its lease is current in
-    /// the store (the fencing token checked where the record is kept), and only if no one handled the event and no
-    /// one else holds a claim of it: a claim of the same shard left by an older lease (a host that died mid-handler)
-    /// is taken over, and so is a claim of the other layout of a rescale whose lease is no longer current (a retired
-    /// worker's); one whose lease is current is not. (Within a layout the tokens decide, not the leases' rows: a
-    /// statement reads those as of its start, and a newer grant may have committed since.)
-    public func claim(_ claims: [Claim], completing: [String] = [], host: Int) async throws -> Set<String> {
-        guard !claims.isEmpty || !completing.isEmpty else { return [] }
+    /// (one round trip for a batch of each, a second one only when some claim is not granted). A claim is granted
+    /// only while its lease is current in the store (the fencing token checked where the record is kept), and only
+    /// if no one handled the event and no one else holds a claim of it: a claim of the same shard left by an older
+    /// lease (a host that died mid-handler) is taken over, and so is a claim of the other layout of a rescale whose
+    /// lease is no longer current (a retired worker's); one whose lease is current is not, and its key is answered
+    /// `heldElsewhere`. (Within a layout the tokens decide, not the leases' rows: a statement reads those as of its
+    /// start, and a newer grant may have committed since.)
+    public func claim(_ claims: [Claim], completing: [String] = [], host: Int) async throws -> ClaimAnswers {
+        guard !claims.isEmpty || !completing.isEmpty else { return .init() }
         let cluster = self.cluster
         return try await transaction(claims.isEmpty ? "completing claims" : "claiming events") { connection in
             if !completing.isEmpty {
                 try await connection.query(
                     "UPDATE botcluster_claims SET done = true, at = now() WHERE cluster = \(cluster) AND key = ANY(\(completing))", logger: Self.quiet)
             }
-            guard !claims.isEmpty else { return [] }
+            guard !claims.isEmpty else { return .init() }
+            let (keys, shards, counts, tokens) = (claims.map(\.key), claims.map { Int32($0.shard) }, claims.map { Int32($0.shards) }, claims.map(\.token))
+            // Both statements read the claims whose lease this host holds, current on the database's clock.
             let rows = try await connection.query(
                 """
                 INSERT INTO botcluster_claims AS c (cluster, key, shard, shards, token, at)
                 SELECT \(cluster), u.key, u.shard, u.shards, u.token, now()
-                FROM unnest(\(claims.map(\.key)), \(claims.map { Int32($0.shard) }), \(claims.map { Int32($0.shards) }), \(claims.map(\.token)))
-                    AS u(key, shard, shards, token)
+                FROM unnest(\(keys), \(shards), \(counts), \(tokens)) AS u(key, shard, shards, token)
                 JOIN botcluster_leases AS l ON l.cluster = \(cluster) AND l.shards = u.shards AND l.shard = u.shard
                     AND l.owner = \(Int32(host)) AND l.token = u.token AND l.expires_at > now()
                 ON CONFLICT (cluster, key) DO UPDATE SET shard = EXCLUDED.shard, shards = EXCLUDED.shards, token = EXCLUDED.token, at = now()
@@ -582,9 +600,21 @@ public final class PostgresAuthority: Sendable {
                                 AND held.owner IS NOT NULL AND held.expires_at > now())))
                 RETURNING c.key
                 """, logger: Self.quiet)
-            var granted: Set<String> = []
-            for try await key in rows.decode(String.self) { granted.insert(key) }
-            return granted
+            var answers = ClaimAnswers()
+            for try await key in rows.decode(String.self) { answers.granted.insert(key) }
+            guard answers.granted.count < claims.count else { return answers }
+            // A new statement sees what committed meanwhile: a claim the other layout inserted while this one waited
+            // on its row is not missed (the two layouts of a rescale receive the same events at nearly one time).
+            let held = try await connection.query(
+                """
+                SELECT c.key FROM unnest(\(keys), \(shards), \(counts), \(tokens)) AS u(key, shard, shards, token)
+                JOIN botcluster_leases AS l ON l.cluster = \(cluster) AND l.shards = u.shards AND l.shard = u.shard
+                    AND l.owner = \(Int32(host)) AND l.token = u.token AND l.expires_at > now()
+                JOIN botcluster_claims AS c ON c.cluster = \(cluster) AND c.key = u.key
+                WHERE NOT c.done AND (c.shards <> u.shards OR c.shard <> u.shard)
+                """, logger: Self.quiet)
+            for try await key in held.decode(String.self) { answers.heldElsewhere.insert(key) }
+            return answers
         }
     }
 

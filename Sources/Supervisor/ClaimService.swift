@@ -10,7 +10,8 @@ import Synchronization
 ///
 /// With several hosts (`StoreClaims`), the local ledger still orders this host's workers, and what it would
 /// grant at once is asked of the store first (`wait`, then `claimResolved`): claims that arrive while one batch
-/// is in flight go together in the next, so a busy cluster spends less than one round trip per event.
+/// is in flight go together in the next, so a busy cluster spends less than one round trip per event. A claim the
+/// other layout of a rescale holds unfinished is asked again until that one ends (see `runStore`).
 final class ClaimService: Sendable {
     /// The store every host's claims go through, and the lease token each shard is held under here.
     struct StoreClaims: Sendable {
@@ -20,11 +21,23 @@ final class ClaimService: Sendable {
         let logger: Logger
     }
 
+    /// A claim the local ledger granted, for the store's word: `attempts` counts the times the store answered that
+    /// the other layout of a rescale holds the event unfinished.
+    struct Asked {
+        var key: String
+        var requester: UInt64
+        var shard: Int
+        var generation: UInt64
+        var attempts = 0
+    }
+
     struct Pending {
-        var claims: [(key: String, requester: UInt64, shard: Int, generation: UInt64)] = []
+        var claims: [Asked] = []
         var completes: [String] = []
         /// Completions taken for the store and not yet written (or put back).
         var completing = 0
+        /// Claims held unfinished by the other layout of a rescale, asked again once due.
+        var later: [(claim: Asked, due: MonotonicInstant)] = []
     }
 
     let ledger: Mutex<ClaimLedger>
@@ -36,6 +49,9 @@ final class ClaimService: Sendable {
     /// Completions kept for the store at most (past it the oldest are dropped, and logged: those events could be
     /// handled twice if a host that dies replays them).
     static let completeLimit = 100_000
+    /// The first wait before a claim held by the other layout of a rescale is asked again, and the longest.
+    static let reaskBase = Duration.milliseconds(20)
+    static let reaskCap = Duration.seconds(1)
 
     init(ledger: ClaimLedger, store: StoreClaims? = nil) {
         self.ledger = Mutex(ledger)
@@ -50,10 +66,10 @@ final class ClaimService: Sendable {
         guard store != nil else { return decisions }
         let shard = Int(connection.hello?.ordinal ?? -1)
         let generation = connection.hello?.generation ?? 0
-        var asked: [(key: String, requester: UInt64, shard: Int, generation: UInt64)] = []
+        var asked: [Asked] = []
         for i in decisions.indices where decisions[i] == .handle {
             decisions[i] = .wait
-            asked.append((keys[i], connection.id, shard, generation))
+            asked.append(Asked(key: keys[i], requester: connection.id, shard: shard, generation: generation))
         }
         ask(asked)
         return decisions
@@ -99,11 +115,12 @@ final class ClaimService: Sendable {
     func deliver(_ resolutions: [ClaimLedger.Resolution]) {
         guard !resolutions.isEmpty else { return }
         let targets = connections.withLock { $0 }
-        var asked: [(key: String, requester: UInt64, shard: Int, generation: UInt64)] = []
+        var asked: [Asked] = []
         for resolution in resolutions {
             guard let connection = targets[resolution.requester] else { continue }
             if store != nil, resolution.decision == .handle {
-                asked.append((resolution.key, resolution.requester, Int(connection.hello?.ordinal ?? -1), connection.hello?.generation ?? 0))
+                asked.append(Asked(
+                    key: resolution.key, requester: resolution.requester, shard: Int(connection.hello?.ordinal ?? -1), generation: connection.hello?.generation ?? 0))
             } else {
                 connection.send(.claimResolved(key: resolution.key, decision: resolution.decision))
             }
@@ -112,7 +129,7 @@ final class ClaimService: Sendable {
     }
 
     /// Queues claims the local ledger granted for the store's word.
-    func ask(_ claims: [(key: String, requester: UInt64, shard: Int, generation: UInt64)]) {
+    func ask(_ claims: [Asked]) {
         guard !claims.isEmpty else { return }
         pending.withLock { $0.claims += claims }
         wakeup.poke()
@@ -122,27 +139,35 @@ final class ClaimService: Sendable {
     /// until cancelled; forgets handled events past the ttl once a minute. `lease` names the lease this host holds
     /// for the worker of `ordinal` whose process has `generation` (its layout's shard count and the token), nil when
     /// it holds none.
+    ///
+    /// A claim that the other layout of a rescale holds unfinished (both layouts receive the events of the switch)
+    /// keeps its worker waiting and is asked again, `reaskBase` doubling up to `reaskCap` apart: the other worker
+    /// completes it (skip), or dies and its lease ends (released when its retiring layout stops it, or expired with
+    /// its host), and this one takes it over. It ends too when this host loses its own lease, or its worker goes.
     func runStore(lease: @escaping @Sendable (_ generation: UInt64, _ ordinal: Int) -> (shards: Int, token: Int64)?) async {
         guard let store else { return }
         var lastExpiry = MonotonicInstant.now()
         while !Task.isCancelled {
-            let batch = pending.withLock { pending in
-                let batch = pending
+            let now = MonotonicInstant.now()
+            let (batch, nextDue) = pending.withLock { pending in
+                var batch = pending
+                batch.claims += pending.later.filter { $0.due <= now }.map(\.claim)
+                pending.later.removeAll { $0.due <= now }
                 pending.claims = []
                 pending.completes = []
                 pending.completing = batch.completes.count
-                return batch
+                return (batch, pending.later.map(\.due).min())
             }
             if batch.claims.isEmpty && batch.completes.isEmpty {
-                if MonotonicInstant.now() - lastExpiry > .seconds(60) {
-                    lastExpiry = .now()
+                if now - lastExpiry > .seconds(60) {
+                    lastExpiry = now
                     try? await store.authority.expireClaims(olderThan: store.ttl)
                 }
-                await wakeup.wait(until: .now() + .seconds(60))
+                await wakeup.wait(until: min(now + .seconds(60), nextDue ?? now + .seconds(60)))
                 continue
             }
             var retry = Pending()
-            var held: [(key: String, requester: UInt64, shard: Int, generation: UInt64)] = []
+            var leased: [Asked] = []
             var unheld: [(key: String, requester: UInt64)] = []
             var claims: [PostgresAuthority.Claim] = []
             // A claim whose worker is gone waits for no answer; a key asked twice (a retried batch, then the key
@@ -155,7 +180,7 @@ final class ClaimService: Sendable {
             for i in latest.values.sorted() {
                 let claim = batch.claims[i]
                 if let lease = lease(claim.generation, claim.shard) {
-                    held.append(claim)
+                    leased.append(claim)
                     claims.append(.init(key: claim.key, shard: claim.shard, shards: lease.shards, token: lease.token))
                 } else {
                     unheld.append((claim.key, claim.requester))
@@ -167,10 +192,17 @@ final class ClaimService: Sendable {
             // The completions and the claims in one transaction: at a low rate an event costs one round trip (its
             // claim goes with the record of the one before), not two.
             do {
-                let granted = try await store.authority.claim(claims, completing: batch.completes, host: store.host)
-                answer(held.map { ($0.key, $0.requester, granted.contains($0.key)) })
+                let answers = try await store.authority.claim(claims, completing: batch.completes, host: store.host)
+                answer(leased.filter { !answers.heldElsewhere.contains($0.key) }.map { ($0.key, $0.requester, answers.granted.contains($0.key)) })
+                let answered = MonotonicInstant.now()
+                let again = leased.filter { answers.heldElsewhere.contains($0.key) }.map { claim in
+                    var claim = claim
+                    claim.attempts += 1
+                    return (claim: claim, due: answered + .backoff(Self.reaskBase, attempts: claim.attempts, cap: Self.reaskCap))
+                }
+                pending.withLock { $0.later += again }
             } catch {
-                retry.claims = held
+                retry.claims = leased
                 retry.completes = batch.completes
                 failures.log(store.logger, .error, "cannot claim or record events in the store; their handlers wait, and it is asked again", metadata: [
                     "error": "\(String(describing: error).prefix(300))",

@@ -122,7 +122,7 @@ struct PostgresAuthorityTests {
             let old = try await layoutRound(a, host: 0, shards: 2, take: [0, 1])
             #expect(old.layout == .init(shards: 2, next: nil))
             let t1 = try #require(old.acquired[1]?.token)
-            #expect(try await a.claim([.init(key: "k", shard: 1, shards: 2, token: t1)], host: 0) == ["k"])
+            #expect(try await a.claim([.init(key: "k", shard: 1, shards: 2, token: t1), .init(key: "j", shard: 1, shards: 2, token: t1)], host: 0).granted == ["k", "j"])
             #expect(try await a.beginRescale(from: 3, to: 4, within: .seconds(30)) == "the cluster runs 2 shards now, not 3")
             #expect(try await a.beginRescale(from: 2, to: 3, within: .seconds(30)) == nil)
             #expect(try await a.beginRescale(from: 2, to: 4, within: .seconds(30)) == "a rescale to 3 shards is under way")
@@ -133,9 +133,14 @@ struct PostgresAuthorityTests {
             #expect(try await layoutRound(a, host: 0, shards: 3, renew: a0.acquired.mapValues(\.token), ready: [0, 1]).layout.next == 3)
             let b0 = try await layoutRound(a, host: 1, shards: 3, take: [2], ready: [])
             #expect(b0.layout == .init(shards: 2, next: 3))
-            // The new layout's shard 1 cannot take over the old one's claim of the same event (same shard number,
-            // another layout), though its token is not older.
-            #expect(try await a.claim([.init(key: "k", shard: 1, shards: 3, token: max(n1, t1))], host: 0).isEmpty)
+            // The new layout's shard 1 cannot take over the old one's claims of the same events (same shard number,
+            // another layout), though its token is not older: it is told to ask again. Once the old worker has
+            // handled one, the new one skips it.
+            let j = PostgresAuthority.Claim(key: "j", shard: 1, shards: 3, token: n1)
+            #expect(try await a.claim([.init(key: "k", shard: 1, shards: 3, token: max(n1, t1)), j], host: 0) == .init(heldElsewhere: ["k", "j"]))
+            #expect(try await a.claim([j], completing: ["j"], host: 0) == .init())
+            // A host that holds no lease of the new shard is not told to ask again: the holder decides.
+            #expect(try await a.claim([.init(key: "k", shard: 2, shards: 3, token: n1)], host: 0) == .init())
             // A lease that is ready but expired does not count; the last ready one switches the cluster.
             let switched = try await layoutRound(a, host: 1, shards: 3, renew: b0.acquired.mapValues(\.token), ready: [2])
             #expect(switched.layout == .init(shards: 3, next: nil))
@@ -144,7 +149,7 @@ struct PostgresAuthorityTests {
             #expect(try await layoutRound(a, host: 0, shards: 2, renew: old.acquired.mapValues(\.token)).renewed == [0, 1])
             _ = try await layoutRound(a, host: 0, shards: 2, release: old.acquired.map { .init(shard: $0.key, token: $0.value.token, id: "", seq: 0) })
             // The old layout's unfinished claim of k is no longer under a current lease: the new layout takes it over.
-            #expect(try await a.claim([.init(key: "k", shard: 1, shards: 3, token: n1)], host: 0) == ["k"])
+            #expect(try await a.claim([.init(key: "k", shard: 1, shards: 3, token: n1)], host: 0).granted == ["k"])
             try await a.forgetLayout(shards: 2)
             #expect(try await layoutRound(a, host: 0, shards: 2, take: [0]).acquired.isEmpty)
             // A rescale's target is never forgotten, even while no lease of it is held yet.
@@ -199,14 +204,14 @@ struct PostgresAuthorityTests {
     @Test func aClaimNeedsACurrentLeaseAndAnEventIsHandledOnce() async throws {
         try await withAuthority { a in
             let t = try #require(try await round(a, host: 0, ttl: .seconds(2), take: [1]).acquired[1]?.token)
-            #expect(try await a.claim([.init(key: "e1", shard: 1, shards: 4, token: t), .init(key: "e2", shard: 1, shards: 4, token: t)], host: 0) == ["e1", "e2"])
+            #expect(try await a.claim([.init(key: "e1", shard: 1, shards: 4, token: t), .init(key: "e2", shard: 1, shards: 4, token: t)], host: 0).granted == ["e1", "e2"])
             // A claim under a token that is not the lease's, or by a host that holds none, is refused.
-            #expect(try await a.claim([.init(key: "e3", shard: 1, shards: 4, token: t + 5)], host: 0).isEmpty)
-            #expect(try await a.claim([.init(key: "e3", shard: 1, shards: 4, token: t)], host: 1).isEmpty)
+            #expect(try await a.claim([.init(key: "e3", shard: 1, shards: 4, token: t + 5)], host: 0) == .init())
+            #expect(try await a.claim([.init(key: "e3", shard: 1, shards: 4, token: t)], host: 1) == .init())
             // The record of e1 goes with the next claim, in one transaction; a key done there is not claimed again.
-            #expect(try await a.claim([.init(key: "e5", shard: 1, shards: 4, token: t)], completing: ["e1"], host: 0) == ["e5"])
-            #expect(try await a.claim([.init(key: "e1", shard: 1, shards: 4, token: t)], host: 0).isEmpty)
-            #expect(try await a.claim([], completing: ["e5"], host: 0).isEmpty)
+            #expect(try await a.claim([.init(key: "e5", shard: 1, shards: 4, token: t)], completing: ["e1"], host: 0).granted == ["e5"])
+            #expect(try await a.claim([.init(key: "e1", shard: 1, shards: 4, token: t)], host: 0) == .init())
+            #expect(try await a.claim([], completing: ["e5"], host: 0).granted.isEmpty)
             // Host 0 dies mid-handler for e2. Host 1 takes the shard over after expiry: e1 is handled, e2 is its own.
             var token: Int64?
             let deadline = ContinuousClock.now + .seconds(10)
@@ -215,11 +220,11 @@ struct PostgresAuthorityTests {
                 if token == nil { try await Task.sleep(for: .milliseconds(50)) }
             }
             let t1 = try #require(token)
-            #expect(try await a.claim([.init(key: "e1", shard: 1, shards: 4, token: t1), .init(key: "e2", shard: 1, shards: 4, token: t1), .init(key: "e5", shard: 1, shards: 4, token: t1)], host: 1) == ["e2"])
+            #expect(try await a.claim([.init(key: "e1", shard: 1, shards: 4, token: t1), .init(key: "e2", shard: 1, shards: 4, token: t1), .init(key: "e5", shard: 1, shards: 4, token: t1)], host: 1).granted == ["e2"])
             // The old holder can no longer claim anything, not even what it had begun.
-            #expect(try await a.claim([.init(key: "e2", shard: 1, shards: 4, token: t), .init(key: "e4", shard: 1, shards: 4, token: t)], host: 0).isEmpty)
+            #expect(try await a.claim([.init(key: "e2", shard: 1, shards: 4, token: t), .init(key: "e4", shard: 1, shards: 4, token: t)], host: 0) == .init())
             try await a.expireClaims(olderThan: .seconds(600))
-            #expect(try await a.claim([.init(key: "e1", shard: 1, shards: 4, token: t1)], host: 1).isEmpty)
+            #expect(try await a.claim([.init(key: "e1", shard: 1, shards: 4, token: t1)], host: 1).granted.isEmpty)
         }
     }
 

@@ -22,16 +22,7 @@ struct UserChangeFeedTests {
     }
 
     static func host(_ id: Int, cluster: String, directory: String) throws -> Host {
-        guard let url = ProcessInfo.processInfo.environment["BOTCLUSTER_TEST_POSTGRES"] else {
-            Issue.record("BOTCLUSTER_TEST_POSTGRES is not set: start a server with eval \"$(bash scripts/postgres.sh start)\"")
-            throw CancellationError()
-        }
-        let parsed = try PostgresStoreConfig.parseURL(url).get()
-        let config = PostgresStoreConfig(
-            host: parsed.host, port: parsed.port, user: parsed.user, password: nil, database: parsed.database, tls: false, trustRoots: nil,
-            leaseTTL: .seconds(10), renewInterval: .seconds(2), fenceMargin: .seconds(2), timeout: .seconds(10)
-        )
-        let authority = try PostgresAuthority(config: config, cluster: cluster, logger: quiet)
+        let authority = try TestPostgres.authority(cluster: cluster, logger: quiet)
         let store = try UserStore.prepare(path: directory + "/users-\(id).sqlite", logger: quiet)
         let pool = Task { await authority.run() }
         return Host(authority: authority, store: store, feed: UserChangeFeed(authority: authority, host: id, store: store, logger: quiet), pool: pool)
