@@ -584,7 +584,11 @@ public final class PostgresAuthority: Sendable {
             }
             guard !claims.isEmpty else { return .init() }
             let (keys, shards, counts, tokens) = (claims.map(\.key), claims.map { Int32($0.shard) }, claims.map { Int32($0.shards) }, claims.map(\.token))
-            // Both statements read the claims whose lease this host holds, current on the database's clock.
+            // Both statements read the claims whose lease this host holds, current on the database's clock. The
+            // INSERT leaves out, unlocked, what its snapshot already shows it cannot take (handled, or the other
+            // layout's under a current lease): a conflict locks the row even when its update is refused, and a
+            // claim asked again while the other layout's host completes that event and asks again for one this host
+            // completes would lock the two rows in opposite orders (a deadlock, aborted after a second).
             let rows = try await connection.query(
                 """
                 INSERT INTO botcluster_claims AS c (cluster, key, shard, shards, token, at)
@@ -592,6 +596,10 @@ public final class PostgresAuthority: Sendable {
                 FROM unnest(\(keys), \(shards), \(counts), \(tokens)) AS u(key, shard, shards, token)
                 JOIN botcluster_leases AS l ON l.cluster = \(cluster) AND l.shards = u.shards AND l.shard = u.shard
                     AND l.owner = \(Int32(host)) AND l.token = u.token AND l.expires_at > now()
+                WHERE NOT EXISTS (SELECT 1 FROM botcluster_claims AS seen WHERE seen.cluster = \(cluster) AND seen.key = u.key
+                    AND (seen.done OR (seen.shards <> u.shards AND EXISTS (SELECT 1 FROM botcluster_leases AS held
+                        WHERE held.cluster = seen.cluster AND held.shards = seen.shards AND held.shard = seen.shard AND held.token = seen.token
+                            AND held.owner IS NOT NULL AND held.expires_at > now()))))
                 ON CONFLICT (cluster, key) DO UPDATE SET shard = EXCLUDED.shard, shards = EXCLUDED.shards, token = EXCLUDED.token, at = now()
                     WHERE NOT c.done AND (
                         (c.shards = EXCLUDED.shards AND c.shard = EXCLUDED.shard AND c.token <= EXCLUDED.token)
@@ -611,7 +619,7 @@ public final class PostgresAuthority: Sendable {
                 JOIN botcluster_leases AS l ON l.cluster = \(cluster) AND l.shards = u.shards AND l.shard = u.shard
                     AND l.owner = \(Int32(host)) AND l.token = u.token AND l.expires_at > now()
                 JOIN botcluster_claims AS c ON c.cluster = \(cluster) AND c.key = u.key
-                WHERE NOT c.done AND (c.shards <> u.shards OR c.shard <> u.shard)
+                WHERE NOT c.done AND c.shards <> u.shards
                 """, logger: Self.quiet)
             for try await key in held.decode(String.self) { answers.heldElsewhere.insert(key) }
             return answers

@@ -149,10 +149,12 @@ final class ClaimService: Sendable {
         var lastExpiry = MonotonicInstant.now()
         while !Task.isCancelled {
             let now = MonotonicInstant.now()
+            // Claims asked again go together: those due within `reaskBase` go now.
+            let due = now + Self.reaskBase
             let (batch, nextDue) = pending.withLock { pending in
                 var batch = pending
-                batch.claims += pending.later.filter { $0.due <= now }.map(\.claim)
-                pending.later.removeAll { $0.due <= now }
+                batch.claims += pending.later.filter { $0.due <= due }.map(\.claim)
+                pending.later.removeAll { $0.due <= due }
                 pending.claims = []
                 pending.completes = []
                 pending.completing = batch.completes.count

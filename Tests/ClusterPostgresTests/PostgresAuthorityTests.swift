@@ -123,6 +123,9 @@ struct PostgresAuthorityTests {
             #expect(old.layout == .init(shards: 2, next: nil))
             let t1 = try #require(old.acquired[1]?.token)
             #expect(try await a.claim([.init(key: "k", shard: 1, shards: 2, token: t1), .init(key: "j", shard: 1, shards: 2, token: t1)], host: 0).granted == ["k", "j"])
+            // Another shard of the same layout is not told to wait for it: it skips.
+            let t0 = try #require(old.acquired[0]?.token)
+            #expect(try await a.claim([.init(key: "k", shard: 0, shards: 2, token: t0)], host: 0) == .init())
             #expect(try await a.beginRescale(from: 3, to: 4, within: .seconds(30)) == "the cluster runs 2 shards now, not 3")
             #expect(try await a.beginRescale(from: 2, to: 3, within: .seconds(30)) == nil)
             #expect(try await a.beginRescale(from: 2, to: 4, within: .seconds(30)) == "a rescale to 3 shards is under way")

@@ -112,31 +112,38 @@ struct ClaimsAcrossLayoutsTests {
 
         let (oldWorker, oldClient, oldFollow) = try await a.worker(ordinal: 1)
         let (newWorker, newClient, newFollow) = try await b.worker(ordinal: 1)
-        defer {
+        // Closing the clients ends their answers: a claim still waiting is abandoned, so a failure cannot hang.
+        let stop = {
+            oldClient.close()
             newClient.close()
-            oldFollow.cancel()
-            newFollow.cancel()
+            _ = await (oldFollow.value, newFollow.value)
+            await a.server.close()
+            await b.server.close()
         }
-        // Handled by the old worker while the new one waits: skipped by the new one.
-        #expect(await oldWorker.claim("e1"))
-        async let e1 = newWorker.claim("e1")
-        try await waitUntilAskedAgain(b, "e1")
-        oldWorker.complete("e1")
-        #expect(await e1 == false)
+        do {
+            // Handled by the old worker while the new one waits: skipped by the new one.
+            #expect(await oldWorker.claim("e1"))
+            let e1 = Task { await newWorker.claim("e1") }
+            try await waitUntilAskedAgain(b, "e1")
+            oldWorker.complete("e1")
+            #expect(await e1.value == false)
 
-        // Claimed by the old worker, which dies before its reply: host 0 releases the old lease (its retiring
-        // layout's worker stopped), and the new worker handles the event.
-        #expect(await oldWorker.claim("e2"))
-        async let e2 = newWorker.claim("e2")
-        try await waitUntilAskedAgain(b, "e2")
-        oldClient.close()
-        _ = try await a.authority.round(
-            host: 0, address: "a", shards: 2, ttl: .seconds(30), renew: [:], release: [.init(shard: 1, token: oldToken, id: "", seq: 0)], sessions: [], ready: nil
-        ) { _, _ in [] }
-        #expect(await e2 == true)
-        newWorker.complete("e2")
-
-        await a.server.close()
-        await b.server.close()
+            // Claimed by the old worker, which dies before its reply: host 0 releases the old lease (its retiring
+            // layout's worker stopped), and the new worker handles the event.
+            #expect(await oldWorker.claim("e2"))
+            let e2 = Task { await newWorker.claim("e2") }
+            try await waitUntilAskedAgain(b, "e2")
+            oldClient.close()
+            _ = try await a.authority.round(
+                host: 0, address: "a", shards: 2, ttl: .seconds(30), renew: [:], release: [.init(shard: 1, token: oldToken, id: "", seq: 0)], sessions: [],
+                ready: nil
+            ) { _, _ in [] }
+            #expect(await e2.value == true)
+            newWorker.complete("e2")
+        } catch {
+            await stop()
+            throw error
+        }
+        await stop()
     }
 }
