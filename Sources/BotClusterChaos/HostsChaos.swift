@@ -169,7 +169,7 @@ struct HostsChaos {
             // One rescale at least, early enough to finish under the faults that follow it.
             if state.counts[.rescale] == nil, state.rescale == nil, end - MonotonicInstant.now() < .seconds(duration * 3 / 4) { action = .rescale }
             if action == .rescale, let running = state.rescale {
-                if running.current != nil { await finishRescale(state) } else { action = .kill9 }
+                if running.current != nil { await finishRescale(dir, state) } else { action = .kill9 }
             }
             // A short run still has each host fault once: one not yet done comes while there is time to bring the
             // host back before the end.
@@ -242,7 +242,7 @@ struct HostsChaos {
         }
         // Every host back first: a rescale under way may need the shards placed on a host that is away.
         try await bringBack(dir, network, state, all: true)
-        if state.rescale != nil { await finishRescale(state) }
+        if state.rescale != nil { await finishRescale(dir, state) }
 
         // Everything back, every shard of the layout the store serves running again, then the traffic drains.
         try await bringBack(dir, network, state, all: true)
@@ -415,16 +415,47 @@ struct HostsChaos {
         (await status(dir, host))?.workers.first { $0.layout == nil }?.shard.last
     }
 
-    /// Waits for the rescale under way to answer (it has a deadline of its own), and counts how it ended.
-    func finishRescale(_ state: Run) async {
+    /// Waits for the rescale under way to answer (it has a deadline of its own), and counts how it ended. A scale
+    /// that did not answer (its host was killed or cut off under it) may still have been carried through by the
+    /// other hosts (the store carries it): the hosts here say which layout the cluster ended with.
+    func finishRescale(_ dir: String, _ state: Run) async {
         guard let rescale = state.rescale else { return }
+        state.rescale = nil
         if (try? await rescale.wait()) == true {
             state.rescalesDone += 1
             state.serving = state.rescaleTarget
+            return
+        }
+        let ended = await settledCount(dir, hosts: (0..<hosts).filter { state.away[$0] == nil }, within: .seconds(30))
+        if let ended { state.serving = ended }
+        if ended == state.rescaleTarget {
+            say("chaos: rescale done by the other hosts, though the host asked did not answer")
+            state.rescalesDone += 1
         } else {
             state.rescalesGivenUp += 1
         }
-        state.rescale = nil
+    }
+
+    /// The shard count that `hosts` all serve with no rescale's other layout left, once they do (within `timeout`);
+    /// nil when they do not settle in time.
+    func settledCount(_ dir: String, hosts: [Int], within timeout: Duration) async -> Int? {
+        let deadline = MonotonicInstant.now() + timeout
+        while MonotonicInstant.now() < deadline {
+            var counts: Set<Int> = []
+            var settled = !hosts.isEmpty
+            for host in hosts {
+                guard let workers = (await status(dir, host))?.workers, let count = workers.first(where: { $0.layout == nil })?.shard.last,
+                    !workers.contains(where: { $0.layout != nil })
+                else {
+                    settled = false
+                    break
+                }
+                counts.insert(count)
+            }
+            if settled, counts.count == 1 { return counts.first }
+            try? await Task.sleep(for: .milliseconds(300))
+        }
+        return nil
     }
 
     /// `status --json` of a host, asked as the host's user (its control socket admits no other uid); nil when it
