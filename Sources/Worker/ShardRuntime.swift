@@ -89,6 +89,19 @@ public final class ShardRuntime: Sendable {
         /// The session and seq `finishDispatch` waits for the committed seq to reach.
         var fence: (sessionID: String, seq: Int)?
 
+        /// RESUMED of `sessionID` at `seq`. The replay comes before it, numbered in the session this process knew:
+        /// in a process started to resume it (no session known yet), that is this one, and its dispatches still in
+        /// flight keep the committed seq back (were they forgotten, a successor would resume past them).
+        mutating func resumed(sessionID: String, seq: Int) {
+            if self.sessionID == nil {
+                self.sessionID = sessionID
+            } else if self.sessionID != sessionID {
+                tracker.reset()
+                self.sessionID = sessionID
+            }
+            tracker.observe(seq)
+        }
+
         /// Whether the fence is passed: every dispatch up to its seq handled, or its session gone.
         var fencePassed: Bool {
             guard let fence else { return true }
@@ -239,13 +252,7 @@ public final class ShardRuntime: Sendable {
             let ctx = Context(api: api, shard: configuration.shard, logger: logger, eventID: nil, seq: 1, users: users)
             await spawnHandler(name: "READY", ticket: nil, claimKey: nil) { try await self.handler.ready(ctx, sessionID: sessionID) }
         case .resumed(let sessionID, let seq):
-            state.withLock { state in
-                if state.sessionID != sessionID {
-                    state.tracker.reset()
-                    state.sessionID = sessionID
-                }
-                state.tracker.observe(seq)
-            }
+            state.withLock { $0.resumed(sessionID: sessionID, seq: seq) }
             observer?.ready(sessionID: sessionID, resumed: true)
             reportSession()
         case .dispatch(let dispatch):
