@@ -388,24 +388,19 @@ struct HostsChaos {
         throw BenchError("not every shard ready within \(timeout): ready \(ready.sorted())")
     }
 
-    /// Waits until every host answers, runs one layout only (no rescale's other layout left), and all run the same
-    /// count; returns the counts of the hosts that answered at the last look.
-    func waitForOneLayout(_ dir: String, within timeout: Duration) async -> [Int: Int] {
+    /// Waits until each of `hosts` (all by default) answers, runs one layout only (no rescale's other layout left),
+    /// and all run the same count; returns the counts of the hosts that did so at the last look (a host that did
+    /// not answer or still ran two layouts is left out).
+    func waitForOneLayout(_ dir: String, hosts chosen: [Int]? = nil, within timeout: Duration) async -> [Int: Int] {
+        let chosen = chosen ?? Array(0..<hosts)
         let deadline = MonotonicInstant.now() + timeout
-        var counts: [Int: Int] = [:]
         while true {
-            counts = [:]
-            var settled = true
-            for host in 0..<hosts {
-                guard let workers = (await status(dir, host))?.workers else {
-                    settled = false
-                    continue
-                }
-                if workers.contains(where: { $0.layout != nil }) { settled = false }
+            var counts: [Int: Int] = [:]
+            for host in chosen {
+                guard let workers = (await status(dir, host))?.workers, !workers.contains(where: { $0.layout != nil }) else { continue }
                 counts[host] = workers.first?.shard.last
             }
-            if settled && counts.count == hosts && Set(counts.values).count == 1 { return counts }
-            if MonotonicInstant.now() >= deadline { return counts }
+            if (counts.count == chosen.count && Set(counts.values).count == 1) || MonotonicInstant.now() >= deadline { return counts }
             try? await Task.sleep(for: .milliseconds(300))
         }
     }
@@ -426,7 +421,9 @@ struct HostsChaos {
             state.serving = state.rescaleTarget
             return
         }
-        let ended = await settledCount(dir, hosts: (0..<hosts).filter { state.away[$0] == nil }, within: .seconds(30))
+        let present = (0..<hosts).filter { state.away[$0] == nil }
+        let counts = await waitForOneLayout(dir, hosts: present, within: .seconds(30))
+        let ended = counts.count == present.count && Set(counts.values).count == 1 ? counts.values.first : nil
         if let ended { state.serving = ended }
         if ended == state.rescaleTarget {
             say("chaos: rescale done by the other hosts, though the host asked did not answer")
@@ -434,28 +431,6 @@ struct HostsChaos {
         } else {
             state.rescalesGivenUp += 1
         }
-    }
-
-    /// The shard count that `hosts` all serve with no rescale's other layout left, once they do (within `timeout`);
-    /// nil when they do not settle in time.
-    func settledCount(_ dir: String, hosts: [Int], within timeout: Duration) async -> Int? {
-        let deadline = MonotonicInstant.now() + timeout
-        while MonotonicInstant.now() < deadline {
-            var counts: Set<Int> = []
-            var settled = !hosts.isEmpty
-            for host in hosts {
-                guard let workers = (await status(dir, host))?.workers, let count = workers.first(where: { $0.layout == nil })?.shard.last,
-                    !workers.contains(where: { $0.layout != nil })
-                else {
-                    settled = false
-                    break
-                }
-                counts.insert(count)
-            }
-            if settled, counts.count == 1 { return counts.first }
-            try? await Task.sleep(for: .milliseconds(300))
-        }
-        return nil
     }
 
     /// `status --json` of a host, asked as the host's user (its control socket admits no other uid); nil when it
