@@ -17,8 +17,7 @@ extension GatewayEmulator {
             let decoder = try sync.context(handlerType: ByteToMessageHandler<WebSocketFrameDecoder>.self)
             try sync.addHandler(UnmaskedFrameGuard(onViolation: counted), position: .after(decoder.handler))
         }.get()
-        let connectionID = withCore { core, wake in
-            let now = Self.now()
+        let connectionID = withCore { core, wake, now in
             let id = core.openConnection(now: now)
             if let w = core.enqueue(DispatchFrame.hello(heartbeatInterval: config.heartbeatInterval), on: id, now: now) { wake.append(w) }
             return id
@@ -86,10 +85,9 @@ extension GatewayEmulator {
         guard let op = frame["op"]?.intValue else {
             return protocolError(connectionID, 4002, "invalid payload: missing op", logger: logger)
         }
-        let now = Self.now()
         switch op {
         case 1:
-            withCore { core, wake in
+            withCore { core, wake, now in
                 if core.heartbeat(connectionID, now: now), let w = core.enqueue(DispatchFrame.control(op: 11), on: connectionID, now: now) {
                     wake.append(w)
                 }
@@ -115,8 +113,7 @@ extension GatewayEmulator {
         }
         let intents = d["intents"]?.intValue ?? 0
         let token = d["token"]?.stringValue
-        let now = Self.now()
-        let outcome = withCore { core, wake -> (UInt16, String)? in
+        let outcome = withCore { core, wake, now -> (UInt16, String)? in
             if core.connections[connectionID]?.session != nil { return (4002, "already identified") }
             switch core.identify(connectionID: connectionID, token: token, shard: shard, intents: intents, now: now) {
             case .ready(let sessionID, let seq):
@@ -140,8 +137,7 @@ extension GatewayEmulator {
         let token = d["token"]?.stringValue
         let sessionID = d["session_id"]?.stringValue
         let seq = d["seq"]?.intValue
-        let now = Self.now()
-        withCore { core, wake in
+        withCore { core, wake, now in
             if core.connections[connectionID]?.session != nil {
                 if let w = core.requestClose(connectionID, .code(4002, "already identified"), now: now) { wake.append(w) }
                 return
@@ -168,9 +164,9 @@ extension GatewayEmulator {
 
     func protocolError(_ connectionID: Int, _ code: UInt16, _ reason: String, logger: Logger) -> Bool {
         logger.warning("gateway protocol error", metadata: ["close.code": "\(code)", "reason": "\(reason)"])
-        withCore { core, wake in
+        withCore { core, wake, now in
             core.stats.protocolErrors += 1
-            if let w = core.requestClose(connectionID, .code(code, reason), now: Self.now()) { wake.append(w) }
+            if let w = core.requestClose(connectionID, .code(code, reason), now: now) { wake.append(w) }
         }
         return true
     }

@@ -53,8 +53,7 @@ extension GatewayEmulator {
                     continue
                 }
                 guard (try? await permits.acquire()) != nil else { break }
-                let now = Self.now()
-                let (due, nextDue) = core.withLock { $0.takeDueWebhook(now: now) }
+                let (due, nextDue) = core.withLock { $0.takeDueWebhook(now: Self.now()) }
                 guard let delivery = due else {
                     permits.release()
                     // Until the next retry is due, or something is queued (a poke).

@@ -133,11 +133,16 @@ public final class GatewayEmulator: Service, Sendable {
 
     // MARK: state access
 
-    /// Runs `body` under the lock; connections it lists in `wake` get their pending frames handed over outside it.
-    func withCore<T>(_ body: (inout EmulatorCore, inout [Int]) -> T) -> T {
+    /// Runs `body` under the lock with the clock read under it; connections it lists in `wake` get their pending frames
+    /// handed over outside it.
+    ///
+    /// The clock is read after the lock is taken so that the core sees time in the order it sees events: two
+    /// identifies on two event loops, their clocks read before the lock, could reach the core in the other order and
+    /// look 0 ms apart as "before the previous one" (a false 4008 with the identify window off).
+    func withCore<T>(_ body: (inout EmulatorCore, inout [Int], _ now: Int64) -> T) -> T {
         let (result, resumptions, queued) = core.withLock { core -> (T, [(CheckedContinuation<OutboxBatch, Never>, OutboxBatch)], Bool) in
             var wake: [Int] = []
-            let result = body(&core, &wake)
+            let result = body(&core, &wake, Self.now())
             return (result, wake.compactMap { core.claimWaiter($0) }, core.takeWebhookQueued())
         }
         for (waiter, batch) in resumptions { waiter.resume(returning: batch) }
@@ -157,7 +162,7 @@ public final class GatewayEmulator: Service, Sendable {
     /// Injects a fault into matching sessions.
     public func inject(_ fault: EmulatorFault) {
         logger.info("fault injected", metadata: ["fault.kind": "\(fault.kind.rawValue)", "shard.id": "\(fault.shard.map(String.init) ?? "all")"])
-        withCore { core, wake in wake += core.apply(fault, now: Self.now()) }
+        withCore { core, wake, now in wake += core.apply(fault, now: now) }
     }
 
     /// Changes the message rates (per second); nil keeps a rate.
@@ -181,8 +186,7 @@ public final class GatewayEmulator: Service, Sendable {
         while left > 0 {
             let chunk = min(left, 512)
             left -= chunk
-            withCore { core, wake in
-                let now = Self.now()
+            withCore { core, wake, now in
                 for _ in 0..<chunk { core.generateGuildMessage(now: now, wake: &wake) }
             }
         }
@@ -192,9 +196,9 @@ public final class GatewayEmulator: Service, Sendable {
     /// Sends one AT_MESSAGE_CREATE from user `userID` in guild number `guild` (its index, 0...guilds-1); false
     /// when either is unknown.
     public func message(from userID: String, inGuild guild: Int) -> Bool {
-        withCore { core, wake in
+        withCore { core, wake, now in
             guard let id = UInt64(userID), let user = core.world.userIndex(id), (0..<core.world.guilds).contains(guild) else { return false }
-            core.generateGuildMessage(now: Self.now(), wake: &wake, user: user, guild: guild)
+            core.generateGuildMessage(now: now, wake: &wake, user: user, guild: guild)
             return true
         }
     }
@@ -252,7 +256,7 @@ public final class GatewayEmulator: Service, Sendable {
             let rename = traffic.renameShare > 0 && now >= nextRename
             if rename { nextRename = now + traffic.renameEvery.nanoseconds }
             guard guild + group + c2c > 0 || rename else { continue }
-            withCore { core, wake in
+            withCore { core, wake, now in
                 for _ in 0..<guild { core.generateGuildMessage(now: now, wake: &wake) }
                 for _ in 0..<group { core.generateDirectMessage(group: true, now: now, wake: &wake) }
                 for _ in 0..<c2c { core.generateDirectMessage(group: false, now: now, wake: &wake) }
@@ -265,7 +269,7 @@ public final class GatewayEmulator: Service, Sendable {
         let period = min(config.heartbeatTimeout / 4, .milliseconds(100))
         while !Task.isCancelled {
             try await Task.sleep(for: period)
-            withCore { core, wake in wake += core.sweep(now: Self.now()) }
+            withCore { core, wake, now in wake += core.sweep(now: now) }
         }
     }
 }

@@ -199,6 +199,31 @@ struct GatewayProtocolTests {
         }
     }
 
+    @Test func identifiesAtOneInstantWithTheWindowOffAreAllAdmitted() async throws {
+        // botpy identifies every shard at once. Identifies handled on different event loops at one instant must not
+        // look "before the previous one" to the window check (a clock read before the lock could go backwards).
+        let shards = 32
+        try await withEmulator(#"{\#(quiet), "identifyWindow": "0s", "sessionStartLimit": {"maxConcurrency": 1}}"#) { _, base in
+            let token = try await accessToken(base)
+            var clients: [(RawGatewayClient, AsyncStream<JSONValue>.Iterator)] = []
+            for _ in 0..<shards {
+                let client = RawGatewayClient(url: gatewayURL(base))
+                var frames = client.frames.makeAsyncIterator()
+                _ = try #require(await frames.next())  // Hello: the socket is up
+                clients.append((client, frames))
+            }
+            for (shard, (client, _)) in clients.enumerated() { client.identify(token: token, shard: ShardID(shard, of: shards)) }
+            for index in clients.indices {
+                let ready = await clients[index].1.nextDispatch("READY")
+                #expect(ready != nil, "shard \(index) got no READY")
+            }
+            let s = try await stats(base)
+            #expect(s["identifies"]?.intValue == shards)
+            #expect(s["identifyViolations"]?.intValue == 0)
+            for (client, _) in clients { client.drop() }
+        }
+    }
+
     @Test(arguments: [
         (#"[3, 2]"#, 1 << 30, UInt16(4010)),
         (#"[0, 1]"#, 1 << 12 | 1 << 30, UInt16(4014)),
