@@ -51,7 +51,7 @@ struct Chaos: AsyncParsableCommand {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         var rng = SplitMix64(seed: UInt64(seed))
-        let log = { (line: String) in say("chaos: \(line)") }
+        let log = chaosLog
 
         let delivery = mode == .webhook
             ? #""delivery": "webhook", "webhook": {"retryBase": "100ms", "retryMax": "2s", "retryLimit": 30}, "#
@@ -63,6 +63,7 @@ struct Chaos: AsyncParsableCommand {
         defer { emulator.terminate() }
         guard let line = await emulator.waitForLine(containing: "emulator listening on ") else { throw BenchError("the emulator did not start") }
         let url = String(line.split(separator: " ").last!)
+        await EmulatorClock.sync(url)
         let clusterConfig = #"""
             {"gateway": {"mode": "\#(mode.rawValue)", "embedded": false, "url": "\#(url)", "tokenURL": "\#(url)/app/getAppAccessToken"},
              "app": {"id": "102000001", "secret": "env:CHAOS_APP_SECRET"},
@@ -155,6 +156,7 @@ struct Chaos: AsyncParsableCommand {
         if n("webhookGaveUp") > 0 { failures.append("\(n("webhookGaveUp")) webhook deliveries given up") }
         if !left.isEmpty { failures.append("processes left behind: \(left.sorted())") }
         if supervisorStatus != 0 { failures.append("the supervisor exited with \(supervisorStatus)") }
+        for line in await GroundTruth.unrepliedLines(url) { say("  \(line)") }
         for failure in failures { say("FAIL: \(failure)") }
         if failures.isEmpty { say("PASS") }
         throw ExitCode(failures.isEmpty ? 0 : 1)

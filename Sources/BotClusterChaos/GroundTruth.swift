@@ -1,6 +1,7 @@
 import BenchSupport
 import ClusterCore
 import Foundation
+import Synchronization
 
 /// The emulator's counters at the end of a chaos run, and what every run (one host or several) prints and judges
 /// alike.
@@ -22,6 +23,32 @@ struct GroundTruth {
         }
         try await Task.sleep(for: .seconds(3))
         return GroundTruth(stats: try await get(url + "/emulator/stats"))
+    }
+
+    /// The emulator's trace of the first `limit` messages nobody answered, a line each: where each went (session,
+    /// shard, seq) and what became of that session, on the emulator's clock like the run's log lines. Empty when
+    /// every message was answered.
+    static func unrepliedLines(_ url: String, limit: Int = 20) async -> [String] {
+        guard let trace = try? await get(url + "/emulator/unreplied?limit=\(limit)"), let count = trace["count"]?.intValue, count > 0 else { return [] }
+        guard case .array(let messages)? = trace["messages"] else { return ["the emulator's trace of \(count) unreplied messages is unreadable"] }
+        func seconds(_ ms: Double?) -> String { ms.map { String(format: "%.2f s", $0 / 1000) } ?? "?" }
+        let lines = messages.map { message -> String in
+            let routes: [String]
+            if case .array(let items)? = message["routes"] {
+                routes = items.map { route in
+                    let sent = [route["lastSeq"]?.intValue.map { "last \($0)" }, route["sentUpTo"]?.intValue.map { "sent to \($0)" }].compactMap { $0 }
+                    return "session #\(route["session"]?.intValue ?? -1) \(route["sessionID"]?.stringValue ?? "?") shard \(route["shard"]?.stringValue ?? "?")"
+                        + " seq \(route["seq"]?.intValue ?? -1)\(sent.isEmpty ? "" : " (\(sent.joined(separator: ", ")))"): \(route["state"]?.stringValue ?? "?")"
+                }
+            } else {
+                routes = []
+            }
+            let routedTo = message["routedTo"]?.intValue ?? routes.count
+            return "unreplied \(message["kind"]?.stringValue ?? "?") \(message["id"]?.stringValue ?? "?"), made at \(seconds(message["generatedMs"]?.doubleValue)),"
+                + " delivered at \(seconds(message["deliveredMs"]?.doubleValue)), routed to \(routedTo): " + routes.joined(separator: "; ")
+                + (routedTo > routes.count ? "; ..." : "")
+        }
+        return lines + (count > messages.count ? ["... and \(count - messages.count) more unreplied"] : [])
     }
 
     /// What became of the messages, and the platform's view of sessions and requests.
@@ -61,4 +88,29 @@ func gatewayFault(_ kind: String, url: String, shard: Int, total: Int) async thr
     let fault = kind == "close4009" ? #""kind": "close", "code": 4009"# : #""kind": "\#(kind)""#
     _ = try await postAdmin(url + "/emulator/faults", #"{\#(fault), "shard": \#(shard), "total": \#(total)}"#)
     return "\(kind == "close4009" ? "close 4009" : kind) on shard \(shard)/\(total)"
+}
+
+/// The emulator's stats clock (seconds since it started), as the run's log lines and the trace of unreplied
+/// messages give their times: one clock, to tie a lost message to the fault that lost it.
+enum EmulatorClock {
+    static let origin = Mutex<(local: MonotonicInstant, emulatorMs: Double)?>(nil)
+
+    /// Reads the emulator's clock once (at its start); log lines are stamped from then on.
+    static func sync(_ url: String) async {
+        let before = MonotonicInstant.now()
+        guard let ms = try? await get(url + "/emulator/stats")["clockMs"]?.doubleValue else { return }
+        origin.withLock { $0 = (before, ms) }
+    }
+
+    /// `[12.34 s] ` on the emulator's clock, or nothing before `sync`.
+    static var stamp: String {
+        origin.withLock { origin in
+            origin.map { String(format: "[%.2f s] ", ($0.emulatorMs + (MonotonicInstant.now() - $0.local).seconds * 1000) / 1000) } ?? ""
+        }
+    }
+}
+
+/// A line of the run's log, stamped with the emulator's clock.
+func chaosLog(_ line: String) {
+    say("chaos: \(EmulatorClock.stamp)\(line)")
 }

@@ -61,7 +61,7 @@ struct HostsChaos {
     /// restarts).
     static let watchedUser = "144115188075855042"
 
-    func log(_ line: String) { say("chaos: \(line)") }
+    func log(_ line: String) { chaosLog(line) }
 
     func run() async throws -> Int32 {
         let dir = NSTemporaryDirectory() + "botcluster-chaos-\(getpid())"
@@ -95,6 +95,7 @@ struct HostsChaos {
             try await network.create()
             _ = try await runCommand(["psql", "-q", "-v", "ON_ERROR_STOP=1", postgres, "-c", "CREATE DATABASE \(database)"])
             let (child, url) = try await startEmulator(dir, network)
+            await EmulatorClock.sync(url)
             emulator = child
             emulatorPID.withLock { $0 = child.process.processIdentifier }
             let result = try await faults(dir, network, url, database, state)
@@ -305,6 +306,7 @@ struct HostsChaos {
         failures += state.supervisorExits
         if !leaked.isEmpty { failures.append("the store's password is in the log of host \(leaked)") }
         if !stale.isEmpty { failures.append("not every worker serves \(state.lastName ?? "?") for user \(Self.watchedUser) 30 s after it was last seen: \(stale.joined(separator: ", "))") }
+        for line in await GroundTruth.unrepliedLines(url) { say("  \(line)") }
         for failure in failures { say("FAIL: \(failure)") }
         if !failures.isEmpty { for host in 0..<hosts { printLogTail(dir, host) } }
         if failures.isEmpty { say("PASS") }

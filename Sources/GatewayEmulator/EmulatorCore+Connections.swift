@@ -95,7 +95,7 @@ extension EmulatorCore {
         let ttl = config.sessionTTL.nanoseconds
         for sessionID in sessionOrder {
             if let session = sessions[sessionID], session.connection == nil, let since = session.disconnectedAt, now - since > ttl {
-                invalidate(sessionID, now: now)
+                invalidate(sessionID, reason: "not resumed within the session TTL", now: now)
             }
         }
         return wake

@@ -52,7 +52,7 @@ extension EmulatorCore {
                 if let w = requestClose(connection, .code(4009, "reconnect"), now: now) { wake.append(w) }
             case .invalidSession:
                 if let w = enqueue(DispatchFrame.control(op: 9, d: "false"), on: connection, now: now) { wake.append(w) }
-                invalidate(sessionID, now: now)
+                invalidate(sessionID, reason: "an invalid-session fault", now: now)
                 if let w = requestClose(connection, .code(4009, "invalid session"), now: now) { wake.append(w) }
             case .drop:
                 if let w = requestClose(connection, .drop, now: now) { wake.append(w) }
@@ -68,7 +68,7 @@ extension EmulatorCore {
                 if let w = enqueue(wrongType, on: connection, now: now) { wake.append(w) }
             case .close:
                 let code = fault.code ?? 4009
-                if CloseCodeClass.invalidatesSession(code) { invalidate(sessionID, now: now) }
+                if CloseCodeClass.invalidatesSession(code) { invalidate(sessionID, reason: "a close \(code) fault", now: now) }
                 if let w = requestClose(connection, .code(code, "closed by fault"), now: now) { wake.append(w) }
             case .refuseIdentify, .allowIdentify:
                 break

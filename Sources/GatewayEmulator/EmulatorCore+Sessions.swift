@@ -44,8 +44,13 @@ extension EmulatorCore {
         stats.sessionStartRemaining = remaining
         stats.identifies += 1
         let sessionID = UUID().uuidString.lowercased()
+        let number = Int32(truncatingIfNeeded: sessionsIdentified)
+        sessionsIdentified += 1
+        if sessionTraces.count < Self.maxSessionTraces {
+            sessionTraces.append(SessionTrace(id: sessionID, shard: shard, identifiedAt: now))
+        }
         sessions[sessionID] = EmulatorSession(
-            id: sessionID, shard: shard, intents: intents, seq: 1, ringCapacity: config.resumeBuffer, connection: connectionID
+            id: sessionID, number: number, shard: shard, intents: intents, seq: 1, ringCapacity: config.resumeBuffer, connection: connectionID
         )
         sessionOrder.append(sessionID)
         connections[connectionID]?.session = sessionID
@@ -67,7 +72,7 @@ extension EmulatorCore {
         // Every frame after `seq` must still be held: the ring may have evicted some when it filled up.
         guard clientSeq <= session.lastSeq, clientSeq >= session.evictedUpTo else {
             stats.resumesRefused += 1
-            invalidate(sessionID, now: now)
+            invalidate(sessionID, reason: "a resume from seq \(clientSeq), not held", now: now)
             return .invalid(clientSeq > session.lastSeq ? "seq \(clientSeq) is ahead of the session" : "seq \(clientSeq) is no longer held")
         }
         countOverlap(shard: session.shard, connectionID: connectionID, except: sessionID)
@@ -104,9 +109,13 @@ extension EmulatorCore {
         }
     }
 
-    /// Ends a session for good: its unsent messages become undelivered.
-    mutating func invalidate(_ sessionID: String, now: Int64) {
+    /// Ends a session for good (`reason` is kept for `/emulator/unreplied`): its unsent messages become undelivered.
+    mutating func invalidate(_ sessionID: String, reason: String, now: Int64) {
         guard let session = sessions.removeValue(forKey: sessionID) else { return }
+        if sessionTraces.indices.contains(Int(session.number)) {
+            sessionTraces[Int(session.number)].endedAt = now
+            sessionTraces[Int(session.number)].endReason = reason
+        }
         sessionOrder.removeAll { $0 == sessionID }
         session.ring.forEach { frame in
             if frame.seq > session.sentUpTo, frame.message >= 0 { messages[Int(frame.message)].holders -= 1 }

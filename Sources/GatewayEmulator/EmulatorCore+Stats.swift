@@ -33,3 +33,36 @@ extension EmulatorCore {
         return s
     }
 }
+
+extension EmulatorCore {
+    /// The first `limit` messages delivered and not replied within the grace at `now`, with their routes.
+    func unrepliedTrace(now: Int64, limit: Int) -> UnrepliedTrace {
+        let grace = config.unrepliedGrace.nanoseconds
+        let live = Dictionary(sessions.values.map { ($0.number, $0) }, uniquingKeysWith: { first, _ in first })
+        var trace = UnrepliedTrace(count: 0, messages: [])
+        for (index, record) in messages.enumerated() where record.delivered && record.replies == 0 && now - record.deliveredAt > grace {
+            trace.count += 1
+            guard trace.messages.count < limit else { continue }
+            let routes = [record.routes.0, record.routes.1].prefix(Int(record.routeCount)).map { route -> UnrepliedTrace.Route in
+                let known = sessionTraces.indices.contains(Int(route.session)) ? sessionTraces[Int(route.session)] : nil
+                var out = UnrepliedTrace.Route(
+                    session: Int(route.session), sessionID: String(known?.id.prefix(8) ?? "?"), shard: known.map { "\($0.shard.id)/\($0.shard.total)" } ?? "?",
+                    seq: Int(route.seq), state: "unknown"
+                )
+                if let session = live[route.session] {
+                    out.lastSeq = session.lastSeq
+                    out.sentUpTo = session.sentUpTo
+                    out.state = session.connection != nil ? "connected" : "disconnected \(session.disconnectedAt.map { String(Int(clockMs($0))) } ?? "?")ms"
+                } else if let known, let ended = known.endedAt {
+                    out.state = "ended \(Int(clockMs(ended)))ms: \(known.endReason ?? "?")"
+                }
+                return out
+            }
+            trace.messages.append(UnrepliedTrace.Message(
+                id: messageIDs.make(index), kind: "\(record.kind)", generatedMs: clockMs(record.generatedAt), deliveredMs: clockMs(record.deliveredAt),
+                routes: routes, routedTo: Int(record.routeCount)
+            ))
+        }
+        return trace
+    }
+}

@@ -19,6 +19,7 @@ extension EmulatorCore {
                 guard session.shard.id == 0 else { continue }
             }
             session.lastSeq += 1
+            messages[index].routed(session: session.number, seq: session.lastSeq)
             let frame = DispatchFrame.encode(seq: session.lastSeq, event: event, eventID: eventID, payload: payload)
             if let evicted = session.ring.append(BufferedFrame(seq: session.lastSeq, bytes: frame, message: Int32(index))) {
                 session.evictedUpTo = evicted.seq

@@ -32,12 +32,39 @@ struct MessageRecord {
     var firstReplyAt: Int64 = 0
     /// msg_seq values already used by replies (bit n = seq n, 1...63).
     var usedSeqs: UInt64 = 0
+    /// The first two sessions the message was routed to, with its seq in each (both layouts of a rescale get it):
+    /// what `/emulator/unreplied` tells of a message nobody answered.
+    var routes = (Route(), Route())
+    var routeCount: UInt8 = 0
+
+    /// A session (by `EmulatorSession.number`) and the seq a message had in it; session -1: none.
+    struct Route {
+        var session: Int32 = -1
+        var seq: Int32 = 0
+    }
+
+    mutating func routed(session: Int32, seq: Int) {
+        let route = Route(session: session, seq: Int32(truncatingIfNeeded: seq))
+        if routeCount == 0 { routes.0 = route } else if routeCount == 1 { routes.1 = route }
+        routeCount &+= routeCount < .max ? 1 : 0
+    }
+}
+
+/// What became of a session, kept after it ended, for `/emulator/unreplied`.
+struct SessionTrace {
+    var id: String
+    var shard: ShardID
+    var identifiedAt: Int64
+    var endedAt: Int64?
+    var endReason: String?
 }
 
 /// A gateway session. A class, mutated in place under the emulator's lock: as a struct in a dictionary, every
 /// dispatch would copy its resume ring.
 final class EmulatorSession: @unchecked Sendable {  // only touched under the emulator lock
     let id: String
+    /// The session's number in identify order (its index in `EmulatorCore.sessionTraces`).
+    let number: Int32
     let shard: ShardID
     let intents: Int
     var lastSeq: Int
@@ -49,8 +76,9 @@ final class EmulatorSession: @unchecked Sendable {  // only touched under the em
     var connection: Int?
     var disconnectedAt: Int64?
 
-    init(id: String, shard: ShardID, intents: Int, seq: Int, ringCapacity: Int, connection: Int) {
+    init(id: String, number: Int32, shard: ShardID, intents: Int, seq: Int, ringCapacity: Int, connection: Int) {
         self.id = id
+        self.number = number
         self.shard = shard
         self.intents = intents
         lastSeq = seq
@@ -108,6 +136,10 @@ struct EmulatorCore {
     var nextConnectionID = 1
 
     var messages: [MessageRecord] = []
+    /// Every session identified, by number (at most `maxSessionTraces`: later ones are numbered but not traced).
+    var sessionTraces: [SessionTrace] = []
+    var sessionsIdentified = 0
+    static let maxSessionTraces = 1 << 20
 
     // REST limiter: GCRA with burst = rate (one second's worth)
     var restTAT: Int64 = 0

@@ -90,3 +90,38 @@ public struct ReplyLatency: Codable, Sendable, Equatable {
     public var p99Ms: Double
     public var maxMs: Double
 }
+
+/// The messages delivered and never replied (past the grace), with where each went (`GET /emulator/unreplied`):
+/// which session of which shard got it at which seq, and what became of that session. What a failed chaos run
+/// prints, to tie a lost message to a worker.
+public struct UnrepliedTrace: Codable, Sendable, Equatable {
+    /// One session a message was routed to.
+    public struct Route: Codable, Sendable, Equatable {
+        /// The session's number in identify order, and the first 8 characters of its id.
+        public var session: Int
+        public var sessionID: String
+        /// `i/N`.
+        public var shard: String
+        /// The message's seq in the session, and the session's last seq and the last one handed to a socket.
+        public var seq: Int
+        public var lastSeq: Int?
+        public var sentUpTo: Int?
+        /// `connected`, `disconnected Xms` (since, on the stats clock) or `ended Xms: reason`.
+        public var state: String
+    }
+
+    /// One message nobody answered.
+    public struct Message: Codable, Sendable, Equatable {
+        public var id: String
+        public var kind: String
+        public var generatedMs: Double
+        public var deliveredMs: Double
+        /// The first two sessions it was routed to (`routedTo` counts them all).
+        public var routes: [Route]
+        public var routedTo: Int
+    }
+
+    /// Every unreplied message, and the first `limit` of them.
+    public var count: Int
+    public var messages: [Message]
+}

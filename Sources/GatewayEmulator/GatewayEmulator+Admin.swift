@@ -5,7 +5,8 @@ import NIOCore
 import Synchronization
 
 extension GatewayEmulator {
-    /// The admin API under `/emulator/`: faults, traffic, bursts, renames and the ground-truth counters.
+    /// The admin API under `/emulator/`: faults, traffic, bursts, renames, the ground-truth counters and the trace of
+    /// the messages nobody answered.
     func addAdminRoutes(to router: Router<BasicRequestContext>) {
         router.get("/emulator/stats") { _, _ in
             let encoder = JSONEncoder()
@@ -22,6 +23,16 @@ extension GatewayEmulator {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]
             return jsonResponse(String(decoding: try encoder.encode(latency), as: UTF8.self))
+        }
+        router.get("/emulator/unreplied") { request, _ in
+            let limit = request.uri.queryParameters.get("limit", as: Int.self) ?? 50
+            guard (0...10_000).contains(limit) else {
+                throw PlatformError(status: .badRequest, code: 40012, message: "limit must be 0...10000")
+            }
+            let trace = self.core.withLock { $0.unrepliedTrace(now: Self.now(), limit: limit) }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            return jsonResponse(String(decoding: try encoder.encode(trace), as: UTF8.self))
         }
         router.post("/emulator/faults") { request, _ in
             try self.authorizeAdmin(request)

@@ -113,7 +113,33 @@ struct OpenAPITests {
             #expect(empty.json?["code"]?.intValue == 50006)
             let unknown = try await http(.POST, base + "/channels/1/messages", token: token, body: #"{"content":"hi"}"#)
             #expect(unknown.status == 404)
+            // The trace of the one unreplied message: the session that got it (the first identified, shard 0/1), at
+            // seq 4 (READY is 1), still connected; then, once the client is gone, disconnected.
+            func unreplied(limit: Int = 50) async throws -> UnrepliedTrace {
+                try JSONDecoder().decode(UnrepliedTrace.self, from: Data(try await http(.GET, base + "/emulator/unreplied?limit=\(limit)").body.utf8))
+            }
+            let trace = try await unreplied()
+            #expect(trace.count == 1)
+            let lost = try #require(trace.messages.first)
+            #expect(lost.id == messages[2]["d"]?["id"]?.stringValue)
+            #expect(lost.routedTo == 1)
+            let route = try #require(lost.routes.first)
+            #expect(route.session == 0)
+            #expect(route.shard == "0/1")
+            #expect(route.seq == 4)
+            #expect(route.seq == messages[2]["s"]?.intValue)
+            #expect(route.lastSeq == 4)
+            #expect(route.state == "connected")
             client.drop()
+            var state: String?
+            for _ in 0..<200 {
+                state = try await unreplied(limit: 1).messages.first?.routes.first?.state
+                if state?.hasPrefix("disconnected ") == true { break }
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            #expect(state?.hasPrefix("disconnected ") == true, "state \(state ?? "none")")
+            #expect(try await unreplied(limit: 0).messages.isEmpty)
+            #expect(try await http(.GET, base + "/emulator/unreplied?limit=-1").status == 400)
         }
     }
 
