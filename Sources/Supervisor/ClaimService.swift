@@ -19,6 +19,8 @@ final class ClaimService: Sendable {
         let host: Int
         let ttl: Duration
         let logger: Logger
+        /// Counts the claims the store answered `heldElsewhere` (the metric of the waits).
+        var heldElsewhere: @Sendable (_ count: Int) -> Void = { _ in }
     }
 
     /// A claim the local ledger granted, for the store's word: `attempts` counts the times the store answered that
@@ -203,6 +205,7 @@ final class ClaimService: Sendable {
                     return (claim: claim, due: answered + .backoff(Self.reaskBase, attempts: claim.attempts, cap: Self.reaskCap))
                 }
                 pending.withLock { $0.later += again }
+                if !again.isEmpty { store.heldElsewhere(again.count) }
             } catch {
                 retry.claims = leased
                 retry.completes = batch.completes

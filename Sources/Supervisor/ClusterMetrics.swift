@@ -20,6 +20,7 @@ public final class ClusterMetrics: Sendable {
     let identifies: Counter
     let resumes: Counter
     let rateLimited: Counter
+    let claimsHeldElsewhere: Counter
     let budgetGranted: Counter
     let budgetRate: Gauge
     let budgetLimit: Gauge
@@ -87,6 +88,10 @@ public final class ClusterMetrics: Sendable {
         identifies = registry.makeCounter(descriptor: sessions, labels: [("kind", "identify")])
         resumes = registry.makeCounter(descriptor: sessions, labels: [("kind", "resume")])
         rateLimited = registry.makeCounter(descriptor: name("rest_rate_limited", "total", "REST answers of 429 (each pauses its route on every worker)."))
+        claimsHeldElsewhere = registry.makeCounter(descriptor: name(
+            "claims_held_elsewhere", "total",
+            "Claims the store answered with: the other layout of a rescale holds the event unfinished (the worker waits, and the claim is asked again)."
+        ))
         budgetGranted = registry.makeCounter(descriptor: name("rest_budget_tokens_granted", "total", "REST budget tokens granted to workers."))
         budgetRate = registry.makeGauge(descriptor: name("rest_budget_tokens_per_second", "", "REST budget tokens granted per second, over the last minute."))
         budgetLimit = registry.makeGauge(descriptor: name("rest_budget_limit_tokens_per_second", "", "The REST budget's limit for the whole bot (rateBudget.globalRate)."))
@@ -147,6 +152,11 @@ public final class ClusterMetrics: Sendable {
     /// The platform answered 429.
     public func rateLimitedOnce() {
         rateLimited.increment()
+    }
+
+    /// The store answered `count` claims with "the other layout of a rescale holds it unfinished" (several hosts).
+    public func claimsHeldElsewhere(_ count: Int) {
+        claimsHeldElsewhere.increment(by: Int64(count))
     }
 
     /// A rescale or rolling restart ended (`kind`: scale, rolling_restart; `outcome`: done, failed, refused).

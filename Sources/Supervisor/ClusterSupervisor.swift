@@ -158,7 +158,8 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         // Several hosts: the sessions are the leases' (read when one is gained), never this host's file.
         let sessions = leases == nil ? store.sessions(total: setup.shards) : [:]
         liveness = try LivenessTable.create()
-        metrics = ClusterMetrics(restRate: setup.config.rateBudget.globalRate, mode: setup.config.gateway.mode)
+        let metrics = ClusterMetrics(restRate: setup.config.rateBudget.globalRate, mode: setup.config.gateway.mode)
+        self.metrics = metrics
         state = Mutex(State(core: SupervisorCore(
             active: ClusterStateMachine(
                 shards: setup.shards, timings: .init(setup.config.supervisor), restart: setup.config.restart,
@@ -187,7 +188,8 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
         claimLedger.remember(store.handledEvents(within: setup.config.exactlyOnce.ttl))
         claims = ClaimService(ledger: claimLedger, store: leases.map { leases in
             ClaimService.StoreClaims(
-                authority: leases.authority, host: leases.host, ttl: setup.config.exactlyOnce.ttl, logger: logger
+                authority: leases.authority, host: leases.host, ttl: setup.config.exactlyOnce.ttl, logger: logger,
+                heldElsewhere: { metrics.claimsHeldElsewhere($0) }
             )
         })
         platform = try PlatformClients(

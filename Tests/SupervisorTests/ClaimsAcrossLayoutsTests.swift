@@ -40,6 +40,8 @@ struct ClaimsAcrossLayoutsTests {
     struct Host {
         let authority: PostgresAuthority
         let claims: ClaimService
+        /// The claims the store answered `heldElsewhere` (what the metric counts).
+        let heldElsewhere: Tally
         let server: IPCServer
         let socket: String
         let tasks: [Task<Void, Never>]
@@ -62,6 +64,11 @@ struct ClaimsAcrossLayoutsTests {
         }
     }
 
+    /// A count other tasks add to.
+    final class Tally: Sendable {
+        let count = Mutex(0)
+    }
+
     /// The lease a host holds for shard 1, once it took it.
     final class HeldLease: Sendable {
         let value = Mutex<(shards: Int, token: Int64)?>(nil)
@@ -69,14 +76,17 @@ struct ClaimsAcrossLayoutsTests {
 
     static func host(_ id: Int, cluster: String, directory: String, lease: HeldLease) async throws -> Host {
         let authority = try TestPostgres.authority(cluster: cluster, logger: quiet)
-        let claims = ClaimService(ledger: ClaimLedger(ttl: .seconds(600)), store: .init(authority: authority, host: id, ttl: .seconds(600), logger: quiet))
+        let heldElsewhere = Tally()
+        let claims = ClaimService(ledger: ClaimLedger(ttl: .seconds(600)), store: .init(
+            authority: authority, host: id, ttl: .seconds(600), logger: quiet, heldElsewhere: { count in heldElsewhere.count.withLock { $0 += count } }
+        ))
         let socket = directory + "/host-\(id).sock"
         let server = IPCServer(configuration: .init(path: socket), delegate: ClaimsHost(claims: claims), logger: quiet)
         try await server.start()
         let pool = Task { await authority.run() }
         // Shard 1 only, of the layout this host holds it in.
         let store = Task { await claims.runStore { _, ordinal in ordinal == 1 ? lease.value.withLock { $0 } : nil } }
-        return Host(authority: authority, claims: claims, server: server, socket: socket, tasks: [pool, store])
+        return Host(authority: authority, claims: claims, heldElsewhere: heldElsewhere, server: server, socket: socket, tasks: [pool, store])
     }
 
     /// Waits until host's store answered that `key` is held by the other layout (its worker waits meanwhile).
@@ -140,6 +150,9 @@ struct ClaimsAcrossLayoutsTests {
             ) { _, _ in [] }
             #expect(await e2.value == true)
             newWorker.complete("e2")
+            // Counted for the metric: at least one answer for each of the two events, none on the old layout's host.
+            #expect(b.heldElsewhere.count.withLock { $0 } >= 2)
+            #expect(a.heldElsewhere.count.withLock { $0 } == 0)
         } catch {
             await stop()
             throw error
