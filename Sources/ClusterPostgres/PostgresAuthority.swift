@@ -41,11 +41,15 @@ public final class PostgresAuthority: Sendable {
         public var shards: Int
         /// The shard count a rescale gets ready (nil when none runs).
         public var next: Int?
+        /// Every lease of the rescale's new layout is held and its worker ready: the serving layout's workers are to
+        /// handle what they received (the fence) and say so in their leases, which the switch waits for.
+        public var nextReady: Bool
 
-        /// `shards` serving, `next` getting ready (nil: no rescale).
-        public init(shards: Int, next: Int?) {
+        /// `shards` serving, `next` getting ready (nil: no rescale), `nextReady` when all of it is.
+        public init(shards: Int, next: Int?, nextReady: Bool = false) {
             self.shards = shards
             self.next = next
+            self.nextReady = nextReady
         }
 
         /// Counts a cluster can run (1...`ShardsConfig.maxCount`), a target other than the serving count.
@@ -295,6 +299,9 @@ public final class PostgresAuthority: Sendable {
         "ALTER TABLE botcluster_clusters ADD COLUMN IF NOT EXISTS change_until timestamptz",
         "ALTER TABLE botcluster_leases ADD COLUMN IF NOT EXISTS ready boolean NOT NULL DEFAULT false",
         "ALTER TABLE botcluster_claims ADD COLUMN IF NOT EXISTS shards integer NOT NULL DEFAULT 0",
+        // A rescale across hosts: each serving lease's worker has handled everything it received since every new
+        // shard was ready (the fence before the switch).
+        "ALTER TABLE botcluster_leases ADD COLUMN IF NOT EXISTS fenced boolean NOT NULL DEFAULT false",
     ]
 
     /// The table and column of a schema statement that adds a column (`ALTER TABLE t ADD COLUMN IF NOT EXISTS c`).
@@ -310,9 +317,14 @@ public final class PostgresAuthority: Sendable {
     /// One lease round for `host` in a `shards`-shard layout, in one transaction: the host's heartbeat, its
     /// sessions written (fenced by token), its leases renewed and released, its routes paused by a 429 written, the
     /// view read (with every host's pauses), and the free shards `wanted` picks from that view taken.
+    ///
+    /// During a rescale, `ready` (the new layout's round) says which of the host's new leases have ready workers,
+    /// and `fenced` (the serving layout's round) which of its serving leases have workers past the fence. The
+    /// round that finds every new lease held and ready, and every serving lease held and fenced, switches the
+    /// cluster to the new layout.
     public func round(
         host: Int, address: String, shards: Int, ttl: Duration, renew: [Int: Int64], release: [SessionWrite], sessions: [SessionWrite],
-        pauses: [RoutePause] = [], ready: Set<Int>? = nil,
+        pauses: [RoutePause] = [], ready: Set<Int>? = nil, fenced: Set<Int>? = nil,
         wanted: @escaping @Sendable (_ live: Set<Int>, _ holders: [Int: Int]) -> [Int]
     ) async throws -> Round {
         let cluster = self.cluster
@@ -405,7 +417,8 @@ public final class PostgresAuthority: Sendable {
             if !take.isEmpty {
                 let rows = try await connection.query(
                     """
-                    UPDATE botcluster_leases SET owner = \(me), token = token + 1, expires_at = now() + make_interval(secs => \(ttlSeconds)), ready = false
+                    UPDATE botcluster_leases SET owner = \(me), token = token + 1, expires_at = now() + make_interval(secs => \(ttlSeconds)), ready = false,
+                        fenced = false
                     WHERE cluster = \(cluster) AND shards = \(n) AND shard = ANY(\(take.map { Int32($0) })) AND expires_at <= now()
                     RETURNING shard, token, session_id, seq
                     """, logger: Self.quiet)
@@ -415,8 +428,19 @@ public final class PostgresAuthority: Sendable {
                     expiresIn[Int(shard)] = ttlSeconds
                 }
             }
+            // A rescale: the serving layout's leases held here say whether their workers are past the fence.
+            if let fenced {
+                try await connection.query(
+                    """
+                    UPDATE botcluster_leases SET fenced = (shard = ANY(\(fenced.map { Int32($0) })))
+                    WHERE cluster = \(cluster) AND shards = \(n) AND owner = \(me)
+                    """, logger: Self.quiet)
+            }
             // A rescale: the new layout's leases held here say whether their workers are ready; when every one of
-            // them is, held and unexpired, the new layout serves from now on. One past its deadline is given up.
+            // them is, held and unexpired, and every serving lease is held, unexpired and past the fence, the new
+            // layout serves from now on. (A serving lease whose host died before its fence is not: it expires, is
+            // taken over and resumed, and its new worker passes the fence before the switch, so that nothing the old
+            // layout alone received is left unhandled.) One past its deadline is given up.
             if let ready {
                 try await connection.query(
                     """
@@ -425,10 +449,13 @@ public final class PostgresAuthority: Sendable {
                     """, logger: Self.quiet)
                 try await connection.query(
                     """
-                    UPDATE botcluster_clusters SET shards = next_shards, next_shards = NULL, change_until = NULL
+                    UPDATE botcluster_clusters AS c SET shards = next_shards, next_shards = NULL, change_until = NULL
                     WHERE cluster = \(cluster) AND next_shards = \(n) AND change_until > now() AND (
                         SELECT count(*) FROM botcluster_leases
                         WHERE cluster = \(cluster) AND shards = \(n) AND ready AND owner IS NOT NULL AND expires_at > now()) = \(n)
+                    AND (
+                        SELECT count(*) FROM botcluster_leases AS o
+                        WHERE o.cluster = \(cluster) AND o.shards = c.shards AND o.fenced AND o.owner IS NOT NULL AND o.expires_at > now()) = c.shards
                     """, logger: Self.quiet)
             }
             // The layout, and a rescale past its deadline given up, in one statement (every round of every host runs
@@ -439,10 +466,14 @@ public final class PostgresAuthority: Sendable {
                 WITH given_up AS (
                     UPDATE botcluster_clusters SET next_shards = NULL, change_until = NULL
                     WHERE cluster = \(cluster) AND change_until <= now() RETURNING cluster)
-                SELECT shards, CASE WHEN change_until <= now() THEN NULL ELSE next_shards END
-                FROM botcluster_clusters WHERE cluster = \(cluster)
+                SELECT c.shards, CASE WHEN c.change_until <= now() THEN NULL ELSE c.next_shards END,
+                    c.change_until > now() AND (SELECT count(*) FROM botcluster_leases AS l
+                        WHERE l.cluster = c.cluster AND l.shards = c.next_shards AND l.ready AND l.owner IS NOT NULL AND l.expires_at > now()) = c.next_shards
+                FROM botcluster_clusters AS c WHERE c.cluster = \(cluster)
                 """, logger: Self.quiet)
-            for try await (count, next) in layoutRows.decode((Int32, Int32?).self) { layout = Layout(shards: Int(count), next: next.map(Int.init)) }
+            for try await (count, next, nextReady) in layoutRows.decode((Int32, Int32?, Bool?).self) {
+                layout = Layout(shards: Int(count), next: next.map(Int.init), nextReady: next != nil && nextReady == true)
+            }
             // Every host follows this row: one that is gone or out of range fails the round (the leases are fenced
             // in time) rather than making every host run what it says.
             guard let layout, layout.isValid else { throw DamagedLayout(stored: layout) }
@@ -483,6 +514,9 @@ public final class PostgresAuthority: Sendable {
                 UPDATE botcluster_clusters SET next_shards = \(Int32(to)), change_until = now() + make_interval(secs => \(within.seconds))
                 WHERE cluster = \(cluster)
                 """, logger: Self.quiet)
+            // No serving lease is past a fence yet (an earlier rescale given up may have left some marked).
+            try await connection.query(
+                "UPDATE botcluster_leases SET fenced = false WHERE cluster = \(cluster) AND shards = \(Int32(from)) AND fenced", logger: Self.quiet)
             // The new layout's leases, free, not ready, and without sessions (an earlier layout of the same count
             // may have left some).
             try await connection.query(

@@ -45,7 +45,7 @@ extension ClusterSupervisor {
                     group.addTask { await userFeed.run { [self] ids in broadcast(.usersInvalidate(ids: ids), except: nil) } }
                 }
                 await leases.run(
-                    workers: .init(stopped: stoppedShards, ready: readyShards, session: storedSession, runs: runsLayout),
+                    workers: .init(stopped: stoppedShards, ready: readyShards, fenced: fencedShards, session: storedSession, runs: runsLayout),
                     beforeRelease: { [self] in
                         if await !claims.completionsRecorded(within: leases.config.timeout) {
                             logger.warning("handing a shard over before the store took every handled event: the next host may handle some of them again")
@@ -62,7 +62,9 @@ extension ClusterSupervisor {
                         }
                     },
                     layoutSeen: { [self] layout in
-                        handle(.storeLayout(serving: layout.shards, next: layout.next, seed: UInt64(truncatingIfNeeded: MonotonicInstant.now().nanoseconds)))
+                        handle(.storeLayout(
+                            serving: layout.shards, next: layout.next, nextReady: layout.nextReady, seed: UInt64(truncatingIfNeeded: MonotonicInstant.now().nanoseconds)
+                        ))
                     },
                     apply: { [self] total, version, held in
                         // The REST budget is the cluster's: each host spends the share of the serving layout's shards
@@ -99,6 +101,12 @@ extension ClusterSupervisor {
         state.withLock { state in
             Set(state.core.layouts.running(total: total)?.machine.workers.filter { $0.state == .ready }.map(\.ordinal) ?? [])
         }
+    }
+
+    /// The shards of the serving layout of `total` shards whose workers here passed the fence before a rescale's
+    /// switch (see `SupervisorCore.LayoutChange.fence`).
+    @Sendable func fencedShards(_ total: Int) -> Set<Int> {
+        state.withLock { $0.core.fencedShards(total: total) }
     }
 
     /// Whether a serving or incoming layout of `total` shards runs here (a lease of it taken starts a worker).

@@ -372,6 +372,9 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
                     return waiting.subtracting(connected)
                 }
                 for generation in unreachable { handle(.disconnected(generation: generation)) }
+            case .finishDispatchOf(let layout, let generation):
+                // Several hosts (websocket sessions only), before the switch: the answer says the lease is fenced.
+                workerConnections(of: layout).values.first { $0.hello?.generation == generation }?.send(.finishDispatch)
             case .retireClaims(let layout):
                 // Webhook mode, first: what the retiring workers' streams still hold goes to the serving layout. Only
                 // then are their claims refused: an event they claim from here on is skipped and committed past,
@@ -686,6 +689,8 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             break
         case .dispatchFinished:
             handle(.dispatchFinished(generation: generation))
+            // Before a switch across hosts, the store hears of it at once (the switch waits for every fence).
+            leases?.roundWakeup.poke()
         case .drained(let id, let seq):
             if let id { dispatch(.sessionCommitted(ordinal: ordinal, generation: generation, id: id, seq: Int(max(0, seq)))) }
         case .budgetRequest(let id, let route, let count):

@@ -85,6 +85,9 @@ final class LeaseService: Sendable {
         var stopped: @Sendable (_ total: Int) -> Set<Int>
         /// The shards of the layout whose workers are ready (reported for a rescale's incoming layout).
         var ready: @Sendable (_ total: Int) -> Set<Int>
+        /// The shards of the layout whose workers passed the fence before a rescale's switch (reported for the
+        /// serving layout while a rescale runs).
+        var fenced: @Sendable (_ total: Int) -> Set<Int>
         /// The last committed session of a shard of the layout.
         var session: @Sendable (_ total: Int, _ shard: Int) -> (id: String, seq: Int)?
         /// Whether a layout of that many shards runs here (serving or incoming), so that a lease taken starts a worker.
@@ -238,6 +241,7 @@ final class LeaseService: Sendable {
                     host: host, address: address, shards: total, ttl: config.leaseTTL, renew: keeper.renewals,
                     release: releases, sessions: writes, pauses: pauses,
                     ready: total == layout.next ? workers.ready(total) : nil,
+                    fenced: total == layout.shards && layout.next != nil ? workers.fenced(total) : nil,
                     // Nothing is taken for a layout this host's workers do not run yet (its core is still busy with
                     // another change): a lease held with no worker would keep the shard dark.
                     wanted: { [runs = workers.runs(total)] live, holders in runs ? keeper.wanted(in: .init(liveHosts: live, holders: holders)) : [] }

@@ -19,10 +19,12 @@ public struct SupervisorCore: Sendable {
         /// Start replacing every worker of the active layout, `maxUnavailable` at a time.
         case beginRoll(maxUnavailable: Int)
         /// Several hosts: the cluster's layout as a lease round read it from the store (the shard count that
-        /// serves, and a rescale's target). The layouts here follow it: a target starts an incoming layout on
-        /// leases; the target serving switches to it; a target given up abandons it; a serving count this host
-        /// does not run (it joined late, or missed a switch) is taken up at once.
-        case storeLayout(serving: Int, next: Int?, seed: UInt64)
+        /// serves, a rescale's target, and whether every shard of the target is ready on some host). The layouts
+        /// here follow it: a target starts an incoming layout on leases; the target ready everywhere starts the
+        /// fence of the serving workers here (see `LayoutChange.fence`); the target serving switches to it; a
+        /// target given up abandons it; a serving count this host does not run (it joined late, or missed a
+        /// switch) is taken up at once.
+        case storeLayout(serving: Int, next: Int?, nextReady: Bool = false, seed: UInt64)
         /// Several hosts: the leases this host holds of the layout of `total` shards (see
         /// `ClusterStateMachine.Event.leases`), for that layout's workers.
         case leases(total: Int, version: UInt64, held: [Int: LeaseGrant])
@@ -36,6 +38,9 @@ public struct SupervisorCore: Sendable {
         case startDispatch(layout: Int)
         /// Ask every worker of the layout to handle what it received and answer `dispatchFinished` (the fence).
         case finishDispatch(layout: Int)
+        /// Ask the one worker of the layout whose process has `generation` for the fence (several hosts, before the
+        /// switch: see `LayoutChange.fence`).
+        case finishDispatchOf(layout: Int, generation: UInt64)
         /// Refuse further claims of the layout's workers (after the fence).
         case retireClaims(layout: Int)
         /// Forget the stored sessions of a layout of `total` shards that no longer runs.
@@ -106,6 +111,19 @@ public struct SupervisorCore: Sendable {
         /// Several hosts: the store decides the switch (every host's new shards ready), not this host's layout.
         public let leased: Bool
         public internal(set) var phase: Phase
+        /// Several hosts, once the store says every new shard is ready: the fence of this host's serving workers
+        /// before the switch. Each ready worker of the serving layout is asked once per process (a replacement,
+        /// resumed after a crash or a takeover, is asked when it is ready), and the processes that answered are
+        /// reported in their leases; the store switches when every serving lease is held and fenced. Whatever
+        /// the old layout alone received (before the new one was ready) is then handled, even when a host dies
+        /// before the switch: its leases are taken over and resumed, and the fence waits for the replay.
+        public internal(set) var fence: Fence?
+
+        /// The fence before a switch across hosts: the serving processes asked, and those that answered.
+        public struct Fence: Sendable, Equatable {
+            public internal(set) var asked: Set<UInt64> = []
+            public internal(set) var finished: Set<UInt64> = []
+        }
         /// When the current phase gives up.
         public internal(set) var deadline: MonotonicInstant
     }
@@ -154,6 +172,9 @@ public struct SupervisorCore: Sendable {
             if case .fencing(let retiring, var waiting)? = change?.phase, waiting.remove(generation) != nil {
                 change?.phase = .fencing(retiring: retiring, waiting: waiting)
             }
+            if case .dispatchFinished = event, change?.fence?.asked.contains(generation) == true {
+                change?.fence?.finished.insert(generation)
+            }
         case .beginScale(let shards, let plan, let seed):
             guard change == nil, !layouts.active.machine.stopping else { return [] }
             let incoming = beginRescale(to: shards, seed: seed, leased: false, deadline: now + changeTimings.readyTimeout, now: now)
@@ -166,13 +187,31 @@ public struct SupervisorCore: Sendable {
                 phase: .replacing(ordinals: [], before: [], replaced: 0), deadline: now
             )
             actions = replaceNextBatch(replaced: 0, now: now)
-        case .storeLayout(let serving, let next, let seed):
-            actions = follow(serving: serving, next: next, seed: seed, now: now)
+        case .storeLayout(let serving, let next, let nextReady, let seed):
+            actions = follow(serving: serving, next: next, nextReady: nextReady, seed: seed, now: now)
         case .leases(let total, let version, let held):
             guard let layout = layouts.layout(total: total) else { return [] }
             actions = layouts.handle(.leases(version: version, held: held), in: layout.id, now: now).map { .worker(layout: $0.0, $0.1) }
         }
-        return actions + advance(now: now)
+        return actions + advance(now: now) + askFence()
+    }
+
+    /// Several hosts, during the fence before a switch: asks each ready serving worker not asked yet.
+    mutating func askFence() -> [Action] {
+        guard var fence = change?.fence, case .waitingForIncoming? = change?.phase else { return [] }
+        let active = layouts.active
+        let due = active.machine.workers.filter { $0.state == .ready && !fence.asked.contains($0.generation) }.map(\.generation)
+        guard !due.isEmpty else { return [] }
+        fence.asked.formUnion(due)
+        change?.fence = fence
+        return due.map { .finishDispatchOf(layout: active.id, generation: $0) }
+    }
+
+    /// Several hosts: the shards of the serving layout of `total` shards whose worker here passed the fence before
+    /// the switch (what the lease round reports).
+    public func fencedShards(total: Int) -> Set<Int> {
+        guard let fence = change?.fence, case .waitingForIncoming? = change?.phase, layouts.active.machine.workers.count == total else { return [] }
+        return Set(layouts.active.machine.workers.filter { $0.state.isLive && fence.finished.contains($0.generation) }.map(\.ordinal))
     }
 
     /// Moves the layout change as far as the layouts allow now (several phases at once when nothing is left to
@@ -278,7 +317,7 @@ public struct SupervisorCore: Sendable {
     }
 
     /// Several hosts: follows the store's layout (see `Event.storeLayout`).
-    mutating func follow(serving: Int, next: Int?, seed: UInt64, now: MonotonicInstant) -> [Action] {
+    mutating func follow(serving: Int, next: Int?, nextReady: Bool, seed: UInt64, now: MonotonicInstant) -> [Action] {
         let active = layouts.active.machine
         guard !active.stopping else { return [] }
         if let change {
@@ -290,7 +329,10 @@ public struct SupervisorCore: Sendable {
             if next != change.to {
                 return abandon(incoming, reason: "it was given up in the store (its deadline passed, or a host could not get its new shards ready)", now: now)
             }
-            return []
+            guard nextReady, change.fence == nil else { return [] }
+            // Asked of the serving workers at the end of this event (`askFence`).
+            self.change?.fence = LayoutChange.Fence()
+            return [.changeProgress("every host's new shards ready: the serving shards here handle what they received (the fence before the switch)")]
         }
         if serving != active.workers.count {
             // This host runs a layout the cluster left (it missed the switch, or was configured for another count):

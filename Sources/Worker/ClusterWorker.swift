@@ -229,7 +229,7 @@ public final class ClusterWorker: Service {
                     // Beside this loop: the claims' answers it waits for come through it.
                     group.addTask {
                         await parts.runtime.finishDispatch()
-                        self.logger.info("retiring: everything received is handled")
+                        self.logger.info("fence passed: everything received is handled")
                         self.client.send(.dispatchFinished)
                     }
                 default:

@@ -104,20 +104,23 @@ struct PostgresAuthorityTests {
         }
     }
 
-    /// A layout round of `shards` shards: takes `take` when free, reports `ready`.
+    /// A layout round of `shards` shards: takes `take` when free, reports `ready` (a rescale's new layout) and
+    /// `fenced` (the serving layout).
     func layoutRound(
         _ a: PostgresAuthority, host: Int, shards: Int, ttl: Duration = .seconds(10), renew: [Int: Int64] = [:],
-        release: [PostgresAuthority.SessionWrite] = [], take: [Int] = [], ready: Set<Int>? = nil
+        release: [PostgresAuthority.SessionWrite] = [], take: [Int] = [], ready: Set<Int>? = nil, fenced: Set<Int>? = nil
     ) async throws -> PostgresAuthority.Round {
-        try await a.round(host: host, address: "host-\(host)", shards: shards, ttl: ttl, renew: renew, release: release, sessions: [], ready: ready) { _, holders in
+        try await a.round(
+            host: host, address: "host-\(host)", shards: shards, ttl: ttl, renew: renew, release: release, sessions: [], ready: ready, fenced: fenced
+        ) { _, holders in
             take.filter { holders[$0] == nil }
         }
     }
 
     /// A rescale across hosts in the store: begun once, the new layout's leases taken and reported ready by two
-    /// hosts, the switch only when every one is held and ready, the old layout's claims never taken over by the new
-    /// one's, and the old rows forgotten once no host holds one.
-    @Test func aRescaleSwitchesOnlyWhenEveryNewLeaseIsHeldAndReady() async throws {
+    /// hosts, the switch only when every one is held and ready and every serving lease is past its fence, the old
+    /// layout's claims never taken over by the new one's, and the old rows forgotten once no host holds one.
+    @Test func aRescaleSwitchesOnlyWhenEveryNewLeaseIsHeldAndReadyAndEveryServingOneFenced() async throws {
         try await withAuthority(shards: 2) { a in
             let old = try await layoutRound(a, host: 0, shards: 2, take: [0, 1])
             #expect(old.layout == .init(shards: 2, next: nil))
@@ -144,7 +147,13 @@ struct PostgresAuthorityTests {
             #expect(try await a.claim([j], completing: ["j"], host: 0) == .init())
             // A host that holds no lease of the new shard is not told to ask again: the holder decides.
             #expect(try await a.claim([.init(key: "k", shard: 2, shards: 3, token: n1)], host: 0) == .init())
-            // A lease that is ready but expired does not count; the last ready one switches the cluster.
+            // Every new lease held and ready: the serving workers are to pass the fence, and the switch waits for it.
+            let allReady = try await layoutRound(a, host: 1, shards: 3, renew: b0.acquired.mapValues(\.token), ready: [2])
+            #expect(allReady.layout == .init(shards: 2, next: 3, nextReady: true))
+            _ = try await layoutRound(a, host: 0, shards: 2, renew: old.acquired.mapValues(\.token), fenced: [0])
+            #expect(try await layoutRound(a, host: 1, shards: 3, renew: b0.acquired.mapValues(\.token), ready: [2]).layout == allReady.layout)
+            // The last serving lease past its fence: the next round that reports the new layout switches it.
+            _ = try await layoutRound(a, host: 0, shards: 2, renew: old.acquired.mapValues(\.token), fenced: [0, 1])
             let switched = try await layoutRound(a, host: 1, shards: 3, renew: b0.acquired.mapValues(\.token), ready: [2])
             #expect(switched.layout == .init(shards: 3, next: nil))
             // The old layout is still held: its rows stay until released, then go.
@@ -161,6 +170,37 @@ struct PostgresAuthorityTests {
             #expect(try await layoutRound(a, host: 0, shards: 5, take: [4], ready: []).acquired.keys.sorted() == [4])
             // A later host joins the serving layout (and the rescale under way), whatever its configuration says.
             #expect(try await a.prepare(shards: 2) == .init(shards: 3, next: 5))
+        }
+    }
+
+    /// A serving lease whose host died after its fence is taken over unfenced (its new worker resumes and must
+    /// pass the fence again), and a new rescale starts with no serving lease fenced.
+    @Test func aServingLeaseTakenOverOrANewRescaleStartsUnfenced() async throws {
+        try await withAuthority(shards: 2) { a in
+            let old = try await layoutRound(a, host: 0, shards: 2, ttl: .milliseconds(500), take: [0, 1])
+            #expect(try await a.beginRescale(from: 2, to: 3, within: .seconds(30)) == nil)
+            let new = try await layoutRound(a, host: 1, shards: 3, take: [0, 1, 2], ready: [0, 1, 2])
+            #expect(new.layout == .init(shards: 2, next: 3, nextReady: true))
+            _ = try await layoutRound(a, host: 0, shards: 2, ttl: .milliseconds(500), renew: old.acquired.mapValues(\.token), fenced: [0, 1])
+            // Host 0 dies; host 1 takes its serving leases over when they expire.
+            var taken: [Int: (token: Int64, session: (id: String, seq: Int)?)] = [:]
+            let deadline = ContinuousClock.now + .seconds(10)
+            while taken.count < 2, ContinuousClock.now < deadline {
+                taken.merge(try await layoutRound(a, host: 1, shards: 2, take: [0, 1]).acquired) { $1 }
+                if taken.count < 2 { try await Task.sleep(for: .milliseconds(100)) }
+            }
+            #expect(taken.keys.sorted() == [0, 1])
+            let renew = taken.mapValues(\.token)
+            #expect(try await layoutRound(a, host: 1, shards: 3, renew: new.acquired.mapValues(\.token), ready: [0, 1, 2]).layout.next == 3)
+            // Given up and begun again: the fence of the rescale given up does not count for the new one.
+            _ = try await layoutRound(a, host: 1, shards: 2, renew: renew, fenced: [0, 1])
+            try await a.cancelRescale(to: 3)
+            _ = try await layoutRound(a, host: 1, shards: 3, release: new.acquired.map { .init(shard: $0.key, token: $0.value.token, id: "", seq: 0) })
+            #expect(try await a.beginRescale(from: 2, to: 3, within: .seconds(30)) == nil)
+            let again = try await layoutRound(a, host: 1, shards: 3, take: [0, 1, 2], ready: [0, 1, 2])
+            #expect(try await layoutRound(a, host: 1, shards: 3, renew: again.acquired.mapValues(\.token), ready: [0, 1, 2]).layout.next == 3)
+            _ = try await layoutRound(a, host: 1, shards: 2, renew: renew, fenced: [0, 1])
+            #expect(try await layoutRound(a, host: 1, shards: 3, renew: again.acquired.mapValues(\.token), ready: [0, 1, 2]).layout == .init(shards: 3, next: nil))
         }
     }
 

@@ -41,6 +41,55 @@ struct RescaleAcrossHostsTests {
         #expect(s.core.layouts.layouts.map(\.id) == [1])
     }
 
+    /// The asks for the fence before the switch in `actions`: the generations asked, in the serving layout (0).
+    func fenceAsked(_ actions: [SupervisorCore.Action]) -> [UInt64] {
+        actions.compactMap { if case .finishDispatchOf(0, let generation) = $0 { generation } else { nil } }
+    }
+
+    /// Once the store says every new shard is ready, each serving worker here is asked for the fence once per
+    /// process, and its shard is reported fenced once it answered; a worker that comes back (a crash, or a lease
+    /// taken over from a host that died) is asked again when ready, and counts only once it answered.
+    @Test func theServingWorkersPassTheFenceBeforeTheSwitchEachProcessOnce() {
+        var s = serving()
+        s.feed(.storeLayout(serving: 2, next: 3, seed: 1))
+        s.hold([1, 2], of: 3, version: 1)
+        s.ready(1)
+        // Not every new shard of the cluster is ready: nothing is fenced yet.
+        #expect(fenceAsked(s.feed(.storeLayout(serving: 2, next: 3, nextReady: false, seed: 1))).isEmpty)
+        #expect(s.core.fencedShards(total: 2).isEmpty)
+        let first = s.workers(0)[1].generation
+        let asked = s.feed(.storeLayout(serving: 2, next: 3, nextReady: true, seed: 1))
+        #expect(fenceAsked(asked) == [first])
+        #expect(progress(asked).contains { $0.hasPrefix("every host's new shards ready") })
+        #expect(fenceAsked(s.feed(.storeLayout(serving: 2, next: 3, nextReady: true, seed: 1))).isEmpty)
+        #expect(s.core.fencedShards(total: 2).isEmpty)
+        s.feed(.dispatchFinished(generation: first))
+        #expect(s.core.fencedShards(total: 2) == [1])
+        // The worker crashes: its shard is not fenced until its replacement resumed and answered.
+        s.feed(.cluster(.exited(pid: s.workers(0)[1].pid!, status: .signaled(9))))
+        #expect(s.core.fencedShards(total: 2).isEmpty)
+        s.advance(.seconds(2))
+        s.feed(.cluster(.tick))
+        let second = s.workers(0)[1].generation
+        #expect(second != first)
+        let again = s.ready(0, ordinals: [1])
+        #expect(fenceAsked(again) == [second])
+        #expect(s.core.fencedShards(total: 2).isEmpty)
+        s.feed(.dispatchFinished(generation: second))
+        // A lease of a host that died, taken over here: its worker (resuming) is asked once ready.
+        s.hold([0, 1], of: 2, version: 3)
+        #expect(s.core.fencedShards(total: 2) == [1])
+        let takenOver = s.ready(0, ordinals: [0])
+        #expect(fenceAsked(takenOver) == [s.workers(0)[0].generation])
+        s.feed(.dispatchFinished(generation: s.workers(0)[0].generation))
+        #expect(s.core.fencedShards(total: 2) == [0, 1])
+        #expect(s.core.fencedShards(total: 3).isEmpty)
+        // The switch: the fence after it is asked of every serving worker, as on one host.
+        let switched = s.feed(.storeLayout(serving: 3, next: nil, seed: 1))
+        #expect(switched.contains(.startDispatch(layout: 1)) && switched.contains(.finishDispatch(layout: 0)))
+        #expect(s.core.fencedShards(total: 2).isEmpty)
+    }
+
     @Test func aRescaleGivenUpInTheStoreIsAbandonedHereWithoutCancellingAgain() {
         var s = serving()
         s.feed(.storeLayout(serving: 2, next: 3, seed: 1))
