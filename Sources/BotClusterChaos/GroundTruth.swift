@@ -25,12 +25,18 @@ struct GroundTruth {
         return GroundTruth(stats: try await get(url + "/emulator/stats"))
     }
 
-    /// The emulator's trace of the first `limit` messages nobody answered, a line each: where each went (session,
-    /// shard, seq) and what became of that session, on the emulator's clock like the run's log lines. Empty when
-    /// every message was answered.
+    /// The emulator's trace of the first `limit` messages nobody answered, and of the first `limit` nobody was
+    /// delivered (every session that held them ended), a line each: where each went (session, shard, seq) and what
+    /// became of that session, on the emulator's clock like the run's log lines. Empty when there are none.
     static func unrepliedLines(_ url: String, limit: Int = 20) async -> [String] {
-        guard let trace = try? await get(url + "/emulator/unreplied?limit=\(limit)"), let count = trace["count"]?.intValue, count > 0 else { return [] }
-        guard case .array(let messages)? = trace["messages"] else { return ["the emulator's trace of \(count) unreplied messages is unreadable"] }
+        guard let trace = try? await get(url + "/emulator/unreplied?limit=\(limit)") else { return ["the emulator's trace of unreplied messages is unreadable"] }
+        return lines(of: trace, "count", "messages", "unreplied") + lines(of: trace, "undeliveredCount", "undelivered", "undelivered")
+    }
+
+    /// One list of the trace (`unreplied` or `undelivered`), a line a message.
+    static func lines(of trace: JSONValue, _ countKey: String, _ listKey: String, _ what: String) -> [String] {
+        guard let count = trace[countKey]?.intValue, count > 0 else { return [] }
+        guard case .array(let messages)? = trace[listKey] else { return ["the emulator's trace of \(count) \(what) messages is unreadable"] }
         func seconds(_ ms: Double?) -> String { ms.map { String(format: "%.2f s", $0 / 1000) } ?? "?" }
         let lines = messages.map { message -> String in
             let routes: [String]
@@ -44,11 +50,11 @@ struct GroundTruth {
                 routes = []
             }
             let routedTo = message["routedTo"]?.intValue ?? routes.count
-            return "unreplied \(message["kind"]?.stringValue ?? "?") \(message["id"]?.stringValue ?? "?"), made at \(seconds(message["generatedMs"]?.doubleValue)),"
-                + " delivered at \(seconds(message["deliveredMs"]?.doubleValue)), routed to \(routedTo): " + routes.joined(separator: "; ")
-                + (routedTo > routes.count ? "; ..." : "")
+            let delivered = what == "unreplied" ? " delivered at \(seconds(message["deliveredMs"]?.doubleValue))," : ""
+            return "\(what) \(message["kind"]?.stringValue ?? "?") \(message["id"]?.stringValue ?? "?"), made at \(seconds(message["generatedMs"]?.doubleValue)),"
+                + "\(delivered) routed to \(routedTo)" + (routes.isEmpty ? "" : ": " + routes.joined(separator: "; ")) + (routedTo > routes.count ? "; ..." : "")
         }
-        return lines + (count > messages.count ? ["... and \(count - messages.count) more unreplied"] : [])
+        return lines + (count > messages.count ? ["... and \(count - messages.count) more \(what)"] : [])
     }
 
     /// What became of the messages, and the platform's view of sessions and requests.

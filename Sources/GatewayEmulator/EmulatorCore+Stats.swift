@@ -35,14 +35,18 @@ extension EmulatorCore {
 }
 
 extension EmulatorCore {
-    /// The first `limit` messages delivered and not replied within the grace at `now`, with their routes.
+    /// The first `limit` messages delivered and not replied within the grace at `now`, and the first `limit` routed to
+    /// sessions that all ended before delivering them, with their routes.
     func unrepliedTrace(now: Int64, limit: Int) -> UnrepliedTrace {
         let grace = config.unrepliedGrace.nanoseconds
         let live = Dictionary(sessions.values.map { ($0.number, $0) }, uniquingKeysWith: { first, _ in first })
         var trace = UnrepliedTrace(count: 0, messages: [])
-        for (index, record) in messages.enumerated() where record.delivered && record.replies == 0 && now - record.deliveredAt > grace {
-            trace.count += 1
-            guard trace.messages.count < limit else { continue }
+        for (index, record) in messages.enumerated() {
+            let unreplied = record.delivered && record.replies == 0 && now - record.deliveredAt > grace
+            let undelivered = !record.delivered && record.holders == 0
+            guard unreplied || undelivered else { continue }
+            if unreplied { trace.count += 1 } else { trace.undeliveredCount += 1 }
+            guard (unreplied ? trace.messages.count : trace.undelivered.count) < limit else { continue }
             let routes = [record.routes.0, record.routes.1].prefix(Int(record.routeCount)).map { route -> UnrepliedTrace.Route in
                 let known = sessionTraces.indices.contains(Int(route.session)) ? sessionTraces[Int(route.session)] : nil
                 var out = UnrepliedTrace.Route(
@@ -58,10 +62,11 @@ extension EmulatorCore {
                 }
                 return out
             }
-            trace.messages.append(UnrepliedTrace.Message(
-                id: messageIDs.make(index), kind: "\(record.kind)", generatedMs: clockMs(record.generatedAt), deliveredMs: clockMs(record.deliveredAt),
-                routes: routes, routedTo: Int(record.routeCount)
-            ))
+            let message = UnrepliedTrace.Message(
+                id: messageIDs.make(index), kind: "\(record.kind)", generatedMs: clockMs(record.generatedAt),
+                deliveredMs: record.delivered ? clockMs(record.deliveredAt) : 0, routes: routes, routedTo: Int(record.routeCount)
+            )
+            if unreplied { trace.messages.append(message) } else { trace.undelivered.append(message) }
         }
         return trace
     }

@@ -91,7 +91,8 @@ public struct ReplyLatency: Codable, Sendable, Equatable {
     public var maxMs: Double
 }
 
-/// The messages delivered and never replied (past the grace), with where each went (`GET /emulator/unreplied`):
+/// The messages delivered and never replied (past the grace), and those never delivered because every session that
+/// held them ended, with where each went (`GET /emulator/unreplied`):
 /// which session of which shard got it at which seq, and what became of that session. What a failed chaos run
 /// prints, to tie a lost message to a worker.
 public struct UnrepliedTrace: Codable, Sendable, Equatable {
@@ -124,4 +125,8 @@ public struct UnrepliedTrace: Codable, Sendable, Equatable {
     /// Every unreplied message, and the first `limit` of them.
     public var count: Int
     public var messages: [Message]
+    /// Every message no session delivered before the sessions that held it ended, and the first `limit` of them
+    /// (their `deliveredMs` is 0).
+    public var undeliveredCount: Int = 0
+    public var undelivered: [Message] = []
 }
