@@ -44,6 +44,10 @@ extension EmulatorCore {
         for (index, record) in messages.enumerated() {
             let unreplied = record.delivered && record.replies == 0 && now - record.deliveredAt > grace
             let undelivered = !record.delivered && record.holders == 0
+            if undelivered && record.routeCount == 0 {
+                trace.unroutedCount += 1
+                continue
+            }
             guard unreplied || undelivered else { continue }
             if unreplied { trace.count += 1 } else { trace.undeliveredCount += 1 }
             guard (unreplied ? trace.messages.count : trace.undelivered.count) < limit else { continue }

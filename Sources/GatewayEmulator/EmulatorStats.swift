@@ -129,4 +129,6 @@ public struct UnrepliedTrace: Codable, Sendable, Equatable {
     /// (their `deliveredMs` is 0).
     public var undeliveredCount: Int = 0
     public var undelivered: [Message] = []
+    /// The messages made while no session covered their shard (before the cluster was up, say): never routed.
+    public var unroutedCount: Int = 0
 }

@@ -175,7 +175,7 @@ struct GatewayProtocolTests {
             #expect(s["messagesUndelivered"]?.intValue == 10)
             // The trace says where they went and why nobody got them: the session's resume from seq 1 was refused.
             let trace = try JSONDecoder().decode(UnrepliedTrace.self, from: Data(try await http(.GET, base + "/emulator/unreplied?limit=3").body.utf8))
-            #expect(trace.count == 0 && trace.undeliveredCount == 10 && trace.undelivered.count == 3)
+            #expect(trace.count == 0 && trace.undeliveredCount == 10 && trace.undelivered.count == 3 && trace.unroutedCount == 0)
             #expect(trace.undelivered.first?.routes.map(\.seq) == [2])
             #expect(trace.undelivered.first?.routes.first?.state.hasSuffix("a resume from seq 1, not held") == true)
             #expect(trace.undelivered.first?.routes.first?.state.hasPrefix("ended ") == true)
