@@ -18,13 +18,15 @@ struct TestCluster {
 
     /// Settings short enough for tests: hangs found in 0.5 s, backoff from 100 ms, failed after 3 quick crashes.
     /// `rateBudget` replaces the generous default; `extra` adds keys (each key once: duplicates are errors).
+    /// `heartbeat` sets how long a hang takes to be found (`interval` x `misses`: 0.5 s).
     static func clusterConfig(
-        _ emulator: EmulatorProcess, shards: Int, extra: String = "", rateBudget: String = #"{"global": {"rate": 2000, "burst": 200}}"#
+        _ emulator: EmulatorProcess, shards: Int, extra: String = "", rateBudget: String = #"{"global": {"rate": 2000, "burst": 200}}"#,
+        heartbeat: String = #"{"interval": "100ms", "misses": 5}"#
     ) -> String {
         emulator.clusterConfig(#"""
             "shards": {"count": \#(shards)},
             "identify": {"window": "100ms", "margin": "10ms"},
-            "supervisor": {"heartbeat": {"interval": "100ms", "misses": 5}, "abortGrace": "200ms", "stopGrace": "5s", "helloTimeout": "5s", "controlIdleTimeout": "1s"},
+            "supervisor": {"heartbeat": \#(heartbeat), "abortGrace": "200ms", "stopGrace": "5s", "helloTimeout": "5s", "controlIdleTimeout": "1s"},
             "restart": {"baseDelay": "100ms", "maxDelay": "1s", "maxCrashes": 3, "crashWindow": "30s"},
             "http": {"listen": "127.0.0.1:0"},
             "rateBudget": \#(rateBudget)\#(extra)

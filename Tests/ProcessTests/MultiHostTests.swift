@@ -62,12 +62,15 @@ struct TestHosts {
 
     func hostDirectory(_ host: Int) -> String { directory + "/host\(host)" }
 
-    /// Starts the supervisor of `host` and waits until it joined the cluster.
-    mutating func launch(_ host: Int, through url: String? = nil) async throws {
+    /// Starts the supervisor of `host` and waits until it joined the cluster (`heartbeat`: see
+    /// `TestCluster.clusterConfig`).
+    mutating func launch(_ host: Int, through url: String? = nil, heartbeat: String? = nil) async throws {
         let dir = hostDirectory(host)
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let store = #""store": {"postgres": "\#(url ?? self.store)", "leaseTTL": "3s", "renewInterval": "300ms", "fenceMargin": "600ms", "timeout": "700ms"}"#
-        try TestCluster.clusterConfig(emulator, shards: shards, extra: ", " + store).write(toFile: dir + "/cluster.json", atomically: true, encoding: .utf8)
+        let config = heartbeat.map { TestCluster.clusterConfig(emulator, shards: shards, extra: ", " + store, heartbeat: $0) }
+            ?? TestCluster.clusterConfig(emulator, shards: shards, extra: ", " + store)
+        try config.write(toFile: dir + "/cluster.json", atomically: true, encoding: .utf8)
         let process = try BotclusterProcess(["launch", "--host-id", String(host)], directory: dir, environment: EmulatorProcess.secretEnvironment)
         var lines = process.lines.makeAsyncIterator()
         try #require(await process.waitForLine(containing: "joined the cluster of hosts", iterator: &lines) != nil)
@@ -78,6 +81,13 @@ struct TestHosts {
     func workers(of host: Int) async throws -> [JSONValue] {
         let (ok, body) = try await IPCClient.control(path: hostDirectory(host) + "/run/botcluster.sock", .status)
         guard ok, case .array(let workers) = try JSONValue.parse(body)["workers"] ?? .null else { return [] }
+        return workers
+    }
+
+    /// `status --json` of one host: the workers of its other layouts (a rescale's incoming one, a retiring one).
+    func otherWorkers(of host: Int) async throws -> [JSONValue] {
+        let (ok, body) = try await IPCClient.control(path: hostDirectory(host) + "/run/botcluster.sock", .status)
+        guard ok, case .array(let workers) = try JSONValue.parse(body)["otherLayouts"] ?? .null else { return [] }
         return workers
     }
 
@@ -298,6 +308,51 @@ extension RealProcesses {
                 // 4 at launch, 6 for the new layout; the refused 5-shard identifies are not sessions. Host 1's
                 // restart hands its shards over with their sessions, which are resumed.
                 #expect(stats["identifies"] == 10, "identifies: \(stats["identifies"] ?? -1)")
+                try await hosts.stopAll()
+            }
+        }
+
+        /// The switch of a rescale across hosts waits for every serving worker to handle what it received. A serving
+        /// worker of host 0 is stopped (SIGSTOP) while the new layout cannot identify, and messages reach its session
+        /// alone; then the new layout gets ready everywhere. The switch waits until the stopped worker is found hung
+        /// (after the fence's own deadline: a switch that did not wait would have retired its session), replaced, and
+        /// its replacement has resumed the session and handled the replay. Nothing is unreplied.
+        @Test func theSwitchWaitsForAServingWorkerThatCannotPassTheFence() async throws {
+            try await withTemporaryDirectory { dir in
+                var hosts = try await TestHosts.start(in: dir, shards: 4)
+                // A hang is found after 15 s: later than the fence after a switch gives up on a worker (10 s).
+                for host in 0..<2 { try await hosts.launch(host, heartbeat: #"{"interval": "250ms", "misses": 60}"#) }
+                try await hosts.waitForPlacement([0: [0, 1], 1: [2, 3]])
+                try await hosts.emulator.waitFor("traffic replied") { ($0["messagesReplied"] ?? 0) >= 30 }
+                _ = try await hosts.emulator.admin("/emulator/faults", #"{"kind": "refuseIdentify", "total": 6, "code": 4008}"#)
+                let socket = hosts.hostDirectory(1) + "/run/botcluster.sock"
+                let scale = Task { try await IPCClient.control(path: socket, .scale(.count(6), planOnly: false), timeout: .seconds(120)) }
+                // Both hosts run new workers (refused, trying again) beside the serving ones.
+                try await poll("new workers on both hosts", timeout: .seconds(30), read: {
+                    var running: [Int] = []
+                    for host in 0..<2 { running.append(try await hosts.otherWorkers(of: host).filter { $0["state"]?.stringValue != "elsewhere" }.count) }
+                    return running
+                }, until: { $0.allSatisfy { $0 > 0 } })
+                let stopped = try #require(try await hosts.workers(of: 0).first { $0["layout"] == nil && $0["ordinal"]?.intValue == 0 }?["pid"]?.intValue)
+                kill(pid_t(stopped), SIGSTOP)
+                defer { kill(pid_t(stopped), SIGCONT) }
+                // Messages delivered to the stopped worker's session alone (the new layout has none yet).
+                try await poll("a message held by the stopped shard", timeout: .seconds(30), read: {
+                    try await hosts.emulator.unreplied().messages.filter { $0.routes.map(\.shard) == ["0/4"] }.count
+                }, until: { $0 >= 3 })
+                _ = try await hosts.emulator.admin("/emulator/faults", #"{"kind": "allowIdentify", "total": 6}"#)
+                let (ok, text) = try await scale.value
+                #expect(ok && text.hasPrefix("scaled 4 -> 6 shards"), "\(text)")
+                #expect(hosts.supervisors[0]!.output.contains { $0.contains("every host's new shards ready") })
+                _ = try await hosts.emulator.admin("/emulator/traffic", Self.quiet)
+                try await hosts.emulator.waitFor("every delivered message replied") { s in
+                    s["messagesPending"] == 0 && s["messagesReplied"] == s["messagesDelivered"]
+                }
+                let stats = try await hosts.emulator.stats()
+                let lost = try await hosts.emulator.unreplied()
+                #expect(stats["messagesUnreplied"] == 0, "unreplied: \(lost.messages.map { "\($0.id) \($0.routes.map { "\($0.shard) seq \($0.seq) \($0.state)" })" })")
+                // The stopped worker's last handler may have replied without recording it.
+                #expect((stats["messagesRepliedMoreThanOnce"] ?? 0) <= 1 && stats["sessionOverlaps"] == 0)
                 try await hosts.stopAll()
             }
         }

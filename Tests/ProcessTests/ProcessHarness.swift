@@ -174,6 +174,13 @@ struct EmulatorProcess {
         return object.compactMapValues { ($0 as? NSNumber)?.doubleValue }
     }
 
+    /// The emulator's trace of the messages nobody answered (`GET /emulator/unreplied`).
+    func unreplied(limit: Int = 200) async throws -> UnrepliedMessages {
+        let response = try await http.execute(HTTPClientRequest(url: url + "/emulator/unreplied?limit=\(limit)"), timeout: .seconds(10))
+        let body = try await response.body.collect(upTo: 1 << 24)
+        return try JSONDecoder().decode(UnrepliedMessages.self, from: Data(buffer: body))
+    }
+
     /// Waits until the counters satisfy `condition`.
     func waitFor(_ what: String, timeout: Duration = .seconds(60), _ condition: @escaping ([String: Double]) -> Bool) async throws {
         try await poll(what, timeout: timeout, read: stats, until: condition)
@@ -192,6 +199,24 @@ struct EmulatorProcess {
     func admin(_ path: String, _ body: String) async throws -> String {
         try await postAdmin(url + path, body, token: Self.adminToken, client: http)
     }
+}
+
+/// What the tests read of `GET /emulator/unreplied`: each unreplied message, the shards and seqs it was routed to,
+/// and what became of those sessions.
+struct UnrepliedMessages: Decodable {
+    struct Route: Decodable {
+        var shard: String
+        var seq: Int
+        var state: String
+    }
+
+    struct Message: Decodable {
+        var id: String
+        var routes: [Route]
+    }
+
+    var count: Int
+    var messages: [Message]
 }
 
 /// HTTP clients that trust a test certificate, one per file, kept for the life of the test process (a client must
