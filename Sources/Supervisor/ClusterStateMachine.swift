@@ -401,6 +401,18 @@ public struct ClusterStateMachine: Sendable {
         }
     }
 
+    /// Whether every worker that runs, or will run again, has answered `fence` in its current process: a slot
+    /// failed for good or stopped owes nothing (nothing runs there, nor will); one backing off or starting owes its
+    /// next process's answer.
+    func passed(_ fence: SupervisorCore.LayoutChange.Fence) -> Bool {
+        workers.allSatisfy { worker in
+            switch worker.state {
+            case .failed, .stopped, .elsewhere: return true
+            default: return worker.state.isLive && worker.state != .draining && fence.finished.contains(worker.generation)
+            }
+        }
+    }
+
     /// Queues worker `i` to start: `handle` starts it at once when a start slot is free (one way to start a
     /// process, in turn, whatever asked for it).
     mutating func spawn(_ i: Int) -> [Action] {

@@ -168,6 +168,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             ),
             changeTimings: .init(setup.config)
         )))
+        state.withLock { $0.core.fencesBeforeSwitch = setup.config.gateway.mode != .webhook }
         if setup.config.gateway.mode == .webhook {
             let router = WebhookRouter(
                 layout: state.withLock { $0.core.layouts.active.id }, total: setup.shards,

@@ -111,12 +111,13 @@ public struct SupervisorCore: Sendable {
         /// Several hosts: the store decides the switch (every host's new shards ready), not this host's layout.
         public let leased: Bool
         public internal(set) var phase: Phase
-        /// Several hosts, once the store says every new shard is ready: the fence of this host's serving workers
-        /// before the switch. Each ready worker of the serving layout is asked once per process (a replacement,
-        /// resumed after a crash or a takeover, is asked when it is ready), and the processes that answered are
-        /// reported in their leases; the store switches when every serving lease is held and fenced. Whatever
-        /// the old layout alone received (before the new one was ready) is then handled, even when a host dies
-        /// before the switch: its leases are taken over and resumed, and the fence waits for the replay.
+        /// Once every new shard is ready (several hosts: once the store says so of every host's): the fence of the
+        /// serving workers before the switch. Each ready worker of the serving layout is asked once per process (a
+        /// replacement, resumed after a crash, a hang or a takeover, is asked when it is ready). On one host the
+        /// switch comes when every serving worker that runs has answered; across hosts the answers are reported in
+        /// the leases, and the store switches when every serving lease is held and fenced. Whatever the old layout
+        /// alone received (before the new one was ready) is then handled first, even when one of its workers hangs or
+        /// dies, or its host does: the worker is replaced or its lease taken over, and the fence waits for the replay.
         public internal(set) var fence: Fence?
 
         /// The fence before a switch across hosts: the serving processes asked, and those that answered.
@@ -131,6 +132,10 @@ public struct SupervisorCore: Sendable {
     public private(set) var layouts: ClusterLayouts
     public private(set) var change: LayoutChange?
     let changeTimings: ChangeTimings
+    /// Whether a rescale's switch waits for the serving workers' fence (`LayoutChange.fence`): with gateway
+    /// sessions, each layout receives events on its own, and what the old one alone received must be handled
+    /// first. Webhook delivery turns it off: the ingress routes each event to one layout and keeps what it routed.
+    public var fencesBeforeSwitch = true
 
     /// A core with `active` as its only layout and no change in progress.
     public init(active: ClusterStateMachine, changeTimings: ChangeTimings) {
@@ -238,7 +243,13 @@ public struct SupervisorCore: Sendable {
             let ready = machine.workers.filter { $0.state == .ready }.count
             // Several hosts: every host's new shards must be ready, which only the store knows (`storeLayout`).
             if machine.announcedReady && !change.leased {
-                return (switchOver(to: incoming, change, now: now), true)
+                guard fencesBeforeSwitch else { return (switchOver(to: incoming, change, now: now), true) }
+                guard let fence = change.fence else {
+                    // Asked of the serving workers at the end of this event (`askFence`).
+                    self.change?.fence = LayoutChange.Fence()
+                    return ([.changeProgress("new shards ready \(change.to)/\(change.to): the serving shards handle what they received (the fence before the switch)")], true)
+                }
+                if layouts.active.machine.passed(fence) { return (switchOver(to: incoming, change, now: now), true) }
             }
             let cancel: [Action] = change.leased ? [.cancelStoredRescale(to: change.to)] : []
             if let failure = machine.firstFailure {

@@ -105,12 +105,17 @@ struct SupervisorCoreTests {
         #expect(progress(partly).last == "new shards ready 2/3")
         #expect(!partly.contains(.startDispatch(layout: 1)))
 
-        let switched = s.ready(1, ordinals: [2])
+        // Every new shard ready: first the serving workers handle what they received (the fence before the switch).
+        let allReady = s.ready(1, ordinals: [2])
+        let old = s.workers(0).map(\.generation)
+        #expect(allReady.contains(.finishDispatchOf(layout: 0, generation: old[0])) && allReady.contains(.finishDispatchOf(layout: 0, generation: old[1])))
+        #expect(!allReady.contains(.startDispatch(layout: 1)))
+        #expect(!s.feed(.dispatchFinished(generation: old[0])).contains(.startDispatch(layout: 1)))
+        let switched = s.feed(.dispatchFinished(generation: old[1]))
         #expect(switched.contains(.startDispatch(layout: 1)) && switched.contains(.finishDispatch(layout: 0)))
         #expect(s.core.layouts.active.id == 1 && s.layout(0)?.role == .retiring)
         // Nothing of the old layout stops before each of its workers has handled what it received.
         #expect(terminated(switched, in: 0) == 0)
-        let old = s.workers(0).map(\.generation)
         #expect(s.feed(.dispatchFinished(generation: old[0])).isEmpty)
         let fenced = s.feed(.dispatchFinished(generation: old[1]))
         #expect(fenced.contains(.retireClaims(layout: 0)))
@@ -153,6 +158,43 @@ struct SupervisorCoreTests {
         #expect(finished(done)?.text == "rescale abandoned: the new layout was not ready within scale.readyTimeout (1/2 ready); the 1-shard layout keeps serving")
     }
 
+    /// A serving worker that crashes before it passed the fence holds the switch: its replacement resumes the session
+    /// (and the replay), is asked when ready, and the switch comes with its answer. One failed for good owes
+    /// nothing. A fence never passed ends with the rescale's deadline: abandoned, the old layout serves on.
+    @Test func theSwitchWaitsForEveryServingWorkerToPassTheFenceEvenAfterACrash() {
+        var s = Supervised(shards: 2)
+        s.feed(.cluster(.start))
+        s.ready(0)
+        s.feed(.beginScale(shards: 3, plan: "plan", seed: 1))
+        let first = s.workers(0).map(\.generation)
+        let asked = s.ready(1)
+        #expect(progress(asked).contains("new shards ready 3/3: the serving shards handle what they received (the fence before the switch)"))
+        #expect(asked.filter { if case .finishDispatchOf(0, _) = $0 { true } else { false } }.count == 2)
+        s.feed(.dispatchFinished(generation: first[0]))
+        // Worker 1 crashes before it answered: no switch while it comes back.
+        let crashed = s.feed(.cluster(.exited(pid: s.workers(0)[1].pid!, status: .signaled(9))))
+        #expect(!crashed.contains(.startDispatch(layout: 1)) && s.core.layouts.active.id == 0)
+        s.advance(.seconds(1))
+        s.feed(.cluster(.tick))
+        let second = s.workers(0)[1].generation
+        #expect(second != first[1])
+        #expect(s.ready(0, ordinals: [1]).contains(.finishDispatchOf(layout: 0, generation: second)))
+        // The crashed process's answer, should one come late, is not its replacement's.
+        #expect(!s.feed(.dispatchFinished(generation: first[1])).contains(.startDispatch(layout: 1)))
+        let switched = s.feed(.dispatchFinished(generation: second))
+        #expect(switched.contains(.startDispatch(layout: 1)) && s.core.layouts.active.id == 1)
+
+        var hung = Supervised(shards: 1)
+        hung.feed(.cluster(.start))
+        hung.ready(0)
+        hung.feed(.beginScale(shards: 2, plan: "plan", seed: 1))
+        hung.ready(1)
+        hung.advance(Supervised.timings.readyTimeout)
+        let given = hung.feed(.cluster(.tick))
+        #expect(terminated(given, in: 1) == 2 && hung.core.layouts.active.id == 0)
+        #expect(finished(hung.exitTerminated(given))?.ok == false)
+    }
+
     /// A retiring worker whose socket closed owes no answer; one that says nothing is drained at the deadline.
     @Test func theFenceWaitsForLiveWorkersOnlyAndNotPastItsDeadline() {
         var s = Supervised(shards: 3)
@@ -161,6 +203,9 @@ struct SupervisorCoreTests {
         s.feed(.beginScale(shards: 2, plan: "plan", seed: 1))
         s.ready(1)
         let old = s.workers(0).map(\.generation)
+        // The fence before the switch, answered by all three: the switch, and the fence after it.
+        for generation in old { s.feed(.dispatchFinished(generation: generation)) }
+        #expect(s.core.layouts.active.id == 1)
         #expect(s.feed(.disconnected(generation: old[0])).isEmpty)
         #expect(s.feed(.dispatchFinished(generation: old[1])).isEmpty)
         s.advance(.seconds(4))
@@ -177,6 +222,8 @@ struct SupervisorCoreTests {
         s.ready(0)
         s.feed(.beginScale(shards: 2, plan: "plan", seed: 1))
         s.ready(1)
+        // Before the switch and after it.
+        s.feed(.dispatchFinished(generation: s.workers(0)[0].generation))
         s.feed(.dispatchFinished(generation: s.workers(0)[0].generation))
         s.advance(.seconds(6))
         let done = s.feed(.cluster(.tick))
