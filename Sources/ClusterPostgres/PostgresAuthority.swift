@@ -447,6 +447,17 @@ public final class PostgresAuthority: Sendable {
                     UPDATE botcluster_leases SET ready = (shard = ANY(\(ready.map { Int32($0) })))
                     WHERE cluster = \(cluster) AND shards = \(n) AND owner = \(me)
                     """, logger: Self.quiet)
+                // Not every new lease ready (a new worker restarted, identifying anew; a host died): what the serving
+                // layout receives meanwhile reaches it alone, so every serving fence is to be passed again, that of a
+                // host that died too.
+                try await connection.query(
+                    """
+                    UPDATE botcluster_leases AS o SET fenced = false
+                    FROM botcluster_clusters AS c
+                    WHERE c.cluster = \(cluster) AND c.next_shards = \(n) AND o.cluster = c.cluster AND o.shards = c.shards AND o.fenced
+                    AND (SELECT count(*) FROM botcluster_leases
+                        WHERE cluster = \(cluster) AND shards = \(n) AND ready AND owner IS NOT NULL AND expires_at > now()) < \(n)
+                    """, logger: Self.quiet)
                 try await connection.query(
                     """
                     UPDATE botcluster_clusters AS c SET shards = next_shards, next_shards = NULL, change_until = NULL

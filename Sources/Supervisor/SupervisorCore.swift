@@ -340,7 +340,13 @@ public struct SupervisorCore: Sendable {
             if next != change.to {
                 return abandon(incoming, reason: "it was given up in the store (its deadline passed, or a host could not get its new shards ready)", now: now)
             }
-            guard nextReady, change.fence == nil else { return [] }
+            guard nextReady else {
+                // A new shard is not ready any more (it restarted, or its host died): the store forgot every serving
+                // fence, and this host's workers pass it again once every new shard is ready again.
+                self.change?.fence = nil
+                return []
+            }
+            guard change.fence == nil else { return [] }
             // Asked of the serving workers at the end of this event (`askFence`).
             self.change?.fence = LayoutChange.Fence()
             return [.changeProgress("every host's new shards ready: the serving shards here handle what they received (the fence before the switch)")]

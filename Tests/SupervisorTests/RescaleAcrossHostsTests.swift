@@ -84,6 +84,13 @@ struct RescaleAcrossHostsTests {
         s.feed(.dispatchFinished(generation: s.workers(0)[0].generation))
         #expect(s.core.fencedShards(total: 2) == [0, 1])
         #expect(s.core.fencedShards(total: 3).isEmpty)
+        // A new shard not ready any more: the fence is forgotten, and asked again of every serving worker once
+        // every new shard is ready again.
+        #expect(fenceAsked(s.feed(.storeLayout(serving: 2, next: 3, nextReady: false, seed: 1))).isEmpty)
+        #expect(s.core.fencedShards(total: 2).isEmpty)
+        #expect(fenceAsked(s.feed(.storeLayout(serving: 2, next: 3, nextReady: true, seed: 1))).sorted() == s.workers(0).map(\.generation).sorted())
+        for generation in s.workers(0).map(\.generation) { s.feed(.dispatchFinished(generation: generation)) }
+        #expect(s.core.fencedShards(total: 2) == [0, 1])
         // The switch: the fence after it is asked of every serving worker, as on one host.
         let switched = s.feed(.storeLayout(serving: 3, next: nil, seed: 1))
         #expect(switched.contains(.startDispatch(layout: 1)) && switched.contains(.finishDispatch(layout: 0)))
