@@ -220,10 +220,12 @@ extension IPCMessage {
             buffer.writeIPCStrings(keys)
         case .startDispatch:
             buffer.writeInteger(MessageType.startDispatch.rawValue)
-        case .finishDispatch:
+        case .finishDispatch(let fence):
             buffer.writeInteger(MessageType.finishDispatch.rawValue)
-        case .dispatchFinished:
+            buffer.writeInteger(fence)
+        case .dispatchFinished(let fence):
             buffer.writeInteger(MessageType.dispatchFinished.rawValue)
+            buffer.writeInteger(fence)
         case .webhookAttach:
             buffer.writeInteger(MessageType.webhookAttach.rawValue)
         case .webhookStart(let streamID, let seq, let fresh):
@@ -372,9 +374,9 @@ extension IPCMessage {
         case .startDispatch:
             message = .startDispatch
         case .finishDispatch:
-            message = .finishDispatch
+            message = .finishDispatch(fence: try frame.readIPC(UInt64.self, "fence"))
         case .dispatchFinished:
-            message = .dispatchFinished
+            message = .dispatchFinished(fence: try frame.readIPC(UInt64.self, "fence"))
         case .webhookAttach:
             message = .webhookAttach
         case .webhookStart:

@@ -332,6 +332,13 @@ public final class PostgresAuthority: Sendable {
         let n = Int32(shards)
         let me = Int32(host)
         return try await transaction("a lease round") { connection in
+            if ready != nil || fenced != nil {
+                // During a rescale the rounds that write readiness or fences, and decide the switch from them, go one
+                // at a time, each seeing what the one before committed: a switch never comes from a view that
+                // misses another host's worker no longer ready, or its fences cleared. The cluster's row first,
+                // as `beginRescale` and `forgetLayout` lock it, before any lease row.
+                try await connection.query("SELECT 1 FROM botcluster_clusters WHERE cluster = \(cluster) FOR UPDATE", logger: Self.quiet)
+            }
             try await connection.query(
                 """
                 INSERT INTO botcluster_hosts (cluster, host, address, expires_at)

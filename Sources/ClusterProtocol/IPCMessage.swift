@@ -178,9 +178,10 @@ public enum IPCMessage: Sendable, Equatable {
     case claimsReleased(keys: [String])
     /// Start handing events to the handler (a new generation at a rescale's switch).
     case startDispatch
-    /// Handle everything the gateway sent so far, then say so (an old layout at a rescale's switch).
-    case finishDispatch
-    case dispatchFinished
+    /// Handle everything the gateway sent so far, then say so with the same `fence` (the serving layout before a
+    /// rescale's switch, and the old one after it): an answer names the request it answers.
+    case finishDispatch(fence: UInt64)
+    case dispatchFinished(fence: UInt64)
     /// A webhook-mode worker is ready for its shard's events (worker to supervisor).
     case webhookAttach
     /// The shard's event stream from the supervisor's ingress: its id, the seq up to which every event was handled

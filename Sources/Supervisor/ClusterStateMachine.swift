@@ -405,11 +405,15 @@ public struct ClusterStateMachine: Sendable {
     /// failed for good or stopped owes nothing (nothing runs there, nor will); one backing off or starting owes its
     /// next process's answer.
     func passed(_ fence: SupervisorCore.LayoutChange.Fence) -> Bool {
-        workers.allSatisfy { worker in
-            switch worker.state {
-            case .failed, .stopped, .elsewhere: return true
-            default: return worker.state.isLive && worker.state != .draining && fence.finished.contains(worker.generation)
-            }
+        workers.allSatisfy { Self.owesNoFence($0, fence) }
+    }
+
+    /// Whether `worker`'s slot owes `fence` nothing: it answered in its current process, or nothing runs there nor
+    /// will (failed for good, stopped, another host's).
+    static func owesNoFence(_ worker: WorkerRecord, _ fence: SupervisorCore.LayoutChange.Fence) -> Bool {
+        switch worker.state {
+        case .failed, .stopped, .elsewhere: return true
+        default: return worker.state.isLive && worker.state != .draining && fence.finished.contains(worker.generation)
         }
     }
 

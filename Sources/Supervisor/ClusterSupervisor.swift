@@ -363,7 +363,7 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
                 for connection in connections {
                     // Webhook mode: queued behind the stream's events already queued for the worker, so that its fence
                     // (the last seq it got) covers them.
-                    if webhook != nil { WebhookRouter.send(.finishDispatch, to: connection) } else { connection.send(.finishDispatch) }
+                    if webhook != nil { WebhookRouter.send(.finishDispatch(fence: 0), to: connection) } else { connection.send(.finishDispatch(fence: 0)) }
                 }
                 // A retiring worker whose connection closed before the switch cannot answer: the fence does not
                 // wait for it (its `.disconnected` came while no fence was running).
@@ -373,9 +373,9 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
                     return waiting.subtracting(connected)
                 }
                 for generation in unreachable { handle(.disconnected(generation: generation)) }
-            case .finishDispatchOf(let layout, let generation):
-                // Several hosts (websocket sessions only), before the switch: the answer says the lease is fenced.
-                workerConnections(of: layout).values.first { $0.hello?.generation == generation }?.send(.finishDispatch)
+            case .finishDispatchOf(let layout, let generation, let fence):
+                // Before the switch (websocket sessions only): the answer, naming `fence`, lets the switch come.
+                workerConnections(of: layout).values.first { $0.hello?.generation == generation }?.send(.finishDispatch(fence: fence))
             case .retireClaims(let layout):
                 // Webhook mode, first: what the retiring workers' streams still hold goes to the serving layout. Only
                 // then are their claims refused: an event they claim from here on is skipped and committed past,
@@ -688,8 +688,8 @@ public final class ClusterSupervisor: Service, IPCServerDelegate, Sendable {
             if failure == .reshardRequired { reshardAfter4011() }
         case .gatewayState(.disconnected):
             break
-        case .dispatchFinished:
-            handle(.dispatchFinished(generation: generation))
+        case .dispatchFinished(let fence):
+            handle(.dispatchFinished(generation: generation, fence: fence))
             // Before a switch across hosts, the store hears of it at once (the switch waits for every fence).
             leases?.roundWakeup.poke()
         case .drained(let id, let seq):

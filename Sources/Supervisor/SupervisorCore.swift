@@ -10,8 +10,9 @@ public struct SupervisorCore: Sendable {
         /// A worker, process or timer event (a `.tick` also moves a layout change past its deadlines), routed to its
         /// layout by generation, by pid, or to the active layout (`ClusterLayouts`).
         case cluster(ClusterStateMachine.Event)
-        /// A retiring worker has handled everything the gateway sent it (its answer to `finishDispatch`).
-        case dispatchFinished(generation: UInt64)
+        /// A worker has handled everything the gateway sent it, its answer to the `finishDispatch` of `fence` (0: the
+        /// fence after a switch; else a `LayoutChange.Fence.id`).
+        case dispatchFinished(generation: UInt64, fence: UInt64 = 0)
         /// A worker's IPC connection closed (a retiring worker that is gone owes no `dispatchFinished`).
         case disconnected(generation: UInt64)
         /// Start a rescale to `shards`; `plan` is what the operator is told first.
@@ -38,9 +39,9 @@ public struct SupervisorCore: Sendable {
         case startDispatch(layout: Int)
         /// Ask every worker of the layout to handle what it received and answer `dispatchFinished` (the fence).
         case finishDispatch(layout: Int)
-        /// Ask the one worker of the layout whose process has `generation` for the fence (several hosts, before the
-        /// switch: see `LayoutChange.fence`).
-        case finishDispatchOf(layout: Int, generation: UInt64)
+        /// Ask the one worker of the layout whose process has `generation` for the fence before the switch, `fence`
+        /// naming it (see `LayoutChange.fence`).
+        case finishDispatchOf(layout: Int, generation: UInt64, fence: UInt64)
         /// Refuse further claims of the layout's workers (after the fence).
         case retireClaims(layout: Int)
         /// Forget the stored sessions of a layout of `total` shards that no longer runs.
@@ -120,8 +121,10 @@ public struct SupervisorCore: Sendable {
         /// dies, or its host does: the worker is replaced or its lease taken over, and the fence waits for the replay.
         public internal(set) var fence: Fence?
 
-        /// The fence before a switch across hosts: the serving processes asked, and those that answered.
+        /// The fence before a switch: its id (answers to an earlier fence, forgotten since, do not count), the
+        /// serving processes asked, and those that answered.
         public struct Fence: Sendable, Equatable {
+            public let id: UInt64
             public internal(set) var asked: Set<UInt64> = []
             public internal(set) var finished: Set<UInt64> = []
         }
@@ -136,6 +139,8 @@ public struct SupervisorCore: Sendable {
     /// sessions, each layout receives events on its own, and what the old one alone received must be handled
     /// first. Webhook delivery turns it off: the ingress routes each event to one layout and keeps what it routed.
     public var fencesBeforeSwitch = true
+    /// The id of the last fence before a switch begun (`LayoutChange.Fence.id`).
+    var lastFenceID: UInt64 = 0
 
     /// A core with `active` as its only layout and no change in progress.
     public init(active: ClusterStateMachine, changeTimings: ChangeTimings) {
@@ -172,13 +177,15 @@ public struct SupervisorCore: Sendable {
         switch event {
         case .cluster(let event):
             actions = layouts.handle(event, now: now).map { .worker(layout: $0.0, $0.1) }
-        case .dispatchFinished(let generation), .disconnected(let generation):
+        case .dispatchFinished(let generation, let fence) where fence != 0:
+            actions = []
+            if let current = change?.fence, current.id == fence, current.asked.contains(generation) {
+                change?.fence?.finished.insert(generation)
+            }
+        case .dispatchFinished(let generation, _), .disconnected(let generation):
             actions = []
             if case .fencing(let retiring, var waiting)? = change?.phase, waiting.remove(generation) != nil {
                 change?.phase = .fencing(retiring: retiring, waiting: waiting)
-            }
-            if case .dispatchFinished = event, change?.fence?.asked.contains(generation) == true {
-                change?.fence?.finished.insert(generation)
             }
         case .beginScale(let shards, let plan, let seed):
             guard change == nil, !layouts.active.machine.stopping else { return [] }
@@ -209,14 +216,15 @@ public struct SupervisorCore: Sendable {
         guard !due.isEmpty else { return [] }
         fence.asked.formUnion(due)
         change?.fence = fence
-        return due.map { .finishDispatchOf(layout: active.id, generation: $0) }
+        return due.map { .finishDispatchOf(layout: active.id, generation: $0, fence: fence.id) }
     }
 
     /// Several hosts: the shards of the serving layout of `total` shards whose worker here passed the fence before
     /// the switch (what the lease round reports).
     public func fencedShards(total: Int) -> Set<Int> {
         guard let fence = change?.fence, case .waitingForIncoming? = change?.phase, layouts.active.machine.workers.count == total else { return [] }
-        return Set(layouts.active.machine.workers.filter { $0.state.isLive && fence.finished.contains($0.generation) }.map(\.ordinal))
+        // A slot of this host's that owes nothing (failed for good, stopped) counts: its lease must not hold the switch.
+        return Set(layouts.active.machine.workers.filter { $0.state != .elsewhere && ClusterStateMachine.owesNoFence($0, fence) }.map(\.ordinal))
     }
 
     /// Moves the layout change as far as the layouts allow now (several phases at once when nothing is left to
@@ -244,12 +252,19 @@ public struct SupervisorCore: Sendable {
             // Several hosts: every host's new shards must be ready, which only the store knows (`storeLayout`).
             if machine.announcedReady && !change.leased {
                 guard fencesBeforeSwitch else { return (switchOver(to: incoming, change, now: now), true) }
-                guard let fence = change.fence else {
-                    // Asked of the serving workers at the end of this event (`askFence`).
-                    self.change?.fence = LayoutChange.Fence()
-                    return ([.changeProgress("new shards ready \(change.to)/\(change.to): the serving shards handle what they received (the fence before the switch)")], true)
+                if ready == change.to {
+                    guard let fence = change.fence else {
+                        // Asked of the serving workers at the end of this event (`askFence`).
+                        let fence = newFence()
+                        self.change?.fence = fence
+                        return ([.changeProgress("new shards ready \(change.to)/\(change.to): the serving shards handle what they received (the fence before the switch)")], true)
+                    }
+                    if layouts.active.machine.passed(fence) { return (switchOver(to: incoming, change, now: now), true) }
+                } else if change.fence != nil {
+                    // A new worker is not ready any more (it restarted and identifies anew): what arrives until it
+                    // is reaches the serving layout alone, so the fence is passed again once every one is ready.
+                    self.change?.fence = nil
                 }
-                if layouts.active.machine.passed(fence) { return (switchOver(to: incoming, change, now: now), true) }
             }
             let cancel: [Action] = change.leased ? [.cancelStoredRescale(to: change.to)] : []
             if let failure = machine.firstFailure {
@@ -327,6 +342,12 @@ public struct SupervisorCore: Sendable {
         ]
     }
 
+    /// A fence before a switch with an id of its own.
+    mutating func newFence() -> LayoutChange.Fence {
+        lastFenceID += 1
+        return LayoutChange.Fence(id: lastFenceID)
+    }
+
     /// Several hosts: follows the store's layout (see `Event.storeLayout`).
     mutating func follow(serving: Int, next: Int?, nextReady: Bool, seed: UInt64, now: MonotonicInstant) -> [Action] {
         let active = layouts.active.machine
@@ -348,7 +369,8 @@ public struct SupervisorCore: Sendable {
             }
             guard change.fence == nil else { return [] }
             // Asked of the serving workers at the end of this event (`askFence`).
-            self.change?.fence = LayoutChange.Fence()
+            let fence = newFence()
+            self.change?.fence = fence
             return [.changeProgress("every host's new shards ready: the serving shards here handle what they received (the fence before the switch)")]
         }
         if serving != active.workers.count {

@@ -225,12 +225,13 @@ public final class ClusterWorker: Service {
                 case .startDispatch:
                     logger.info("switch: handling events")
                     parts.runtime.startDispatch()
-                case .finishDispatch:
-                    // Beside this loop: the claims' answers it waits for come through it.
+                case .finishDispatch(let fence):
+                    // Beside this loop: the claims' answers it waits for come through it. Requests are answered in
+                    // turn (`finishDispatch` runs one at a time), each with its own fence.
                     group.addTask {
                         await parts.runtime.finishDispatch()
                         self.logger.info("fence passed: everything received is handled")
-                        self.client.send(.dispatchFinished)
+                        self.client.send(.dispatchFinished(fence: fence))
                     }
                 default:
                     parts.feed?.deliver(message)

@@ -124,6 +124,9 @@ public final class ShardRuntime: Sendable {
     let idle = Wakeup()
     /// Poked when the committed seq reaches `State.fence` (what `finishDispatch` waits on).
     let fenceReached = Wakeup()
+    /// One `finishDispatch` at a time: `State.fence` is one fence (a second request beside the first would clear it
+    /// under the first's feet). Each takes its own fence once its turn comes, later than its request.
+    let fenceTurn = AsyncSemaphore(permits: 1)
     /// Poked when a dispatch is done with (the committed seq may have moved): a reporter waits on it instead of
     /// polling, so an idle shard's reporter sleeps.
     public let sessionMoved = Wakeup()
@@ -169,6 +172,8 @@ public final class ShardRuntime: Sendable {
     /// it belongs to is retired at a rescale's switch, and nothing it alone received may be left unhandled. Events
     /// that arrive later also go to the handler until the worker stops; the cluster's claims keep each to one.
     public func finishDispatch() async {
+        guard (try? await fenceTurn.acquire()) != nil else { return }
+        defer { fenceTurn.release() }
         let (session, fenceSeq) = await client.fence()
         guard let session, let seq = fenceSeq else { return }
         state.withLock { $0.fence = (session, seq) }

@@ -42,7 +42,7 @@ struct IPCCodecTests {
         .budgetPause(route: "r", forMillis: 500), .usersChanged(ids: ["1", "2"]), .usersInvalidate(ids: []),
         .userQuery(id: 4, userID: "42"), .userAnswer(id: 4, username: "kari"), .userAnswer(id: 5, username: nil),
         .claims(id: 6, keys: ["AT:1", "AT:2"]), .claimResults(id: 6, decisions: [.skip, .handle, .wait]), .claimResolved(key: "AT:1", decision: .handle),
-        .claimsDone(keys: ["AT:1"]), .claimsReleased(keys: []), .startDispatch, .finishDispatch, .dispatchFinished,
+        .claimsDone(keys: ["AT:1"]), .claimsReleased(keys: []), .startDispatch, .finishDispatch(fence: 7), .dispatchFinished(fence: 7),
         .webhookAttach, .webhookStart(streamID: "wh-0-3-ab", seq: 41, fresh: false), .webhookDispatch(seq: 42, eventID: "AT_MESSAGE_CREATE:1", name: "AT_MESSAGE_CREATE", payload: "{\"id\":\"1\"}"),
         .controlRequest(id: 9, command: .status), .controlRequest(id: 10, command: .restart(ordinal: 3)), .controlRequest(id: 12, command: .rollingRestart(maxUnavailable: 2)),
         .controlRequest(id: 13, command: .scale(.count(8), planOnly: true)), .controlRequest(id: 14, command: .scale(.recommended, planOnly: false)),

@@ -343,7 +343,7 @@ extension RealProcesses {
                 _ = try await hosts.emulator.admin("/emulator/faults", #"{"kind": "allowIdentify", "total": 6}"#)
                 let (ok, text) = try await scale.value
                 #expect(ok && text.hasPrefix("scaled 4 -> 6 shards"), "\(text)")
-                #expect(hosts.supervisors[0]!.output.contains { $0.contains("every host's new shards ready") })
+                #expect(hosts.supervisors[0]!.output.contains { $0.contains("(the fence before the switch)") })
                 _ = try await hosts.emulator.admin("/emulator/traffic", Self.quiet)
                 try await hosts.emulator.waitFor("every delivered message replied") { s in
                     s["messagesPending"] == 0 && s["messagesReplied"] == s["messagesDelivered"]

@@ -43,13 +43,13 @@ struct RescaleAcrossHostsTests {
 
     /// The asks for the fence before the switch in `actions`: the generations asked, in the serving layout (0).
     func fenceAsked(_ actions: [SupervisorCore.Action]) -> [UInt64] {
-        actions.compactMap { if case .finishDispatchOf(0, let generation) = $0 { generation } else { nil } }
+        actions.compactMap { if case .finishDispatchOf(0, let generation, _) = $0 { generation } else { nil } }
     }
 
     /// Once the store says every new shard is ready, each serving worker here is asked for the fence once per
     /// process, and its shard is reported fenced once it answered; a worker that comes back (a crash, or a lease
     /// taken over from a host that died) is asked again when ready, and counts only once it answered.
-    @Test func theServingWorkersPassTheFenceBeforeTheSwitchEachProcessOnce() {
+    @Test func theServingWorkersPassTheFenceBeforeTheSwitchEachProcessOnce() throws {
         var s = serving()
         s.feed(.storeLayout(serving: 2, next: 3, seed: 1))
         s.hold([1, 2], of: 3, version: 1)
@@ -63,7 +63,7 @@ struct RescaleAcrossHostsTests {
         #expect(progress(asked).contains { $0.hasPrefix("every host's new shards ready") })
         #expect(fenceAsked(s.feed(.storeLayout(serving: 2, next: 3, nextReady: true, seed: 1))).isEmpty)
         #expect(s.core.fencedShards(total: 2).isEmpty)
-        s.feed(.dispatchFinished(generation: first))
+        s.passFence(first)
         #expect(s.core.fencedShards(total: 2) == [1])
         // The worker crashes: its shard is not fenced until its replacement resumed and answered.
         s.feed(.cluster(.exited(pid: s.workers(0)[1].pid!, status: .signaled(9))))
@@ -75,13 +75,13 @@ struct RescaleAcrossHostsTests {
         let again = s.ready(0, ordinals: [1])
         #expect(fenceAsked(again) == [second])
         #expect(s.core.fencedShards(total: 2).isEmpty)
-        s.feed(.dispatchFinished(generation: second))
+        s.passFence(second)
         // A lease of a host that died, taken over here: its worker (resuming) is asked once ready.
         s.hold([0, 1], of: 2, version: 3)
         #expect(s.core.fencedShards(total: 2) == [1])
         let takenOver = s.ready(0, ordinals: [0])
         #expect(fenceAsked(takenOver) == [s.workers(0)[0].generation])
-        s.feed(.dispatchFinished(generation: s.workers(0)[0].generation))
+        s.passFence(s.workers(0)[0].generation)
         #expect(s.core.fencedShards(total: 2) == [0, 1])
         #expect(s.core.fencedShards(total: 3).isEmpty)
         // A new shard not ready any more: the fence is forgotten, and asked again of every serving worker once
@@ -89,12 +89,28 @@ struct RescaleAcrossHostsTests {
         #expect(fenceAsked(s.feed(.storeLayout(serving: 2, next: 3, nextReady: false, seed: 1))).isEmpty)
         #expect(s.core.fencedShards(total: 2).isEmpty)
         #expect(fenceAsked(s.feed(.storeLayout(serving: 2, next: 3, nextReady: true, seed: 1))).sorted() == s.workers(0).map(\.generation).sorted())
-        for generation in s.workers(0).map(\.generation) { s.feed(.dispatchFinished(generation: generation)) }
+        // An answer to the fence forgotten, come late, does not count for the new one.
+        let stale = try #require(s.core.change?.fence?.id)
+        s.feed(.dispatchFinished(generation: s.workers(0)[0].generation, fence: stale - 1))
+        #expect(s.core.fencedShards(total: 2).isEmpty)
+        for generation in s.workers(0).map(\.generation) { s.passFence(generation) }
         #expect(s.core.fencedShards(total: 2) == [0, 1])
         // The switch: the fence after it is asked of every serving worker, as on one host.
         let switched = s.feed(.storeLayout(serving: 3, next: nil, seed: 1))
         #expect(switched.contains(.startDispatch(layout: 1)) && switched.contains(.finishDispatch(layout: 0)))
         #expect(s.core.fencedShards(total: 2).isEmpty)
+    }
+
+    /// A serving worker failed for good here (a fatal close: 4011 is what asks for a reshard) owes no fence: its
+    /// lease counts as fenced, or the rescale that would mend it could never switch.
+    @Test func aServingWorkerFailedForGoodDoesNotHoldTheSwitch() {
+        var s = serving()
+        s.feed(.storeLayout(serving: 2, next: 3, seed: 1))
+        s.feed(.cluster(.gatewayFailed(ordinal: 1, generation: s.workers(0)[1].generation, reason: "4011: too many guilds")))
+        s.feed(.cluster(.exited(pid: s.workers(0)[1].pid!, status: .exited(WorkerExitStatus.banned))))
+        #expect(s.workers(0)[1].state == .failed)
+        s.feed(.storeLayout(serving: 2, next: 3, nextReady: true, seed: 1))
+        #expect(s.core.fencedShards(total: 2) == [1])
     }
 
     @Test func aRescaleGivenUpInTheStoreIsAbandonedHereWithoutCancellingAgain() {

@@ -48,6 +48,12 @@ struct Supervised {
 
     mutating func advance(_ d: Duration) { now = now + d }
 
+    /// The answer of the process of `generation` to the fence before the switch now running.
+    @discardableResult
+    mutating func passFence(_ generation: UInt64) -> [SupervisorCore.Action] {
+        feed(.dispatchFinished(generation: generation, fence: core.change?.fence?.id ?? 0))
+    }
+
     func layout(_ id: Int) -> ClusterLayouts.Layout? { core.layouts.layout(id) }
     func workers(_ id: Int) -> [WorkerRecord] { layout(id)?.machine.workers ?? [] }
 
@@ -89,7 +95,7 @@ func terminated(_ actions: [SupervisorCore.Action], in layout: Int) -> Int {
 @Suite("layout changes (rescale, rolling restart) without processes")
 struct SupervisorCoreTests {
     /// The whole rescale: the new layout gets ready while the old one serves, the switch, the fence, the retirement.
-    @Test func aRescaleSwitchesOnceEveryNewShardIsReadyAndRetiresTheOldAfterTheFence() {
+    @Test func aRescaleSwitchesOnceEveryNewShardIsReadyAndRetiresTheOldAfterTheFence() throws {
         var s = Supervised(shards: 2)
         s.feed(.cluster(.start))
         s.ready(0)
@@ -108,10 +114,12 @@ struct SupervisorCoreTests {
         // Every new shard ready: first the serving workers handle what they received (the fence before the switch).
         let allReady = s.ready(1, ordinals: [2])
         let old = s.workers(0).map(\.generation)
-        #expect(allReady.contains(.finishDispatchOf(layout: 0, generation: old[0])) && allReady.contains(.finishDispatchOf(layout: 0, generation: old[1])))
+        let fence = try #require(s.core.change?.fence?.id)
+        #expect(allReady.contains(.finishDispatchOf(layout: 0, generation: old[0], fence: fence)))
+        #expect(allReady.contains(.finishDispatchOf(layout: 0, generation: old[1], fence: fence)))
         #expect(!allReady.contains(.startDispatch(layout: 1)))
-        #expect(!s.feed(.dispatchFinished(generation: old[0])).contains(.startDispatch(layout: 1)))
-        let switched = s.feed(.dispatchFinished(generation: old[1]))
+        #expect(!s.passFence(old[0]).contains(.startDispatch(layout: 1)))
+        let switched = s.passFence(old[1])
         #expect(switched.contains(.startDispatch(layout: 1)) && switched.contains(.finishDispatch(layout: 0)))
         #expect(s.core.layouts.active.id == 1 && s.layout(0)?.role == .retiring)
         // Nothing of the old layout stops before each of its workers has handled what it received.
@@ -161,7 +169,7 @@ struct SupervisorCoreTests {
     /// A serving worker that crashes before it passed the fence holds the switch: its replacement resumes the session
     /// (and the replay), is asked when ready, and the switch comes with its answer. One failed for good owes
     /// nothing. A fence never passed ends with the rescale's deadline: abandoned, the old layout serves on.
-    @Test func theSwitchWaitsForEveryServingWorkerToPassTheFenceEvenAfterACrash() {
+    @Test func theSwitchWaitsForEveryServingWorkerToPassTheFenceEvenAfterACrash() throws {
         var s = Supervised(shards: 2)
         s.feed(.cluster(.start))
         s.ready(0)
@@ -169,8 +177,8 @@ struct SupervisorCoreTests {
         let first = s.workers(0).map(\.generation)
         let asked = s.ready(1)
         #expect(progress(asked).contains("new shards ready 3/3: the serving shards handle what they received (the fence before the switch)"))
-        #expect(asked.filter { if case .finishDispatchOf(0, _) = $0 { true } else { false } }.count == 2)
-        s.feed(.dispatchFinished(generation: first[0]))
+        #expect(asked.filter { if case .finishDispatchOf(0, _, _) = $0 { true } else { false } }.count == 2)
+        s.passFence(first[0])
         // Worker 1 crashes before it answered: no switch while it comes back.
         let crashed = s.feed(.cluster(.exited(pid: s.workers(0)[1].pid!, status: .signaled(9))))
         #expect(!crashed.contains(.startDispatch(layout: 1)) && s.core.layouts.active.id == 0)
@@ -178,11 +186,30 @@ struct SupervisorCoreTests {
         s.feed(.cluster(.tick))
         let second = s.workers(0)[1].generation
         #expect(second != first[1])
-        #expect(s.ready(0, ordinals: [1]).contains(.finishDispatchOf(layout: 0, generation: second)))
+        #expect(s.ready(0, ordinals: [1]).contains(.finishDispatchOf(layout: 0, generation: second, fence: s.core.change!.fence!.id)))
         // The crashed process's answer, should one come late, is not its replacement's.
-        #expect(!s.feed(.dispatchFinished(generation: first[1])).contains(.startDispatch(layout: 1)))
-        let switched = s.feed(.dispatchFinished(generation: second))
+        #expect(!s.passFence(first[1]).contains(.startDispatch(layout: 1)))
+        let switched = s.passFence(second)
         #expect(switched.contains(.startDispatch(layout: 1)) && s.core.layouts.active.id == 1)
+
+        // A new worker that restarts during the fence (it identifies anew): the fence is asked again, with a new id,
+        // once every new worker is ready again; answers to the first do not count.
+        var gap = Supervised(shards: 1)
+        gap.feed(.cluster(.start))
+        gap.ready(0)
+        gap.feed(.beginScale(shards: 2, plan: "plan", seed: 1))
+        gap.ready(1)
+        let firstFence = try #require(gap.core.change?.fence?.id)
+        gap.feed(.cluster(.exited(pid: gap.workers(1)[1].pid!, status: .signaled(9))))
+        #expect(gap.core.change?.fence == nil)
+        gap.feed(.dispatchFinished(generation: gap.workers(0)[0].generation, fence: firstFence))
+        gap.advance(.seconds(1))
+        gap.feed(.cluster(.tick))
+        let again = gap.ready(1, ordinals: [1])
+        let secondFence = try #require(gap.core.change?.fence?.id)
+        #expect(secondFence != firstFence && again.contains(.finishDispatchOf(layout: 0, generation: gap.workers(0)[0].generation, fence: secondFence)))
+        #expect(gap.core.layouts.active.id == 0)
+        #expect(gap.passFence(gap.workers(0)[0].generation).contains(.startDispatch(layout: 1)))
 
         var hung = Supervised(shards: 1)
         hung.feed(.cluster(.start))
@@ -204,7 +231,7 @@ struct SupervisorCoreTests {
         s.ready(1)
         let old = s.workers(0).map(\.generation)
         // The fence before the switch, answered by all three: the switch, and the fence after it.
-        for generation in old { s.feed(.dispatchFinished(generation: generation)) }
+        for generation in old { s.passFence(generation) }
         #expect(s.core.layouts.active.id == 1)
         #expect(s.feed(.disconnected(generation: old[0])).isEmpty)
         #expect(s.feed(.dispatchFinished(generation: old[1])).isEmpty)
@@ -223,7 +250,7 @@ struct SupervisorCoreTests {
         s.feed(.beginScale(shards: 2, plan: "plan", seed: 1))
         s.ready(1)
         // Before the switch and after it.
-        s.feed(.dispatchFinished(generation: s.workers(0)[0].generation))
+        s.passFence(s.workers(0)[0].generation)
         s.feed(.dispatchFinished(generation: s.workers(0)[0].generation))
         s.advance(.seconds(6))
         let done = s.feed(.cluster(.tick))

@@ -153,8 +153,8 @@ struct ClusterWorkerTests {
             #expect(h.stats().messagesReplied == 0)
             supervisor.send(.startDispatch)
             try await h.waitFor("10 replies") { $0.messagesReplied == 10 }
-            supervisor.send(.finishDispatch)
-            try await supervisor.waitFor("dispatchFinished") { $0 == .dispatchFinished }
+            supervisor.send(.finishDispatch(fence: 3))
+            try await supervisor.waitFor("dispatchFinished") { $0 == .dispatchFinished(fence: 3) }
         }
     }
 }
