@@ -52,7 +52,7 @@ struct GroundTruth {
             let routedTo = message["routedTo"]?.intValue ?? routes.count
             let delivered = what == "unreplied" ? " delivered at \(seconds(message["deliveredMs"]?.doubleValue))," : ""
             return "\(what) \(message["kind"]?.stringValue ?? "?") \(message["id"]?.stringValue ?? "?"), made at \(seconds(message["generatedMs"]?.doubleValue)),"
-                + "\(delivered) routed to \(routedTo)" + (routes.isEmpty ? "" : ": " + routes.joined(separator: "; ")) + (routedTo > routes.count ? "; ..." : "")
+                + "\(delivered) routed to \(routedTo)" + (routes.isEmpty ? "" : ": " + routes.joined(separator: "; ")) + (routedTo > routes.count ? " (the last \(routes.count) of \(routedTo))" : "")
         }
         return lines + (count > messages.count ? ["... and \(count - messages.count) more \(what)"] : [])
     }

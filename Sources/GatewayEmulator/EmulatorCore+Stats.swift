@@ -51,7 +51,7 @@ extension EmulatorCore {
             guard unreplied || undelivered else { continue }
             if unreplied { trace.count += 1 } else { trace.undeliveredCount += 1 }
             guard (unreplied ? trace.messages.count : trace.undelivered.count) < limit else { continue }
-            let routes = [record.routes.0, record.routes.1].prefix(Int(record.routeCount)).map { route -> UnrepliedTrace.Route in
+            let routes = record.lastRoutes.map { route -> UnrepliedTrace.Route in
                 let known = sessionTraces.indices.contains(Int(route.session)) ? sessionTraces[Int(route.session)] : nil
                 var out = UnrepliedTrace.Route(
                     session: Int(route.session), sessionID: String(known?.id.prefix(8) ?? "?"), shard: known.map { "\($0.shard.id)/\($0.shard.total)" } ?? "?",

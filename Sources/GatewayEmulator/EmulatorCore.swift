@@ -32,10 +32,18 @@ struct MessageRecord {
     var firstReplyAt: Int64 = 0
     /// msg_seq values already used by replies (bit n = seq n, 1...63).
     var usedSeqs: UInt64 = 0
-    /// The first two sessions the message was routed to, with its seq in each (both layouts of a rescale get it):
-    /// what `/emulator/unreplied` tells of a message nobody answered.
-    var routes = (Route(), Route())
+    /// The last four sessions the message was routed to (the newest: retired layouts' sessions, kept resumable,
+    /// come first), with its seq in each (both layouts of a rescale get it): what `/emulator/unreplied` tells of a
+    /// message nobody answered. Written in turn at `routeCount % 4`.
+    var routes = (Route(), Route(), Route(), Route())
     var routeCount: UInt8 = 0
+
+    /// The routes kept, oldest first.
+    var lastRoutes: [Route] {
+        let all = [routes.0, routes.1, routes.2, routes.3]
+        let count = Int(routeCount)
+        return count <= 4 ? Array(all.prefix(count)) : (0..<4).map { all[(count + $0) % 4] }
+    }
 
     /// A session (by `EmulatorSession.number`) and the seq a message had in it; session -1: none.
     struct Route {
@@ -45,7 +53,12 @@ struct MessageRecord {
 
     mutating func routed(session: Int32, seq: Int) {
         let route = Route(session: session, seq: Int32(truncatingIfNeeded: seq))
-        if routeCount == 0 { routes.0 = route } else if routeCount == 1 { routes.1 = route }
+        switch routeCount % 4 {
+        case 0: routes.0 = route
+        case 1: routes.1 = route
+        case 2: routes.2 = route
+        default: routes.3 = route
+        }
         routeCount &+= routeCount < .max ? 1 : 0
     }
 }

@@ -117,7 +117,7 @@ public struct UnrepliedTrace: Codable, Sendable, Equatable {
         public var kind: String
         public var generatedMs: Double
         public var deliveredMs: Double
-        /// The first two sessions it was routed to (`routedTo` counts them all).
+        /// The last four sessions it was routed to, oldest first (`routedTo` counts them all).
         public var routes: [Route]
         public var routedTo: Int
     }
