@@ -141,6 +141,9 @@ public struct SupervisorCore: Sendable {
     public var fencesBeforeSwitch = true
     /// The id of the last fence before a switch begun (`LayoutChange.Fence.id`).
     var lastFenceID: UInt64 = 0
+    /// Several hosts: the target of a rescale this host gave up, while the store may still show it (the cancel is
+    /// on its way): a round that reads it then does not start it again here.
+    var givenUpTarget: Int?
 
     /// A core with `active` as its only layout and no change in progress.
     public init(active: ClusterStateMachine, changeTimings: ChangeTimings) {
@@ -268,9 +271,11 @@ public struct SupervisorCore: Sendable {
             }
             let cancel: [Action] = change.leased ? [.cancelStoredRescale(to: change.to)] : []
             if let failure = machine.firstFailure {
+                if change.leased { givenUpTarget = change.to }
                 return (cancel + abandon(incoming, reason: "worker \(failure.ordinal) of the new layout failed: \(failure.reason)", now: now), true)
             }
             if now >= change.deadline {
+                if change.leased { givenUpTarget = change.to }
                 // Several hosts: the store decides; this host gives up when even the store's deadline is long past
                 // (it could not hear the store say so): the layout it runs next is the store's, as a round reads it.
                 let reason = change.leased
@@ -380,7 +385,13 @@ public struct SupervisorCore: Sendable {
             return [.worker(layout: layouts.active.id, .log(.warning, "the cluster runs \(serving) shards and this host ran \(active.workers.count): it takes up the \(serving)-shard layout now"))]
                 + switchOver(to: incoming, change!, now: now)
         }
-        guard let next, next != serving else { return [] }
+        guard let next, next != serving else {
+            givenUpTarget = nil
+            return []
+        }
+        // A rescale this host gave up, still in the store until its cancel lands: not begun again.
+        if next == givenUpTarget { return [] }
+        givenUpTarget = nil
         _ = beginRescale(to: next, seed: seed, leased: true, deadline: now + changeTimings.readyTimeout + changeTimings.storeGrace, now: now)
         return [.changeProgress("rescale \(serving) -> \(next) shards across hosts: this host starts the new layout's shards it takes")]
     }

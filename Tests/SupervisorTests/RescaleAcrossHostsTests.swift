@@ -134,6 +134,12 @@ struct RescaleAcrossHostsTests {
         // Nothing of the new layout runs any more: it is gone at once, and the old one serves on.
         #expect(finished(failed)?.text.contains("worker 2 of the new layout failed") == true)
         #expect(s.layout(1) == nil && s.core.layouts.active.id == 0)
+        // A round that still reads the target (the cancel is on its way) does not start it again here; once the
+        // store shows it gone, a new rescale to it starts.
+        #expect(s.feed(.storeLayout(serving: 2, next: 3, seed: 1)).isEmpty && s.core.change == nil)
+        s.feed(.storeLayout(serving: 2, next: nil, seed: 1))
+        s.feed(.storeLayout(serving: 2, next: 3, seed: 1))
+        #expect(s.core.change?.to == 3)
     }
 
     @Test func theLocalDeadlineIsTheStoresPlusAGraceAndCancelsInTheStore() {
