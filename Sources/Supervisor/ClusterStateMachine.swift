@@ -288,6 +288,8 @@ public struct ClusterStateMachine: Sendable {
             guard let i = index(ordinal, generation) else { return [] }
             workers[i].pid = pid
             if workers[i].handingOver, workers[i].stopRequestedAt == nil { return drain(i, pid: pid, now: now) }
+            // Told to drain while its spawn was under way (a stop): it had no pid to be signalled then.
+            if workers[i].state == .draining, workers[i].stopRequestedAt != nil { return [.signal(pid: pid, signal: .terminate)] }
             return []
         case .spawnFailed(let ordinal, let generation, let reason):
             guard let i = index(ordinal, generation) else { return [] }

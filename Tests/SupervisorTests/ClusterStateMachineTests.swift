@@ -82,6 +82,17 @@ struct ClusterStateMachineTests {
         #expect(c.feed(.gatewayReady(ordinal: 0, generation: 1)) == [])
     }
 
+    /// A stop that comes while a worker's spawn is under way (no pid yet) drains it once its pid is known, rather
+    /// than leaving it running until the stop grace kills it.
+    @Test func aWorkerSpawnedDuringAStopIsToldToDrain() {
+        var c = Cluster(shards: 1)
+        let start = c.feed(.start)
+        _ = c.feed(.stop)
+        #expect(c.state(0) == .draining)
+        guard case .spawn(_, let generation, _)? = start.first else { Issue.record("no spawn"); return }
+        #expect(c.feed(.spawned(ordinal: 0, generation: generation, pid: 4242)) == [.signal(pid: 4242, signal: .terminate)])
+    }
+
     @Test func aCrashRestartsAtOnceThenWithGrowingBackoffThenFails() {
         var c = Cluster(shards: 1)
         _ = c.bringUp()
