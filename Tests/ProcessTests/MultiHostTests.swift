@@ -77,17 +77,11 @@ struct TestHosts {
         supervisors[host] = process
     }
 
-    /// `status --json` of one host.
-    func workers(of host: Int) async throws -> [JSONValue] {
+    /// `status --json` of one host: the workers of its serving layout, or (`key` "otherLayouts") of its other
+    /// layouts (a rescale's incoming one, a retiring one).
+    func workers(of host: Int, key: String = "workers") async throws -> [JSONValue] {
         let (ok, body) = try await IPCClient.control(path: hostDirectory(host) + "/run/botcluster.sock", .status)
-        guard ok, case .array(let workers) = try JSONValue.parse(body)["workers"] ?? .null else { return [] }
-        return workers
-    }
-
-    /// `status --json` of one host: the workers of its other layouts (a rescale's incoming one, a retiring one).
-    func otherWorkers(of host: Int) async throws -> [JSONValue] {
-        let (ok, body) = try await IPCClient.control(path: hostDirectory(host) + "/run/botcluster.sock", .status)
-        guard ok, case .array(let workers) = try JSONValue.parse(body)["otherLayouts"] ?? .null else { return [] }
+        guard ok, case .array(let workers) = try JSONValue.parse(body)[key] ?? .null else { return [] }
         return workers
     }
 
@@ -330,7 +324,7 @@ extension RealProcesses {
                 // Both hosts run new workers (refused, trying again) beside the serving ones.
                 try await poll("new workers on both hosts", timeout: .seconds(30), read: {
                     var running: [Int] = []
-                    for host in 0..<2 { running.append(try await hosts.otherWorkers(of: host).filter { $0["state"]?.stringValue != "elsewhere" }.count) }
+                    for host in 0..<2 { running.append(try await hosts.workers(of: host, key: "otherLayouts").filter { $0["state"]?.stringValue != "elsewhere" }.count) }
                     return running
                 }, until: { $0.allSatisfy { $0 > 0 } })
                 let stopped = try #require(try await hosts.workers(of: 0).first { $0["layout"] == nil && $0["ordinal"]?.intValue == 0 }?["pid"]?.intValue)
